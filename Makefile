@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make run` and `make test` (README "Quick start").
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SNAKEMAKE_ARGS ?= --cores 8 --resources gpu=2
+
+.PHONY: run test lint format bootstrap
+
+bootstrap: $(VENV)/.installed
+
+# Reinstall whenever the pins change.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: bootstrap
+	$(BIN)/snakemake $(SNAKEMAKE_ARGS)
+
+test: bootstrap lint
+	$(BIN)/python -m pytest
+
+lint: bootstrap
+	$(BIN)/snakemake --lint --configfile tests/data/lint-config.yaml
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+format: bootstrap
+	$(BIN)/snakefmt Snakefile workflow/rules

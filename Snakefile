@@ -1,0 +1,18 @@
+# TimeKD teacher embeddings: raw CSV -> windows -> per-horizon extraction.
+# Run: snakemake --cores 8 --resources gpu=2   (README.md; every config key: config/README.md)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/windows.smk"
+include: "workflow/rules/extract.smk"
+
+
+rule all:
+    input:
+        all_embeddings(),

@@ -1,0 +1,47 @@
+"""Shared fixtures: the real data in ../shared/data, a tiny random GPT-2 with the real tokenizer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+WEATHER_CSV = SHARED_DATA / "weather" / "weather.csv"
+TOKENIZER_DIR = SHARED_DATA / "gpt2-tokenizer"
+
+
+def _need(path: Path) -> Path:
+    # CI always has ../shared; the tests must run there, so a missing file only skips elsewhere.
+    if not path.exists():
+        pytest.skip(f"{path} is not available on this machine")
+    return path
+
+
+@pytest.fixture(scope="session")
+def weather_csv() -> Path:
+    return _need(WEATHER_CSV)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> GPT2TokenizerFast:
+    return GPT2TokenizerFast.from_pretrained(_need(TOKENIZER_DIR))
+
+
+def make_model_dir(path: Path, n_layer=2, n_embd=64, n_head=4, n_positions=1024, seed=0) -> Path:
+    """A GPT-2 folder as users have it (config.json, model.safetensors, vocab.json, merges.txt)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, vocab_size=50257)
+    GPT2Model(config).save_pretrained(path, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(_need(TOKENIZER_DIR) / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny-gpt2"))

@@ -1,0 +1,113 @@
+"""The real `snakemake` CLI on small configs: dry runs, an end-to-end run, reruns, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from conftest import ROOT, WEATHER_CSV
+
+SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    return subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--configfile", str(configfile), *args],
+                          capture_output=True, text=True, timeout=900)
+
+
+def weather_config(**overrides) -> dict:
+    return {"dataset": {"name": "weather", "csv": str(WEATHER_CSV)}} | overrides
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from the dry run's "Job stats" table."""
+    lines = result.stdout.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_of_the_default_config_plans_ten_extraction_jobs_holding_two_gpus(tmp_path, weather_csv):
+    result = snakemake(tmp_path, weather_config(), "-n", "--cores", "8", "--resources", "gpu=2")
+    assert result.returncode == 0, result.stderr
+    assert planned_jobs(result) == {"windows": 1, "sca": 1, "extract": 10, "all": 1}
+    extract_jobs = result.stdout.split("rule extract:")[1:]
+    assert len(extract_jobs) == 10
+    assert all("gpu=2" in job.split("\n\n")[0] for job in extract_jobs)
+    horizons = {(job.split("pred_len=")[1].split(",")[0], job.split("split=")[1].split()[0]) for job in extract_jobs}
+    assert horizons == {(str(p), s) for p in (24, 36, 48, 96, 192) for s in ("train", "val")}
+
+
+def test_bad_config_is_one_sentence(tmp_path, weather_csv):
+    result = snakemake(tmp_path, weather_config(pred_lens=[24, 24]), "-n")
+    assert result.returncode != 0
+    assert "config key pred_lens = [24, 24] holds a value twice" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_csv_says_where_to_put_it(tmp_path):
+    result = snakemake(tmp_path, {"dataset": {"name": "weather", "csv": "resources/weather.csv"}}, "-n")
+    assert result.returncode != 0
+    assert "resources/weather.csv not found: put weather.csv there" in result.stderr
+    assert "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63" in result.stderr
+
+
+def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_model_dir):
+    config = weather_config(pred_lens=[24], model={"name_or_path": str(tiny_model_dir)},
+                            precision="fp32", limit_windows=2)
+    run = snakemake(tmp_path, config, "--cores", "2", "--resources", "gpu=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = tmp_path / "results" / "weather"
+    for split in ("train", "val"):
+        with safe_open(str(results / "embeddings" / "24" / f"{split}.safetensors"), "pt") as f:
+            assert f.get_tensor("embeddings").shape == (2, 21, 64)
+            assert f.get_tensor("window_start").tolist() == [0, 1]
+            meta = f.metadata()
+        assert (meta["pred_len"], meta["split"], meta["precision"], meta["fidelity"]) == ("24", split, "fp32", "reference")
+        assert meta["input_sha256"] == "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63"
+        stats = json.loads((results / "embeddings" / "24" / f"{split}.json").read_text())
+        assert stats["windows"] == 2 and stats["peak_memory_bytes"]["cpu_rss"] > 0
+    assert "P=24 train: 100%" in (results / "logs" / "extract_24_train.log").read_text()
+
+    # Nothing changed: nothing to do.
+    again = snakemake(tmp_path, config, "-n", "--cores", "2", "--resources", "gpu=2")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # A new horizon plans only its own jobs; a runtime-only key plans nothing.
+    more = snakemake(tmp_path, config | {"pred_lens": [24, 48], "batch_tokens": 4096}, "-n", "--cores", "2",
+                     "--resources", "gpu=2")
+    assert planned_jobs(more) == {"extract": 2, "all": 1}
+    assert "pred_len=48" in more.stdout and "pred_len=24" not in more.stdout
+
+    # A key that changes the embeddings plans extraction again, but not windows or SCA.
+    changed = snakemake(tmp_path, config | {"fidelity": "corrected"}, "-n", "--cores", "2", "--resources", "gpu=2")
+    assert planned_jobs(changed) == {"extract": 2, "all": 1}
+
+
+def test_inspect_prints_what_the_teacher_reads(tmp_path, weather_csv, tiny_model_dir):
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(weather_config(model={"name_or_path": str(tiny_model_dir)})))
+    exe = str(Path(sys.executable).parent / "timekd-embed")
+    out = subprocess.run([exe, "inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "train",
+                          "--window", "0"], capture_output=True, text=True, check=True).stdout
+    variables = json.loads(out)
+    assert len(variables) == 21 and variables[0]["variable"] == "p (mbar)" and variables[-1]["variable"] == "OT"
+    first = variables[0]
+    assert first["gt_prompt"].startswith("From <01/01/2020 00:10> to <01/01/2020 16:00>, the values were <1008, 1008,")
+    assert first["hd_prompt"].endswith("every hour. Forecast the values for the next <24> hours")
+    assert len(first["gt_ids"]) == len(first["gt_types"]) and set(first["gt_types"]) == {"language", "time_series"}
+    bad = subprocess.run([exe, "inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "val",
+                          "--window", "99999"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "--window 99999 is outside split val, which has 5247 windows" in bad.stderr

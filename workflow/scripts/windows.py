@@ -1,0 +1,18 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
+
+from timekd_embed.jobs import job
+from timekd_embed.windows import SPLITS, load_csv, resolve_layout, sha256_file, write_windows
+from timekd_embed.errors import InputError
+
+with job(snakemake.log[0]):
+    p = snakemake.params
+    csv = snakemake.input[0]
+    if p.sha256 is not None and (actual := sha256_file(csv)) != p.sha256:
+        raise InputError(f"{csv}: sha256 is {actual} but config key dataset.sha256 expects {p.sha256}; "
+                         "fetch the right file or correct the hash.")
+    layout = resolve_layout(p.layout, p.name)
+    table = load_csv(csv, target=p.target, layout=layout)
+    # Window counts for the configured horizons go into the metadata (see windows.smk).
+    write_windows(table, layout, p.seq_len, snakemake.config["pred_lens"], dict(zip(SPLITS, snakemake.output)))

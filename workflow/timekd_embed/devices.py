@@ -1,0 +1,66 @@
+"""Which devices a job holds, and how the language model is placed on them (accelerate)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from accelerate import dispatch_model, infer_auto_device_map
+from accelerate.utils import get_balanced_memory
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+BLOCK_CLASS = "GPT2Block"  # never split inside a transformer block
+
+
+def resolve_devices(device: str, gpus_per_job: int) -> list[str]:
+    """`auto`: the job's GPUs when CUDA is present, else the CPU. Says what it chose."""
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "cpu" or (device == "auto" and visible == 0):
+        if device == "auto":
+            log.warning("no CUDA device visible: running on the CPU (expect hours per horizon with GPT-2 small)")
+        return ["cpu"]
+    if visible == 0:
+        raise InputError("config key device = 'cuda' but no CUDA device is visible; set device: auto or cpu, or run on a GPU node.")
+    if visible < gpus_per_job:
+        log.warning("gpus_per_job = %d but only %d CUDA device(s) visible: using %d", gpus_per_job, visible, visible)
+    return [f"cuda:{i}" for i in range(min(visible, gpus_per_job))]
+
+
+def plan_device_map(model: torch.nn.Module, devices: list[str]) -> dict[str, str | int]:
+    """Balanced layer-wise map of `model` over CUDA `devices`, blocks kept whole."""
+    gpu_ids = [torch.device(d).index for d in devices]
+    max_memory = get_balanced_memory(model, max_memory={i: torch.cuda.mem_get_info(i)[0] for i in gpu_ids},
+                                     no_split_module_classes=[BLOCK_CLASS], dtype=model.dtype)
+    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=[BLOCK_CLASS],
+                                 dtype=model.dtype)
+
+
+def place_model(model: torch.nn.Module, devices: list[str], device_map: dict | None = None) -> torch.nn.Module:
+    """One device: move the model there. Several: dispatch over them with accelerate hooks.
+
+    `device_map` may be given explicitly (tests split the layers over two CPU entries
+    this way, with hooks forced, to exercise the dispatched path without GPUs).
+    """
+    if device_map is None and len(devices) == 1:
+        return model.to(devices[0])
+    device_map = device_map or plan_device_map(model, devices)
+    log.info("device map: %s", device_map)
+    return dispatch_model(model, device_map=device_map, force_hooks=True)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the token ids must go: the device of the token embeddings."""
+    return model.wte.weight.device
+
+
+def peak_memory(devices: list[str]) -> dict[str, int]:
+    """Peak bytes per device: max allocated per GPU, peak RSS of the process for the CPU."""
+    import resource
+    peaks = {"cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    for d in devices:
+        if d.startswith("cuda"):
+            peaks[d] = torch.cuda.max_memory_allocated(torch.device(d))
+    return peaks

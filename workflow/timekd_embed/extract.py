@@ -1,0 +1,219 @@
+"""Batches of windows -> teacher embeddings (uses prompts, lm, sca, devices, store).
+
+For each window: 2N prompts (GT and HD per variable) through the frozen GPT-2 with the
+calibrated mask, the last real token's state kept, then the SCA over the variables:
+(N, d) per window. Prompts of many windows share one forward pass, sorted by length
+so that padding stays small, bounded by a token budget (prompts x padded length).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .devices import input_device, peak_memory, place_model, resolve_devices
+from .errors import InputError
+from .lm import DTYPES, check_vocab, last_token_states, load_config, load_lm, load_tokenizer, pad_batch, sha256_file, weights_file
+from .prompts import SplitPrompts
+from .sca import SubtractiveCrossAttention, seeded_sca
+from .store import read_metadata, read_tensors, write_json, write_tensors
+from .windows import read_windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one extraction job needs; the first block decides the output, the second only the speed."""
+    name: str
+    template: str | None
+    pred_len: int
+    split: str
+    model: str
+    revision: str | None
+    precision: str
+    fidelity: str
+    limit_windows: int | None
+    # runtime only
+    device: str = "auto"
+    gpus_per_job: int = 1
+    batch_tokens: int = 65536
+
+
+@dataclass
+class Teacher:
+    tokenizer: object
+    model: torch.nn.Module
+    sca: SubtractiveCrossAttention
+    devices: list[str]
+
+    @property
+    def n_positions(self) -> int:
+        return self.model.config.n_positions
+
+
+def load_teacher(settings: Settings, sca_path: str | Path, devices: list[str] | None = None,
+                 device_map: dict | None = None, attn_implementation: str = "sdpa") -> Teacher:
+    devices = devices or resolve_devices(settings.device, settings.gpus_per_job)
+    config = load_config(settings.model, settings.revision)
+    tokenizer = load_tokenizer(settings.model, settings.revision)
+    check_vocab(tokenizer, config, settings.model)
+    model = load_lm(settings.model, settings.revision, DTYPES[settings.precision], attn_implementation)
+    model = place_model(model, devices, device_map)
+    sca = load_sca(sca_path).to(devices[0])
+    if sca.layers[0].ff[0].out_features != 4 * config.n_embd:
+        raise InputError(f"{sca_path}: made for a language model of width {sca.layers[0].ff[0].out_features // 4}, "
+                         f"but {settings.model} has width {config.n_embd}; delete it and rerun.")
+    return Teacher(tokenizer, model, sca, devices)
+
+
+def save_sca(path: str | Path, n_vars: int, d_model: int, seed: int) -> None:
+    """The SCA weights every horizon and split shares, under the published parameter names."""
+    sca = seeded_sca(n_vars, d_model, seed)
+    write_tensors(path, sca.state_dict(), {"seed": str(seed), "n_vars": str(n_vars), "d_model": str(d_model),
+                                           "package": f"timekd-embed {__version__}"})
+
+
+def load_sca(path: str | Path) -> SubtractiveCrossAttention:
+    tensors, _ = read_tensors(path)
+    n_vars = tensors["layers.0.norm_attn.weight"].shape[0]
+    d_model = tensors["layers.0.ff.0.weight"].shape[0] // 4
+    sca = SubtractiveCrossAttention(n_vars, d_model)
+    sca.load_state_dict(tensors)
+    return sca.eval().requires_grad_(False)
+
+
+def check_context(prompts: SplitPrompts, n_positions: int, split: str, start: int, stop: int,
+                  variables: list[str]) -> int:
+    """Fail before any model work when a prompt cannot fit; return the longest prompt."""
+    gt, _ = prompts.lengths(start, stop)       # GT prompts are the longer ones
+    if gt.size == 0:
+        return 0
+    w, c = np.unravel_index(int(gt.argmax()), gt.shape)
+    longest = int(gt[w, c])
+    if longest > n_positions:
+        raise InputError(
+            f"pred_len {prompts.pred_len}, split {split}: the longest prompt has {longest} tokens "
+            f"(window {start + w}, variable {variables[c]!r}) but the model reads at most {n_positions}; "
+            f"remove {prompts.pred_len} from pred_lens or use a model with a longer context.")
+    return longest
+
+
+def _batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
+    """Prompt indices grouped longest-first so that each batch's prompts x padded length <= budget."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, k = [], 0
+    while k < len(order):
+        longest = int(lengths[order[k]])
+        size = max(1, batch_tokens // longest)
+        batches.append(order[k:k + size])
+        k += size
+    return batches
+
+
+def embed_windows(teacher: Teacher, prompts: SplitPrompts, start: int, stop: int, fidelity: str,
+                  batch_tokens: int, progress: tqdm | None = None) -> tuple[np.ndarray, int]:
+    """Embeddings (stop - start, N, d) float32 of windows start..stop-1, and the tokens processed."""
+    N, d = prompts.n_vars, teacher.model.config.n_embd
+    gt_len, hd_len = prompts.lengths(start, stop)
+    mean_len = float((gt_len.sum() + hd_len.sum()) / max(1, gt_len.size * 2))
+    # Enough windows per chunk for several full batches, so that sorting by length pays off.
+    chunk = max(1, math.ceil(8 * batch_tokens / (2 * N * max(mean_len, 1.0))))
+    out = np.empty((stop - start, N, d), dtype=np.float32)
+    dev = input_device(teacher.model)
+    tokens = 0
+    for a in range(start, stop, chunk):
+        b = min(stop, a + chunk)
+        seqs, types = [], []
+        for i in range(a, b):
+            w = prompts.window_ids(i)
+            own = [prompts.types(s) for s in w.gt + w.hd]
+            if fidelity == "reference":
+                # The published defect: every GT (HD) prompt borrows the token types of
+                # the last variable's GT (HD) prompt.
+                own = [own[N - 1]] * N + [own[2 * N - 1]] * N
+            seqs += w.gt + w.hd
+            types += [t.astype(np.int8) for t in own]
+        lengths = np.array([len(s) for s in seqs])
+        states = torch.empty(len(seqs), d, dtype=torch.float32)
+        for idx in _batches(lengths, batch_tokens):
+            ids, lens, typ = pad_batch([seqs[k] for k in idx], [types[k] for k in idx])
+            states[torch.from_numpy(idx)] = last_token_states(teacher.model, ids.to(dev), lens, typ.to(dev)).cpu()
+        tokens += int(lengths.sum())
+        states = states.view(b - a, 2, N, d)                          # (windows, GT/HD, N, d)
+        with torch.inference_mode():
+            sca_dev = teacher.devices[0]
+            gt = states[:, 0].transpose(1, 2).to(sca_dev)              # (windows, d, N)
+            hd = states[:, 1].transpose(1, 2).to(sca_dev)
+            out[a - start:b - start] = teacher.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
+        if progress is not None:
+            progress.update(b - a)
+            progress.set_postfix(tokens_per_s=f"{tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}")
+    return out, tokens
+
+
+def window_range(n_windows: int, limit_windows: int | None) -> tuple[int, int]:
+    return 0, n_windows if limit_windows is None else min(n_windows, limit_windows)
+
+
+def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | Path, out_path: str | Path,
+                  stats_path: str | Path, log_file=None) -> dict:
+    """The extraction job: one (horizon, split) from its windows file to its embeddings file."""
+    split = read_windows(windows_path)
+    tokenizer = load_tokenizer(settings.model, settings.revision)
+    prompts = SplitPrompts(tokenizer, split.raw, split.stamps(), settings.name, settings.pred_len,
+                           split.meta["seq_len"], settings.template)
+    start, stop = window_range(prompts.n_windows, settings.limit_windows)
+    if stop == 0:
+        raise InputError(f"{windows_path}: split {settings.split} has no window of {split.meta['seq_len']} + "
+                         f"{settings.pred_len} rows; use a smaller pred_len or seq_len.")
+    n_positions = load_config(settings.model, settings.revision).n_positions
+    longest = check_context(prompts, n_positions, settings.split, start, stop, split.variables)
+
+    teacher = load_teacher(settings, sca_path)
+    log.info("pred_len %d, split %s: %d windows x %d variables on %s in %s, longest prompt %d tokens",
+             settings.pred_len, settings.split, stop - start, prompts.n_vars, ", ".join(teacher.devices),
+             settings.precision, longest)
+    began = time.perf_counter()
+    with tqdm(total=stop - start, unit="win", file=log_file, mininterval=5.0, dynamic_ncols=False,
+              desc=f"P={settings.pred_len} {settings.split}") as bar:
+        embeddings, tokens = embed_windows(teacher, prompts, start, stop, settings.fidelity,
+                                           settings.batch_tokens, bar)
+    wall = time.perf_counter() - began
+
+    metadata = provenance(settings, split.meta, sca_path, teacher) | {"window_range": [start, stop]}
+    write_tensors(out_path, {"embeddings": torch.from_numpy(embeddings),
+                             "window_start": torch.arange(start, stop, dtype=torch.int64)}, metadata)
+    stats = {"pred_len": settings.pred_len, "split": settings.split, "windows": stop - start,
+             "tokens": tokens, "wall_s": round(wall, 3), "windows_per_s": (stop - start) / wall,
+             "tokens_per_s": tokens / wall, "peak_memory_bytes": peak_memory(teacher.devices),
+             "devices": teacher.devices, "precision": settings.precision, "batch_tokens": settings.batch_tokens,
+             "longest_prompt": longest, "host": platform.node()}
+    write_json(stats_path, stats)
+    return stats
+
+
+def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, teacher: Teacher) -> dict:
+    import transformers
+    weights = weights_file(settings.model, settings.revision)
+    revision = getattr(teacher.model.config, "_commit_hash", None) or settings.revision
+    return {
+        "input_sha256": windows_meta["input_sha256"], "seq_len": windows_meta["seq_len"],
+        "pred_len": settings.pred_len, "split": settings.split, "dataset": settings.name,
+        "model": settings.model, "revision": revision or "", "weights_sha256": sha256_file(weights),
+        "precision": settings.precision, "fidelity": settings.fidelity,
+        "sca_sha256": sha256_file(Path(sca_path)), "seed": read_metadata(sca_path)["seed"],
+        "limit_windows": settings.limit_windows,
+        "variables": windows_meta["variables"], "devices": teacher.devices,
+        "package": f"timekd-embed {__version__}", "torch": torch.__version__,
+        "transformers": transformers.__version__, "settings": asdict(settings),
+    }

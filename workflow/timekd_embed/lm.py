@@ -1,0 +1,121 @@
+"""The frozen GPT-2 teacher: loading, the calibrated mask, last-token states (spec sections 3-4)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+CALIBRATION = -100.0  # added between language and time-series tokens, both directions
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _local(name_or_path: str) -> Path | None:
+    path = Path(name_or_path)
+    return path if (path.is_absolute() or name_or_path.startswith(".") or path.exists()) else None
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2TokenizerFast:
+    local = _local(name_or_path)
+    if local is not None:
+        missing = [f for f in ("vocab.json", "merges.txt") if not (local / f).is_file()]
+        if missing:
+            raise InputError(f"model folder {local} lacks {', '.join(missing)}; put the GPT-2 tokenizer files there.")
+    return GPT2TokenizerFast.from_pretrained(name_or_path, revision=revision)
+
+
+def load_config(name_or_path: str, revision: str | None = None) -> GPT2Config:
+    local = _local(name_or_path)
+    if local is not None and not (local / "config.json").is_file():
+        raise InputError(f"model folder {local} has no config.json; point model.name_or_path at a GPT-2 model folder.")
+    config = GPT2Config.from_pretrained(name_or_path, revision=revision)
+    if config.model_type != "gpt2":
+        raise InputError(f"model {name_or_path} is a {config.model_type!r} model; only the GPT-2 family is supported.")
+    return config
+
+
+def weights_file(name_or_path: str, revision: str | None = None) -> Path:
+    """The safetensors file the weights come from (local folder or hub cache)."""
+    local = _local(name_or_path)
+    if local is not None:
+        path = local / "model.safetensors"
+        if not path.is_file():
+            raise InputError(f"model folder {local} has no model.safetensors; only safetensors weights are loaded (no pickle).")
+        return path
+    from transformers.utils import cached_file
+    return Path(cached_file(name_or_path, "model.safetensors", revision=revision))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_lm(name_or_path: str, revision: str | None, dtype: torch.dtype,
+            attn_implementation: str = "sdpa") -> GPT2Model:
+    """GPT2Model in eval mode with frozen weights, safetensors only, no remote code."""
+    weights_file(name_or_path, revision)  # fail early and clearly when there are no safetensors
+    model = GPT2Model.from_pretrained(name_or_path, revision=revision, dtype=dtype, use_safetensors=True,
+                                      trust_remote_code=False, attn_implementation=attn_implementation)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def check_vocab(tokenizer, config: GPT2Config, name_or_path: str) -> None:
+    if len(tokenizer) > config.vocab_size:
+        raise InputError(f"model {name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model only "
+                         f"{config.vocab_size} embeddings; use the tokenizer that belongs to this model.")
+
+
+def calibrated_mask(types: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask (B, 1, L, L) for right-padded prompts.
+
+    types: (B, L) int8 per key/query position: 1 time-series, 0 language, -1 untyped
+    (padding, or beyond the type list the published code used). Entry (i, j) is
+    -100 where one of i, j is language and the other time-series, the dtype's minimum
+    where j > i (causal; this also hides the right padding from every real token), else 0.
+    """
+    ts, lang = types == 1, types == 0                                      # (B, L)
+    cross = (lang[:, :, None] & ts[:, None, :]) | (ts[:, :, None] & lang[:, None, :])
+    mask = torch.where(cross, CALIBRATION, 0.0).to(dtype)                # (B, L, L)
+    L = types.shape[1]
+    future = torch.ones(L, L, dtype=torch.bool, device=types.device).triu(1)
+    return mask.masked_fill_(future, torch.finfo(dtype).min).unsqueeze(1)
+
+
+@torch.inference_mode()
+def last_token_states(model: GPT2Model, ids: torch.Tensor, lengths: torch.Tensor,
+                      types: torch.Tensor) -> torch.Tensor:
+    """Final-layer-norm hidden state at each prompt's last real token.
+
+    ids: (B, L) right-padded token ids; lengths: (B,); types: (B, L) as in
+    `calibrated_mask`. Returns (B, d) in float32.
+    """
+    mask = calibrated_mask(types, model.dtype)
+    hidden = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, L, d)
+    last = (lengths - 1).to(hidden.device)
+    return hidden[torch.arange(len(last), device=hidden.device), last].float()
+
+
+def pad_batch(seqs: list[np.ndarray], types: list[np.ndarray], pad_id: int = 0):
+    """Right-pad id arrays and type arrays into (B, L) tensors; types pad with -1."""
+    L = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), L), pad_id, dtype=np.int64)
+    typ = np.full((len(seqs), L), -1, dtype=np.int8)
+    for k, (s, t) in enumerate(zip(seqs, types)):
+        ids[k, :len(s)] = s
+        t = t[:len(s)]  # a borrowed type list (reference fidelity) is cut to the prompt's length
+        typ[k, :len(t)] = t
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    return torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(typ)

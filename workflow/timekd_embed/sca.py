@@ -1,0 +1,61 @@
+"""The subtractive cross attention (SCA) over the variables (spec section 5).
+
+Module and parameter names mirror the published `sub_ac` module, so a state dict saved
+from here loads into the published code with `load_state_dict`. Built in the same order
+as the published module, so the same seed draws the same weights there and here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Attention(nn.Module):
+    def __init__(self, n_vars: int):
+        super().__init__()
+        self.W_Q = nn.Linear(n_vars, n_vars)
+        self.W_K = nn.Linear(n_vars, n_vars)
+        self.W_V = nn.Linear(n_vars, n_vars)
+        self.sdp_attn = nn.Module()
+        self.sdp_attn.scale = nn.Parameter(torch.tensor(n_vars ** -0.5), requires_grad=False)  # single head of width N
+        self.to_out = nn.Sequential(nn.Linear(n_vars, n_vars))
+
+    def forward(self, q, k, v):                                  # each (B, d, N)
+        scores = self.W_Q(q) @ self.W_K(k).transpose(1, 2)       # (B, d, d)
+        weights = torch.softmax(scores * self.sdp_attn.scale, dim=-1)
+        return self.to_out(weights @ self.W_V(v))                # (B, d, N)
+
+
+class _Layer(nn.Module):
+    def __init__(self, n_vars: int, d_ff: int):
+        super().__init__()
+        self.self_attn = _Attention(n_vars)
+        self.norm_attn = nn.LayerNorm(n_vars)
+        # ff.2 is the published dropout slot (off at inference); the index keeps the key ff.3.
+        self.ff = nn.Sequential(nn.Linear(n_vars, d_ff), nn.GELU(), nn.Identity(), nn.Linear(d_ff, n_vars))
+        self.norm_ffn = nn.LayerNorm(n_vars)
+
+    def forward(self, q, k, v):                                  # each (B, d, N)
+        q, k, v = self.norm_attn(q), self.norm_attn(k), self.norm_attn(v)
+        q = self.norm_ffn(q - self.self_attn(q, k, v))           # subtract, not add
+        return q + self.ff(q)
+
+
+class SubtractiveCrossAttention(nn.Module):
+    """q = GT last-token states, k = v = HD last-token states, each (B, d, N) -> (B, d, N)."""
+
+    def __init__(self, n_vars: int, d_model: int):
+        super().__init__()
+        self.layers = nn.ModuleList([_Layer(n_vars, 4 * d_model)])
+
+    def forward(self, gt: torch.Tensor, hd: torch.Tensor) -> torch.Tensor:
+        return self.layers[0](gt, hd, hd)
+
+
+def seeded_sca(n_vars: int, d_model: int, seed: int) -> SubtractiveCrossAttention:
+    """PyTorch's default initialisation drawn from `seed`, without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sca = SubtractiveCrossAttention(n_vars, d_model)
+    return sca.eval().requires_grad_(False)
