@@ -1,4 +1,4 @@
-# TimeKD teacher embeddings: raw CSV -> windows -> per-horizon extraction.
+# TimeKD teacher embeddings: raw CSV -> windows -> per-horizon extraction -> validation.
 # Run: snakemake --cores 8 --resources gpu=2   (README.md; every config key: config/README.md)
 from snakemake.utils import min_version
 
@@ -8,11 +8,16 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/windows.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/validate.smk"
 
 
 rule all:
     input:
         all_embeddings(),
+        rules.validate.output,

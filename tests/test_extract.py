@@ -45,7 +45,7 @@ def test_batched_extraction_equals_the_plain_teacher(train_split, tokenizer, tin
     _, raw, stamps = train_split
     teacher = load_teacher(settings(tiny_model_dir, fidelity=fidelity), sca_path, devices=["cpu"])
     prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
-    got = np.concatenate([embed_windows(teacher, prompts, i, i + 1, fidelity, batch_tokens=8192)[0] for i in WINDOWS])
+    got = np.concatenate([embed_windows(teacher, prompts, [i], fidelity, batch_tokens=8192)[0] for i in WINDOWS])
     want = plain_teacher(raw, stamps, WINDOWS, P, "weather", tokenizer, teacher.model.float(),
                          load_sca(sca_path).state_dict(), fidelity)
     assert got.shape == (len(WINDOWS), 21, 64) and got.dtype == np.float32
@@ -56,8 +56,8 @@ def test_fidelities_differ_where_the_published_defect_bites(train_split, tokeniz
     _, raw, stamps = train_split
     teacher = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
     prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
-    ref, _ = embed_windows(teacher, prompts, 0, 1, "reference", 8192)
-    cor, _ = embed_windows(teacher, prompts, 0, 1, "corrected", 8192)
+    ref, _ = embed_windows(teacher, prompts, [0], "reference", 8192)
+    cor, _ = embed_windows(teacher, prompts, [0], "corrected", 8192)
     assert np.abs(ref - cor).max() > 1e-3
 
 
@@ -65,10 +65,10 @@ def test_batch_size_and_window_ranges_do_not_change_results(train_split, tokeniz
     _, raw, stamps = train_split
     teacher = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
     prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
-    one_by_one = np.concatenate([embed_windows(teacher, prompts, i, i + 1, "reference", 1024)[0] for i in range(3)])
-    together, tokens = embed_windows(teacher, prompts, 0, 3, "reference", 1 << 16)
+    one_by_one = np.concatenate([embed_windows(teacher, prompts, [i], "reference", 1024)[0] for i in range(3)])
+    together, tokens = embed_windows(teacher, prompts, [0, 1, 2], "reference", 1 << 16)
     assert np.abs(one_by_one - together).max() < 1e-5
-    gt, hd = prompts.lengths(0, 3)
+    gt, hd = prompts.lengths([0, 1, 2])
     assert tokens == gt.sum() + hd.sum()
 
 
@@ -80,8 +80,8 @@ def test_layers_split_over_two_devices_equal_one_device(train_split, tokenizer, 
     split_map = {"wte": "cpu", "wpe": "cpu", "drop": "cpu", "h.0": "cpu", "h.1": "cpu", "ln_f": "cpu"}
     split = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu", "cpu"], device_map=split_map)
     assert hasattr(split.model.h[1], "_hf_hook")        # really dispatched, not just moved
-    a, _ = embed_windows(plain, prompts, 0, 2, "reference", 8192)
-    b, _ = embed_windows(split, prompts, 0, 2, "reference", 8192)
+    a, _ = embed_windows(plain, prompts, [0, 1], "reference", 8192)
+    b, _ = embed_windows(split, prompts, [0, 1], "reference", 8192)
     assert np.array_equal(a, b)
 
 
@@ -89,7 +89,7 @@ def test_a_horizon_too_long_for_the_context_fails_before_model_work(train_split,
     names, raw, stamps = train_split
     prompts = SplitPrompts(tokenizer, raw[:2000], stamps[:2000], "weather", 336)
     with pytest.raises(InputError, match=r"pred_len 336, split train: the longest prompt has 1\d{3} tokens"):
-        check_context(prompts, 1024, "train", 0, prompts.n_windows, names)
+        check_context(prompts, 1024, "train", np.arange(prompts.n_windows), names)
 
 
 def test_sca_weights_use_the_published_names_and_the_seed(sca_path, tmp_path):

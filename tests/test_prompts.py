@@ -91,7 +91,7 @@ def test_assembled_ids_equal_the_tokenizer(weather, tokenizer, name, P):
 
 
 def test_prompt_lengths_match_the_spec(weather, tokenizer):
-    gt, hd = train(weather, 24)(tokenizer).lengths(0, 1)
+    gt, hd = train(weather, 24)(tokenizer).lengths([0])
     assert (gt.min(), gt.max(), hd.min(), hd.max()) == (280, 400, 232, 328)
     gt192, _ = train(weather, 192)(tokenizer).lengths()
     assert 900 <= gt192.max() <= 1024          # spec: "about 904", inside GPT-2's context

@@ -42,7 +42,7 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 def test_dry_run_of_the_default_config_plans_ten_extraction_jobs_holding_two_gpus(tmp_path, weather_csv):
     result = snakemake(tmp_path, weather_config(), "-n", "--cores", "8", "--resources", "gpu=2")
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result) == {"windows": 1, "sca": 1, "extract": 10, "all": 1}
+    assert planned_jobs(result) == {"windows": 1, "sca": 1, "extract": 10, "parity": 5, "validate": 1, "all": 1}
     extract_jobs = result.stdout.split("rule extract:")[1:]
     assert len(extract_jobs) == 10
     assert all("gpu=2" in job.split("\n\n")[0] for job in extract_jobs)
@@ -66,7 +66,7 @@ def test_missing_csv_says_where_to_put_it(tmp_path):
 
 def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_model_dir):
     config = weather_config(pred_lens=[24], model={"name_or_path": str(tiny_model_dir)},
-                            precision="fp32", limit_windows=2)
+                            precision="bf16", limit_windows=2, parity={"windows": 2, "min_cosine": 0.99})
     run = snakemake(tmp_path, config, "--cores", "2", "--resources", "gpu=2")
     assert run.returncode == 0, run.stderr[-3000:]
     results = tmp_path / "results" / "weather"
@@ -75,11 +75,21 @@ def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_m
             assert f.get_tensor("embeddings").shape == (2, 21, 64)
             assert f.get_tensor("window_start").tolist() == [0, 1]
             meta = f.metadata()
-        assert (meta["pred_len"], meta["split"], meta["precision"], meta["fidelity"]) == ("24", split, "fp32", "reference")
+        assert (meta["pred_len"], meta["split"], meta["precision"], meta["fidelity"]) == ("24", split, "bf16", "reference")
         assert meta["input_sha256"] == "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63"
         stats = json.loads((results / "embeddings" / "24" / f"{split}.json").read_text())
         assert stats["windows"] == 2 and stats["peak_memory_bytes"]["cpu_rss"] > 0
     assert "P=24 train: 100%" in (results / "logs" / "extract_24_train.log").read_text()
+
+    validation = results / "validation"
+    assert json.loads((validation / "shapes.json").read_text())["passed"]
+    parity = json.loads((validation / "parity_24.json").read_text())
+    assert parity["passed"] and 0.99 < parity["fp32_parity"]["cosine_min"] < 1
+    assert "bf16 changed the embeddings by at most" in (validation / "report.md").read_text()
+    html = tmp_path / "report.html"
+    report = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+                                         "--report", str(html)], capture_output=True, text=True)
+    assert report.returncode == 0 and html.stat().st_size > 0, report.stderr[-2000:]
 
     # Nothing changed: nothing to do.
     again = snakemake(tmp_path, config, "-n", "--cores", "2", "--resources", "gpu=2")
@@ -88,12 +98,17 @@ def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_m
     # A new horizon plans only its own jobs; a runtime-only key plans nothing.
     more = snakemake(tmp_path, config | {"pred_lens": [24, 48], "batch_tokens": 4096}, "-n", "--cores", "2",
                      "--resources", "gpu=2")
-    assert planned_jobs(more) == {"extract": 2, "all": 1}
+    assert planned_jobs(more) == {"extract": 2, "parity": 1, "validate": 1, "all": 1}
     assert "pred_len=48" in more.stdout and "pred_len=24" not in more.stdout
 
     # A key that changes the embeddings plans extraction again, but not windows or SCA.
     changed = snakemake(tmp_path, config | {"fidelity": "corrected"}, "-n", "--cores", "2", "--resources", "gpu=2")
-    assert planned_jobs(changed) == {"extract": 2, "all": 1}
+    assert planned_jobs(changed) == {"extract": 2, "parity": 1, "validate": 1, "all": 1}
+
+    # Parity settings rerun the validation only.
+    stricter = snakemake(tmp_path, config | {"parity": {"windows": 3, "min_cosine": 0.99}}, "-n", "--cores", "2",
+                         "--resources", "gpu=2")
+    assert planned_jobs(stricter) == {"parity": 1, "validate": 1, "all": 1}
 
 
 def test_inspect_prints_what_the_teacher_reads(tmp_path, weather_csv, tiny_model_dir):

@@ -18,7 +18,9 @@ def fail(message):
 
 
 try:
-    _valid = validate_config(config, " + ".join(map(str, workflow.configfiles)) or "config")
+    _valid = validate_config(
+        config, " + ".join(map(str, workflow.configfiles)) or "config"
+    )
 except InputError as error:
     fail(error)
 config.clear()

@@ -35,7 +35,7 @@ rule extract:
         f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}.tsv"
     conda:
         ENV
-    threads: workflow.cores
+    threads: 8  # capped at --cores; CPU runs use them all
     resources:
         gpu=config["gpus_per_job"],
     params:

@@ -92,10 +92,10 @@ def load_sca(path: str | Path) -> SubtractiveCrossAttention:
     return sca.eval().requires_grad_(False)
 
 
-def check_context(prompts: SplitPrompts, n_positions: int, split: str, start: int, stop: int,
+def check_context(prompts: SplitPrompts, n_positions: int, split: str, windows: np.ndarray,
                   variables: list[str]) -> int:
     """Fail before any model work when a prompt cannot fit; return the longest prompt."""
-    gt, _ = prompts.lengths(start, stop)       # GT prompts are the longer ones
+    gt, _ = prompts.lengths(windows)           # GT prompts are the longer ones
     if gt.size == 0:
         return 0
     w, c = np.unravel_index(int(gt.argmax()), gt.shape)
@@ -103,7 +103,7 @@ def check_context(prompts: SplitPrompts, n_positions: int, split: str, start: in
     if longest > n_positions:
         raise InputError(
             f"pred_len {prompts.pred_len}, split {split}: the longest prompt has {longest} tokens "
-            f"(window {start + w}, variable {variables[c]!r}) but the model reads at most {n_positions}; "
+            f"(window {windows[w]}, variable {variables[c]!r}) but the model reads at most {n_positions}; "
             f"remove {prompts.pred_len} from pred_lens or use a model with a longer context.")
     return longest
 
@@ -120,22 +120,23 @@ def _batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
-def embed_windows(teacher: Teacher, prompts: SplitPrompts, start: int, stop: int, fidelity: str,
+def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
                   batch_tokens: int, progress: tqdm | None = None) -> tuple[np.ndarray, int]:
-    """Embeddings (stop - start, N, d) float32 of windows start..stop-1, and the tokens processed."""
+    """Embeddings (len(windows), N, d) float32 of the given window indices, and the tokens processed."""
+    windows = np.asarray(windows, dtype=np.int64)
     N, d = prompts.n_vars, teacher.model.config.n_embd
-    gt_len, hd_len = prompts.lengths(start, stop)
+    gt_len, hd_len = prompts.lengths(windows)
     mean_len = float((gt_len.sum() + hd_len.sum()) / max(1, gt_len.size * 2))
     # Enough windows per chunk for several full batches, so that sorting by length pays off.
     chunk = max(1, math.ceil(8 * batch_tokens / (2 * N * max(mean_len, 1.0))))
-    out = np.empty((stop - start, N, d), dtype=np.float32)
+    out = np.empty((len(windows), N, d), dtype=np.float32)
     dev = input_device(teacher.model)
     tokens = 0
-    for a in range(start, stop, chunk):
-        b = min(stop, a + chunk)
+    for a in range(0, len(windows), chunk):
+        part = windows[a:a + chunk]
         seqs, types = [], []
-        for i in range(a, b):
-            w = prompts.window_ids(i)
+        for i in part:
+            w = prompts.window_ids(int(i))
             own = [prompts.types(s) for s in w.gt + w.hd]
             if fidelity == "reference":
                 # The published defect: every GT (HD) prompt borrows the token types of
@@ -149,14 +150,13 @@ def embed_windows(teacher: Teacher, prompts: SplitPrompts, start: int, stop: int
             ids, lens, typ = pad_batch([seqs[k] for k in idx], [types[k] for k in idx])
             states[torch.from_numpy(idx)] = last_token_states(teacher.model, ids.to(dev), lens, typ.to(dev)).cpu()
         tokens += int(lengths.sum())
-        states = states.view(b - a, 2, N, d)                          # (windows, GT/HD, N, d)
+        states = states.view(len(part), 2, N, d)                      # (windows, GT/HD, N, d)
         with torch.inference_mode():
-            sca_dev = teacher.devices[0]
-            gt = states[:, 0].transpose(1, 2).to(sca_dev)              # (windows, d, N)
-            hd = states[:, 1].transpose(1, 2).to(sca_dev)
-            out[a - start:b - start] = teacher.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
+            gt = states[:, 0].transpose(1, 2).to(teacher.devices[0])   # (windows, d, N)
+            hd = states[:, 1].transpose(1, 2).to(teacher.devices[0])
+            out[a:a + len(part)] = teacher.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
         if progress is not None:
-            progress.update(b - a)
+            progress.update(len(part))
             progress.set_postfix(tokens_per_s=f"{tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}")
     return out, tokens
 
@@ -177,7 +177,8 @@ def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | 
         raise InputError(f"{windows_path}: split {settings.split} has no window of {split.meta['seq_len']} + "
                          f"{settings.pred_len} rows; use a smaller pred_len or seq_len.")
     n_positions = load_config(settings.model, settings.revision).n_positions
-    longest = check_context(prompts, n_positions, settings.split, start, stop, split.variables)
+    windows = np.arange(start, stop)
+    longest = check_context(prompts, n_positions, settings.split, windows, split.variables)
 
     teacher = load_teacher(settings, sca_path)
     log.info("pred_len %d, split %s: %d windows x %d variables on %s in %s, longest prompt %d tokens",
@@ -186,7 +187,7 @@ def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | 
     began = time.perf_counter()
     with tqdm(total=stop - start, unit="win", file=log_file, mininterval=5.0, dynamic_ncols=False,
               desc=f"P={settings.pred_len} {settings.split}") as bar:
-        embeddings, tokens = embed_windows(teacher, prompts, start, stop, settings.fidelity,
+        embeddings, tokens = embed_windows(teacher, prompts, windows, settings.fidelity,
                                            settings.batch_tokens, bar)
     wall = time.perf_counter() - began
 

@@ -175,10 +175,9 @@ class SplitPrompts:
             gt.append(np.concatenate(shared + [self._gt_mid] + self._values(c, i + L, P) + [self._close]))
         return WindowIds(gt=gt, hd=hd)
 
-    def lengths(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact token counts (windows, N) of the GT and HD prompts of windows start..stop-1."""
-        stop = self.n_windows if stop is None else stop
-        i = np.arange(start, stop)
+    def lengths(self, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact token counts (len(windows), N) of the GT and HD prompts; all windows by default."""
+        i = np.arange(self.n_windows) if windows is None else np.asarray(windows, dtype=np.int64)
         L, P = self.seq_len, self.pred_len
         head = self._head_a.span_lengths(i, i + 1) + self._head_b.span_lengths(i + L - 1, i + L)
         gt = np.empty((len(i), self.n_vars), dtype=np.int64)

@@ -1,0 +1,147 @@
+"""Validation: shape and provenance checks on damaged files, parity numbers, the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from plain_teacher import plain_teacher
+from timekd_embed.errors import InputError
+from timekd_embed.extract import Settings, extract_split, load_sca, save_sca
+from timekd_embed.parity import compare, parity_report, sample_windows
+from timekd_embed.report import histogram, markdown
+from timekd_embed.store import read_tensors
+from timekd_embed.validate import check_all
+from timekd_embed.windows import load_csv, read_windows, write_windows
+
+P, LIMIT = 24, 3
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, weather_csv, tiny_model_dir):
+    """A small results folder made by the package itself: windows, SCA, P=24 train/val in bf16."""
+    root = tmp_path_factory.mktemp("results")
+    windows = {s: str(root / f"{s}.parquet") for s in ("train", "val", "test")}
+    write_windows(load_csv(weather_csv), "custom", 96, [P], windows)
+    sca = str(root / "sca.safetensors")
+    save_sca(sca, 21, 64, seed=2024)
+    files = {}
+    for split in ("train", "val"):
+        settings = Settings(name="weather", template=None, pred_len=P, split=split, model=str(tiny_model_dir),
+                            revision=None, precision="bf16", fidelity="reference", limit_windows=LIMIT, device="cpu")
+        files[(P, split)] = str(root / f"{P}_{split}.safetensors")
+        extract_split(settings, windows[split], sca, files[(P, split)], root / f"{P}_{split}.json")
+    return {"root": root, "windows": windows, "sca": sca, "files": files}
+
+
+def damaged(results, tmp_path, change) -> dict:
+    """A copy of the results' files where `change(tensors, metadata)` altered the train file."""
+    files = dict(results["files"])
+    tensors, meta = read_tensors(files[(P, "train")])
+    change(tensors, meta)
+    files[(P, "train")] = str(tmp_path / "train.safetensors")
+    save_file(tensors, files[(P, "train")], metadata=meta)
+    return files
+
+
+def check(results, files):
+    return check_all(files, {s: results["windows"][s] for s in ("train", "val")}, results["sca"], LIMIT)
+
+
+def test_intact_results_pass(results):
+    report = check(results, results["files"])
+    assert report["passed"] and report["files"]["24/train"]["shape"] == [LIMIT, 21, 64]
+    assert report["shared_metadata"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t, m: t.update(embeddings=t["embeddings"][:2]), r"shape \(2, 21, 64\), expected \(3, 21, 64\)"),
+    (lambda t, m: t["embeddings"].__setitem__((1, 4, 7), float("nan")), r"1 embedding values are NaN .* \(1, 4, 7\)"),
+    (lambda t, m: t.update(embeddings=t["embeddings"].half()), r"embeddings are torch.float16, expected float32"),
+    (lambda t, m: t.update(window_start=t["window_start"] + 1), r"window_start is not 0..2"),
+    (lambda t, m: m.update(model="gpt2-medium"), r"metadata model = .* differs from .*'gpt2-medium'"),
+    (lambda t, m: m.update(sca_sha256="0" * 64), r"made with other SCA weights"),
+])
+def test_damaged_files_fail_with_a_sentence_naming_file_and_check(results, tmp_path, change, message):
+    files = damaged(results, tmp_path, change)
+    with pytest.raises(InputError, match=message) as error:
+        check(results, files)
+    assert str(tmp_path / "train.safetensors") in str(error.value)
+
+
+def test_a_truncated_file_fails_clearly(results, tmp_path):
+    files = dict(results["files"])
+    data = open(files[(P, "val")], "rb").read()
+    files[(P, "val")] = str(tmp_path / "val.safetensors")
+    open(files[(P, "val")], "wb").write(data[: len(data) // 2])
+    with pytest.raises(InputError, match="val.safetensors: not a readable safetensors file"):
+        check(results, files)
+
+
+def test_parity_statistics_equal_a_direct_computation():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(5, 3, 8)).astype(np.float32)
+    prod = ref + rng.normal(scale=0.01, size=ref.shape).astype(np.float32)
+    prod[4] = ref[3] * 1.001              # window 4 now looks like window 3: its neighbour changes
+    stats, cos = compare(prod, ref)
+    direct = np.array([[np.dot(prod[w, v], ref[w, v]) / np.linalg.norm(prod[w, v]) / np.linalg.norm(ref[w, v])
+                        for v in range(3)] for w in range(5)])
+    assert np.allclose(cos, direct)
+    assert stats["cosine_min"] == pytest.approx(direct.min()) and stats["cosine_mean"] == pytest.approx(direct.mean())
+    assert stats["max_abs_error"] == pytest.approx(np.abs(prod.astype(np.float64) - ref).max())
+    assert stats["relative_l2_error"] == pytest.approx(np.sqrt(((prod.astype(np.float64) - ref) ** 2).sum() / (ref.astype(np.float64) ** 2).sum()))
+    def nn(x):
+        f = x.reshape(5, -1) / np.linalg.norm(x.reshape(5, -1), axis=1, keepdims=True)
+        return [max((j for j in range(5) if j != i), key=lambda j: f[i] @ f[j]) for i in range(5)]
+    assert stats["nn_agreement"] == pytest.approx(np.mean(np.array(nn(prod)) == np.array(nn(ref))))
+    assert stats["nn_agreement"] < 1
+
+
+def test_sample_is_deterministic_and_spread_over_splits():
+    sample = sample_windows({"train": 1000, "val": 10}, 7)
+    assert sample["train"].tolist() == [0, 333, 666, 999] and sample["val"].tolist() == [0, 4, 9]
+    assert sample_windows({"train": 3, "val": 3}, 64)["train"].tolist() == [0, 1, 2]
+
+
+def test_bf16_parity_against_the_plain_fp32_oracle(results, weather_csv, tokenizer, tiny_model_dir):
+    windows = {s: results["windows"][s] for s in ("train", "val")}
+    files = {s: results["files"][(P, s)] for s in ("train", "val")}
+    report, cos = parity_report(files, windows, results["sca"], 3, 0.99, {"device": "cpu", "gpus_per_job": 1})
+    assert report["sample"] == {"train": [0, 2], "val": [0]}
+    # Direct computation: the oracle in fp32 against the stored bf16 rows.
+    from transformers import GPT2Model
+    model = GPT2Model.from_pretrained(tiny_model_dir, attn_implementation="eager").eval()
+    sca = load_sca(results["sca"]).state_dict()
+    prod, ref = [], []
+    for s in ("train", "val"):
+        split = read_windows(windows[s])
+        sample = report["sample"][s]
+        ref.append(plain_teacher(split.raw, split.stamps(), sample, P, "weather", tokenizer, model, sca))
+        prod.append(read_tensors(files[s])[0]["embeddings"].numpy()[sample])
+    direct, direct_cos = compare(np.concatenate(prod), np.concatenate(ref))
+    assert np.allclose(cos, direct_cos.ravel(), atol=1e-6)
+    assert report["fp32_parity"]["cosine_min"] == pytest.approx(direct["cosine_min"], abs=1e-6)
+    assert report["fp32_parity"]["max_abs_error"] == pytest.approx(direct["max_abs_error"], rel=1e-3)
+    assert 0.99 < report["fp32_parity"]["cosine_min"] < 1.0   # bf16 really differs, and not by much
+    assert report["passed"] and report["layer_split"].startswith("not applicable")
+
+
+def test_the_report_renders(results, tmp_path):
+    shapes = check(results, results["files"])
+    stats = {k: json.loads((results["root"] / f"{k[0]}_{k[1]}.json").read_text()) for k in results["files"]}
+    parity = {P: {"pred_len": P, "precision": "bf16", "layer_split": "not applicable: one device",
+                  "fp32_parity": {"windows": 4, "cosine_min": 0.9991, "cosine_p01": 0.9992, "cosine_mean": 0.9998,
+                                  "max_abs_error": 0.05, "relative_l2_error": 0.01, "nn_agreement": 1.0},
+                  "cosines": [0.9991, 0.9995, 0.9999]}}
+    text = markdown("weather", shapes, stats, parity)
+    assert "| 24 | train | 3 | (3, 21, 64) |" in text
+    assert "| 24 | bf16 | 4 | 0.999100 | 0.999200 | 0.999800 | 0.05 | 0.01 | 100% | n/a |" in text
+    assert "bf16 changed the embeddings by at most 0.05" in text and "not measured" in text
+    histogram(parity, tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
