@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from plain_teacher import plain_teacher
 from timekd_embed.errors import InputError
 from timekd_embed.extract import Settings, extract_split, load_sca, save_sca
-from timekd_embed.parity import compare, parity_report, sample_windows
+from timekd_embed.parity import compare, parity_report, require_parity, sample_windows
 from timekd_embed.report import histogram, markdown
 from timekd_embed.store import read_tensors
 from timekd_embed.validate import check_all
@@ -130,6 +130,10 @@ def test_bf16_parity_against_the_plain_fp32_oracle(results, weather_csv, tokeniz
     assert report["fp32_parity"]["max_abs_error"] == pytest.approx(direct["max_abs_error"], rel=1e-3)
     assert 0.99 < report["fp32_parity"]["cosine_min"] < 1.0   # bf16 really differs, and not by much
     assert report["passed"] and report["layer_split"].startswith("not applicable")
+    strict, _ = parity_report(files, windows, results["sca"], 1, 0.999999, {"device": "cpu", "gpus_per_job": 1})
+    with pytest.raises(InputError, match=r"pred_len 24: the lowest cosine similarity between bf16 and fp32 "
+                                         r"embeddings is 0\.99\d+, under parity.min_cosine = 0.999999"):
+        require_parity(strict)
 
 
 def test_the_report_renders(results, tmp_path):

@@ -5,7 +5,8 @@ sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, als
 from timekd_embed.extract import Settings, extract_split
 from timekd_embed.jobs import job
 
-with job(snakemake.log[0], snakemake.threads) as log_file:
+gpus = 0 if snakemake.config["device"] == "cpu" else snakemake.resources.gpu
+with job(snakemake.log[0], snakemake.threads, gpus) as log_file:
     p, cfg = snakemake.params, snakemake.config
     settings = Settings(
         name=p.name, template=p.template, pred_len=int(snakemake.wildcards.pred_len),

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from . import __version__
 from .devices import input_device, peak_memory, place_model, resolve_devices
 from .errors import InputError
-from .lm import DTYPES, check_vocab, last_token_states, load_config, load_lm, load_tokenizer, pad_batch, sha256_file, weights_file
+from .lm import DTYPES, check_vocab, last_token_states, load_config, load_lm, load_tokenizer, sha256_file, weights_file
+from .packing import batches, pack, pad
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
 from .store import read_metadata, read_tensors, write_json, write_tensors
@@ -108,57 +109,51 @@ def check_context(prompts: SplitPrompts, n_positions: int, split: str, windows: 
     return longest
 
 
-def _batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
-    """Prompt indices grouped longest-first so that each batch's prompts x padded length <= budget."""
-    order = np.argsort(-lengths, kind="stable")
-    batches, k = [], 0
-    while k < len(order):
-        longest = int(lengths[order[k]])
-        size = max(1, batch_tokens // longest)
-        batches.append(order[k:k + size])
-        k += size
-    return batches
-
-
 def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
-                  batch_tokens: int, progress: tqdm | None = None) -> tuple[np.ndarray, int]:
-    """Embeddings (len(windows), N, d) float32 of the given window indices, and the tokens processed."""
+                  batch_tokens: int, progress: tqdm | None = None) -> tuple[np.ndarray, dict]:
+    """Embeddings (len(windows), N, d) float32 of the given window indices, and token counts.
+
+    The counts: `tokens`, every token of every prompt (what the published code computes);
+    `computed`, what ran through the model after packing (see packing.py).
+    """
     windows = np.asarray(windows, dtype=np.int64)
     N, d = prompts.n_vars, teacher.model.config.n_embd
     gt_len, hd_len = prompts.lengths(windows)
-    mean_len = float((gt_len.sum() + hd_len.sum()) / max(1, gt_len.size * 2))
+    mean_len = float((gt_len.sum() + hd_len.sum()) / max(1, gt_len.size))
     # Enough windows per chunk for several full batches, so that sorting by length pays off.
-    chunk = max(1, math.ceil(8 * batch_tokens / (2 * N * max(mean_len, 1.0))))
+    chunk = max(1, math.ceil(8 * batch_tokens / (N * max(mean_len, 1.0))))
     out = np.empty((len(windows), N, d), dtype=np.float32)
     dev = input_device(teacher.model)
-    tokens = 0
+    counts = {"tokens": int(gt_len.sum() + hd_len.sum()), "computed": 0}
     for a in range(0, len(windows), chunk):
         part = windows[a:a + chunk]
-        seqs, types = [], []
-        for i in part:
-            w = prompts.window_ids(int(i))
-            own = [prompts.types(s) for s in w.gt + w.hd]
-            if fidelity == "reference":
-                # The published defect: every GT (HD) prompt borrows the token types of
-                # the last variable's GT (HD) prompt.
-                own = [own[N - 1]] * N + [own[2 * N - 1]] * N
-            seqs += w.gt + w.hd
-            types += [t.astype(np.int8) for t in own]
-        lengths = np.array([len(s) for s in seqs])
-        states = torch.empty(len(seqs), d, dtype=torch.float32)
-        for idx in _batches(lengths, batch_tokens):
-            ids, lens, typ = pad_batch([seqs[k] for k in idx], [types[k] for k in idx])
-            states[torch.from_numpy(idx)] = last_token_states(teacher.model, ids.to(dev), lens, typ.to(dev)).cpu()
-        tokens += int(lengths.sum())
-        states = states.view(len(part), 2, N, d)                      # (windows, GT/HD, N, d)
+        seqs = [p for i in part for p in _packed_window(prompts, int(i), fidelity)]
+        lengths = np.array([len(s.ids) for s in seqs])
+        counts["computed"] += int(lengths.sum())
+        states = torch.empty(len(seqs), 2, d, dtype=torch.float32)       # (windows * N, GT/HD, d)
+        for idx in batches(lengths, batch_tokens):
+            states[torch.from_numpy(idx)] = last_token_states(teacher.model, pad([seqs[k] for k in idx]), dev).cpu()
+        states = states.view(len(part), N, 2, d)
         with torch.inference_mode():
-            gt = states[:, 0].transpose(1, 2).to(teacher.devices[0])   # (windows, d, N)
-            hd = states[:, 1].transpose(1, 2).to(teacher.devices[0])
+            gt = states[:, :, 0].transpose(1, 2).to(teacher.devices[0])   # (windows, d, N)
+            hd = states[:, :, 1].transpose(1, 2).to(teacher.devices[0])
             out[a:a + len(part)] = teacher.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
         if progress is not None:
             progress.update(len(part))
-            progress.set_postfix(tokens_per_s=f"{tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}")
-    return out, tokens
+            progress.set_postfix(model_tokens_per_s=f"{counts['computed'] / max(progress.format_dict['elapsed'], 1e-9):.0f}")
+    return out, counts
+
+
+def _packed_window(prompts: SplitPrompts, i: int, fidelity: str) -> list:
+    """The N packed (GT, HD) sequences of window i, with the type lists their masks read."""
+    w = prompts.window_ids(i)
+    gt_types = [prompts.types(s).astype(np.int8) for s in w.gt]
+    hd_types = [prompts.types(s).astype(np.int8) for s in w.hd]
+    if fidelity == "reference":
+        # The published defect: every GT (HD) prompt's mask uses the token types of the
+        # last variable's GT (HD) prompt.
+        gt_types, hd_types = [gt_types[-1]] * len(gt_types), [hd_types[-1]] * len(hd_types)
+    return [pack(g, h, gt_t, hd_t) for g, h, gt_t, hd_t in zip(w.gt, w.hd, gt_types, hd_types)]
 
 
 def window_range(n_windows: int, limit_windows: int | None) -> tuple[int, int]:
@@ -181,13 +176,14 @@ def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | 
     longest = check_context(prompts, n_positions, settings.split, windows, split.variables)
 
     teacher = load_teacher(settings, sca_path)
-    log.info("pred_len %d, split %s: %d windows x %d variables on %s in %s, longest prompt %d tokens",
-             settings.pred_len, settings.split, stop - start, prompts.n_vars, ", ".join(teacher.devices),
-             settings.precision, longest)
+    gt, hd = prompts.lengths(windows)
+    log.info("pred_len %d, split %s: %d windows x %d variables, %d prompts, %d tokens (longest prompt %d) on %s in %s;"
+             " the progress bar's ETA is the time estimate", settings.pred_len, settings.split, stop - start,
+             prompts.n_vars, 2 * gt.size, gt.sum() + hd.sum(), longest, ", ".join(teacher.devices), settings.precision)
     began = time.perf_counter()
     with tqdm(total=stop - start, unit="win", file=log_file, mininterval=5.0, dynamic_ncols=False,
               desc=f"P={settings.pred_len} {settings.split}") as bar:
-        embeddings, tokens = embed_windows(teacher, prompts, windows, settings.fidelity,
+        embeddings, counts = embed_windows(teacher, prompts, windows, settings.fidelity,
                                            settings.batch_tokens, bar)
     wall = time.perf_counter() - began
 
@@ -195,8 +191,8 @@ def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | 
     write_tensors(out_path, {"embeddings": torch.from_numpy(embeddings),
                              "window_start": torch.arange(start, stop, dtype=torch.int64)}, metadata)
     stats = {"pred_len": settings.pred_len, "split": settings.split, "windows": stop - start,
-             "tokens": tokens, "wall_s": round(wall, 3), "windows_per_s": (stop - start) / wall,
-             "tokens_per_s": tokens / wall, "peak_memory_bytes": peak_memory(teacher.devices),
+             "tokens": counts["tokens"], "tokens_computed": counts["computed"], "wall_s": round(wall, 3),
+             "windows_per_s": (stop - start) / wall, "tokens_per_s": counts["tokens"] / wall, "peak_memory_bytes": peak_memory(teacher.devices),
              "devices": teacher.devices, "precision": settings.precision, "batch_tokens": settings.batch_tokens,
              "longest_prompt": longest, "host": platform.node()}
     write_json(stats_path, stats)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
 
 import torch
 
 from .errors import InputError
+from .leases import DEFAULT_LOCK_DIR, lease_gpus
 
 
 @contextmanager
-def job(log_path: str | None, threads: int | None = None):
+def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
     """Log to the job's log file (and stderr); turn InputError into one line and exit 1.
 
+    With `gpus`, lease that many GPU ids first (before CUDA starts; see leases.py).
     Yields the open log file, for progress bars.
     """
     stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
@@ -24,6 +27,8 @@ def job(log_path: str | None, threads: int | None = None):
     logging.captureWarnings(True)
     if threads:
         torch.set_num_threads(threads)
+    if gpus:
+        lease_gpus(gpus, os.environ.get("TIMEKD_GPU_LOCK_DIR", DEFAULT_LOCK_DIR))  # held until the process ends
     try:
         yield stream
     except InputError as error:

@@ -78,44 +78,35 @@ def check_vocab(tokenizer, config: GPT2Config, name_or_path: str) -> None:
                          f"{config.vocab_size} embeddings; use the tokenizer that belongs to this model.")
 
 
-def calibrated_mask(types: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive attention mask (B, 1, L, L) for right-padded prompts.
+def calibrated_mask(codes: torch.Tensor, segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask (B, 1, T, T) for right-padded, possibly packed sequences.
 
-    types: (B, L) int8 per key/query position: 1 time-series, 0 language, -1 untyped
-    (padding, or beyond the type list the published code used). Entry (i, j) is
-    -100 where one of i, j is language and the other time-series, the dtype's minimum
-    where j > i (causal; this also hides the right padding from every real token), else 0.
+    codes: (B, T) int8 type code per token: 1 time-series, 0 language, -1 untyped
+    (padding, or beyond the type list the published code used). segments: (B, T) int8,
+    0 shared prefix, 1 and 2 the two continuations of a packed pair, -1 padding.
+    Query i may see key j when j <= i and j is in the prefix or in i's own segment; a
+    visible pair gets -100 when one is language and the other time-series, else 0; an
+    invisible pair gets the dtype's minimum (causal, the other continuation, padding).
     """
-    ts, lang = types == 1, types == 0                                      # (B, L)
+    ts, lang = codes == 1, codes == 0                                     # (B, T)
     cross = (lang[:, :, None] & ts[:, None, :]) | (ts[:, :, None] & lang[:, None, :])
-    mask = torch.where(cross, CALIBRATION, 0.0).to(dtype)                # (B, L, L)
-    L = types.shape[1]
-    future = torch.ones(L, L, dtype=torch.bool, device=types.device).triu(1)
-    return mask.masked_fill_(future, torch.finfo(dtype).min).unsqueeze(1)
+    T = codes.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=codes.device).tril()
+    same_branch = (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None])
+    visible = causal & same_branch                                         # (B, T, T)
+    mask = torch.where(cross, CALIBRATION, 0.0).to(dtype)
+    return mask.masked_fill_(~visible, torch.finfo(dtype).min).unsqueeze(1)
 
 
 @torch.inference_mode()
-def last_token_states(model: GPT2Model, ids: torch.Tensor, lengths: torch.Tensor,
-                      types: torch.Tensor) -> torch.Tensor:
-    """Final-layer-norm hidden state at each prompt's last real token.
+def last_token_states(model: GPT2Model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Final-layer-norm hidden states at the gathered positions: (B, 2, d) float32.
 
-    ids: (B, L) right-padded token ids; lengths: (B,); types: (B, L) as in
-    `calibrated_mask`. Returns (B, d) in float32.
+    batch: `packing.pad` output (ids, positions, codes, segments (B, T); last (B, 2)).
     """
-    mask = calibrated_mask(types, model.dtype)
-    hidden = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, L, d)
-    last = (lengths - 1).to(hidden.device)
-    return hidden[torch.arange(len(last), device=hidden.device), last].float()
-
-
-def pad_batch(seqs: list[np.ndarray], types: list[np.ndarray], pad_id: int = 0):
-    """Right-pad id arrays and type arrays into (B, L) tensors; types pad with -1."""
-    L = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), L), pad_id, dtype=np.int64)
-    typ = np.full((len(seqs), L), -1, dtype=np.int8)
-    for k, (s, t) in enumerate(zip(seqs, types)):
-        ids[k, :len(s)] = s
-        t = t[:len(s)]  # a borrowed type list (reference fidelity) is cut to the prompt's length
-        typ[k, :len(t)] = t
-    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-    return torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(typ)
+    to = lambda k: batch[k].to(device, non_blocking=True)
+    mask = calibrated_mask(to("codes"), to("segments"), model.dtype)
+    hidden = model(input_ids=to("ids"), position_ids=to("positions"), attention_mask=mask,
+                   use_cache=False).last_hidden_state                             # (B, T, d)
+    last = batch["last"].to(hidden.device)
+    return hidden[torch.arange(len(last), device=hidden.device)[:, None], last].float()

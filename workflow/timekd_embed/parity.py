@@ -12,6 +12,7 @@ import json
 import numpy as np
 
 from .devices import resolve_devices
+from .errors import InputError
 from .extract import Settings, embed_windows, load_teacher
 from .prompts import SplitPrompts
 from .store import read_tensors
@@ -94,6 +95,15 @@ def parity_report(embedding_paths: dict[str, str], windows_paths: dict[str, str]
     report["passed"] = stats["cosine_min"] >= min_cosine
     report["layer_split"] = layer_split_check(settings, sca_path, splits, sample)
     return report, cos.ravel()
+
+
+def require_parity(report: dict) -> None:
+    """InputError when the lowest cosine similarity falls under the configured minimum."""
+    if not report["passed"]:
+        raise InputError(
+            f"pred_len {report['pred_len']}: the lowest cosine similarity between {report['precision']} and fp32 "
+            f"embeddings is {report['fp32_parity']['cosine_min']:.6f}, under parity.min_cosine = "
+            f"{report['min_cosine_required']}; use precision fp32 or bf16, or check the model weights.")
 
 
 def layer_split_check(settings: Settings, sca_path: str, splits: dict, sample: dict) -> dict | str:
