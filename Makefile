@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE_ARGS ?= --cores 8 --resources gpu=2
 
-.PHONY: run test lint format bootstrap
+.PHONY: run test lint format bench bootstrap
 
 bootstrap: $(VENV)/.installed
 
@@ -12,7 +12,7 @@ bootstrap: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,export]'
 	touch $@
 
 run: bootstrap
@@ -27,3 +27,7 @@ lint: bootstrap
 
 format: bootstrap
 	$(BIN)/snakefmt Snakefile workflow/rules
+
+# Speed and memory on this machine, written to docs/benchmarks.md and .json (see that file).
+bench: bootstrap
+	$(BIN)/python -m timekd_embed.bench --out docs/benchmarks.md

@@ -15,9 +15,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/windows.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/validate.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/manifest.smk"
 
 
 rule all:
     input:
         all_embeddings(),
         rules.validate.output,
+        rules.manifest.output,

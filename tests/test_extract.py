@@ -86,6 +86,19 @@ def test_layers_split_over_two_devices_equal_one_device(train_split, tokenizer, 
     assert np.array_equal(a, b)
 
 
+def test_one_replica_per_device_equals_one_device(train_split, tokenizer, tiny_model_dir, sca_path):
+    """Data parallel over two (CPU) devices: the windows are shared out, the results unchanged."""
+    _, raw, stamps = train_split
+    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+    plain = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
+    replicated = load_teacher(settings(tiny_model_dir, placement="data_parallel"), sca_path, devices=["cpu", "cpu"])
+    assert replicated.placement == "data_parallel" and len(replicated.replicas) == 2
+    a, counts_a = embed_windows(plain, prompts, [0, 1, 2], "reference", 8192)
+    b, counts_b = embed_windows(replicated, prompts, [0, 1, 2], "reference", 8192)
+    # Other batch compositions, so equal up to float rounding, not bit for bit.
+    assert np.abs(a - b).max() < 1e-5 and counts_a == counts_b
+
+
 def test_a_horizon_too_long_for_the_context_fails_before_model_work(train_split, tokenizer):
     names, raw, stamps = train_split
     prompts = SplitPrompts(tokenizer, raw[:2000], stamps[:2000], "weather", 336)

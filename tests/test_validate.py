@@ -112,7 +112,7 @@ def test_sample_is_deterministic_and_spread_over_splits():
 def test_bf16_parity_against_the_plain_fp32_oracle(results, weather_csv, tokenizer, tiny_model_dir):
     windows = {s: results["windows"][s] for s in ("train", "val")}
     files = {s: results["files"][(P, s)] for s in ("train", "val")}
-    report, cos = parity_report(files, windows, results["sca"], 3, 0.99, {"device": "cpu", "gpus_per_job": 1})
+    report, cos = parity_report(files, windows, results["sca"], 3, 0.99, {"device": "cpu", "gpus_per_job": 1, "batch_tokens": None})
     assert report["sample"] == {"train": [0, 2], "val": [0]}
     # Direct computation: the oracle in fp32 against the stored bf16 rows.
     from transformers import GPT2Model
@@ -130,7 +130,7 @@ def test_bf16_parity_against_the_plain_fp32_oracle(results, weather_csv, tokeniz
     assert report["fp32_parity"]["max_abs_error"] == pytest.approx(direct["max_abs_error"], rel=1e-3)
     assert 0.99 < report["fp32_parity"]["cosine_min"] < 1.0   # bf16 really differs, and not by much
     assert report["passed"] and report["layer_split"].startswith("not applicable")
-    strict, _ = parity_report(files, windows, results["sca"], 1, 0.999999, {"device": "cpu", "gpus_per_job": 1})
+    strict, _ = parity_report(files, windows, results["sca"], 1, 0.999999, {"device": "cpu", "gpus_per_job": 1, "batch_tokens": None})
     with pytest.raises(InputError, match=r"pred_len 24: the lowest cosine similarity between bf16 and fp32 "
                                          r"embeddings is 0\.99\d+, under parity.min_cosine = 0.999999"):
         require_parity(strict)

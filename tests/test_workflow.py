@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def weather_config(**overrides) -> dict:
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts from the dry run's "Job stats" table."""
+    """Job counts from the dry run's "Job stats" table (the final rules that always rerun left out)."""
     lines = result.stdout.split("Job stats:")[1].splitlines()[3:]
     counts = {}
     for line in lines:
@@ -36,18 +37,28 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
         if len(parts) != 2 or parts[0] == "total":
             break
         counts[parts[0]] = int(parts[1])
+    for last in ("all", "manifest"):
+        counts.pop(last, None)
     return counts
 
 
-def test_dry_run_of_the_default_config_plans_ten_extraction_jobs_holding_two_gpus(tmp_path, weather_csv):
+def test_dry_run_of_the_default_config_plans_sharded_extraction_jobs_holding_two_gpus(tmp_path, weather_csv):
     result = snakemake(tmp_path, weather_config(), "-n", "--cores", "8", "--resources", "gpu=2")
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result) == {"windows": 1, "sca": 1, "extract": 10, "parity": 5, "validate": 1, "all": 1}
+    # Windows per split (spec): train 36,792 - P, val 5,271 - P; ranges of 4,096 windows.
+    shards = {(P, s): math.ceil((rows - P) / 4096) for P in (24, 36, 48, 96, 192)
+              for s, rows in (("train", 36792), ("val", 5271))}
+    assert planned_jobs(result) == {"windows": 1, "sca": 1, "extract": sum(shards.values()), "gather": 10,
+                                    "parity": 5, "validate": 1}
     extract_jobs = result.stdout.split("rule extract:")[1:]
-    assert len(extract_jobs) == 10
     assert all("gpu=2" in job.split("\n\n")[0] for job in extract_jobs)
-    horizons = {(job.split("pred_len=")[1].split(",")[0], job.split("split=")[1].split()[0]) for job in extract_jobs}
-    assert horizons == {(str(p), s) for p in (24, 36, 48, 96, 192) for s in ("train", "val")}
+    planned = {}
+    for job in extract_jobs:
+        wildcards = dict(kv.split("=") for kv in job.split("wildcards: ")[1].split("\n")[0].split(", "))
+        planned.setdefault((int(wildcards["pred_len"]), wildcards["split"]), []).append(
+            (int(wildcards["start"]), int(wildcards["stop"])))
+    assert {k: len(v) for k, v in planned.items()} == shards
+    assert sorted(planned[(192, "val")]) == [(0, 4096), (4096, 5079)]
 
 
 def test_bad_config_is_one_sentence(tmp_path, weather_csv):
@@ -65,21 +76,22 @@ def test_missing_csv_says_where_to_put_it(tmp_path):
 
 
 def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_model_dir):
-    config = weather_config(pred_lens=[24], model={"name_or_path": str(tiny_model_dir)},
-                            precision="bf16", limit_windows=2, parity={"windows": 2, "min_cosine": 0.99})
+    config = weather_config(pred_lens=[24], model={"name_or_path": str(tiny_model_dir)}, precision="bf16",
+                            limit_windows=3, shard_windows=2, parity={"windows": 2, "min_cosine": 0.99})
     run = snakemake(tmp_path, config, "--cores", "2", "--resources", "gpu=2")
     assert run.returncode == 0, run.stderr[-3000:]
     results = tmp_path / "results" / "weather"
     for split in ("train", "val"):
         with safe_open(str(results / "embeddings" / "24" / f"{split}.safetensors"), "pt") as f:
-            assert f.get_tensor("embeddings").shape == (2, 21, 64)
-            assert f.get_tensor("window_start").tolist() == [0, 1]
+            assert f.get_tensor("embeddings").shape == (3, 21, 64)
+            assert f.get_tensor("window_start").tolist() == [0, 1, 2]
             meta = f.metadata()
         assert (meta["pred_len"], meta["split"], meta["precision"], meta["fidelity"]) == ("24", split, "bf16", "reference")
         assert meta["input_sha256"] == "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63"
         stats = json.loads((results / "embeddings" / "24" / f"{split}.json").read_text())
-        assert stats["windows"] == 2 and stats["peak_memory_bytes"]["cpu_rss"] > 0
-    assert "P=24 train: 100%" in (results / "logs" / "extract_24_train.log").read_text()
+        assert stats["windows"] == 3 and stats["shards"] == 2 and stats["peak_memory_bytes"]["cpu_rss"] > 0
+    assert not list((results / "embeddings" / "24").glob("*.shards/*"))   # temporary shards are gone
+    assert "P=24 train: 100%" in (results / "logs" / "extract_24_train_2-3.log").read_text()
 
     validation = results / "validation"
     assert json.loads((validation / "shapes.json").read_text())["passed"]
@@ -98,17 +110,17 @@ def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_m
     # A new horizon plans only its own jobs; a runtime-only key plans nothing.
     more = snakemake(tmp_path, config | {"pred_lens": [24, 48], "batch_tokens": 4096}, "-n", "--cores", "2",
                      "--resources", "gpu=2")
-    assert planned_jobs(more) == {"extract": 2, "parity": 1, "validate": 1, "all": 1}
+    assert planned_jobs(more) == {"extract": 4, "gather": 2, "parity": 1, "validate": 1}
     assert "pred_len=48" in more.stdout and "pred_len=24" not in more.stdout
 
     # A key that changes the embeddings plans extraction again, but not windows or SCA.
     changed = snakemake(tmp_path, config | {"fidelity": "corrected"}, "-n", "--cores", "2", "--resources", "gpu=2")
-    assert planned_jobs(changed) == {"extract": 2, "parity": 1, "validate": 1, "all": 1}
+    assert planned_jobs(changed) == {"extract": 4, "gather": 2, "parity": 1, "validate": 1}
 
     # Parity settings rerun the validation only.
     stricter = snakemake(tmp_path, config | {"parity": {"windows": 3, "min_cosine": 0.99}}, "-n", "--cores", "2",
                          "--resources", "gpu=2")
-    assert planned_jobs(stricter) == {"parity": 1, "validate": 1, "all": 1}
+    assert planned_jobs(stricter) == {"parity": 1, "validate": 1}
 
 
 def test_inspect_prints_what_the_teacher_reads(tmp_path, weather_csv, tiny_model_dir):

@@ -8,7 +8,8 @@ sys.path.insert(
 
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
-from timekd_embed.windows import SPLITS
+from timekd_embed.shards import planned_windows, ranges, split_rows
+from timekd_embed.windows import SPLITS, resolve_layout
 
 
 def fail(message):
@@ -32,6 +33,13 @@ WINDOWS = f"{RESULTS}/windows/{{split}}.parquet"
 SCA = f"{RESULTS}/sca.safetensors"
 EMBEDDINGS = f"{RESULTS}/embeddings/{{pred_len}}/{{split}}.safetensors"
 EMBEDDING_STATS = f"{RESULTS}/embeddings/{{pred_len}}/{{split}}.json"
+SHARD = (
+    f"{RESULTS}/embeddings/{{pred_len}}/{{split}}.shards/{{start}}-{{stop}}.safetensors"
+)
+SHARD_STATS = (
+    f"{RESULTS}/embeddings/{{pred_len}}/{{split}}.shards/{{start}}-{{stop}}.json"
+)
+PARITY = f"{RESULTS}/validation/parity_{{pred_len}}.json"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 ENV = "../../envs/timekd-embed.yaml"
@@ -40,6 +48,8 @@ ENV = "../../envs/timekd-embed.yaml"
 wildcard_constraints:
     split="|".join(SPLITS),
     pred_len=r"\d+",
+    start=r"\d+",
+    stop=r"\d+",
 
 
 def input_csv():
@@ -47,11 +57,13 @@ def input_csv():
     csv = config["dataset"]["csv"]
     have_windows = all(Path(WINDOWS.format(split=s)).exists() for s in SPLITS)
     if not Path(csv).is_file() and not have_windows:
-        fail(
-            f"{csv} not found: put weather.csv there (from the Autoformer / Time-Series-Library "
-            "dataset collection, sha256 34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63) "
-            "or set dataset.csv in the config."
+        source = (
+            "weather.csv there (from the Autoformer / Time-Series-Library dataset collection, sha256 "
+            "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63)"
+            if NAME == "weather"
+            else f"the {NAME} CSV there"
         )
+        fail(f"{csv} not found: put {source} or set dataset.csv in the config.")
     return csv
 
 
@@ -60,3 +72,57 @@ def all_embeddings():
 
 
 CSV = input_csv()
+
+# Every config key that changes an embedding; the extraction rules take them as params,
+# so that changing one reruns the extraction. Keys that change only the speed
+# (device, gpus_per_job, placement, batch_tokens) are read by the scripts instead.
+EMBEDDING_SETTINGS = {
+    "name": NAME,
+    "template": config["dataset"]["template"],
+    "seq_len": config["seq_len"],
+    "model": config["model"],
+    "precision": config["precision"],
+    "fidelity": config["fidelity"],
+    "limit_windows": config["limit_windows"],
+}
+
+
+def plan_rows():
+    """Rows per split, known before the windows stage runs, to plan the window ranges."""
+    layout = resolve_layout(config["dataset"]["layout"], NAME)
+    windows = {s: WINDOWS.format(split=s) for s in SPLITS}
+    try:
+        rows = split_rows(CSV, windows, config["seq_len"], layout)
+    except InputError as error:
+        fail(error)
+    for P in config["pred_lens"]:
+        for split in config["splits"]:
+            if planned_windows(rows[split], config["seq_len"], P, None) == 0:
+                fail(
+                    f"pred_len {P}: split {split} has {rows[split]} rows, fewer than seq_len + pred_len = "
+                    f"{config['seq_len'] + P}; remove {P} from pred_lens or use a longer file."
+                )
+    return rows
+
+
+ROWS = plan_rows()
+
+
+def shard_ranges(wildcards):
+    n = planned_windows(
+        ROWS[wildcards.split],
+        config["seq_len"],
+        int(wildcards.pred_len),
+        config["limit_windows"],
+    )
+    return ranges(n, config["shard_windows"])
+
+
+def shard_files(pattern):
+    """Input function: the shard files of one (pred_len, split) for `pattern`."""
+    return lambda wildcards: [
+        pattern.format(
+            pred_len=wildcards.pred_len, split=wildcards.split, start=a, stop=b
+        )
+        for a, b in shard_ranges(wildcards)
+    ]

@@ -1,7 +1,8 @@
-# Stage 2: per-horizon extraction. Each job holds `gpus_per_job` GPUs (default 2), so
+# Stage 2: per-horizon extraction. Each (horizon, split) is cut into window ranges of
+# `shard_windows`; every range is a job holding `gpus_per_job` GPUs (default 2), so
 # `snakemake --cores 8 --resources gpu=2` runs them one after another with both GPUs.
-# Only the params below change an embedding; device, gpus_per_job and batch_tokens
-# change only the speed, so they are read from the config by the script instead.
+# `gather` joins a horizon's ranges into its final file. The params (EMBEDDING_SETTINGS,
+# common.smk) are the config keys that change an embedding.
 
 
 rule sca:
@@ -27,23 +28,38 @@ rule extract:
         windows=WINDOWS,
         sca=SCA,
     output:
-        embeddings=EMBEDDINGS,
-        stats=EMBEDDING_STATS,
+        embeddings=temp(SHARD),
+        stats=temp(SHARD_STATS),
     log:
-        f"{LOGS}/extract_{{pred_len}}_{{split}}.log",
+        f"{LOGS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.log",
     benchmark:
-        f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}.tsv"
+        f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.tsv"
     conda:
         ENV
     threads: 8  # capped at --cores; CPU runs use them all
     resources:
         gpu=config["gpus_per_job"],
     params:
-        name=NAME,
-        template=config["dataset"]["template"],
-        model=config["model"],
-        precision=config["precision"],
-        fidelity=config["fidelity"],
-        limit_windows=config["limit_windows"],
+        settings=EMBEDDING_SETTINGS,
     script:
         "../scripts/extract.py"
+
+
+rule gather:
+    input:
+        embeddings=shard_files(SHARD),
+        stats=shard_files(SHARD_STATS),
+    output:
+        embeddings=EMBEDDINGS,
+        stats=EMBEDDING_STATS,
+    log:
+        f"{LOGS}/gather_{{pred_len}}_{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/gather_{{pred_len}}_{{split}}.tsv"
+    conda:
+        ENV
+    params:
+        # The shards are temporary: the params here let a changed setting rerun them.
+        settings=EMBEDDING_SETTINGS,
+    script:
+        "../scripts/gather.py"

@@ -9,7 +9,7 @@ rule parity:
         windows=expand(WINDOWS, split=config["splits"]),
         sca=SCA,
     output:
-        f"{RESULTS}/validation/parity_{{pred_len}}.json",
+        PARITY,
     log:
         f"{LOGS}/parity_{{pred_len}}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule validate:
         stats=expand(
             EMBEDDING_STATS, pred_len=config["pred_lens"], split=config["splits"]
         ),
-        parity=expand(rules.parity.output[0], pred_len=config["pred_lens"]),
+        parity=expand(PARITY, pred_len=config["pred_lens"]),
         windows=expand(WINDOWS, split=config["splits"]),
         sca=SCA,
     output:

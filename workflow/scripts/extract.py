@@ -5,14 +5,17 @@ sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, als
 from timekd_embed.extract import Settings, extract_split
 from timekd_embed.jobs import job
 
-gpus = 0 if snakemake.config["device"] == "cpu" else snakemake.resources.gpu
+cfg, w = snakemake.config, snakemake.wildcards
+gpus = 0 if cfg["device"] == "cpu" else snakemake.resources.gpu
 with job(snakemake.log[0], snakemake.threads, gpus) as log_file:
-    p, cfg = snakemake.params, snakemake.config
+    s = snakemake.params.settings
     settings = Settings(
-        name=p.name, template=p.template, pred_len=int(snakemake.wildcards.pred_len),
-        split=snakemake.wildcards.split, model=p.model["name_or_path"], revision=p.model["revision"],
-        precision=p.precision, fidelity=p.fidelity, limit_windows=p.limit_windows,
+        name=s["name"], template=s["template"], pred_len=int(w.pred_len), split=w.split,
+        model=s["model"]["name_or_path"], revision=s["model"]["revision"], precision=s["precision"],
+        fidelity=s["fidelity"], limit_windows=s["limit_windows"],
+        # runtime only: these change the speed, not the embeddings
         device=cfg["device"], gpus_per_job=cfg["gpus_per_job"], batch_tokens=cfg["batch_tokens"],
+        placement=cfg["placement"],
     )
     extract_split(settings, snakemake.input.windows, snakemake.input.sca, snakemake.output.embeddings,
-                  snakemake.output.stats, log_file)
+                  snakemake.output.stats, log_file, shard=(int(w.start), int(w.stop)))

@@ -12,7 +12,7 @@ with job(snakemake.log[0], snakemake.threads, gpus):
     p, cfg = snakemake.params, snakemake.config
     embeddings = dict(zip(p.splits, snakemake.input.embeddings))
     windows = dict(zip(p.splits, snakemake.input.windows))
-    runtime = {"device": cfg["device"], "gpus_per_job": cfg["gpus_per_job"]}
+    runtime = {k: cfg[k] for k in ("device", "gpus_per_job", "batch_tokens")}
     report, cosines = parity_report(embeddings, windows, snakemake.input.sca, p.parity["windows"],
                                     p.parity["min_cosine"], runtime)
     logging.getLogger("timekd_embed.parity").info("fp32 parity: %s", report["fp32_parity"])

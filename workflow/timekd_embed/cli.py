@@ -1,4 +1,4 @@
-"""`timekd-embed`: look at what the teacher reads, without running the workflow."""
+"""`timekd-embed`: look at what the teacher reads, and verify a results folder, without running the workflow."""
 
 from __future__ import annotations
 
@@ -51,11 +51,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pred-len", type=int, required=True)
     p.add_argument("--split", choices=["train", "val", "test"], required=True)
     p.add_argument("--window", type=int, required=True)
+    v = sub.add_parser("verify", help="recompute the sha256 of every artifact listed in <folder>/MANIFEST.json; "
+                                      "exit 1 naming each changed, missing or unlisted file")
+    v.add_argument("folder", help="a results folder, such as results/weather")
     args = parser.parse_args(argv)
     with job(None):
         if args.command == "inspect":
             json.dump(inspect(args), sys.stdout, ensure_ascii=False, indent=1)
             sys.stdout.write("\n")
+        elif args.command == "verify":
+            from .manifest import main_verify
+            sys.exit(main_verify(args.folder))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,19 @@ def resolve_devices(device: str, gpus_per_job: int) -> list[str]:
     return [f"cuda:{i}" for i in range(min(visible, gpus_per_job))]
 
 
+def choose_placement(placement: str, model: torch.nn.Module, devices: list[str]) -> str:
+    """`auto`: one replica per device when the model fits one device with room for
+    activations (half its memory), else the layers split over the devices."""
+    if len(devices) == 1:
+        return "single"
+    if placement != "auto":
+        return placement
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    smallest = min((torch.cuda.mem_get_info(torch.device(d))[1] for d in devices if d.startswith("cuda")),
+                   default=float("inf"))
+    return "data_parallel" if model_bytes <= smallest / 2 else "model_parallel"
+
+
 def plan_device_map(model: torch.nn.Module, devices: list[str]) -> dict[str, str | int]:
     """Balanced layer-wise map of `model` over CUDA `devices`, blocks kept whole."""
     gpu_ids = [torch.device(d).index for d in devices]
@@ -49,6 +62,16 @@ def place_model(model: torch.nn.Module, devices: list[str], device_map: dict | N
     device_map = device_map or plan_device_map(model, devices)
     log.info("device map: %s", device_map)
     return dispatch_model(model, device_map=device_map, force_hooks=True)
+
+
+def token_budget(devices: list[str]) -> int:
+    """Tokens per forward pass when the config leaves batch_tokens null.
+
+    On the CPU, attention with a float mask runs SDPA's math kernel, which holds
+    heads x T x T scores per sequence: a budget of 8,192 keeps P = 192 (T about 970) near
+    1 GB above the model. CUDA's memory-efficient kernel holds no such scores.
+    """
+    return 65536 if all(d.startswith("cuda") for d in devices) else 8192
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

@@ -2,16 +2,21 @@
 
 For each window: 2N prompts (GT and HD per variable) through the frozen GPT-2 with the
 calibrated mask, the last real token's state kept, then the SCA over the variables:
-(N, d) per window. Prompts of many windows share one forward pass, sorted by length
-so that padding stays small, bounded by a token budget (prompts x padded length).
+(N, d) per window. Each variable's GT and HD prompt run as one packed sequence
+(packing.py); the sequences of many windows share one forward pass, sorted by length so
+that padding stays small, bounded by a token budget (sequences x padded length).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import platform
 import time
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .devices import input_device, peak_memory, place_model, resolve_devices
+from .devices import choose_placement, input_device, peak_memory, place_model, resolve_devices, token_budget
 from .errors import InputError
-from .lm import DTYPES, check_vocab, last_token_states, load_config, load_lm, load_tokenizer, sha256_file, weights_file
+from .lm import DTYPES, check_model, last_token_states, load_config, load_lm, load_tokenizer, sha256_file, weights_file
 from .packing import batches, pack, pad
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
@@ -47,34 +52,46 @@ class Settings:
     # runtime only
     device: str = "auto"
     gpus_per_job: int = 1
-    batch_tokens: int = 65536
+    batch_tokens: int | None = None  # None: devices.token_budget
+    placement: str = "auto"
+
+
+@dataclass
+class Replica:
+    """One copy of the language model (on one device, or split over several) and the SCA."""
+    model: torch.nn.Module
+    sca: SubtractiveCrossAttention
+    device: str  # where the SCA runs
 
 
 @dataclass
 class Teacher:
     tokenizer: object
-    model: torch.nn.Module
-    sca: SubtractiveCrossAttention
+    replicas: list[Replica]
     devices: list[str]
+    placement: str  # single | data_parallel | model_parallel
 
     @property
-    def n_positions(self) -> int:
-        return self.model.config.n_positions
+    def model(self) -> torch.nn.Module:
+        return self.replicas[0].model
 
 
 def load_teacher(settings: Settings, sca_path: str | Path, devices: list[str] | None = None,
                  device_map: dict | None = None, attn_implementation: str = "sdpa") -> Teacher:
     devices = devices or resolve_devices(settings.device, settings.gpus_per_job)
-    config = load_config(settings.model, settings.revision)
-    tokenizer = load_tokenizer(settings.model, settings.revision)
-    check_vocab(tokenizer, config, settings.model)
+    config, tokenizer = check_model(settings.model, settings.revision)
     model = load_lm(settings.model, settings.revision, DTYPES[settings.precision], attn_implementation)
-    model = place_model(model, devices, device_map)
-    sca = load_sca(sca_path).to(devices[0])
+    sca = load_sca(sca_path)
     if sca.layers[0].ff[0].out_features != 4 * config.n_embd:
         raise InputError(f"{sca_path}: made for a language model of width {sca.layers[0].ff[0].out_features // 4}, "
                          f"but {settings.model} has width {config.n_embd}; delete it and rerun.")
-    return Teacher(tokenizer, model, sca, devices)
+    placement = "model_parallel" if device_map else choose_placement(settings.placement, model, devices)
+    if placement == "data_parallel":
+        replicas = [Replica(place_model(copy.deepcopy(model), [d]), copy.deepcopy(sca).to(d), d) for d in devices]
+    else:
+        replicas = [Replica(place_model(model, devices, device_map), sca.to(devices[0]), devices[0])]
+    log.info("placement %s over %s", placement, ", ".join(devices))
+    return Teacher(tokenizer, replicas, devices, placement)
 
 
 def save_sca(path: str | Path, n_vars: int, d_model: int, seed: int) -> None:
@@ -114,16 +131,30 @@ def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, 
     """Embeddings (len(windows), N, d) float32 of the given window indices, and token counts.
 
     The counts: `tokens`, every token of every prompt (what the published code computes);
-    `computed`, what ran through the model after packing (see packing.py).
+    `computed`, what ran through the model after packing (see packing.py). With several
+    replicas (data parallel) each takes a contiguous share of the windows, in a thread:
+    the GPUs work at once while Python waits on them.
     """
     windows = np.asarray(windows, dtype=np.int64)
-    N, d = prompts.n_vars, teacher.model.config.n_embd
+    parts = np.array_split(windows, len(teacher.replicas))
+    if len(parts) == 1:
+        return _embed_on(teacher.replicas[0], prompts, windows, fidelity, batch_tokens, progress)
+    with ThreadPoolExecutor(len(parts)) as pool:
+        results = list(pool.map(lambda rp: _embed_on(rp[0], prompts, rp[1], fidelity, batch_tokens, progress),
+                                zip(teacher.replicas, parts)))
+    counts = {k: sum(c[k] for _, c in results) for k in ("tokens", "computed")}
+    return np.concatenate([out for out, _ in results]), counts
+
+
+def _embed_on(replica: Replica, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
+              batch_tokens: int, progress: tqdm | None) -> tuple[np.ndarray, dict]:
+    N, d = prompts.n_vars, replica.model.config.n_embd
     gt_len, hd_len = prompts.lengths(windows)
     mean_len = float((gt_len.sum() + hd_len.sum()) / max(1, gt_len.size))
     # Enough windows per chunk for several full batches, so that sorting by length pays off.
     chunk = max(1, math.ceil(8 * batch_tokens / (N * max(mean_len, 1.0))))
     out = np.empty((len(windows), N, d), dtype=np.float32)
-    dev = input_device(teacher.model)
+    dev = input_device(replica.model)
     counts = {"tokens": int(gt_len.sum() + hd_len.sum()), "computed": 0}
     for a in range(0, len(windows), chunk):
         part = windows[a:a + chunk]
@@ -132,15 +163,17 @@ def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, 
         counts["computed"] += int(lengths.sum())
         states = torch.empty(len(seqs), 2, d, dtype=torch.float32)       # (windows * N, GT/HD, d)
         for idx in batches(lengths, batch_tokens):
-            states[torch.from_numpy(idx)] = last_token_states(teacher.model, pad([seqs[k] for k in idx]), dev).cpu()
+            states[torch.from_numpy(idx)] = last_token_states(replica.model, pad([seqs[k] for k in idx]), dev).cpu()
         states = states.view(len(part), N, 2, d)
         with torch.inference_mode():
-            gt = states[:, :, 0].transpose(1, 2).to(teacher.devices[0])   # (windows, d, N)
-            hd = states[:, :, 1].transpose(1, 2).to(teacher.devices[0])
-            out[a:a + len(part)] = teacher.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
-        if progress is not None:
+            gt = states[:, :, 0].transpose(1, 2).to(replica.device)      # (windows, d, N)
+            hd = states[:, :, 1].transpose(1, 2).to(replica.device)
+            out[a:a + len(part)] = replica.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
+        if progress is not None:  # shared by the replicas' threads; a display, so no lock
+            progress.tokens = getattr(progress, "tokens", 0) + int(gt_len[a:a + chunk].sum() + hd_len[a:a + chunk].sum())
+            progress.set_postfix(tokens_per_s=f"{progress.tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}",
+                                 refresh=False)
             progress.update(len(part))
-            progress.set_postfix(model_tokens_per_s=f"{counts['computed'] / max(progress.format_dict['elapsed'], 1e-9):.0f}")
     return out, counts
 
 
@@ -160,9 +193,24 @@ def window_range(n_windows: int, limit_windows: int | None) -> tuple[int, int]:
     return 0, n_windows if limit_windows is None else min(n_windows, limit_windows)
 
 
+@contextmanager
+def out_of_memory_hint(settings: Settings, devices: list[str]):
+    """A device out of memory: the budget to lower, in one sentence instead of a CUDA stack dump."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        from .config import load_schema
+        floor = load_schema()["properties"]["batch_tokens"]["minimum"]
+        lower = max(floor, settings.batch_tokens // 2)
+        fix = (f"lower config key batch_tokens (e.g. to {lower})" if lower < settings.batch_tokens
+               else "raise gpus_per_job or use a GPU with more memory")
+        raise InputError(f"pred_len {settings.pred_len}, split {settings.split}: {', '.join(devices)} ran out of "
+                         f"memory with batch_tokens = {settings.batch_tokens}; {fix} and rerun.") from None
+
+
 def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | Path, out_path: str | Path,
-                  stats_path: str | Path, log_file=None) -> dict:
-    """The extraction job: one (horizon, split) from its windows file to its embeddings file."""
+                  stats_path: str | Path, log_file=None, shard: tuple[int, int] | None = None) -> dict:
+    """The extraction job: one (horizon, split), or the window range `shard` of it, to an embeddings file."""
     split = read_windows(windows_path)
     tokenizer = load_tokenizer(settings.model, settings.revision)
     prompts = SplitPrompts(tokenizer, split.raw, split.stamps(), settings.name, settings.pred_len,
@@ -172,17 +220,24 @@ def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | 
         raise InputError(f"{windows_path}: split {settings.split} has no window of {split.meta['seq_len']} + "
                          f"{settings.pred_len} rows; use a smaller pred_len or seq_len.")
     n_positions = load_config(settings.model, settings.revision).n_positions
+    # The whole split is checked (it is cheap), so that no shard starts when another must fail.
+    longest = check_context(prompts, n_positions, settings.split, np.arange(start, stop), split.variables)
+    if shard is not None:
+        if not 0 <= shard[0] < shard[1] <= stop:
+            raise InputError(f"window range {shard[0]}-{shard[1]} is outside split {settings.split}'s 0-{stop}; "
+                             "the CSV changed since the plan was made: rerun snakemake.")
+        start, stop = shard
     windows = np.arange(start, stop)
-    longest = check_context(prompts, n_positions, settings.split, windows, split.variables)
 
     teacher = load_teacher(settings, sca_path)
+    settings = dataclasses.replace(settings, batch_tokens=settings.batch_tokens or token_budget(teacher.devices))
     gt, hd = prompts.lengths(windows)
     log.info("pred_len %d, split %s: %d windows x %d variables, %d prompts, %d tokens (longest prompt %d) on %s in %s;"
              " the progress bar's ETA is the time estimate", settings.pred_len, settings.split, stop - start,
              prompts.n_vars, 2 * gt.size, gt.sum() + hd.sum(), longest, ", ".join(teacher.devices), settings.precision)
     began = time.perf_counter()
     with tqdm(total=stop - start, unit="win", file=log_file, mininterval=5.0, dynamic_ncols=False,
-              desc=f"P={settings.pred_len} {settings.split}") as bar:
+              desc=f"P={settings.pred_len} {settings.split}") as bar, out_of_memory_hint(settings, teacher.devices):
         embeddings, counts = embed_windows(teacher, prompts, windows, settings.fidelity,
                                            settings.batch_tokens, bar)
     wall = time.perf_counter() - began
@@ -192,8 +247,9 @@ def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | 
                              "window_start": torch.arange(start, stop, dtype=torch.int64)}, metadata)
     stats = {"pred_len": settings.pred_len, "split": settings.split, "windows": stop - start,
              "tokens": counts["tokens"], "tokens_computed": counts["computed"], "wall_s": round(wall, 3),
-             "windows_per_s": (stop - start) / wall, "tokens_per_s": counts["tokens"] / wall, "peak_memory_bytes": peak_memory(teacher.devices),
-             "devices": teacher.devices, "precision": settings.precision, "batch_tokens": settings.batch_tokens,
+             "windows_per_s": (stop - start) / wall, "tokens_per_s": counts["tokens"] / wall,
+             "peak_memory_bytes": peak_memory(teacher.devices), "devices": teacher.devices,
+             "placement": teacher.placement, "precision": settings.precision, "batch_tokens": settings.batch_tokens,
              "longest_prompt": longest, "host": platform.node()}
     write_json(stats_path, stats)
     return stats
@@ -210,7 +266,7 @@ def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, tea
         "precision": settings.precision, "fidelity": settings.fidelity,
         "sca_sha256": sha256_file(Path(sca_path)), "seed": read_metadata(sca_path)["seed"],
         "limit_windows": settings.limit_windows,
-        "variables": windows_meta["variables"], "devices": teacher.devices,
+        "variables": windows_meta["variables"], "devices": teacher.devices, "placement": teacher.placement,
         "package": f"timekd-embed {__version__}", "torch": torch.__version__,
         "transformers": transformers.__version__, "settings": asdict(settings),
     }

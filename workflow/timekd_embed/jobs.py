@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -33,6 +34,15 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
         yield stream
     except InputError as error:
         logging.getLogger("timekd_embed").error("%s", error)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        logging.getLogger("timekd_embed").error("interrupted; nothing partial was kept, rerun to finish.")
+        sys.exit(130)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        logging.getLogger("timekd_embed").error("no space left on the device while writing %s; free some space "
+                                                "and rerun (nothing partial was kept).", error.filename or "a file")
         sys.exit(1)
     finally:
         if log_path:

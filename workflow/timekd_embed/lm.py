@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
 
@@ -18,9 +18,34 @@ CALIBRATION = -100.0  # added between language and time-series tokens, both dire
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+FOLDER_FILES = "config.json, model.safetensors, vocab.json, merges.txt"
+
+
 def _local(name_or_path: str) -> Path | None:
+    """The model folder, or None for a hub id; a folder-like path that does not exist is an error."""
     path = Path(name_or_path)
-    return path if (path.is_absolute() or name_or_path.startswith(".") or path.exists()) else None
+    if path.exists():
+        return path
+    if path.is_absolute() or name_or_path.startswith("."):
+        raise InputError(f"model folder {path} (config key model.name_or_path) does not exist; point it at a "
+                         f"GPT-2 folder with {FOLDER_FILES}, or at a hub id such as gpt2.")
+    return None
+
+
+@contextmanager
+def _from_hub(name_or_path: str, revision: str | None):
+    """A model that cannot be loaded (hub offline, unknown id or revision, damaged file): one sentence."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:  # what transformers raises for files it cannot fetch or parse
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _local(name_or_path) is not None:
+            raise InputError(f"model folder {name_or_path} cannot be loaded ({first}); check its files "
+                             f"({FOLDER_FILES}).") from None
+        raise InputError(f"model {name_or_path!r} (config key model.name_or_path, revision {revision or 'default'}) "
+                         f"is no local folder and could not be loaded from the model hub ({first}); fix the id, "
+                         f"allow network access for the first run, or point it at a local folder with "
+                         f"{FOLDER_FILES}.") from None
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2TokenizerFast:
@@ -29,17 +54,20 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2Tokeni
         missing = [f for f in ("vocab.json", "merges.txt") if not (local / f).is_file()]
         if missing:
             raise InputError(f"model folder {local} lacks {', '.join(missing)}; put the GPT-2 tokenizer files there.")
-    return GPT2TokenizerFast.from_pretrained(name_or_path, revision=revision)
+    with _from_hub(name_or_path, revision):
+        return GPT2TokenizerFast.from_pretrained(name_or_path, revision=revision)
 
 
 def load_config(name_or_path: str, revision: str | None = None) -> GPT2Config:
     local = _local(name_or_path)
     if local is not None and not (local / "config.json").is_file():
         raise InputError(f"model folder {local} has no config.json; point model.name_or_path at a GPT-2 model folder.")
-    config = GPT2Config.from_pretrained(name_or_path, revision=revision)
-    if config.model_type != "gpt2":
-        raise InputError(f"model {name_or_path} is a {config.model_type!r} model; only the GPT-2 family is supported.")
-    return config
+    with _from_hub(name_or_path, revision):
+        raw, _ = GPT2Config.get_config_dict(name_or_path, revision=revision)  # GPT2Config would relabel any type
+        if raw.get("model_type") != "gpt2":
+            raise InputError(f"model {name_or_path} is a {raw.get('model_type')!r} model; only the GPT-2 family "
+                             "(gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2) is supported.")
+        return GPT2Config.from_pretrained(name_or_path, revision=revision)
 
 
 def weights_file(name_or_path: str, revision: str | None = None) -> Path:
@@ -48,10 +76,16 @@ def weights_file(name_or_path: str, revision: str | None = None) -> Path:
     if local is not None:
         path = local / "model.safetensors"
         if not path.is_file():
+            pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
+            if pickled:  # unpickling can run arbitrary code, so such weights are never loaded
+                raise InputError(f"model folder {local} has only pickle weights ({', '.join(pickled)}), which are "
+                                 "never loaded because unpickling can run code; convert them to model.safetensors "
+                                 "where you trust them (save_pretrained(..., safe_serialization=True)).")
             raise InputError(f"model folder {local} has no model.safetensors; only safetensors weights are loaded (no pickle).")
         return path
     from transformers.utils import cached_file
-    return Path(cached_file(name_or_path, "model.safetensors", revision=revision))
+    with _from_hub(name_or_path, revision):
+        return Path(cached_file(name_or_path, "model.safetensors", revision=revision))
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -62,20 +96,32 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def check_model(name_or_path: str, revision: str | None = None) -> tuple[GPT2Config, GPT2TokenizerFast]:
+    """Config, safetensors weights and a matching tokenizer are all there; else one sentence."""
+    config = load_config(name_or_path, revision)
+    weights_file(name_or_path, revision)
+    tokenizer = load_tokenizer(name_or_path, revision)
+    check_vocab(tokenizer, config, name_or_path)
+    return config, tokenizer
+
+
 def load_lm(name_or_path: str, revision: str | None, dtype: torch.dtype,
             attn_implementation: str = "sdpa") -> GPT2Model:
     """GPT2Model in eval mode with frozen weights, safetensors only, no remote code."""
     weights_file(name_or_path, revision)  # fail early and clearly when there are no safetensors
-    model = GPT2Model.from_pretrained(name_or_path, revision=revision, dtype=dtype, use_safetensors=True,
-                                      trust_remote_code=False, attn_implementation=attn_implementation)
+    with _from_hub(name_or_path, revision):
+        model = GPT2Model.from_pretrained(name_or_path, revision=revision, dtype=dtype, use_safetensors=True,
+                                          trust_remote_code=False, attn_implementation=attn_implementation)
     model.requires_grad_(False)
     return model.eval()
 
 
 def check_vocab(tokenizer, config: GPT2Config, name_or_path: str) -> None:
-    if len(tokenizer) > config.vocab_size:
-        raise InputError(f"model {name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model only "
-                         f"{config.vocab_size} embeddings; use the tokenizer that belongs to this model.")
+    # A different size means a tokenizer from another model: its ids would index the wrong embeddings.
+    if len(tokenizer) != config.vocab_size:
+        raise InputError(f"model {name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model "
+                         f"{config.vocab_size} embeddings (config.json vocab_size); use the tokenizer that "
+                         "belongs to this model.")
 
 
 def calibrated_mask(codes: torch.Tensor, segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

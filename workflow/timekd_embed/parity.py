@@ -11,9 +11,9 @@ import json
 
 import numpy as np
 
-from .devices import resolve_devices
+from .devices import resolve_devices, token_budget
 from .errors import InputError
-from .extract import Settings, embed_windows, load_teacher
+from .extract import Settings, embed_windows, load_teacher, out_of_memory_hint
 from .prompts import SplitPrompts
 from .store import read_tensors
 from .windows import read_windows
@@ -70,7 +70,7 @@ def stored_rows(path: str, windows: np.ndarray) -> tuple[np.ndarray, Settings]:
 
 def parity_report(embedding_paths: dict[str, str], windows_paths: dict[str, str], sca_path: str,
                   sample_size: int, min_cosine: float, runtime: dict) -> tuple[dict, np.ndarray]:
-    """Parity of one horizon over its splits; runtime holds device and gpus_per_job."""
+    """Parity of one horizon over its splits; runtime holds device, gpus_per_job and batch_tokens."""
     splits = {s: read_windows(windows_paths[s]) for s in embedding_paths}
     counts = {s: len(read_tensors(p)[0]["window_start"]) for s, p in embedding_paths.items()}
     sample = sample_windows(counts, sample_size)
@@ -86,8 +86,10 @@ def parity_report(embedding_paths: dict[str, str], windows_paths: dict[str, str]
         return report, np.empty(0)
 
     fp32 = load_teacher(dataclasses.replace(settings, precision="fp32"), sca_path)
+    settings = dataclasses.replace(settings, batch_tokens=runtime["batch_tokens"] or token_budget(fp32.devices))
     report["devices"] = fp32.devices
-    reference = [_embed(fp32, settings, splits[s], idx) for s, idx in sample.items()]
+    with out_of_memory_hint(settings, fp32.devices):
+        reference = [_embed(fp32, settings, splits[s], idx) for s, idx in sample.items()]
     production = [stored[s] for s in sample]
     del fp32
     stats, cos = compare(np.concatenate(production), np.concatenate(reference))
@@ -112,9 +114,10 @@ def layer_split_check(settings: Settings, sca_path: str, splits: dict, sample: d
     if len(devices) < 2:
         return f"not applicable: the job held one device ({devices[0]})"
     one = load_teacher(settings, sca_path, devices=devices[:1])
-    whole = load_teacher(settings, sca_path, devices=devices)
-    diffs = [np.abs(_embed(one, settings, splits[s], idx) - _embed(whole, settings, splits[s], idx)).max()
-             for s, idx in sample.items()]
+    whole = load_teacher(dataclasses.replace(settings, placement="model_parallel"), sca_path, devices=devices)
+    with out_of_memory_hint(settings, devices):
+        diffs = [np.abs(_embed(one, settings, splits[s], idx) - _embed(whole, settings, splits[s], idx)).max()
+                 for s, idx in sample.items()]
     return {"devices": devices, "max_abs_difference": float(max(diffs))}
 
 

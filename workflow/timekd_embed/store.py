@@ -42,10 +42,29 @@ def write_json(path: str | Path, data) -> None:
 
 
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors with string metadata (safetensors only stores str -> str)."""
+    """safetensors with string metadata (safetensors only stores str -> str), byte-reproducible."""
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     with atomic_path(path) as tmp:
         save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata=metadata)
+        _sort_header(tmp)
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite the JSON header with sorted keys, in place.
+
+    safetensors keeps the metadata in a hash map whose order changes from one write to
+    the next, so the same tensors and metadata would give different bytes on every run.
+    The sorted header holds the same keys and values, so it has the same length; the
+    header's trailing-space padding absorbs any difference in escaping.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for the str -> str metadata written above
+            raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
+        f.seek(8)
+        f.write(text.ljust(size))
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

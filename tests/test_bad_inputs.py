@@ -1,0 +1,397 @@
+"""Every bad input of the issue ends in a non-zero exit and one sentence, and nothing complete-looking.
+
+A handful of cases drive the real `snakemake` CLI (each start costs seconds); the rest run
+the same entry code in-process: the windows job's script with the object Snakemake would
+hand it, `validate_config` (what common.smk calls), `extract_split` and `load_teacher`
+(what the extraction job calls). Accepted irregularities (CRLF, the real file's duplicated
+timestamp and gap, -9999 sentinels) are checked the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, make_model_dir
+from timekd_embed.config import validate_config
+from timekd_embed.errors import InputError
+from timekd_embed.extract import Settings, extract_split, load_teacher, save_sca
+from timekd_embed.lm import load_config
+from timekd_embed.windows import SPLITS, load_csv, write_windows
+
+SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
+SCRIPTS = ROOT / "workflow" / "scripts"
+ROWS = 400          # enough for every split at seq_len 96 and P = 24 (custom layout: 280 / 40 / 80 + 96)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def lines(weather_csv) -> list[str]:
+    """Header and the first ROWS data lines of the real weather.csv, without line ends."""
+    with open(weather_csv, encoding="utf-8", newline="") as f:
+        return [next(f).rstrip("\r\n") for _ in range(ROWS + 1)]
+
+
+def write(path: Path, content: list[str] | bytes) -> Path:
+    path.write_bytes(content if isinstance(content, bytes) else ("\n".join(content) + "\n").encode("utf-8"))
+    return path
+
+
+def set_cell(lines: list[str], line: int, column: int, value: str) -> list[str]:
+    """A copy with the cell at file line `line` (1 = header) and 0-based `column` replaced."""
+    out = list(lines)
+    cells = out[line - 1].split(",")
+    cells[column] = value
+    out[line - 1] = ",".join(cells)
+    return out
+
+
+def one_sentence(text: str) -> str:
+    """The single error line a user sees: `Error: ...` (config) or the job's `ERROR timekd_embed: ...`."""
+    found = [line.split("ERROR timekd_embed: ", 1)[-1].removeprefix("Error: ") for line in text.splitlines()
+             if "ERROR timekd_embed: " in line or line.startswith("Error: ")]
+    assert len(found) == 1, text[-3000:]
+    sentence = found[0]
+    assert sentence.endswith("."), sentence
+    return sentence
+
+
+def artifacts(work: Path) -> list[str]:
+    """Files under results/ that could pass for output: everything but logs, benchmarks and temporaries."""
+    results = work / "results"
+    if not results.exists():
+        return []
+    return sorted(p.relative_to(results).as_posix() for p in results.rglob("*")
+                  if p.is_file() and not {"logs", "benchmarks"} & set(p.relative_to(results).parts)
+                  and not p.name.endswith(".tmp"))
+
+
+def snakemake(work: Path, config: dict) -> subprocess.CompletedProcess:
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.run(SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml"), "--cores", "2"],
+                          capture_output=True, text=True, timeout=600)
+
+
+def small_config(csv: Path, model_dir: Path, **overrides) -> dict:
+    return {"dataset": {"name": "weather", "csv": str(csv)}, "pred_lens": [24], "splits": ["train"],
+            "limit_windows": 2, "precision": "fp32", "device": "cpu",
+            "model": {"name_or_path": str(model_dir)}} | overrides
+
+
+def assert_fails_cleanly(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    sentence = one_sentence(result.stderr)
+    for fragment in fragments:
+        assert fragment in sentence, (fragment, sentence)
+    return sentence
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """job() reconfigures the root logger (as it should in a job process); undo that after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def run_windows_job(tmp_path: Path, csv: Path, sha256: str | None = None, seq_len: int = 96):
+    """workflow/scripts/windows.py in-process, with what Snakemake hands it; (exit code, out paths, log)."""
+    out = [tmp_path / "results" / "windows" / f"{s}.parquet" for s in SPLITS]
+    log = tmp_path / "results" / "logs" / "windows.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fake = SimpleNamespace(input=[str(csv)], output=[str(p) for p in out], log=[str(log)], threads=1,
+                           params=SimpleNamespace(layout="auto", name="weather", target="OT", seq_len=seq_len,
+                                                  sha256=sha256),
+                           config={"pred_lens": [24]}, scriptdir=str(SCRIPTS))
+    try:
+        runpy.run_path(str(SCRIPTS / "windows.py"), init_globals={"snakemake": fake})
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, out, log
+
+
+# --------------------------------------------------------------------------- the real CLI
+# One case per place a user meets an error: the config stage before any job (empty CSV,
+# too few rows for a horizon), a job's log (the windows job), a later job (the model).
+# The missing CSV and a bad config key are driven through the CLI in test_workflow.py.
+
+
+def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple[Path, dict]]:
+    cases = {}
+    for name in ("empty", "short", "non_numeric", "no_model"):
+        (root / name).mkdir()
+    cases["empty"] = small_config(write(root / "empty" / "empty.csv", b""), model_dir)
+    # 400 rows: the val split gets 40 + 96 rows, fewer than seq_len + P = 96 + 48.
+    cases["short"] = small_config(write(root / "short" / "short.csv", lines), model_dir, pred_lens=[48],
+                                  splits=["val"])
+    cases["non_numeric"] = small_config(write(root / "non_numeric" / "bad.csv", set_cell(lines, 6, 2, "abc")),
+                                        model_dir)
+    cases["no_model"] = small_config(write(root / "no_model" / "weather.csv", lines), root / "models" / "gpt2")
+    return {name: (root / name, config) for name, config in cases.items()}
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, lines, tiny_model_dir) -> dict[str, tuple[Path, dict, subprocess.CompletedProcess]]:
+    """Every CLI case, two at a time: each pays seconds of start-up, mostly imports."""
+    root = tmp_path_factory.mktemp("bad_inputs_cli")
+    cases = _e2e_cases(root, lines, tiny_model_dir)
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(cases, pool.map(lambda case: snakemake(*case), cases.values())))
+    return {name: (work, config, results[name]) for name, (work, config) in cases.items()}
+
+
+def test_empty_csv(e2e):
+    work, config, result = e2e["empty"]
+    assert_fails_cleanly(result, config["dataset"]["csv"], "0 data rows")
+    assert artifacts(work) == []
+
+
+def test_fewer_rows_than_seq_len_plus_pred_len(e2e):
+    work, _, result = e2e["short"]
+    assert_fails_cleanly(result, "pred_len 48", "split val", "fewer than seq_len + pred_len = 144", "pred_lens")
+    assert artifacts(work) == []
+
+
+def test_non_numeric_cell(e2e):
+    work, config, result = e2e["non_numeric"]
+    assert_fails_cleanly(result, config["dataset"]["csv"], "line 6, column 'T (degC)'", "'abc' is not a finite number")
+    log = "results/weather/logs/windows.log"
+    assert log in result.stderr                                            # Snakemake points at the job's log,
+    assert "'abc' is not a finite number" in (work / log).read_text()      # which holds the sentence too
+    assert artifacts(work) == []
+
+
+def test_missing_model_folder(e2e):
+    work, config, result = e2e["no_model"]
+    missing = config["model"]["name_or_path"]
+    assert_fails_cleanly(result, f"model folder {missing} (config key model.name_or_path) does not exist")
+    # The windows stage legitimately finished; nothing of the model stages exists.
+    assert artifacts(work) == [f"weather/windows/{s}.parquet" for s in ("test", "train", "val")]
+
+
+# --------------------------------------------------------------------------- the windows job, in-process
+
+
+def _header(lines, change):
+    return [change(lines[0]), *lines[1:]]
+
+
+CSV_CASES = {
+    "empty": (lambda ls: b"", ["is empty"]),
+    "header_only": (lambda ls: ls[:1], ["has a header line but no data rows"]),
+    "no_date_column": (lambda ls: _header(ls, lambda h: h.replace("date", "time", 1)), ["line 1", "no 'date' column"]),
+    "duplicate_column_names": (lambda ls: _header(ls, lambda h: h.replace("T (degC)", "p (mbar)", 1)),
+                               ["line 1", "'p (mbar)' appears twice (columns 2 and 3)"]),
+    "non_numeric_cell": (lambda ls: set_cell(ls, 6, 2, "abc"), ["line 6, column 'T (degC)'", "'abc'"]),
+    "empty_cell": (lambda ls: set_cell(ls, 4, 5, ""), ["line 4, column 'rh (%)'", "empty"]),
+    "nan_cell": (lambda ls: set_cell(ls, 5, 21, "NaN"), ["line 5, column 'OT'", "'NaN' is not a finite number"]),
+    "unparsable_date": (lambda ls: set_cell(ls, 7, 0, "2020-13-45 25:00:00"),
+                        ["line 7, column 'date'", "'2020-13-45 25:00:00' cannot be parsed"]),
+    "invalid_utf8": (lambda ls: "\n".join(ls[:7]).encode() + b"\n" + ls[7].encode().replace(b"0.", b"0\xff", 1)
+                     + b"\n" + "\n".join(ls[8:]).encode() + b"\n", ["line 8", "not valid UTF-8"]),
+    "utf8_bom": (lambda ls: b"\xef\xbb\xbf" + ("\n".join(ls) + "\n").encode(), ["line 1", "byte order mark"]),
+    "semicolon_delimited": (lambda ls: [x.replace(",", ";") for x in ls], ["line 1", "semicolon-separated"]),
+    "fewer_rows_than_seq_len": (lambda ls: ls[:51], ["50 data rows, fewer than seq_len + 1 = 97"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_CASES))
+def test_bad_csv_stops_the_windows_job(case, tmp_path, lines, capsys):
+    make, fragments = CSV_CASES[case]
+    csv = write(tmp_path / f"{case}.csv", make(lines))
+    code, out, log = run_windows_job(tmp_path, csv)
+    assert code == 1
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    sentence = one_sentence(stderr)
+    assert str(csv) in sentence and "\n" not in sentence
+    for fragment in fragments:
+        assert fragment in sentence, (fragment, sentence)
+    assert sentence in log.read_text()
+    assert not any(p.exists() for p in out) and not list(out[0].parent.glob("*"))
+
+
+def test_csv_whose_sha256_differs_from_the_config(tmp_path, lines, capsys):
+    csv = write(tmp_path / "weather.csv", lines)
+    code, out, _ = run_windows_job(tmp_path, csv, sha256="f" * 64)
+    assert code == 1 and not any(p.exists() for p in out)
+    sentence = one_sentence(capsys.readouterr().err)
+    actual = hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert f"{csv}: sha256 is {actual} but config key dataset.sha256 expects {'f' * 64}" in sentence
+    assert run_windows_job(tmp_path, csv, sha256=actual)[0] == 0 and all(p.exists() for p in out)
+
+
+def test_crlf_duplicates_gaps_and_sentinels_are_accepted(tmp_path, weather_csv, capsys):
+    """The real file: CRLF, 2020-05-12 06:00 twice, a 100-minute gap, -9999 81 times."""
+    code, out, _ = run_windows_job(tmp_path, weather_csv, sha256=None)
+    assert code == 0 and all(p.exists() for p in out)
+    meta = json.loads(pq.read_schema(out[0]).metadata[b"timekd_embed"])
+    irregular = meta["irregularities"]
+    assert irregular["crlf_line_endings"] and irregular["duplicate_timestamps"]["count"] == 1
+    assert irregular["gaps"]["count"] == 1 and irregular["sentinel"]["total"] == 81
+    assert "ERROR" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- config keys (common.smk calls this)
+
+
+CONFIG_CASES = {
+    "pred_len_zero": ({"pred_lens": [0]}, "config key pred_lens[0] = 0 is invalid"),
+    "pred_len_negative": ({"pred_lens": [24, -24]}, "config key pred_lens[1] = -24 is invalid"),
+    "pred_len_not_an_integer": ({"pred_lens": [24.5]}, "config key pred_lens[0] = 24.5 is invalid"),
+    "pred_len_repeated": ({"pred_lens": [24, 48, 24]}, "pred_lens = [24, 48, 24] holds a value twice"),
+    "unknown_layout": ({"dataset": {"name": "weather", "csv": "x.csv", "layout": "daily"}},
+                       "config key dataset.layout = 'daily' is invalid"),
+    "unknown_template": ({"dataset": {"name": "weather", "csv": "x.csv", "template": "weather"}},
+                         "config key dataset.template = 'weather' is invalid"),
+    "name_with_separator": ({"dataset": {"name": "runs/weather", "csv": "x.csv"}},
+                            "dataset.name = 'runs/weather' must be a plain folder name"),
+    "name_is_dot_dot": ({"dataset": {"name": "..", "csv": "x.csv"}}, "dataset.name = '..' must be a plain folder name"),
+    "name_with_dot_dot": ({"dataset": {"name": "a..b", "csv": "x.csv"}}, "must be a plain folder name"),
+    "unknown_key": ({"model": {"name_or_path": "gpt2", "trust_remote_code": True}},
+                    "unknown config key model.trust_remote_code"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_config_key(case):
+    change, fragment = CONFIG_CASES[case]
+    with pytest.raises(InputError) as caught:
+        validate_config({"dataset": {"name": "weather", "csv": "x.csv"}} | change, "my.yaml")
+    message = str(caught.value)
+    assert message.startswith("my.yaml: ") and fragment in message and message.endswith(".")
+    assert "\n" not in message
+
+
+# --------------------------------------------------------------------------- the extraction job, in-process
+
+
+@pytest.fixture(scope="module")
+def small_windows(tmp_path_factory, lines) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("small_windows")
+    table = load_csv(write(folder / "weather.csv", lines))
+    out = {s: str(folder / f"{s}.parquet") for s in SPLITS}
+    write_windows(table, "custom", 96, [24], out)
+    save_sca(folder / "sca.safetensors", n_vars=21, d_model=64, seed=2024)
+    return {"train": Path(out["train"]), "sca": folder / "sca.safetensors"}
+
+
+def settings(model_dir: Path, **overrides) -> Settings:
+    base = dict(name="weather", template=None, pred_len=24, split="train", model=str(model_dir), revision=None,
+                precision="fp32", fidelity="reference", limit_windows=2, device="cpu")
+    return Settings(**(base | overrides))
+
+
+def test_a_horizon_whose_prompts_exceed_the_context(tmp_path, small_windows):
+    short = make_model_dir(tmp_path / "short-context", n_positions=256)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(InputError) as caught:
+        extract_split(settings(short), small_windows["train"], small_windows["sca"], out, tmp_path / "out.json")
+    message = str(caught.value)
+    assert "pred_len 24, split train: the longest prompt has" in message
+    assert "the model reads at most 256; remove 24 from pred_lens" in message
+    assert not out.exists() and not list(tmp_path.glob("out*"))
+
+
+def _model_copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*drop))
+    return dst
+
+
+def test_model_folder_without_weights(tmp_path, tiny_model_dir, small_windows):
+    folder = _model_copy(tiny_model_dir, tmp_path / "no-weights", drop=("model.safetensors",))
+    with pytest.raises(InputError, match=rf"model folder {folder} has no model.safetensors; only safetensors"):
+        load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
+
+
+def test_model_folder_with_pickle_weights_only_is_refused(tmp_path, tiny_model_dir, small_windows):
+    folder = _model_copy(tiny_model_dir, tmp_path / "pickle-only", drop=("model.safetensors",))
+    marker = tmp_path / "unpickled"
+    # A pickle that would leave a marker file if anything ever unpickled it.
+    torch.save({"payload": _Marker(str(marker))}, folder / "pytorch_model.bin")
+    with pytest.raises(InputError) as caught:
+        load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
+    assert f"model folder {folder} has only pickle weights (pytorch_model.bin)" in str(caught.value)
+    assert "convert them to model.safetensors" in str(caught.value)
+    assert not marker.exists()
+
+
+class _Marker:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):  # unpickling calls Path(path).touch()
+        return (Path(self.path).touch, ())
+
+
+def test_tokenizer_vocabulary_differs_from_the_model(tmp_path, tiny_model_dir, small_windows):
+    folder = _model_copy(tiny_model_dir, tmp_path / "other-vocab")
+    config = json.loads((folder / "config.json").read_text())
+    config["vocab_size"] = 50_000
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"the tokenizer has 50257 tokens but the model 50000 embeddings"):
+        load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
+
+
+# --------------------------------------------------------------------------- security: network and remote code
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Every connection attempt fails and is recorded."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access is disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+def test_a_local_model_folder_needs_no_network_and_runs_no_remote_code(tmp_path, tiny_model_dir, small_windows,
+                                                                     no_network):
+    folder = _model_copy(tiny_model_dir, tmp_path / "with-remote-code")
+    marker = tmp_path / "remote-code-ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.Config", "AutoModel": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    teacher = load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
+    assert teacher.model.config.n_embd == 64
+    assert no_network == [] and not marker.exists()
+
+
+def test_an_unreachable_hub_id_is_one_sentence(no_network, monkeypatch):
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets
+    with pytest.raises(InputError) as caught:
+        load_config("nobody-here/no-such-gpt2")
+    message = str(caught.value)
+    assert "model 'nobody-here/no-such-gpt2' (config key model.name_or_path" in message
+    assert "could not be loaded from the model hub" in message and "\n" not in message

@@ -1,0 +1,170 @@
+"""One embeddings file -> the published TimeKD training layout: <out_dir>/<i>.h5 per window i,
+each holding a dataset `embeddings` of shape (N, d), float32.
+
+The published loaders (data_provider/data_loader_emb.py) open `<data_path>/<P>/<flag>/<i>.h5`
+relative to the working directory and read `hf['embeddings']`, one file per window index.
+
+Atomic and resumable:
+- Files are written into a staging folder `.<split>.partial` beside `out_dir`, each under a
+  temporary name renamed when complete, and the folder is renamed to `out_dir` only when all
+  are there: the published loader never sees a half-exported split.
+- The staging folder records which embeddings file it comes from (size, mtime, header hash).
+  A rerun after a crash or kill keeps the complete files already there and writes the rest;
+  a staging folder from another embeddings file is discarded. (Snakemake deletes a failed
+  job's declared output, so the staging folder must not be the output itself.)
+- Files are fsynced together at the end, in parallel, not one by one: 40k sequential fsyncs
+  would cost minutes, and the final rename comes after them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import InputError
+from .loader import map_tensor, read_file_metadata, read_header
+from .store import write_json
+
+log = logging.getLogger(__name__)
+
+DATASET = "embeddings"  # the key the published loaders read
+STAMP = ".source.json"  # inside the staging folder: which embeddings file it is being filled from
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise InputError("the export needs h5py, which is not installed; run `pip install -e '.[export]'` "
+                         "(or use --sdm conda, whose environment has it).") from None
+    return h5py
+
+
+def staging_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def source_stamp(path: Path) -> dict:
+    """Identifies one embeddings file cheaply: a rerun of its extraction changes mtime and header."""
+    header, data_start = read_header(path)
+    st = path.stat()
+    return {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "header_sha256": hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()}
+
+
+def _write_h5(h5py, path: Path, row: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset(DATASET, data=row)  # contiguous, uncompressed: as the published store_emb.py
+    os.replace(tmp, path)
+
+
+def _file_size(h5py, folder: Path, shape: tuple[int, ...]) -> int:
+    """Bytes of one complete file of this shape (all are equal): a cheap check on resumed files."""
+    probe = folder / ".probe.h5"
+    try:
+        _write_h5(h5py, probe, np.zeros(shape, dtype=np.float32))
+        return probe.stat().st_size
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prepare_staging(staging: Path, stamp: dict) -> bool:
+    """Make the staging folder; True if it holds files from this very embeddings file."""
+    stamp_path = staging / STAMP
+    if staging.is_dir():
+        try:
+            same = json.loads(stamp_path.read_text()) == stamp
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return True
+        log.info("%s: left by an export of another embeddings file; starting over", staging)
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    write_json(stamp_path, stamp)
+    return False
+
+
+def _replace_dir(staging: Path, out_dir: Path) -> None:
+    """Rename the finished staging folder to out_dir, replacing what is there."""
+    old = None
+    if out_dir.exists():
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        else:  # moved aside first, so out_dir is never missing files it had while staging is renamed
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    _fsync(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_file=None) -> dict:
+    """Write <out_dir>/<i>.h5 for every window i of one embeddings file; return counts and timing."""
+    h5py = _h5py()
+    embeddings, out_dir = Path(embeddings), Path(out_dir)
+    emb = map_tensor(embeddings, "embeddings")  # (n, N, d) float32, mapped
+    starts = np.asarray(map_tensor(embeddings, "window_start"))  # (n,)
+    if emb.ndim != 3 or emb.dtype != np.float32 or len(starts) != len(emb):
+        raise InputError(f"{embeddings}: embeddings of shape {emb.shape} and dtype {emb.dtype} with "
+                         f"{len(starts)} window starts are not an extraction result; rerun its extraction.")
+    _warn_if_partial(embeddings, starts)
+
+    began = time.perf_counter()
+    staging = staging_dir(out_dir)
+    resumed = _prepare_staging(staging, source_stamp(embeddings))
+    complete = _file_size(h5py, staging, emb.shape[1:])
+    written = skipped = 0
+    names = [f"{int(i)}.h5" for i in starts]
+    with tqdm(total=len(names), unit="file", file=log_file, mininterval=5.0, dynamic_ncols=False,
+              desc=f"export {out_dir.parent.name}/{out_dir.name}") as bar:
+        for k, name in enumerate(names):
+            path = staging / name
+            if resumed and path.is_file() and path.stat().st_size == complete:
+                skipped += 1
+            else:
+                _write_h5(h5py, path, np.ascontiguousarray(emb[k]))
+                written += 1
+            bar.update(1)
+    with ThreadPoolExecutor(max_workers=16) as pool:  # fsync releases the GIL; the disk takes them in bulk
+        list(pool.map(_fsync, [staging / n for n in names]))
+    expected = set(names)
+    for path in staging.iterdir():  # the stamp and any temporary file a killed run left
+        if path.name not in expected:
+            path.unlink()
+    _fsync(staging)
+    _replace_dir(staging, out_dir)
+    wall = time.perf_counter() - began
+    log.info("%s: %d files (%d written, %d kept from an interrupted run) of shape %s float32 in %.1f s",
+             out_dir, len(names), written, skipped, tuple(emb.shape[1:]), wall)
+    return {"files": len(names), "written": written, "resumed": skipped, "shape": list(emb.shape[1:]),
+            "wall_s": round(wall, 3)}
+
+
+def _warn_if_partial(embeddings: Path, starts: np.ndarray) -> None:
+    limit = json.loads(read_file_metadata(embeddings).get("limit_windows", "null"))
+    if limit is not None:
+        log.warning("%s: only windows %d..%d were extracted (limit_windows = %d); the published train.py reads "
+                    "every window of a split and will stop at the first missing file", embeddings,
+                    int(starts.min(initial=0)), int(starts.max(initial=-1)), limit)

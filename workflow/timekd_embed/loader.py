@@ -1,0 +1,156 @@
+"""Embeddings for student training: zero-copy reads of the safetensors files, and a torch
+Dataset pairing each z-scored window (x, y) with its teacher embedding.
+
+safetensors' own `safe_open(...).get_tensor` returns a copy, which for a 40k-window split is
+gigabytes of RAM per process; numpy.memmap at the tensor's byte range lets the page cache
+hold it once for every DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import InputError
+from .windows import read_windows
+
+# safetensors dtype names -> numpy (little-endian by the format's definition).
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+           "U8": "u1", "BOOL": "?"}
+_HEADER_LIMIT = 100 * 1024 * 1024  # the format caps the JSON header at 100 MB; more means a damaged file
+
+
+def embeddings_path(results_dir: str | os.PathLike, name: str, pred_len: int, split: str) -> Path:
+    return Path(results_dir) / name / "embeddings" / str(int(pred_len)) / f"{split}.safetensors"
+
+
+def windows_path(results_dir: str | os.PathLike, name: str, split: str) -> Path:
+    return Path(results_dir) / name / "windows" / f"{split}.parquet"
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """The safetensors JSON header and the byte offset where the tensor data starts.
+
+    Layout: 8-byte little-endian header length n, n bytes of JSON, then the data; each
+    tensor's `data_offsets` count from the end of the JSON.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            n = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+            if not 0 < n <= _HEADER_LIMIT:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found; run the workflow for this dataset, horizon and split first.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: not a readable safetensors file (damaged header); delete it and rerun the workflow.") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: not a readable safetensors file (header is not a JSON object); delete it and rerun the workflow.")
+    return header, 8 + n
+
+
+def map_tensor(path: str | os.PathLike, tensor: str = "embeddings") -> np.memmap:
+    """A read-only numpy.memmap of one tensor of a safetensors file: no byte is copied."""
+    header, data_start = read_header(path)
+    entry = header.get(tensor)
+    if not isinstance(entry, dict):
+        names = sorted(k for k in header if k != "__metadata__")
+        raise InputError(f"{path}: holds no tensor {tensor!r} (it has {', '.join(names) or 'none'}); "
+                         "rerun the extraction that wrote it.")
+    dtype = _DTYPES.get(entry.get("dtype"))
+    if dtype is None:
+        raise InputError(f"{path}: tensor {tensor!r} has dtype {entry.get('dtype')!r}, which numpy cannot map; "
+                         "rerun the extraction (it writes float32).")
+    try:
+        shape = tuple(int(s) for s in entry["shape"])
+        begin, end = (int(o) for o in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        shape, begin, end = (), 0, -1  # reported as damaged below
+    size = os.path.getsize(path)
+    if end - begin != int(np.prod(shape)) * np.dtype(dtype).itemsize or begin < 0 or data_start + end > size:
+        raise InputError(f"{path}: tensor {tensor!r} does not fit the file (truncated or damaged); "
+                         "delete it and rerun the workflow.")
+    if 0 in shape:  # mmap cannot map zero bytes
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
+
+
+def read_file_metadata(path: str | os.PathLike) -> dict[str, str]:
+    header, _ = read_header(path)
+    return dict(header.get("__metadata__") or {})
+
+
+def load_embeddings(results_dir: str | os.PathLike, name: str, pred_len: int, split: str) -> np.memmap:
+    """Teacher embeddings (n_windows, N, d) float32 of one horizon and split, memory-mapped.
+
+    Row k belongs to window k of the split (results/<name>/windows/<split>.parquet).
+    Read-only; `np.array(result[k])` copies one window when a writable array is needed.
+    """
+    return map_tensor(embeddings_path(results_dir, name, pred_len, split), "embeddings")
+
+
+class TeacherDataset(Dataset):
+    """(x, y, embedding) per window for student training, all float32 tensors.
+
+    x: (seq_len, N) z-scored inputs, y: (pred_len, N) z-scored future, embedding: (N, d),
+    with the train-split scaler and variable order of the windows stage, as the published
+    training loaders use them. Only embedded windows are items (limit_windows runs have fewer).
+    """
+
+    def __init__(self, results_dir: str | os.PathLike, name: str, pred_len: int, split: str):
+        self.path = embeddings_path(results_dir, name, pred_len, split)
+        source = windows_path(results_dir, name, split)
+        windows = read_windows(source)
+        self.pred_len, self.seq_len = int(pred_len), int(windows.meta["seq_len"])
+        self.variables = windows.variables
+        self.zscore = np.ascontiguousarray(windows.zscore, dtype=np.float32)  # (R_s, N)
+        self.window_start = np.array(map_tensor(self.path, "window_start"), dtype=np.int64)  # small: copy
+        self._embeddings: np.memmap | None = None
+        self._check(source, windows.meta, read_file_metadata(self.path))
+
+    def _check(self, source: Path, windows_meta: dict, meta: dict) -> None:
+        emb = self.embeddings
+        n_vars = len(self.variables)
+        if meta.get("input_sha256") != windows_meta["input_sha256"]:
+            raise InputError(f"{self.path}: made from another input file than {source}; rerun the workflow so both match.")
+        if meta.get("pred_len") != str(self.pred_len) or meta.get("seq_len") != str(self.seq_len):
+            raise InputError(f"{self.path}: its metadata says pred_len {meta.get('pred_len')}, seq_len "
+                             f"{meta.get('seq_len')}, but pred_len {self.pred_len}, seq_len {self.seq_len} were asked; "
+                             "the file was moved or renamed, rerun its extraction.")
+        if emb.ndim != 3 or emb.shape[0] != len(self.window_start) or emb.shape[1] != n_vars:
+            raise InputError(f"{self.path}: embeddings of shape {emb.shape} do not fit {len(self.window_start)} windows "
+                             f"of {n_vars} variables ({source}); rerun its extraction.")
+        last = int(self.window_start.max(initial=-1)) + self.seq_len + self.pred_len
+        if last > len(self.zscore):
+            raise InputError(f"{self.path}: window_start reaches past the {len(self.zscore)} rows of {source}; "
+                             "rerun its extraction.")
+
+    @property
+    def embeddings(self) -> np.memmap:
+        # Mapped on first use in each process: a memmap pickled to a spawned worker would be copied.
+        if self._embeddings is None:
+            self._embeddings = map_tensor(self.path, "embeddings")
+        return self._embeddings
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_embeddings": None}
+
+    def __len__(self) -> int:
+        return len(self.window_start)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"window {k} is outside this dataset of {len(self)} windows")
+        k = k % len(self)
+        w, L, P = int(self.window_start[k]), self.seq_len, self.pred_len
+        x = torch.from_numpy(self.zscore[w:w + L].copy())
+        y = torch.from_numpy(self.zscore[w + L:w + L + P].copy())
+        return x, y, torch.from_numpy(np.array(self.embeddings[k]))
