@@ -67,9 +67,9 @@ def place_model(model: torch.nn.Module, devices: list[str], device_map: dict | N
 def token_budget(devices: list[str]) -> int:
     """Tokens per forward pass when the config leaves batch_tokens null.
 
-    On the CPU, attention with a float mask runs SDPA's math kernel, which holds
-    heads x T x T scores per sequence: a budget of 8,192 keeps P = 192 (T about 970) near
-    1 GB above the model. CUDA's memory-efficient kernel holds no such scores.
+    On the CPU, peak memory grows with the budget much faster than on a GPU (measured
+    at P = 192: 5.9 GB at 65,536 tokens, 1.8 GB at 8,192; docs/benchmarks.md), while the
+    time per token stays the same from 2,048 tokens up, so the CPU gets the small budget.
     """
     return 65536 if all(d.startswith("cuda") for d in devices) else 8192
 

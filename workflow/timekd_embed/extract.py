@@ -180,12 +180,13 @@ def _embed_on(replica: Replica, prompts: SplitPrompts, windows: np.ndarray, fide
 def _packed_window(prompts: SplitPrompts, i: int, fidelity: str) -> list:
     """The N packed (GT, HD) sequences of window i, with the type lists their masks read."""
     w = prompts.window_ids(i)
-    gt_types = [prompts.types(s).astype(np.int8) for s in w.gt]
-    hd_types = [prompts.types(s).astype(np.int8) for s in w.hd]
+    types = lambda ids: prompts.types(ids).astype(np.int8)
     if fidelity == "reference":
         # The published defect: every GT (HD) prompt's mask uses the token types of the
         # last variable's GT (HD) prompt.
-        gt_types, hd_types = [gt_types[-1]] * len(gt_types), [hd_types[-1]] * len(hd_types)
+        gt_types, hd_types = [types(w.gt[-1])] * len(w.gt), [types(w.hd[-1])] * len(w.hd)
+    else:
+        gt_types, hd_types = [types(s) for s in w.gt], [types(s) for s in w.hd]
     return [pack(g, h, gt_t, hd_t) for g, h, gt_t, hd_t in zip(w.gt, w.hd, gt_types, hd_types)]
 
 
