@@ -399,26 +399,11 @@ def run_horizon(args) -> dict:
 # ----------------------------------------------------------------------------- worker: the published way
 
 
-def flag_walk(tokens: list[str]) -> list[str]:
-    """Token types as the published code computes them (TIMEKD_TEACHER.md section 3)."""
-    types, capturing = [], False
-    for tok in tokens:
-        if tok == "Ġ<":
-            capturing = True
-            types.append("time_series")
-        elif tok == ">":
-            capturing = False
-            types.append("time_series")
-        else:
-            types.append("time_series" if capturing else "language")
-    return types
-
-
-def loop_mask(types: list[str], length: int, device: str) -> torch.Tensor:
+def loop_mask(series_flags: np.ndarray, length: int, device: str) -> torch.Tensor:
     """The published mask: a Python double loop writing -100 one element at a time."""
     mask = torch.zeros((length, length), device=device)
-    language = [i for i, t in enumerate(types) if t == "language" and i < length]
-    series = [j for j, t in enumerate(types) if t == "time_series" and j < length]
+    language = [i for i, ts in enumerate(series_flags) if not ts and i < length]
+    series = [j for j, ts in enumerate(series_flags) if ts and j < length]
     for i in language:
         for j in series:
             mask[i, j] = -100
@@ -433,7 +418,8 @@ def published_window(model, tokenizer, sca, prompts, window: int, device: str) -
     t = time.perf_counter()
     texts = prompts.window_texts(window)
     ids = [[tokenizer.encode(gt), tokenizer.encode(hd)] for gt, hd in texts]
-    types = [[flag_walk(tokenizer.convert_ids_to_tokens(x)) for x in pair] for pair in ids]
+    # The published flag walk over token strings, as the package computes it (prompts.py).
+    types = [[prompts.types(np.array(x)) for x in pair] for pair in ids]
     seconds["tokenize"] = time.perf_counter() - t
     last = torch.zeros(2, model.config.n_embd, n_vars, device=device)      # (GT/HD, d, N)
     for j in range(n_vars):
