@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
@@ -13,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 WEATHER_CSV = SHARED_DATA / "weather" / "weather.csv"
 TOKENIZER_DIR = SHARED_DATA / "gpt2-tokenizer"
+TRAIN_ROWS = 36887  # weather.csv: int(0.7 * 52,696)
 
 
 def _need(path: Path) -> Path:
@@ -45,3 +48,13 @@ def make_model_dir(path: Path, n_layer=2, n_embd=64, n_head=4, n_positions=1024,
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def train_split(weather_csv):
+    """Variables, raw values (R, N) and stamps (R, 6) of the weather train split."""
+    df = pd.read_csv(weather_csv, nrows=TRAIN_ROWS)
+    dates = pd.to_datetime(df["date"])
+    stamps = np.stack([dates.dt.year, dates.dt.month, dates.dt.day, dates.dt.day_of_week,
+                       dates.dt.hour, dates.dt.minute], axis=1)
+    return df.columns[1:].tolist(), df.iloc[:, 1:].to_numpy(), stamps

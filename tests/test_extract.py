@@ -1,7 +1,6 @@
 """Extraction against the deliberately plain oracle (tests/plain_teacher.py) on real weather windows."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -11,17 +10,6 @@ from timekd_embed.extract import Settings, check_context, embed_windows, load_sc
 from timekd_embed.prompts import SplitPrompts
 
 P = 24
-TRAIN_ROWS = 36887
-
-
-@pytest.fixture(scope="module")
-def train_split(weather_csv):
-    df = pd.read_csv(weather_csv, nrows=TRAIN_ROWS)
-    dates = pd.to_datetime(df["date"])
-    stamps = np.stack([dates.dt.year, dates.dt.month, dates.dt.day, dates.dt.day_of_week,
-                       dates.dt.hour, dates.dt.minute], axis=1)
-    return df.columns[1:].tolist(), df.iloc[:, 1:].to_numpy(), stamps
-
 
 @pytest.fixture(scope="module")
 def sca_path(tmp_path_factory):
@@ -74,7 +62,8 @@ def test_batch_size_and_window_ranges_do_not_change_results(train_split, tokeniz
 
 
 def test_layers_split_over_two_devices_equal_one_device(train_split, tokenizer, tiny_model_dir, sca_path):
-    """A device map with the two blocks on two devices, run through accelerate's hooks."""
+    """A device map with the two blocks on two devices, dispatched by accelerate (last_token_states
+    moves the activations to each block's device)."""
     _, raw, stamps = train_split
     prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
     plain = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Model
+from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
-from test_manifest import NAME, SNAKEMAKE, finished_run
+from test_manifest import NAME, SNAKEMAKE, snakemake, tiny_config
 from timekd_embed import store
 from timekd_embed.extract import Settings, extract_split, save_sca
 from timekd_embed.jobs import job
@@ -27,9 +27,20 @@ from timekd_embed.windows import SPLITS, load_csv, write_windows
 EMBEDDINGS = f"results/{NAME}/embeddings/24/train.safetensors"
 
 
+# With the tiny model the extraction runs at tens of windows per second: this many give the
+# signals below several seconds to land while it computes.
+FAULT_WINDOWS = 400
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_model_dir, weather_csv) -> Path:
-    return finished_run(tmp_path_factory, tiny_model_dir, weather_csv)
+    """One run to EMBEDDINGS, uninterrupted, of `tiny_config` with FAULT_WINDOWS windows."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    (work / "resources").mkdir()
+    shutil.copy(weather_csv, work / "resources" / "weather.csv")
+    run = snakemake(work, tiny_config(tiny_model_dir) | {"limit_windows": FAULT_WINDOWS}, "--cores", "2", EMBEDDINGS)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return work
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -126,7 +137,7 @@ def test_out_of_memory_names_the_budget_to_lower(small_split, tiny_model_dir, tm
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total)")
 
-    monkeypatch.setattr(GPT2Model, "forward", oom)     # what a too-large batch does on a GPU
+    monkeypatch.setattr(GPT2MLP, "forward", oom)     # the widest activations: where a too-large batch fails on a GPU
     settings = Settings(name=NAME, template=None, pred_len=24, split="train", model=str(tiny_model_dir),
                         revision=None, precision="fp32", fidelity="reference", limit_windows=2, device="cpu",
                         batch_tokens=4096)

@@ -2,9 +2,10 @@
 
 For each window: 2N prompts (GT and HD per variable) through the frozen GPT-2 with the
 calibrated mask, the last real token's state kept, then the SCA over the variables:
-(N, d) per window. Each variable's GT and HD prompt run as one packed sequence
-(packing.py); the sequences of many windows share one forward pass, sorted by length so
-that padding stays small, bounded by a token budget (sequences x padded length).
+(N, d) per window. Each variable's GT and HD prompt run as one packed sequence behind the
+window's common head, identical sequences once (packing.py); the sequences of many windows
+share one forward pass, sorted by length so that padding stays small, bounded by a token
+budget (sequences x padded length). A worker thread prepares the next batches meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from . import __version__
 from .devices import choose_placement, input_device, peak_memory, place_model, resolve_devices, token_budget
 from .errors import InputError
 from .lm import DTYPES, check_model, last_token_states, load_config, load_lm, load_tokenizer, sha256_file, weights_file
-from .packing import batches, pack, pad
+from .packing import batches, distinct, pack, pad, share_head
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
 from .store import read_metadata, read_tensors, write_json, write_tensors
@@ -77,10 +78,10 @@ class Teacher:
 
 
 def load_teacher(settings: Settings, sca_path: str | Path, devices: list[str] | None = None,
-                 device_map: dict | None = None, attn_implementation: str = "sdpa") -> Teacher:
+                 device_map: dict | None = None) -> Teacher:
     devices = devices or resolve_devices(settings.device, settings.gpus_per_job)
     config, tokenizer = check_model(settings.model, settings.revision)
-    model = load_lm(settings.model, settings.revision, DTYPES[settings.precision], attn_implementation)
+    model = load_lm(settings.model, settings.revision, DTYPES[settings.precision])
     sca = load_sca(sca_path)
     if sca.layers[0].ff[0].out_features != 4 * config.n_embd:
         raise InputError(f"{sca_path}: made for a language model of width {sca.layers[0].ff[0].out_features // 4}, "
@@ -131,7 +132,7 @@ def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, 
     """Embeddings (len(windows), N, d) float32 of the given window indices, and token counts.
 
     The counts: `tokens`, every token of every prompt (what the published code computes);
-    `computed`, what ran through the model after packing (see packing.py). With several
+    `computed`, the positions that ran through the model (packing.py), padding excluded. With several
     replicas (data parallel) each takes a contiguous share of the windows, in a thread:
     the GPUs work at once while Python waits on them.
     """
@@ -153,32 +154,53 @@ def _embed_on(replica: Replica, prompts: SplitPrompts, windows: np.ndarray, fide
     mean_len = float((gt_len.sum() + hd_len.sum()) / max(1, gt_len.size))
     # Enough windows per chunk for several full batches, so that sorting by length pays off.
     chunk = max(1, math.ceil(8 * batch_tokens / (N * max(mean_len, 1.0))))
+    parts = [windows[a:a + chunk] for a in range(0, len(windows), chunk)]
     out = np.empty((len(windows), N, d), dtype=np.float32)
     dev = input_device(replica.model)
     counts = {"tokens": int(gt_len.sum() + hd_len.sum()), "computed": 0}
-    for a in range(0, len(windows), chunk):
-        part = windows[a:a + chunk]
-        seqs = [p for i in part for p in _packed_window(prompts, int(i), fidelity)]
-        lengths = np.array([len(s.ids) for s in seqs])
-        counts["computed"] += int(lengths.sum())
-        states = torch.empty(len(seqs), 2, d, dtype=torch.float32)       # (windows * N, GT/HD, d)
-        for idx in batches(lengths, batch_tokens):
-            states[torch.from_numpy(idx)] = last_token_states(replica.model, pad([seqs[k] for k in idx]), dev).cpu()
-        states = states.view(len(part), N, 2, d)
-        with torch.inference_mode():
-            gt = states[:, :, 0].transpose(1, 2).to(replica.device)      # (windows, d, N)
-            hd = states[:, :, 1].transpose(1, 2).to(replica.device)
-            out[a:a + len(part)] = replica.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
-        if progress is not None:  # shared by the replicas' threads; a display, so no lock
-            progress.tokens = getattr(progress, "tokens", 0) + int(gt_len[a:a + chunk].sum() + hd_len[a:a + chunk].sum())
-            progress.set_postfix(tokens_per_s=f"{progress.tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}",
-                                 refresh=False)
-            progress.update(len(part))
+    prepare = lambda part: _model_inputs(prompts, part, fidelity, batch_tokens, pin=dev.type == "cuda")
+    # A worker thread builds the next chunk's batches while the device runs this one's.
+    with ThreadPoolExecutor(1) as pool:
+        upcoming = pool.submit(prepare, parts[0]) if parts else None
+        for k, part in enumerate(parts):
+            inputs, inverse, computed = upcoming.result()
+            if k + 1 < len(parts):
+                upcoming = pool.submit(prepare, parts[k + 1])
+            a = k * chunk
+            counts["computed"] += computed
+            states = torch.cat([last_token_states(replica.model, batch, dev) for batch in inputs])  # (sequences, 2, d)
+            with torch.inference_mode():
+                states = states[torch.from_numpy(inverse).to(states.device)].view(len(part), N, 2, d)
+                gt = states[:, :, 0].transpose(1, 2).to(replica.device)      # (windows, d, N)
+                hd = states[:, :, 1].transpose(1, 2).to(replica.device)
+                out[a:a + len(part)] = replica.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
+            if progress is not None:  # shared by the replicas' threads; a display, so no lock
+                progress.tokens = getattr(progress, "tokens", 0) + int(gt_len[a:a + chunk].sum() + hd_len[a:a + chunk].sum())
+                progress.set_postfix(tokens_per_s=f"{progress.tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}",
+                                     refresh=False)
+                progress.update(len(part))
     return out, counts
 
 
-def _packed_window(prompts: SplitPrompts, i: int, fidelity: str) -> list:
-    """The N packed (GT, HD) sequences of window i, with the type lists their masks read."""
+def _model_inputs(prompts: SplitPrompts, windows: np.ndarray, fidelity: str, batch_tokens: int,
+                  pin: bool) -> tuple[list[dict], np.ndarray, int]:
+    """The windows' distinct packed sequences as padded batches (in batch order), the index
+    of each (window, variable) among them, and the token positions they hold."""
+    seqs, inverse = distinct([p for i in windows for p in packed_window(prompts, int(i), fidelity)])
+    lengths = np.array([len(s.ids) for s in seqs])
+    order = batches(lengths, batch_tokens)
+    inputs = [pad([seqs[k] for k in idx]) for idx in order]
+    if pin:  # page-locked host memory: the copies to the GPU run asynchronously
+        inputs = [{k: v.pin_memory() for k, v in batch.items()} for batch in inputs]
+    position = np.empty(len(seqs), np.int64)                # where each sequence lands in batch order
+    position[np.concatenate(order)] = np.arange(len(seqs))
+    heads = {id(s.head_ids): len(s.head_ids) for s in seqs}     # one head per window, run once
+    return inputs, position[inverse], int(lengths.sum()) + sum(heads.values())
+
+
+def prompt_pairs(prompts: SplitPrompts, i: int, fidelity: str) -> list[tuple[np.ndarray, ...]]:
+    """(GT ids, HD ids, GT type list, HD type list) per variable of window i: the type
+    lists are those the prompts' masks read."""
     w = prompts.window_ids(i)
     types = lambda ids: prompts.types(ids).astype(np.int8)
     if fidelity == "reference":
@@ -187,7 +209,12 @@ def _packed_window(prompts: SplitPrompts, i: int, fidelity: str) -> list:
         gt_types, hd_types = [types(w.gt[-1])] * len(w.gt), [types(w.hd[-1])] * len(w.hd)
     else:
         gt_types, hd_types = [types(s) for s in w.gt], [types(s) for s in w.hd]
-    return [pack(g, h, gt_t, hd_t) for g, h, gt_t, hd_t in zip(w.gt, w.hd, gt_types, hd_types)]
+    return list(zip(w.gt, w.hd, gt_types, hd_types))
+
+
+def packed_window(prompts: SplitPrompts, i: int, fidelity: str) -> list:
+    """The N packed (GT, HD) sequences of window i behind their common head (packing.py)."""
+    return share_head([pack(*pair) for pair in prompt_pairs(prompts, i, fidelity)])
 
 
 def window_range(n_windows: int, limit_windows: int | None) -> tuple[int, int]:
