@@ -525,7 +525,7 @@ def time_embed_one(args, prompts, window: int) -> dict:
 SAVINGS_ROUNDS = 3  # each step timed this many times, interleaved; the fastest counts
 
 
-def plain_states(model, batch: dict, device: str) -> torch.Tensor:
+def plain_states(model, batch: dict, device: torch.device) -> torch.Tensor:
     """GPT2Model's own forward with the calibrated 4D mask, states at `last`: the plain path."""
     from .lm import calibrated_mask
     b = {k: v.to(device) for k, v in batch.items()}
@@ -570,30 +570,27 @@ def run_savings(args) -> dict:
     packed = [pack(*pair) for pair in pairs]
     headed = share_head(packed)
     unique, inverse = distinct(headed)
-    ours = lambda model: (lambda batch: last_token_states(model, batch, torch.device(args.device)))
-    steps = [  # (what, how it runs, its sequences, rows of its states back to (N, 2) order)
-        ("plain: each prompt its own sequence, GPT2Model's forward",
-         lambda batch: plain_states(published_gelu, batch, args.device), plain, None),
-        ("+ GT and HD packed: their common prefix once", lambda batch: plain_states(published_gelu, batch, args.device),
-         packed, None),
-        ("+ own forward: the last block on the kept positions only", ours(published_gelu), packed, None),
-        ("+ fused tanh GELU", ours(fused_gelu), packed, None),
-        ("+ the window's head once for all variables", ours(fused_gelu), headed, None),
-        ("+ identical sequences once", ours(fused_gelu), unique, inverse),
+    steps = [  # (what, model, forward, its sequences, rows of its states back to (N, GT/HD) order)
+        ("plain: each prompt its own sequence, GPT2Model's forward", published_gelu, plain_states, plain, None),
+        ("+ GT and HD packed: their common prefix once", published_gelu, plain_states, packed, None),
+        ("+ own forward: the last block on the kept positions only", published_gelu, last_token_states, packed, None),
+        ("+ fused tanh GELU", fused_gelu, last_token_states, packed, None),
+        ("+ the window's head once for all variables", fused_gelu, last_token_states, headed, None),
+        ("+ identical sequences once", fused_gelu, last_token_states, unique, inverse),
     ]
-    time_sequences(steps[-1][1], unique[:2], args.batch_tokens, args.device)        # warm-up
+    states_of = lambda model, forward: (lambda batch: forward(model, batch, torch.device(args.device)))
+    time_sequences(states_of(fused_gelu, last_token_states), unique[:2], args.batch_tokens, args.device)  # warm-up
     seconds: list[list[float]] = [[] for _ in steps]
     results: list[dict] = []
     for round_ in range(SAVINGS_ROUNDS):
-        for k, (what, states, seqs, rows) in enumerate(steps):
+        for k, (what, model, forward, seqs, rows) in enumerate(steps):
             progress(f"savings, round {round_ + 1}: {what}")
-            model = published_gelu if k < 3 else fused_gelu
             with count_model_tokens(model) as counts:
-                wall, got = time_sequences(states, seqs, args.batch_tokens, args.device)
+                wall, got = time_sequences(states_of(model, forward), seqs, args.batch_tokens, args.device)
             seconds[k].append(wall)
             got = got[torch.from_numpy(rows)] if rows is not None else got
             # The plain path keeps one state per prompt (GT, HD alternating); the others (GT, HD) pairs.
-            got = got[:, 0].view(-1, 2, got.shape[-1]) if k == 0 else got
+            got = got[:, 0].view(-1, 2, got.shape[-1]) if seqs is plain else got
             if round_ == 0:
                 results.append({"step": what, "model_tokens": counts["model_tokens"], "states": got})
     plain_got, fastest = results[0]["states"], [min(x) for x in seconds]

@@ -86,8 +86,8 @@ def distinct(seqs: list[Packed]) -> tuple[list[Packed], np.ndarray]:
     Variables whose truncated values agree over the whole window (rain gauges at 0, say)
     give identical sequences, hence identical states: about 3% of the weather sequences.
     """
-    index: dict[bytes, int] = {}
-    key = lambda s: b"|".join(a.tobytes() for a in (s.head_ids, s.head_codes, s.ids, s.codes, s.segments))
+    index: dict[tuple, int] = {}
+    key = lambda s: tuple(a.tobytes() for a in (s.head_ids, s.head_codes, s.ids, s.codes, s.segments))
     inverse = np.array([index.setdefault(key(s), len(index)) for s in seqs], dtype=np.int64)
     first = np.unique(inverse, return_index=True)[1]
     return [seqs[k] for k in first], inverse
@@ -118,8 +118,8 @@ def pad(seqs: list[Packed]) -> dict[str, torch.Tensor]:
         n = len(s.ids)
         out["ids"][b, :n], out["codes"][b, :n] = s.ids, s.codes
         out["segments"][b, :n], out["positions"][b, :n] = s.segments, s.positions
-    rows: dict[bytes, int] = {}
-    head_of = [rows.setdefault(s.head_ids.tobytes() + s.head_codes.tobytes(), len(rows)) for s in seqs]
+    rows: dict[tuple, int] = {}
+    head_of = [rows.setdefault((s.head_ids.tobytes(), s.head_codes.tobytes()), len(rows)) for s in seqs]
     heads = [seqs[head_of.index(k)] for k in range(len(rows))]
     h = max(1, max(len(s.head_ids) for s in heads))
     out |= {"head_ids": np.zeros((len(heads), h), np.int64), "head_codes": np.full((len(heads), h), -1, np.int8),
