@@ -32,9 +32,9 @@ EXPECTED = {
     "windows/train.parquet": "windows", "windows/val.parquet": "windows", "windows/test.parquet": "windows",
     "sca.safetensors": "sca",
     "embeddings/24/train.safetensors": "gather", "embeddings/24/train.json": "gather",
-    "validation/parity_24.json": "parity",
-    "validation/shapes.json": "validate", "validation/report.md": "validate",
-    "validation/cosine_histogram.png": "validate",
+    # fp32: no parity job, no histogram (nothing to compare)
+    "validation/shapes.json": "validate", "validation/summary.html": "validate",
+    "validation/report/24_train.html": "validate",
 }
 
 
@@ -115,7 +115,7 @@ def test_verify_names_every_changed_missing_and_unlisted_file(work, tmp_path):
     data = bytearray(embeddings.read_bytes())
     data[-1] ^= 1                                         # one flipped bit in the last float
     embeddings.write_bytes(bytes(data))
-    (copy / "validation" / "parity_24.json").unlink()
+    (copy / "validation" / "shapes.json").unlink()
     (copy / "windows" / "extra.parquet").write_bytes(b"not from this run")
     (copy / "windows" / ".train.parquet.abc123.tmp").write_bytes(b"half")  # an interrupted write
     (copy / "logs" / "anything.log").write_text("logs are not artifacts\n")
@@ -125,7 +125,7 @@ def test_verify_names_every_changed_missing_and_unlisted_file(work, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 3, result.stderr
     assert any(str(embeddings) in e and "differ from the manifest" in e and "rule gather" in e for e in errors)
-    assert any(str(copy / "validation" / "parity_24.json") in e and "missing" in e for e in errors)
+    assert any(str(copy / "validation" / "shapes.json") in e and "missing" in e for e in errors)
     assert any(str(copy / "windows" / "extra.parquet") in e and "not in the manifest" in e for e in errors)
     assert "leftover of an interrupted write" in result.stderr and "Traceback" not in result.stderr
     assert "3 problem(s)" in result.stderr

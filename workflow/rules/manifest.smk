@@ -16,7 +16,7 @@ rule manifest:
             pred_len=config["pred_lens"],
             split=config["splits"],
         ),
-        parity=expand(PARITY, pred_len=config["pred_lens"]),
+        parity=parity_files(),
         validate=rules.validate.output,
     output:
         f"{RESULTS}/MANIFEST.json",
