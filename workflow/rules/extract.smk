@@ -8,6 +8,7 @@
 rule sca:
     input:
         WINDOWS.format(split="train"),
+        model=model_files(),
     output:
         SCA,
     log:
@@ -27,6 +28,7 @@ rule extract:
     input:
         windows=WINDOWS,
         sca=SCA,
+        model=model_files(),
     output:
         embeddings=temp(SHARD),
         stats=temp(SHARD_STATS),
@@ -36,7 +38,7 @@ rule extract:
         f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.tsv"
     conda:
         ENV
-    threads: 8  # capped at --cores; CPU runs use them all
+    threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
     resources:
         gpu=config["gpus_per_job"],
     params:
