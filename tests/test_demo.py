@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from safetensors import safe_open
+from timekd_embed.demo import tokenizer_files
 
 BIN = Path(sys.executable).parent
 WINDOWS = {(24, "train"): 392 - 48 - 24 + 1, (48, "train"): 392 - 48 - 48 + 1,
@@ -57,6 +58,12 @@ def test_the_committed_csv_is_what_the_script_writes():
     rows = runpy.run_path(str(ROOT / ".test" / "make_data.py"))["rows"]()
     assert (ROOT / ".test" / "data" / "demo.csv").read_text() == "\n".join(rows) + "\n"
     assert len(rows) == 561 and rows[0] == "date,temperature,humidity,wind,load,OT"
+
+
+def test_the_tokenizer_files_come_from_the_pinned_package():
+    files = tokenizer_files()
+    assert {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()} == TOKENIZER_SHA256
+    assert files["vocab.json"].name == "encoder.json" and files["merges.txt"].name == "vocab.bpe"
 
 
 def test_demo_runs_the_whole_workflow_and_says_where_to_look(demo):

@@ -8,7 +8,7 @@
 rule sca:
     input:
         WINDOWS.format(split="train"),
-        model=model_files(),
+        model=MODEL_INPUTS,
     output:
         SCA,
     log:
@@ -28,7 +28,7 @@ rule extract:
     input:
         windows=WINDOWS,
         sca=SCA,
-        model=model_files(),
+        model=MODEL_INPUTS,
     output:
         embeddings=temp(SHARD),
         stats=temp(SHARD_STATS),

@@ -16,7 +16,7 @@ rule manifest:
             pred_len=config["pred_lens"],
             split=config["splits"],
         ),
-        parity=parity_files(),
+        parity=PARITY_FILES,
         validate=rules.validate.output,
     output:
         f"{RESULTS}/MANIFEST.json",

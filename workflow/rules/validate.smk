@@ -10,25 +10,19 @@ REPORT_ITEM = f"{RESULTS}/validation/report/{{pred_len}}_{{split}}.html"
 HISTOGRAM = f"{RESULTS}/validation/cosine_{{pred_len}}.png"
 
 
-def parity_files():
-    """The parity files of every horizon; none when production runs in fp32."""
-    return expand(PARITY, pred_len=config["pred_lens"]) if MEASURE_PARITY else []
-
-
-def parity_sample():
-    """{P: {split: windows}} the parity jobs sample, known at plan time (for the captions)."""
-    return {
-        P: sample_sizes(
-            {
-                s: planned_windows(
-                    ROWS[s], config["seq_len"], P, config["limit_windows"]
-                )
-                for s in config["splits"]
-            },
-            config["parity"]["windows"],
-        )
-        for P in config["pred_lens"]
-    }
+# The parity files of every horizon; none when production runs in fp32.
+PARITY_FILES = expand(PARITY, pred_len=config["pred_lens"]) if MEASURE_PARITY else []
+# {P: {split: windows}} the parity jobs sample, known at plan time (for the captions).
+PARITY_SAMPLE = {
+    P: sample_sizes(
+        {
+            s: planned_windows(ROWS[s], config["seq_len"], P, config["limit_windows"])
+            for s in config["splits"]
+        },
+        config["parity"]["windows"],
+    )
+    for P in (config["pred_lens"] if MEASURE_PARITY else [])
+}
 
 
 rule parity:
@@ -60,7 +54,7 @@ rule validate:
         stats=expand(
             EMBEDDING_STATS, pred_len=config["pred_lens"], split=config["splits"]
         ),
-        parity=parity_files(),
+        parity=PARITY_FILES,
         windows=expand(WINDOWS, split=config["splits"]),
         sca=SCA,
     output:
@@ -102,7 +96,7 @@ rule validate:
         limit_windows=config["limit_windows"],
         precision=config["precision"],
         # What the parity jobs sample, for the captions: {P: {split: windows}}.
-        parity_sample=parity_sample() if MEASURE_PARITY else {},
+        parity_sample=PARITY_SAMPLE,
         min_cosine=config["parity"]["min_cosine"],
     script:
         "../scripts/validate.py"
