@@ -68,6 +68,9 @@ def job_device(device: str, gpus: int, local: bool = True) -> str:
         device: the config key (auto, cuda, cpu).
         gpus: GPUs visible here (`visible_gpus`).
         local: False when jobs run elsewhere (a cluster): `auto` then means their GPUs.
+
+    Returns:
+        "cpu" or "cuda" ("auto" resolved).
     """
     if device == "auto":
         return "cuda" if gpus or not local else "cpu"
