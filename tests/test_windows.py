@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,19 +16,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from timekd_embed import windows
+from timekd_embed.config import resolve_layout
 from timekd_embed.errors import InputError
-from timekd_embed.windows import (
-    SPLITS,
-    load_csv,
-    read_windows,
-    resolve_layout,
-    sha256_file,
-    split_borders,
-    window_count,
-    write_windows,
-)
+from timekd_embed.table import load_csv, sha256_file, stamps
+from timekd_embed.windows import SPLITS, read_windows, split_borders, window_count, write_windows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
@@ -206,11 +197,14 @@ def test_weather_round_trip(weather, weather_files):
     assert train.meta["irregularities"]["sentinel"]["total"] == 81
 
 
-@real_data
-def test_weather_load_is_fast():
-    start = time.perf_counter()
-    load_csv(WEATHER)
-    assert time.perf_counter() - start < 2.0
+def test_stamps_fields_by_hand():
+    # 2020-02-29 was a Saturday (weekday 5 with Monday = 0); 2021-01-04 23:45 a Monday.
+    dates = pd.DatetimeIndex(["2020-02-29 13:07:00", "2021-01-04 23:45:00"])
+    got = stamps(dates)
+    assert got.dtype == np.int64 and got.shape == (2, 6)
+    assert got.tolist() == [[2020, 2, 29, 5, 13, 7], [2021, 1, 4, 0, 23, 45]]
+    assert stamps(pd.Series(dates)).tolist() == got.tolist()  # a datetime column gives the same rows
+    assert stamps(pd.DatetimeIndex([])).shape == (0, 6)
 
 
 # --------------------------------------------------------------------------- ETT files
@@ -326,7 +320,7 @@ def test_irregularities_reported_not_fatal(tmp_path, caplog):
     lines[7] = lines[7].rsplit(",", 1)[0] + ",-9999"  # line 8, column OT
     lines[20] = lines[20].replace(",19,", ",-9999,", 1)  # line 21, column a
     csv = write_csv(tmp_path, lines, eol="\r\n")
-    with caplog.at_level(logging.WARNING, logger="timekd_embed.windows"):
+    with caplog.at_level(logging.WARNING, logger="timekd_embed.table"):
         table = load_csv(csv)
     irr = table.irregularities
     assert irr["duplicate_timestamps"] == {

@@ -15,16 +15,16 @@ def inspect(args) -> list[dict]:
     """The GT/HD prompts, token ids and token types of one window, one object per variable."""
     from .lm import load_tokenizer
     from .prompts import SplitPrompts
-    from .windows import load_csv, resolve_layout, split_borders
+    from .table import load_csv, stamps
+    from .windows import split_borders
 
     config = load_config_file(args.configfile)
     data = config["dataset"]
-    layout = resolve_layout(data["layout"], data["name"])
-    table = load_csv(data["csv"], target=data["target"], layout=layout)
+    layout = data["layout"]  # concrete: validate_config resolves "auto"
+    table = load_csv(data["csv"], target=data["target"], layout=layout, date_format=data["date_format"])
     start, stop = split_borders(len(table.values), config["seq_len"], layout)[args.split]
-    stamps = _stamps(table.dates[start:stop])
     tokenizer = load_tokenizer(config["model"]["name_or_path"], config["model"]["revision"])
-    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps, data["name"], args.pred_len,
+    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps(table.dates[start:stop]), data["name"], args.pred_len,
                            config["seq_len"], data["template"])
     if not 0 <= args.window < prompts.n_windows:
         raise InputError(f"--window {args.window} is outside split {args.split}, which has "
@@ -36,11 +36,6 @@ def inspect(args) -> list[dict]:
         result.append({"variable": variable, "gt_prompt": gt, "hd_prompt": hd, "gt_ids": gt_ids,
                        "hd_ids": hd_ids, "gt_types": kind(gt_ids), "hd_types": kind(hd_ids)})
     return result
-
-
-def _stamps(dates):
-    import numpy as np
-    return np.stack([dates.year, dates.month, dates.day, dates.dayofweek, dates.hour, dates.minute], axis=1)
 
 
 def main(argv: list[str] | None = None) -> None:
