@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, SHARED_DATA, _need, make_model_dir
 from timekd_embed.config import validate_config
@@ -148,7 +149,7 @@ def run_windows_job(tmp_path: Path, csv: Path, sha256: str | None = None, seq_le
 
 def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple[Path, dict]]:
     cases = {}
-    for name in ("empty", "short", "non_numeric", "no_model"):
+    for name in ("empty", "short", "non_numeric", "no_model", "prefixed_weights"):
         (root / name).mkdir()
     cases["empty"] = small_config(write(root / "empty" / "empty.csv", b""), model_dir)
     # 400 rows: the val split gets 40 + 96 rows, fewer than seq_len + P = 96 + 48.
@@ -157,6 +158,12 @@ def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple
     cases["non_numeric"] = small_config(write(root / "non_numeric" / "bad.csv", set_cell(lines, 6, 2, "abc")),
                                         model_dir)
     cases["no_model"] = small_config(write(root / "no_model" / "weather.csv", lines), root / "models" / "gpt2")
+    # Issue #12.1: a wrapper module's save (keys "gpt2.h.0...") used to run as a random GPT-2, rc 0.
+    wrapped = root / "models" / "wrapped"
+    shutil.copytree(model_dir, wrapped)
+    save_file({f"gpt2.{k}": v for k, v in load_file(model_dir / "model.safetensors").items()},
+              wrapped / "model.safetensors", metadata={"format": "pt"})
+    cases["prefixed_weights"] = small_config(write(root / "prefixed_weights" / "weather.csv", lines), wrapped)
     return {name: (root / name, config) for name, config in cases.items()}
 
 
@@ -189,6 +196,15 @@ def test_non_numeric_cell(e2e):
     assert log in result.stderr                                            # Snakemake points at the job's log,
     assert "'abc' is not a finite number" in (work / log).read_text()      # which holds the sentence too
     assert artifacts(work) == []
+
+
+def test_weights_under_a_wrapper_prefix_stop_the_first_model_job(e2e):
+    work, config, result = e2e["prefixed_weights"]
+    folder = config["model"]["name_or_path"]
+    assert_fails_cleanly(result, f"model folder {folder} (config key model.name_or_path), model.safetensors",
+                         "28 tensor(s) the model needs are not in the file", "28 tensor(s) of the file are not")
+    assert "sca.log" in result.stderr  # the sca job, the first that reads the model, stopped it
+    assert artifacts(work) == [f"weather/windows/{s}.parquet" for s in ("test", "train", "val")]
 
 
 def test_missing_model_folder(e2e):
