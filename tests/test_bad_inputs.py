@@ -294,7 +294,7 @@ def ettm1_head(tmp_path_factory) -> Path:
 def test_an_hourly_name_on_15_minute_data_stops_the_windows_job(ettm1_head, tmp_path, capsys):
     # dataset.name ETTh1 (layout auto -> ett_hour) with ETTm1.csv: hourly borders on 15-minute rows, and
     # HH:00 stamps that would write 23:00 for 23:45.
-    code, out, log = run_windows_job(tmp_path, ettm1_head, name="ETTh1", layout="ett_hour")
+    code, out, _ = run_windows_job(tmp_path, ettm1_head, name="ETTh1", layout="ett_hour")
     assert code == 1
     sentence = one_sentence(capsys.readouterr().err)
     for fragment in ("dataset.layout is ett_hour", "dataset.name 'ETTh1'", "usual step is 15 min",
@@ -440,12 +440,13 @@ def test_documented_command_line_forms_work_with_the_real_cli(tmp_path, weather_
     base = SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "-n", "--cores", "2"]
     forms = ["pred_lens=[24, 48]", "splits=[train]", "limit_windows=4", "dataset={name: demo}",
              "parity={windows: 8, min_cosine: 0.99}", "model={name_or_path: gpt2, revision: main}", "seed=7"]
-    result = subprocess.run(base + ["--config", *forms], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(base + ["--config", *forms], capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     planned = sorted(set(re.findall(r"results/demo/embeddings/(\d+)/(\w+)\.safetensors", result.stdout)))
     assert planned == [("24", "train"), ("48", "train")]  # the horizons and split of the command line, name demo
     assert "results/weather" not in result.stdout
-    bad = subprocess.run(base + ["--config", "pred_lens=[24, x]"], capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(base + ["--config", "pred_lens=[24, x]"], capture_output=True, text=True, timeout=600,
+                         check=False)
     sentence = assert_fails_cleanly(bad, "--config: config key pred_lens[1] = 'x' is invalid")
     assert "config.yaml" not in sentence
 

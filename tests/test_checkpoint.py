@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
-
 from conftest import make_model_dir
+from safetensors.torch import load_file, save_file
 from timekd_embed.errors import InputError
 from timekd_embed.lm import check_model, check_weights, expected_shapes, load_config, load_lm
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 TENSORS = 28  # 2 blocks x 12 (ln_1, attn c_attn / c_proj, ln_2, mlp c_fc / c_proj; weight and bias each) + 4
 BLOCK = 12
@@ -58,16 +57,17 @@ def wider(state):  # the tensors of a 128-wide GPT-2 under the 64-wide config.js
     return GPT2Model(GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=50257)).state_dict()
 
 
+PREFIXED_MISSING = (f"{TENSORS} tensor(s) the model needs are not in the file (h.0.attn.c_attn.bias, "
+                    "h.0.attn.c_attn.weight, h.0.attn.c_proj.bias, ...)")
+PREFIXED_EXTRA = f"{TENSORS} tensor(s) of the file are not the model's (gpt2.h.0.attn.c_attn.bias"
+CUT = "1 tensor(s) have another shape (h.0.mlp.c_fc.weight: (64, 255) in the file, (64, 256) expected)"
+WIDE = f"{TENSORS} tensor(s) have another shape (h.0.attn.c_attn.bias: (384,) in the file, (192,) expected"
 CASES = {
     # name: (make the file's tensors, fragments the one sentence must hold)
-    "prefixed_keys": (prefixed, [f"{TENSORS} tensor(s) the model needs are not in the file (h.0.attn.c_attn.bias, "
-                                 "h.0.attn.c_attn.weight, h.0.attn.c_proj.bias, ...)",
-                                 f"{TENSORS} tensor(s) of the file are not the model's (gpt2.h.0.attn.c_attn.bias"]),
+    "prefixed_keys": (prefixed, [PREFIXED_MISSING, PREFIXED_EXTRA]),
     "missing_block": (without_block_1, [f"{BLOCK} tensor(s) the model needs are not in the file (h.1.attn.c_attn.bias"]),
-    "wrong_shape": (one_wrong_shape, ["1 tensor(s) have another shape (h.0.mlp.c_fc.weight: (64, 255) in the file, "
-                                      "(64, 256) expected)"]),
-    "other_width": (wider, [f"{TENSORS} tensor(s) have another shape (h.0.attn.c_attn.bias: (384,) in the file, "
-                            "(192,) expected"]),
+    "wrong_shape": (one_wrong_shape, [CUT]),
+    "other_width": (wider, [WIDE]),
 }
 
 
