@@ -445,6 +445,11 @@ def test_documented_command_line_forms_work_with_the_real_cli(tmp_path, weather_
     planned = sorted(set(re.findall(r"results/demo/embeddings/(\d+)/(\w+)\.safetensors", result.stdout)))
     assert planned == [("24", "train"), ("48", "train")]  # the horizons and split of the command line, name demo
     assert "results/weather" not in result.stdout
+    for null in ("limit_windows=", "limit_windows=null"):
+        result = subprocess.run(base + ["--config", null, "pred_lens=[96]"], capture_output=True, text=True,
+                                timeout=600, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "results/weather/embeddings/96/val.safetensors" in result.stdout
     bad = subprocess.run(base + ["--config", "pred_lens=[24, x]"], capture_output=True, text=True, timeout=600,
                          check=False)
     sentence = assert_fails_cleanly(bad, "--config: config key pred_lens[1] = 'x' is invalid")
