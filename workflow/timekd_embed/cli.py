@@ -13,6 +13,7 @@ from .jobs import job
 
 def inspect(args) -> list[dict]:
     """The GT/HD prompts, token ids and token types of one window, one object per variable."""
+    from .cadence import check_cadence
     from .lm import load_tokenizer
     from .prompts import SplitPrompts
     from .table import load_csv, stamps
@@ -22,6 +23,7 @@ def inspect(args) -> list[dict]:
     data = config["dataset"]
     layout = data["layout"]  # concrete: validate_config resolves "auto"
     table = load_csv(data["csv"], target=data["target"], layout=layout, date_format=data["date_format"])
+    check_cadence(table, data["name"], layout)  # the prompts shown are those the workflow would accept
     start, stop = split_borders(len(table.values), config["seq_len"], layout)[args.split]
     tokenizer = load_tokenizer(config["model"]["name_or_path"], config["model"]["revision"])
     prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps(table.dates[start:stop]), data["name"], args.pred_len,
