@@ -315,6 +315,18 @@ def test_an_hh00_name_on_data_with_minutes_stops_the_windows_job(lines, tmp_path
     assert not any(p.exists() for p in out)
 
 
+def test_stamps_with_seconds_stop_the_windows_job(lines, tmp_path, capsys):
+    # 30-second rows from 2020-01-01 00:00:00: line 3 is 00:00:30, whose seconds no prompt stamp can hold.
+    stamped = [lines[0]] + [f"2020-01-01 {k // 120:02d}:{k // 2 % 60:02d}:{30 * (k % 2):02d},{line.split(',', 1)[1]}"
+                            for k, line in enumerate(lines[1:])]
+    code, out, _ = run_windows_job(tmp_path, write(tmp_path / "weather.csv", stamped))
+    assert code == 1
+    sentence = one_sentence(capsys.readouterr().err)
+    for fragment in ("line 3", "usual step is 30 s", "2020-01-01 00:00:30 would lose its seconds"):
+        assert fragment in sentence, (fragment, sentence)
+    assert not any(p.exists() for p in out)
+
+
 def test_weather_under_the_hourly_fallback_template_is_noted_not_refused(lines, tmp_path, capsys):
     code, out, log = run_windows_job(tmp_path, write(tmp_path / "weather.csv", lines))
     assert code == 0

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from timekd_embed import windows
+from timekd_embed.cadence import template_note
 from timekd_embed.config import resolve_layout
 from timekd_embed.errors import InputError
 from timekd_embed.table import load_csv, sha256_file, stamps
@@ -496,3 +497,18 @@ def test_read_windows_rejects_foreign_files(tmp_path):
             read_windows(path)
         assert str(path) in str(caught.value)
         assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- time step vs template (issue #12.3)
+
+
+def test_template_note_names_the_template_its_wording_and_the_measured_step():
+    note = template_note("weather", None, 600.0, "weather.csv")
+    assert note == ("weather.csv: the prompt template ETTh1 (picked for dataset.name 'weather') says 'every hour' but "
+                    "the data's usual step is 10 min; kept, as the published code words it (dataset.template "
+                    "changes it).")
+    assert "template Exchange (set by dataset.template) says 'every day'" in template_note("x", "Exchange", 3600, "x")
+    assert "usual step is 1 h" in template_note("ETTm2", None, 3600, "x")
+    assert template_note("ETTm1", None, 900.0, "ETTm1.csv") is None
+    assert template_note("weather", "Weather", 600.0, "weather.csv") is None
+    assert template_note("weather", None, None, "one_row.csv") is None  # a single row has no step

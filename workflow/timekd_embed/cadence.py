@@ -45,8 +45,9 @@ def check_cadence(table: Table, name: str, layout: str) -> None:
         layout: the concrete layout (config key dataset.layout, "auto" resolved from the name).
     Raises:
         InputError: an ETT layout whose step is not the data's usual step (the borders
-            would cover another span of time), or an HH:00 stamp name for data with
-            minutes (the prompts would drop them); naming the key, the step and the fix.
+            would cover another span of time), stamps with seconds (no published format
+            writes them), or an HH:00 stamp name for data with minutes (the prompts would
+            drop them); naming the key, the step and the fix.
     """
     usual = table.irregularities["gaps"]["usual_step_seconds"]
     file = table.path
@@ -57,14 +58,24 @@ def check_cadence(table: Table, name: str, layout: str) -> None:
             f"auto), which counts a month as 30 days of {step_text(expected)} rows, but the file's usual step is "
             f"{step_text(usual)}, so the split borders would cover another span of time; set dataset.name to "
             f"{LAYOUT_FIX[layout]} or dataset.layout to the layout of this data (custom for 70/10/20 %).")
+    dates = table.dates
+    below_minute = (np.asarray(dates.second) != 0) | (np.asarray(dates.microsecond) != 0) | (
+        np.asarray(dates.nanosecond) != 0)
+    finer = np.flatnonzero(below_minute)
+    if len(finer):  # every published stamp format stops at the minute
+        row = int(finer[0])
+        raise InputError(
+            f"{file}, line {row + 2}: the prompts write stamps to the minute (DD/MM/YYYY HH:MM, the published "
+            f"format), but the file's usual step is {step_text(usual or 0)} and {dates[row]} would lose its "
+            f"seconds; resample the data to whole minutes.")
     if name in HOURLY_STAMP_NAMES:
-        with_minutes = np.flatnonzero(np.asarray(table.dates.minute) != 0)
+        with_minutes = np.flatnonzero(np.asarray(dates.minute) != 0)
         if len(with_minutes):
             row = int(with_minutes[0])
             raise InputError(
                 f"{file}, line {row + 2}: config key dataset.name {name!r} writes the prompts' stamps as HH:00 "
                 f"(the published format for {', '.join(HOURLY_STAMP_NAMES)}), but the file's usual step is "
-                f"{step_text(usual or 0)} and {table.dates[row]} would lose its minutes; use a dataset.name outside "
+                f"{step_text(usual or 0)} and {dates[row]} would lose its minutes; use a dataset.name outside "
                 f"{', '.join(HOURLY_STAMP_NAMES)} for this data (dataset.template keeps the wording you want).")
 
 
