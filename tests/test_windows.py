@@ -1,7 +1,8 @@
 """Tests for timekd_embed.windows: CSV checks, split borders, Parquet round trip.
 
-Expected numbers are worked by hand from TIMEKD_TEACHER.md section 1 and
-shared/data/README.md, never taken from the code under test.
+Expected numbers are worked by hand from the published loaders' split rules
+(data_provider/data_loader_save.py of TimeKD) and shared/data/README.md, never taken
+from the code under test.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CSV -> checked table: the one reader of the raw file, its dates and its irregularities.
 
-Values are kept exactly as written (the teacher builds prompts from raw values; Liu et
-al., ICDE 2025, section III; published data_provider/data_loader_save.py). Irregular
+Values are kept exactly as written: the teacher builds prompts from raw values (TimeKD,
+Liu et al., ICDE 2025; published data_provider/data_loader_save.py). Irregular
 data (duplicated stamps, gaps, -9999 sentinels, odd column names, CRLF) is reported but
 never changed; anything that would make the result wrong or ambiguous is an InputError.
 `stamps` is the one place where dates become the (year, month, day, weekday, hour,

@@ -1,7 +1,7 @@
 """Checked table -> split borders -> train-fitted scaler -> one Parquet file per split.
 
-The splits follow the reference data loaders (Liu et al., ICDE 2025, section IV-A;
-published data_provider/data_loader_save.py): `custom` is 70/10/20 % of the rows, the ETT
+The splits follow the reference data loaders (TimeKD, Liu et al., ICDE 2025; published
+data_provider/data_loader_save.py): `custom` is 70/10/20 % of the rows, the ETT
 layouts 12/4/4 months of 30 days; val and test start seq_len rows early. Windows are taken
 by row index. Reading and checking the CSV is table.py's job; this module writes and reads
 back the Parquet files, each carrying its metadata (borders, scaler, input hash).
