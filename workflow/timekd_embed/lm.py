@@ -52,6 +52,15 @@ def _from_hub(name_or_path: str, revision: str | None):
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2TokenizerFast:
+    """The model's GPT-2 byte-level BPE tokenizer (vocab.json, merges.txt).
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+    Returns:
+        GPT2TokenizerFast.
+    Raises:
+        InputError: a local folder without the tokenizer files, or a hub id that cannot be loaded.
+    """
     local = _local(name_or_path)
     if local is not None:
         missing = [f for f in ("vocab.json", "merges.txt") if not (local / f).is_file()]
@@ -62,6 +71,15 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2Tokeni
 
 
 def load_config(name_or_path: str, revision: str | None = None) -> GPT2Config:
+    """The model's config.json, which must describe a GPT-2 (model_type gpt2).
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+    Returns:
+        GPT2Config.
+    Raises:
+        InputError: no config.json, another model type, or a hub id that cannot be loaded.
+    """
     local = _local(name_or_path)
     if local is not None and not (local / "config.json").is_file():
         raise InputError(f"model folder {local} has no config.json; point model.name_or_path at a GPT-2 model folder.")
@@ -74,7 +92,15 @@ def load_config(name_or_path: str, revision: str | None = None) -> GPT2Config:
 
 
 def weights_file(name_or_path: str, revision: str | None = None) -> Path:
-    """The safetensors file the weights come from (local folder or hub cache)."""
+    """The safetensors file the weights come from (local folder or hub cache).
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+    Returns:
+        Path of model.safetensors.
+    Raises:
+        InputError: no model.safetensors (pickle weights are never loaded: unpickling can run code).
+    """
     local = _local(name_or_path)
     if local is not None:
         path = local / "model.safetensors"
