@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
-from .config import resolve_layout
+from .config import LAYOUTS
 from .errors import InputError
 
 SENTINEL = -9999.0
@@ -80,7 +80,7 @@ def load_csv(
     Args:
         path: the CSV: a `date` column, then the variables (comma-separated, UTF-8).
         target: config key dataset.target; the `custom` layout moves it last.
-        layout: a concrete layout (config.resolve_layout; "auto" is resolved from the file name).
+        layout: a concrete layout (validate_config resolves config key dataset.layout).
         date_format: config key dataset.date_format (a strftime pattern), or None: the
             format the first date shows, refused when day and month could be swapped.
     Returns:
@@ -91,7 +91,9 @@ def load_csv(
             (naming its line and column), or ambiguous day/month dates.
     """
     path = str(path)
-    layout = resolve_layout(layout, Path(path).stem)
+    if layout not in LAYOUTS:  # "auto" is resolved once, by validate_config
+        raise InputError(f"Layout {layout!r} is not a concrete layout; pass one of {', '.join(LAYOUTS)} "
+                         "(config.resolve_layout turns config key dataset.layout into one).")
     data = _read_bytes(path)
     text = _decode(path, data)
     header = _check_header(path, text)

@@ -152,7 +152,6 @@ def write_windows(
     Raises:
         InputError: bad seq_len / pred_lens, unknown splits or output paths, too few rows.
     """
-    layout = resolve_layout(layout, Path(table.path).stem)
     _check_positive_int(seq_len, "seq_len")
     for p in pred_lens:
         _check_positive_int(p, "pred_lens")
