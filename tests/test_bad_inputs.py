@@ -27,6 +27,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2Model
 
 from conftest import ROOT, SHARED_DATA, _need, make_model_dir
 from timekd_embed.config import validate_config
@@ -530,10 +531,10 @@ class _Marker:
 
 
 def test_tokenizer_vocabulary_differs_from_the_model(tmp_path, tiny_model_dir, small_windows):
+    # A model with 50,000 embeddings (weights and config.json agree) next to GPT-2's 50,257-token tokenizer.
     folder = _model_copy(tiny_model_dir, tmp_path / "other-vocab")
-    config = json.loads((folder / "config.json").read_text())
-    config["vocab_size"] = 50_000
-    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=50_000)).save_pretrained(folder)
     with pytest.raises(InputError, match=r"the tokenizer has 50257 tokens but the model 50000 embeddings"):
         load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
 
