@@ -104,16 +104,16 @@ def _typed(text: str, schema: dict):
     return text  # not a plain number: the schema names the key and the type
 
 
-def _coerce(value, schema: dict, path: tuple, config: dict, root_schema: dict):
+def _coerce(value, path: tuple, config: dict, schema: dict) -> None:
     """Walk the command-line values and replace, in `config`, strings that are plain numbers of a numeric key."""
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _coerce(item, root_schema, (*path, key), config, root_schema)
+            _coerce(item, (*path, key), config, schema)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _coerce(item, root_schema, (*path, index), config, root_schema)
+            _coerce(item, (*path, index), config, schema)
     elif isinstance(value, str):
-        typed = _typed(value, _schema_at(root_schema, path))
+        typed = _typed(value, _schema_at(schema, path))
         if typed is not value and _lookup(config, path):  # --config has the last word, so it is there
             target = config
             for part in path[:-1]:
@@ -220,7 +220,7 @@ def validate_config(config: dict, source: str = "config", origins: list | None =
     origins = origins or []
     for label, values in origins:
         if label == COMMAND_LINE:
-            _coerce(values, schema, (), config, schema)
+            _coerce(values, (), config, schema)
     _fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
