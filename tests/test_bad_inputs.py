@@ -26,10 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2Model
-
 from conftest import ROOT, SHARED_DATA, _need, make_model_dir
+from safetensors.torch import load_file, save_file
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import Settings, extract_split, load_teacher, save_sca
@@ -37,6 +35,7 @@ from timekd_embed.lm import load_config
 from timekd_embed.prompts import SplitPrompts
 from timekd_embed.table import load_csv
 from timekd_embed.windows import SPLITS, read_windows, write_windows
+from transformers import GPT2Config, GPT2Model
 
 SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
 SCRIPTS = ROOT / "workflow" / "scripts"
@@ -425,7 +424,8 @@ def test_command_line_numbers_are_read_by_the_key_type_and_errors_name_their_ori
                           (["24", "1_0"], "--config: config key pred_lens[1] = '1_0' is invalid"),
                           (["24.0"], "--config: config key pred_lens[0] = '24.0' is invalid")):
         with pytest.raises(InputError, match=re.escape(fragment)):
-            validate_config({**file, "pred_lens": bad}, "my.yaml", [("my.yaml", file), ("--config", {"pred_lens": bad})])
+            validate_config({**file, "pred_lens": bad}, "my.yaml",
+                            [("my.yaml", file), ("--config", {"pred_lens": bad})])
     with pytest.raises(InputError, match=re.escape("b.yaml: config key seq_len = 0 is invalid")):
         validate_config({**file, "seq_len": 0}, "a.yaml + b.yaml", [("a.yaml", file), ("b.yaml", {"seq_len": 0})])
 

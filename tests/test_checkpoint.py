@@ -65,7 +65,8 @@ WIDE = f"{TENSORS} tensor(s) have another shape (h.0.attn.c_attn.bias: (384,) in
 CASES = {
     # name: (make the file's tensors, fragments the one sentence must hold)
     "prefixed_keys": (prefixed, [PREFIXED_MISSING, PREFIXED_EXTRA]),
-    "missing_block": (without_block_1, [f"{BLOCK} tensor(s) the model needs are not in the file (h.1.attn.c_attn.bias"]),
+    "missing_block": (without_block_1,
+                      [f"{BLOCK} tensor(s) the model needs are not in the file (h.1.attn.c_attn.bias"]),
     "wrong_shape": (one_wrong_shape, [CUT]),
     "other_width": (wider, [WIDE]),
 }

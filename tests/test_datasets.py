@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, SHARED_DATA, _need
 from timekd_embed.cadence import check_cadence
 from timekd_embed.config import load_config_file, validate_config
-from timekd_embed.prompts import SplitPrompts, TEMPLATES, template_key
+from timekd_embed.prompts import TEMPLATES, SplitPrompts, template_key
 from timekd_embed.table import load_csv
 from timekd_embed.windows import read_windows, write_windows
 
@@ -89,7 +88,8 @@ def test_ettm1_has_the_fixed_quarter_hour_borders(ettm1):
     assert ett_counts(QUARTER, 96) == {"train": 34369, "val": 11425, "test": 11425}
     for P in (24, 96):
         assert {s: w.n_windows(P) for s, w in ettm1.items()} == ett_counts(QUARTER, P)
-    assert ettm1["train"].meta["layout"] == "ett_minute" and ettm1["test"].meta["borders"]["test"] == [46080 - 96, 57600]
+    assert ettm1["train"].meta["layout"] == "ett_minute"
+    assert ettm1["test"].meta["borders"]["test"] == [46080 - 96, 57600]
 
 
 # The HUFL column of ETTh1.csv, rows 0-95 and 96-119, each value truncated toward zero.

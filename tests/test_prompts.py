@@ -3,10 +3,16 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from timekd_embed.errors import InputError
+from timekd_embed.prompts import (
+    TEMPLATES,
+    prompt_texts,
+    stamp_text,
+    template_key,
+    time_series_flags,
+    value_text,
+)
 from timekd_embed.table import stamps
-from timekd_embed.prompts import SplitPrompts, prompt_texts, stamp_text, template_key, time_series_flags, TEMPLATES, value_text
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from timekd_embed import windows
 from timekd_embed.cadence import template_note
 from timekd_embed.config import resolve_layout
 from timekd_embed.errors import InputError
-from timekd_embed.table import load_csv, sha256_file, stamps
+from timekd_embed.store import sha256_file
+from timekd_embed.table import load_csv, stamps
 from timekd_embed.windows import SPLITS, read_windows, split_borders, window_count, write_windows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -6,7 +6,8 @@ sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, als
 from timekd_embed.cadence import check_cadence, template_note
 from timekd_embed.errors import InputError
 from timekd_embed.jobs import job
-from timekd_embed.table import load_csv, sha256_file
+from timekd_embed.store import sha256_file
+from timekd_embed.table import load_csv
 from timekd_embed.windows import SPLITS, write_windows
 
 with job(snakemake.log[0]):

@@ -4,9 +4,10 @@ The ETT layouts count a month as 30 days of hourly (`ett_hour`) or 15-minute
 (`ett_minute`) rows, and the published code writes the stamps of ETTh1, ETTh2 and ECL as
 `HH:00` (published data_provider/data_loader_save.py and store_emb.py of TimeKD, Liu et
 al., ICDE 2025); every stamp stops at the minute. Data with another step would get other
-borders or lose minutes or seconds from the prompt: an InputError. A template whose wording ("every hour") does not match the
-step is how the published code words it (weather under the ETTh1 fallback); it stays, and
-`template_note` says so in the log and the windows metadata.
+borders or lose minutes or seconds from the prompt: an InputError. A template whose
+wording ("every hour") does not match the step is how the published code words it
+(weather under the ETTh1 fallback); it stays, and `template_note` says so in the log and
+the windows metadata.
 """
 
 from __future__ import annotations

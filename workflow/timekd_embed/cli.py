@@ -26,18 +26,22 @@ def inspect(args) -> list[dict]:
     check_cadence(table, data["name"], layout)  # the prompts shown are those the workflow would accept
     start, stop = split_borders(len(table.values), config["seq_len"], layout)[args.split]
     tokenizer = load_tokenizer(config["model"]["name_or_path"], config["model"]["revision"])
-    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps(table.dates[start:stop]), data["name"], args.pred_len,
-                           config["seq_len"], data["template"])
+    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps(table.dates[start:stop]), data["name"],
+                           args.pred_len, config["seq_len"], data["template"])
     if not 0 <= args.window < prompts.n_windows:
         raise InputError(f"--window {args.window} is outside split {args.split}, which has "
                          f"{prompts.n_windows} windows at pred_len {args.pred_len} (0..{prompts.n_windows - 1}).")
     result = []
     for variable, (gt, hd) in zip(table.variables, prompts.window_texts(args.window)):
         gt_ids, hd_ids = tokenizer([gt, hd], add_special_tokens=False)["input_ids"]
-        kind = lambda ids: ["time_series" if t else "language" for t in prompts.types(ids)]
         result.append({"variable": variable, "gt_prompt": gt, "hd_prompt": hd, "gt_ids": gt_ids,
-                       "hd_ids": hd_ids, "gt_types": kind(gt_ids), "hd_types": kind(hd_ids)})
+                       "hd_ids": hd_ids, "gt_types": _kinds(prompts, gt_ids), "hd_types": _kinds(prompts, hd_ids)})
     return result
+
+
+def _kinds(prompts, ids) -> list[str]:
+    """Each token's type as a word: "time_series" or "language"."""
+    return ["time_series" if flag else "language" for flag in prompts.types(ids)]
 
 
 def main(argv: list[str] | None = None) -> None:

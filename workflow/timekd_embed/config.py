@@ -177,7 +177,8 @@ def _sentence(error: jsonschema.ValidationError, source: str) -> str:
         return (f"{source}: unknown config key {', '.join(prefix + k for k in extra)}; "
                 f"allowed keys there are {', '.join(allowed)} (see config/README.md).")
     if error.validator == "required":
-        return f"{source}: config key {where} is missing {error.message.split(' is a required')[0]}; add it (see config/README.md)."
+        missing = error.message.split(" is a required")[0]
+        return f"{source}: config key {where} is missing {missing}; add it (see config/README.md)."
     if error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] == "name":
         return (f"{source}: config key {where} = {error.instance!r} must be a plain folder name "
                 "(letters, digits, '_', '-', '.'; no path separators or '..').")

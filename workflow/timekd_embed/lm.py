@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from contextlib import contextmanager
@@ -10,10 +9,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
 from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
 
 from .errors import InputError
+from .store import read_header
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +109,12 @@ def weights_file(name_or_path: str, revision: str | None = None) -> Path:
                 raise InputError(f"model folder {local} has only pickle weights ({', '.join(pickled)}), which are "
                                  "never loaded because unpickling can run code; convert them to model.safetensors "
                                  "where you trust them (save_pretrained(..., safe_serialization=True)).")
-            raise InputError(f"model folder {local} has no model.safetensors; only safetensors weights are loaded (no pickle).")
+            raise InputError(f"model folder {local} has no model.safetensors; only safetensors weights are loaded "
+                             "(no pickle).")
         return path
     from transformers.utils import cached_file
     with _from_hub(name_or_path, revision):
         return Path(cached_file(name_or_path, "model.safetensors", revision=revision))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Tensors a GPT-2 checkpoint may carry or lack without changing the model: the attention
@@ -142,9 +134,9 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
 
 
 def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in a safetensors file, from its header alone (nothing is loaded)."""
-    with safe_open(str(path), framework="pt") as handle:
-        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    """Name -> shape of every tensor in a safetensors file, from its header alone (store.read_header)."""
+    header, _ = read_header(path)
+    return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 
 
 def _as_model_names(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -173,8 +165,10 @@ def _refuse_differences(where: str, config: GPT2Config, missing: list[str], unex
     if unexpected:
         parts.append(f"{len(unexpected)} tensor(s) of the file are not the model's ({_listed(unexpected)})")
     if reshaped:
-        shown = "; ".join(f"{n}: {tuple(got)} in the file, {tuple(want)} expected" for n, got, want in reshaped[:SHOWN])
-        parts.append(f"{len(reshaped)} tensor(s) have another shape ({shown}{'; ...' if len(reshaped) > SHOWN else ''})")
+        shown = "; ".join(f"{name}: {tuple(got)} in the file, {tuple(want)} expected"
+                          for name, got, want in reshaped[:SHOWN])
+        more = "; ..." if len(reshaped) > SHOWN else ""
+        parts.append(f"{len(reshaped)} tensor(s) have another shape ({shown}{more})")
     raise InputError(f"{where}: the weights are not the GPT-2 that config.json describes (n_layer {config.n_layer}, "
                      f"n_embd {config.n_embd}, n_head {config.n_head}): {'; '.join(parts)}; the language model "
                      "would run with weights that were initialised, not loaded, so use a folder saved by "
@@ -206,10 +200,9 @@ def check_weights(name_or_path: str, revision: str | None, config: GPT2Config) -
     weights = weights_file(name_or_path, revision)
     try:
         found = _as_model_names(file_shapes(weights))
-    except (SafetensorError, OSError) as exc:  # a damaged header or an unreadable file
-        raise InputError(f"{_where(name_or_path, revision, weights)} cannot be read as safetensors "
-                         f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
-                         "replace the file.") from None
+    except (InputError, OSError, KeyError, TypeError):  # a damaged header, an unreadable file, entries without shapes
+        raise InputError(f"{_where(name_or_path, revision, weights)} cannot be read as safetensors (damaged "
+                         "header); replace the file with the model's own model.safetensors.") from None
     wanted = expected_shapes(config)
     reshaped = [(name, found[name], wanted[name]) for name in sorted(wanted.keys() & found.keys())
                 if found[name] != wanted[name] and not TOLERATED.fullmatch(name)]

@@ -64,14 +64,6 @@ def stamps(dates: pd.DatetimeIndex | pd.Series) -> np.ndarray:
 # --------------------------------------------------------------------------- reading the CSV
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_csv(
     path: str | os.PathLike, target: str = "OT", layout: str = "custom", date_format: str | None = None
 ) -> Table:
