@@ -453,7 +453,7 @@ def test_failure_during_parquet_write_leaves_nothing(tmp_path, monkeypatch):
     def write_then_crash(arrow, where, **kwargs):
         calls.append(1)
         if len(calls) == 2:  # second split: half-written, then the disk "fills up"
-            where.write(b"PAR1 partial")
+            Path(where).write_bytes(b"PAR1 partial")  # store.atomic_paths hands over a temporary path
             raise OSError("No space left on device")
         real_write(arrow, where, **kwargs)
 
