@@ -13,34 +13,35 @@ from .jobs import job
 
 def inspect(args) -> list[dict]:
     """The GT/HD prompts, token ids and token types of one window, one object per variable."""
+    from .cadence import check_cadence
     from .lm import load_tokenizer
     from .prompts import SplitPrompts
-    from .windows import load_csv, resolve_layout, split_borders
+    from .table import load_csv, stamps
+    from .windows import split_borders
 
     config = load_config_file(args.configfile)
     data = config["dataset"]
-    layout = resolve_layout(data["layout"], data["name"])
-    table = load_csv(data["csv"], target=data["target"], layout=layout)
+    layout = data["layout"]  # concrete: validate_config resolves "auto"
+    table = load_csv(data["csv"], target=data["target"], layout=layout, date_format=data["date_format"])
+    check_cadence(table, data["name"], layout)  # the prompts shown are those the workflow would accept
     start, stop = split_borders(len(table.values), config["seq_len"], layout)[args.split]
-    stamps = _stamps(table.dates[start:stop])
     tokenizer = load_tokenizer(config["model"]["name_or_path"], config["model"]["revision"])
-    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps, data["name"], args.pred_len,
-                           config["seq_len"], data["template"])
+    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps(table.dates[start:stop]), data["name"],
+                           args.pred_len, config["seq_len"], data["template"])
     if not 0 <= args.window < prompts.n_windows:
         raise InputError(f"--window {args.window} is outside split {args.split}, which has "
                          f"{prompts.n_windows} windows at pred_len {args.pred_len} (0..{prompts.n_windows - 1}).")
     result = []
     for variable, (gt, hd) in zip(table.variables, prompts.window_texts(args.window)):
         gt_ids, hd_ids = tokenizer([gt, hd], add_special_tokens=False)["input_ids"]
-        kind = lambda ids: ["time_series" if t else "language" for t in prompts.types(ids)]
         result.append({"variable": variable, "gt_prompt": gt, "hd_prompt": hd, "gt_ids": gt_ids,
-                       "hd_ids": hd_ids, "gt_types": kind(gt_ids), "hd_types": kind(hd_ids)})
+                       "hd_ids": hd_ids, "gt_types": _kinds(prompts, gt_ids), "hd_types": _kinds(prompts, hd_ids)})
     return result
 
 
-def _stamps(dates):
-    import numpy as np
-    return np.stack([dates.year, dates.month, dates.day, dates.dayofweek, dates.hour, dates.minute], axis=1)
+def _kinds(prompts, ids) -> list[str]:
+    """Each token's type as a word: "time_series" or "language"."""
+    return ["time_series" if flag else "language" for flag in prompts.types(ids)]
 
 
 def main(argv: list[str] | None = None) -> None:
