@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from conftest import ROOT, SHARED_DATA, need
 from timekd_embed.cadence import check_cadence
 from timekd_embed.config import load_config_file, validate_config
