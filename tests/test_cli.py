@@ -17,9 +17,10 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
+from huggingface_hub import constants
 from timekd_embed.cli import parser
 from timekd_embed.config import validate_config
-from timekd_embed.manifest import MANIFEST, build, write
+from timekd_embed.manifest import MANIFEST, build, weights_file_here, write
 from timekd_embed.store import write_tensors
 from timekd_embed.windows import sha256_file
 
@@ -191,3 +192,22 @@ def test_help_version_and_verify_never_import_torch(results_folder):
     shutil.copy(results_folder.parents[1] / "gpt2" / "config.json", results_folder.parents[1] / "gpt2" /
                 "model.safetensors")
     assert probe("verify", str(results_folder)) == {"code": 1, "heavy": []}
+
+
+def test_verify_finds_a_hub_model_in_the_hub_cache_without_the_network(tmp_path, tiny_model_dir, monkeypatch):
+    """A hub id's weights are the cache's copy at the configured revision; absent there: a note, no download."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)   # the hub cache's layout: refs/<branch> -> snapshots/<commit>
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    found, why = weights_file_here("someone/tiny-gpt2", None, tmp_path)
+    assert (found, why) == (repo / "snapshots" / commit / "model.safetensors", "")
+    assert weights_file_here("someone/tiny-gpt2", commit, tmp_path)[0] == found
+    missing, why = weights_file_here("someone/other-gpt2", None, tmp_path)
+    assert missing is None
+    assert why == (f"model someone/other-gpt2 (revision main) is neither a folder in {tmp_path} nor in the model hub "
+                   "cache here, so the embeddings' weights were not rechecked.")

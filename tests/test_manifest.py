@@ -162,6 +162,22 @@ def test_two_identical_fp32_runs_have_byte_identical_artifacts_and_verify_agains
     assert other.returncode == 0 and errors(other) == [], other.stderr
     assert other.stdout.startswith(f"{first}: all {len(EXPECTED)} artifacts match {second / MANIFEST}; ")
     assert "embeddings/24/train.json" in other.stderr and "validation/report.md" in other.stderr
+    assert "was made with" not in other.stderr  # the same config and versions
+
+
+def test_verify_against_another_manifest_names_its_other_config_and_versions(work, tmp_path):
+    results = work / "results" / NAME
+    manifest = json.loads((results / MANIFEST).read_text())
+    manifest["versions"]["torch"] = "0.0.1"
+    manifest["config"]["seed"] += 1
+    manifest["config_hash"] = config_hash(manifest["config"])
+    other = tmp_path / MANIFEST
+    other.write_text(json.dumps(manifest))
+    result = verify_cli(results, "--manifest", str(other))
+    assert result.returncode == 0, result.stderr   # the artifacts decide: here they are the same bytes
+    assert f"Note: {other} was made with another config: seed differ from {results / MANIFEST}." in result.stderr
+    assert f"Note: {other} was made with other versions: torch {torch.__version__} here, 0.0.1 there." \
+        in result.stderr
 
 
 def test_a_changed_run_record_is_a_note_and_a_missing_one_a_problem(work, tmp_path):
@@ -246,8 +262,7 @@ def test_verify_names_embeddings_made_from_weights_or_an_input_that_changed_sinc
     # The same through the config as it is now, read as snakemake reads it in the working folder.
     result = verify_cli(Path("results") / NAME, "--configfile", "config.yaml", cwd=work)
     assert result.returncode == 1 and len(errors(result)) == 1, result.stderr
-    assert f"made from weights with sha256 {recorded}, but {MODEL}/model.safetensors now has sha256 {swapped}" \
-        in errors(result)[0]
+    assert f"made from weights with sha256 {recorded}, but {weights} now has sha256 {swapped}" in errors(result)[0]
 
     csv = work / "resources" / "weather.csv"
     shutil.copy(other / "model.safetensors", weights)
@@ -274,4 +289,5 @@ def test_copied_results_are_up_to_date_without_the_csv(work, tmp_path):
     assert verdict.problems == []
     # Neither the CSV nor the model came along: said, not failed.
     assert any("resources/weather.csv (dataset.csv) is not on this machine" in n for n in verdict.notes)
-    assert any(f"{MODEL}/model.safetensors (model.name_or_path) is not on this machine" in n for n in verdict.notes)
+    assert any(f"model {MODEL} (revision main) is neither a folder in {other} nor in the model hub cache here" in n
+               for n in verdict.notes)

@@ -258,6 +258,7 @@ def verify(folder: str | Path, manifest_path: str | Path | None = None, config: 
                                  "it can be deleted.")
         elif not _in_record_folder(relative):  # later jobs' logs, the manifest job's own
             verdict.problems.append(f"{folder / relative}: not in the manifest; remove it or rerun the workflow.")
+    verdict.notes += _other_run_notes(folder, manifest_path, manifest)
     inputs = current_inputs(folder, manifest, config)
     stale = stale_embeddings(folder, intact, inputs)
     verdict.problems += stale.problems
@@ -271,6 +272,30 @@ def _records_note(folder: Path, manifest_path: Path, differ: list[str]) -> str:
                if any(p.split("/", 1)[0] == name for p in differ)]
     return (f"{folder}: {len(differ)} run record(s) differ from {manifest_path}: {', '.join(named + counted)}; "
             "they hold timings and host names, which differ between runs, so this is not a problem.")
+
+
+def _other_run_notes(folder: Path, manifest_path: Path, manifest: dict) -> list[str]:
+    """Against another run's manifest: how its config and versions differ from the folder's own, which
+    explains artifacts that differ."""
+    own_path = folder / MANIFEST
+    if not own_path.is_file() or own_path.resolve() == manifest_path.resolve():
+        return []
+    try:
+        own = load(own_path)
+    except InputError:
+        return [(f"{own_path} cannot be read, so this run's config and versions were not compared with "
+                 f"{manifest_path}'s.")]
+    notes = []
+    configs = own.get("config", {}), manifest.get("config", {})
+    keys = sorted(k for k in set(configs[0]) | set(configs[1]) if configs[0].get(k) != configs[1].get(k))
+    if keys:
+        notes.append(f"{manifest_path} was made with another config: {', '.join(keys)} differ from {own_path}.")
+    versions = own.get("versions", {}), manifest.get("versions", {})
+    changed = [f"{name} {versions[0].get(name)} here, {versions[1].get(name)} there"
+               for name in sorted(set(versions[0]) | set(versions[1])) if versions[0].get(name) != versions[1].get(name)]
+    if changed:
+        notes.append(f"{manifest_path} was made with other versions: {'; '.join(changed)}.")
+    return notes
 
 
 @dataclass(frozen=True)
@@ -330,8 +355,8 @@ def weights_file_here(name_or_path: str | None, revision: str | None, workdir: P
     cached = try_to_load_from_cache(name_or_path, WEIGHTS_FILE, revision=revision)
     if isinstance(cached, str) and os.path.isfile(cached):
         return Path(cached), ""
-    return None, (f"model {name_or_path} (revision {revision or 'main'}) is not in the model hub cache here, "
-                  "so the embeddings' weights were not rechecked.")
+    return None, (f"model {name_or_path} (revision {revision or 'main'}) is neither a folder in {workdir} nor in "
+                  "the model hub cache here, so the embeddings' weights were not rechecked.")
 
 
 def stale_embeddings(folder: Path, entries: list[dict], inputs: Inputs) -> Verdict:
