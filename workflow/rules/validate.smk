@@ -8,6 +8,11 @@ from timekd_embed.sampling import sample_sizes
 MEASURE_PARITY = config["precision"] != "fp32"
 REPORT_ITEM = f"{RESULTS}/validation/report/{{pred_len}}_{{split}}.html"
 HISTOGRAM = f"{RESULTS}/validation/cosine_{{pred_len}}.png"
+SUMMARY = f"{RESULTS}/validation/summary.html"
+REPORT_PAGES = expand(REPORT_ITEM, pred_len=config["pred_lens"], split=config["splits"])
+HISTOGRAM_FILES = (
+    expand(HISTOGRAM, pred_len=config["pred_lens"]) if MEASURE_PARITY else []
+)
 
 
 # The parity files of every horizon; none when production runs in fp32.
@@ -60,7 +65,7 @@ rule validate:
     output:
         shapes=f"{RESULTS}/validation/shapes.json",
         summary=report(
-            f"{RESULTS}/validation/summary.html",
+            SUMMARY,
             caption="../report/summary.rst",
             category="Summary",
         ),
