@@ -12,7 +12,7 @@ with job(snakemake.log[0], snakemake.threads, gpus) as log_file:
     settings = Settings(
         name=s["name"], template=s["template"], pred_len=int(w.pred_len), split=w.split,
         model=s["model"]["name_or_path"], revision=s["model"]["revision"], precision=s["precision"],
-        fidelity=s["fidelity"], limit_windows=s["limit_windows"],
+        fidelity=s["fidelity"], limit_windows=s["limit_windows"], layers=s["model"].get("layers"),
         # runtime only: these change the speed, not the embeddings
         device=cfg["device"], gpus_per_job=cfg["gpus_per_job"], batch_tokens=cfg["batch_tokens"],
         placement=cfg["placement"],

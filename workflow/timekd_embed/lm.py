@@ -121,6 +121,29 @@ def load_lm(name_or_path: str, revision: str | None, dtype: torch.dtype) -> GPT2
     return model.eval()
 
 
+def keep_layers(model: GPT2Model, layers: int | None) -> GPT2Model:
+    """Keep the first `layers` transformer blocks (the final layer norm stays): the published
+    `--l_layers` of store_emb.py, which cuts clm.py's GPT-2 to `h[:L]` and applies `ln_f` after it.
+
+    Args:
+        model: a loaded GPT2Model, changed in place (before any placement on devices).
+        layers: blocks to keep, 1 .. config.n_layer; None keeps all (the published default, 12 for gpt2).
+    Returns:
+        The same model, with `config.n_layer` set to the blocks it now has.
+    Raises:
+        InputError: `layers` is outside 1 .. the model's number of blocks (config key model.layers).
+    """
+    if layers is None:
+        return model
+    total = len(model.h)
+    if not 1 <= layers <= total:
+        raise InputError(f"config key model.layers = {layers}, but {model.config.name_or_path or 'the model'} has "
+                         f"{total} blocks; set it to 1 .. {total}, or null for all of them.")
+    model.h = model.h[:layers]
+    model.config.n_layer = layers
+    return model
+
+
 def check_vocab(tokenizer, config: GPT2Config, name_or_path: str) -> None:
     # A different size means a tokenizer from another model: its ids would index the wrong embeddings.
     if len(tokenizer) != config.vocab_size:
