@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> None:
     v = sub.add_parser("verify", help="recompute the sha256 of every artifact listed in <folder>/MANIFEST.json; "
                                       "exit 1 naming each changed, missing or unlisted file")
     v.add_argument("folder", help="a results folder, such as results/weather")
+    # -- preflight (issue #14): speed, memory and precision checks before the real run
+    f = sub.add_parser("preflight", help="measure speed, memory, ETA and fp32 parity on a few windows per horizon, "
+                                         "with the configured model and devices; exit 1 naming a failed check")
+    f.add_argument("--configfile", default="config/config.yaml")
+    f.add_argument("--windows", type=int, default=8, help="sample windows per horizon (default 8)")
+    f.add_argument("--out", default=None, help="folder of preflight.{json,md} (default results/<name>)")
+    # -- end preflight
     args = parser.parse_args(argv)
     with job(None):
         if args.command == "inspect":
@@ -62,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "verify":
             from .manifest import main_verify
             sys.exit(main_verify(args.folder))
+        if args.command == "preflight":  # issue #14; leases the job's GPUs itself
+            from .preflight import main as preflight_main
+            preflight_main(args.configfile, args.windows, args.out)
 
 
 if __name__ == "__main__":
