@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
 
 from .errors import InputError
@@ -38,7 +39,8 @@ def _from_hub(name_or_path: str, revision: str | None):
     """A model that cannot be loaded (hub offline, unknown id or revision, damaged file): one sentence."""
     try:
         yield
-    except (OSError, ValueError) as exc:  # what transformers raises for files it cannot fetch or parse
+    # what transformers raises for files it cannot fetch or parse; safetensors' own error for a damaged file
+    except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _local(name_or_path) is not None:
             raise InputError(f"model folder {name_or_path} cannot be loaded ({first}); check its files "

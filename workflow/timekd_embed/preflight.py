@@ -22,6 +22,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -307,9 +308,15 @@ def key_padding(model: torch.nn.Module, batch: dict, device: str) -> dict:
     dev = torch.device(device)
     block = model.h[0]
     b = {k: v.to(dev) for k, v in batch.items()}
-    x = (model.wte(b["ids"]) + model.wpe(b["positions"])).to(block.ln_1.weight.device)
-    q, k, v = _qkv(block.attn, block.ln_1(x))
-    mask = calibrated_mask(b["codes"], b["segments"], q.dtype)                   # (B, 1, T, T)
+    of = b["head_of"]
+    with torch.inference_mode():      # the sequences' keys follow their head's, as in lm.last_token_states
+        head = model.wte(b["head_ids"]) + model.wpe(b["head_positions"])
+        seq = model.wte(b["ids"]) + model.wpe(b["positions"])
+        _, head_k, head_v = _qkv(block.attn, block.ln_1(head))
+        q, k, v = _qkv(block.attn, block.ln_1(seq))
+        k, v = torch.cat([head_k[of], k], 2), torch.cat([head_v[of], v], 2)         # (B, H, h + T, hd)
+        mask = calibrated_mask(b["codes"], b["segments"], q.dtype, torch.cat([b["head_codes"][of], b["codes"]], 1),
+                               torch.cat([b["head_segments"][of], b["segments"]], 1))   # (B, 1, T, h + T)
     pad = -mask.shape[-1] % 8
     padded = (torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.nn.functional.pad(v, (0, 0, 0, pad)),
               torch.nn.functional.pad(mask, (0, pad), value=torch.finfo(q.dtype).min))
@@ -353,8 +360,8 @@ def prefetch_pinning(horizon: Horizon, fidelity: str, batch_tokens: int, threads
     for pin in pins:
         began = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda part, pin=pin: _model_inputs(horizon.prompts, part, fidelity, batch_tokens, pin),
-                          parts))
+            list(pool.map(partial(_model_inputs, horizon.prompts, fidelity=fidelity, batch_tokens=batch_tokens,
+                                  pin=pin), parts))
         timings["pinned_s" if pin else "pageable_s"] = time.perf_counter() - began
     return timings | {"threads": threads, "windows": len(horizon.sample)}
 
@@ -425,6 +432,10 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
         except InputError as error:     # the extraction's own sentence (non-finite state, memory)
             failures.append(str(error))
             continue
+        except RuntimeError as error:   # a device error on a path never run on this machine before
+            failures.append(f"pred_len {horizon.pred_len}: the extraction failed on {', '.join(devices)} "
+                            f"({str(error).strip().splitlines()[0]}); report it with this preflight output.")
+            continue
         if not np.isfinite(embeddings[horizon.pred_len]).all():
             failures.append(f"pred_len {horizon.pred_len}: non-finite values (NaN or inf) in the {settings.precision} "
                             "embeddings of the sample windows; use precision bf16 or fp32, or check the weights.")
@@ -457,42 +468,72 @@ def precision_parity(config, settings, sca_path, devices, device_map, horizons, 
 
 
 def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget, failures) -> dict:
-    """#17.3's checks; those that need CUDA (or a second device) say why they did not run."""
+    """#17.3's checks, each guarded: one that raises (a CUDA error, a kernel that refuses) is a failed
+    check with its first line, not a traceback. Those that need CUDA or a second device say so."""
     cuda = any(d.startswith("cuda") for d in devices)
-    several = len(devices) >= 2
-    checks = {}
     one = teacher if teacher.placement == "single" else load_teacher(settings, sca_path, devices=devices[:1])
     batch = one_batch(one, horizon, settings.fidelity, budget)
-    checks["attention_backends"] = attention_backends(one.model, batch, devices[0], settings.precision)
-    bad = [k for k, v in checks["attention_backends"].items() if isinstance(v, dict) and not v["within_rounding"]]
-    if bad:
-        failures.append(f"attention backend {bad[0]} differs from the math backend by "
-                        f"{checks['attention_backends'][bad[0]]['max_abs_difference']:.3g}, more than float "
-                        "rounding; report it with the preflight output and disable that backend.")
-    checks["key_padding"] = key_padding(one.model, batch, devices[0]) if cuda else NO_CUDA
-    checks["prefetch_pinning"] = prefetch_pinning(horizon, settings.fidelity, budget) if cuda else NO_CUDA
-    if not several:
-        reason = NO_CUDA if not cuda else f"not run: the job holds one device ({devices[0]})"
-        checks["replica_scaling"] = checks["model_parallel"] = reason
-        return checks
+    runs = {
+        "attention_backends": partial(attention_backends, one.model, batch, devices[0], settings.precision),
+        "key_padding": partial(key_padding, one.model, batch, devices[0]) if cuda else None,
+        "prefetch_pinning": partial(prefetch_pinning, horizon, settings.fidelity, budget) if cuda else None,
+    }
+    several = None if len(devices) >= 2 else (NO_CUDA if not cuda else f"not run: the job holds one device ({devices[0]})")
+    if several is None:
+        runs["replica_scaling"] = partial(replicas_check, settings, sca_path, teacher, one, devices, horizon, budget)
+        runs["model_parallel"] = partial(layer_split_check, settings, sca_path, teacher, one, devices, device_map,
+                                         horizon, budget)
+    checks = {}
+    for name, run in runs.items():
+        if run is None:
+            checks[name] = NO_CUDA
+            continue
+        try:
+            checks[name] = run()
+        except (RuntimeError, ValueError) as error:    # torch's errors for kernels and devices
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            checks[name] = f"failed: {first}"
+            failures.append(f"GPU check {name} could not run on {', '.join(devices)} ({first}); report it with "
+                            "this preflight output.")
+    if several is not None:
+        checks["replica_scaling"] = checks["model_parallel"] = several
+    for name, value in checks.items():
+        rounding = [(k, v) for k, v in _rounding_results(value) if not v["within_rounding"]]
+        if rounding:
+            where, worst = rounding[0]
+            failures.append(f"{name.replace('_', ' ')} ({where}) differs by {worst['max_abs_difference']:.3g}, more "
+                            f"than float rounding ({worst['tolerance']:.3g}); report it with this preflight output.")
+    return checks
+
+
+def _rounding_results(value, where: str = "") -> list[tuple[str, dict]]:
+    """Every within_rounding result nested in a check's result, with where it sits."""
+    if not isinstance(value, dict):
+        return []
+    if "within_rounding" in value:
+        return [(where, value)]
+    return [r for k, v in value.items() for r in _rounding_results(v, f"{where}.{k}".strip("."))]
+
+
+def replicas_check(settings, sca_path, teacher, one, devices, horizon, budget) -> dict:
+    """Data parallel over the first two devices: speed against one device (`one`), and parity with it."""
     single, _ = embed_windows(one, horizon.prompts, horizon.sample, settings.fidelity, budget)
-    replicated = teacher if teacher.placement == "data_parallel" else load_teacher(
+    replicated = teacher if teacher.placement == "data_parallel" and len(teacher.devices) == 2 else load_teacher(
         dataclasses.replace(settings, placement="data_parallel"), sca_path, devices=devices[:2])
-    checks["replica_scaling"] = replica_scaling(one, replicated, horizon, settings.fidelity, budget)
+    result = replica_scaling(one, replicated, horizon, settings.fidelity, budget)
     parallel, _ = embed_windows(replicated, horizon.prompts, horizon.sample, settings.fidelity, budget)
-    checks["replica_scaling"]["parity_vs_one_device"] = within_rounding(parallel, single, settings.precision)
+    return result | {"parity_vs_one_device": within_rounding(parallel, single, settings.precision)}
+
+
+def layer_split_check(settings, sca_path, teacher, one, devices, device_map, horizon, budget) -> dict:
+    """The layers split over all devices (accelerate): the device map used, and parity with one device (`one`)."""
+    single, _ = embed_windows(one, horizon.prompts, horizon.sample, settings.fidelity, budget)
     split = teacher if teacher.placement == "model_parallel" else load_teacher(
         dataclasses.replace(settings, placement="model_parallel"), sca_path, devices=devices, device_map=device_map)
-    split_out, _ = embed_windows(split, horizon.prompts, horizon.sample, settings.fidelity, budget)
-    checks["model_parallel"] = {"device_map": device_map_used(split),
-                                "parity_vs_one_device": within_rounding(split_out, single, settings.precision)}
-    log.info("model_parallel device map: %s", checks["model_parallel"]["device_map"])
-    for name in ("replica_scaling", "model_parallel"):
-        if not checks[name]["parity_vs_one_device"]["within_rounding"]:
-            failures.append(f"{name.replace('_', ' ')} over {', '.join(devices)} differs from one device by "
-                            f"{checks[name]['parity_vs_one_device']['max_abs_difference']:.3g}, more than float "
-                            "rounding; use placement data_parallel or one GPU, and report it.")
-    return checks
+    out, _ = embed_windows(split, horizon.prompts, horizon.sample, settings.fidelity, budget)
+    used = device_map_used(split)
+    log.info("model_parallel device map: %s", used)
+    return {"device_map": used, "parity_vs_one_device": within_rounding(out, single, settings.precision)}
 
 
 # --------------------------------------------------------------------------- the report
