@@ -56,3 +56,17 @@ def test_schema_knows_model_layers():
     assert validate_config({"dataset": {"name": "w", "csv": "x.csv"}, "model": {"layers": 6}})["model"]["layers"] == 6
     with pytest.raises(InputError, match=r"model.layers = 0 is invalid"):
         validate_config({"dataset": {"name": "w", "csv": "x.csv"}, "model": {"layers": 0}})
+
+
+def test_the_extraction_runs_the_kept_blocks_and_records_them(tiny_model_dir, tmp_path):
+    from timekd_embed.extract import Settings, load_teacher, provenance, save_sca
+
+    save_sca(tmp_path / "sca.safetensors", n_vars=21, d_model=64, seed=2024)
+    settings = Settings(name="weather", template=None, pred_len=P, split="train", model=str(tiny_model_dir),
+                        revision=None, precision="fp32", fidelity="reference", limit_windows=None, layers=1,
+                        device="cpu")
+    teacher = load_teacher(settings, tmp_path / "sca.safetensors", devices=["cpu"])
+    assert len(teacher.model.h) == 1
+    meta = provenance(settings, {"input_sha256": "0" * 64, "seq_len": 96, "variables": []},
+                      tmp_path / "sca.safetensors", teacher)
+    assert meta["layers"] == 1 and meta["settings"]["layers"] == 1

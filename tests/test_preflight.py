@@ -159,3 +159,19 @@ def test_prefetch_timing_runs_the_extractions_batch_preparation(train_split, tok
     horizon = Horizon(P, prompts, np.arange(4), planned={"train": 4}, longest_prompt=0)
     result = prefetch_pinning(horizon, "reference", 8192, threads=2, pins=(False,))
     assert result["pageable_s"] > 0 and result["threads"] == 2 and "pinned_s" not in result
+
+
+def test_snakemake_target_writes_the_report_and_is_not_part_of_all(weather_csv, tiny_model_dir, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"dataset: {{name: weather, csv: {weather_csv}}}\npred_lens: [24]\nsplits: [train]\n"
+                      f"model: {{name_or_path: {tiny_model_dir}}}\nprecision: fp32\ndevice: cpu\n")
+    snakemake = [os.path.join(os.path.dirname(sys.executable), "snakemake"), "-s", str(ROOT / "Snakefile"),
+                 "-d", str(tmp_path), "--configfile", str(config), "--cores", "2"]
+    result = subprocess.run([*snakemake, "preflight"], capture_output=True, text=True, timeout=900, check=False,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "results" / "weather" / "preflight.json").read_text())
+    assert report["passed"] and report["windows_per_horizon"] == 8
+    assert (tmp_path / "results" / "weather" / "preflight.md").read_text().startswith("# Preflight")
+    planned = subprocess.run([*snakemake, "-n"], capture_output=True, text=True, timeout=300, check=False)
+    assert planned.returncode == 0 and "rule preflight" not in planned.stdout
