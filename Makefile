@@ -35,5 +35,7 @@ format: bootstrap
 	$(BIN)/snakefmt Snakefile workflow/rules
 
 # Speed and memory on this machine, written to docs/benchmarks.md and .json (see that file).
+# On a GPU: make bench BENCH_ARGS="--device cuda --precision fp16"
+BENCH_ARGS ?=
 bench: bootstrap
-	$(BIN)/python -m timekd_embed.bench --out docs/benchmarks.md
+	$(BIN)/python -m timekd_embed.bench --out docs/benchmarks.md $(BENCH_ARGS)

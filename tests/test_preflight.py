@@ -24,6 +24,7 @@ from timekd_embed.preflight import (
     Horizon,
     checkpoint_matches,
     device_usable,
+    fill_windows,
     key_padding,
     prefetch_pinning,
     render_markdown,
@@ -134,11 +135,14 @@ def test_weights_other_than_the_named_ones_are_caught(tiny_model_dir, tmp_path):
     assert "parameter h.1.attn.c_proj.weight is not in" in problem
 
 
-def test_a_device_that_cannot_run_is_named():
+def test_a_device_that_cannot_run_is_named(weather_csv, tiny_model_dir):
     assert device_usable("cpu") is None
-    if not torch.cuda.is_available():
-        problem = device_usable("cuda:0")
-        assert problem.startswith("device cuda:0 is visible but unusable (")
+    if torch.cuda.is_available():
+        pytest.skip("every CUDA device here may be usable")
+    report = run_preflight(config_for(weather_csv, tiny_model_dir), devices=["cpu", "cuda:0"])
+    assert not report["passed"]
+    assert report["failures"] == [report["failures"][0]]
+    assert report["failures"][0].startswith("device cuda:0 is visible but unusable (")
 
 
 def test_key_padding_to_a_multiple_of_8_keeps_the_attention_output(train_split, tokenizer, tiny_model_dir):
@@ -156,9 +160,13 @@ def test_key_padding_to_a_multiple_of_8_keeps_the_attention_output(train_split, 
 def test_prefetch_timing_runs_the_extractions_batch_preparation(train_split, tokenizer):
     _, raw, stamps = train_split
     prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
-    horizon = Horizon(P, prompts, np.arange(4), planned={"train": 4}, longest_prompt=0)
+    horizon = Horizon(P, prompts, np.array([0, 3]), planned={"train": 4}, longest_prompt=0)
     result = prefetch_pinning(horizon, "reference", 8192, threads=2, pins=(False,))
     assert result["pageable_s"] > 0 and result["threads"] == 2 and "pinned_s" not in result
+    # the memory measurement fills one batch and keeps the sample windows among those it runs
+    filled = fill_windows(horizon, 1 << 16)
+    assert set(horizon.sample) <= set(filled) and len(filled) > len(horizon.sample)
+    assert filled.max() < 4 and np.array_equal(fill_windows(horizon, 1024), horizon.sample)
 
 
 def test_snakemake_target_writes_the_report_and_is_not_part_of_all(weather_csv, tiny_model_dir, tmp_path):

@@ -64,9 +64,14 @@ def machine(devices: list[str]) -> dict:
             "devices": []}
     for device in dict.fromkeys(devices):
         if device.startswith("cuda"):
-            props = torch.cuda.get_device_properties(torch.device(device))
-            with torch.cuda.device(torch.device(device)):
-                bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+            try:
+                props = torch.cuda.get_device_properties(torch.device(device))
+                with torch.cuda.device(torch.device(device)):
+                    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+            except (RuntimeError, AssertionError) as error:     # device_usable says why, as a failed check
+                info["devices"].append({"device": device, "name": f"unreadable: {error}", "memory_bytes": None,
+                                        "compute_capability": None, "fp16": None, "bf16": None})
+                continue
             info["devices"].append({"device": device, "name": props.name, "memory_bytes": props.total_memory,
                                     "compute_capability": f"{props.major}.{props.minor}",
                                     "fp16": (props.major, props.minor) >= (5, 3), "bf16": bf16})
@@ -203,14 +208,17 @@ def timed_embed(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fi
     return out, len(windows) / (time.perf_counter() - began)
 
 
-def fill_windows(prompts: SplitPrompts, sample: np.ndarray, batch_tokens: int) -> np.ndarray:
-    """At least the sample, and enough windows (spread the same way) for one full batch of `batch_tokens`."""
-    gt, hd = prompts.lengths(sample)
-    per_window = float((gt.sum() + hd.sum()) / len(sample))   # an upper bound of the packed tokens
-    need = max(len(sample), math.ceil(batch_tokens / max(per_window / 2, 1.0)))   # packing about halves them
-    if need <= len(sample):
-        return sample
-    return np.unique(np.linspace(0, prompts.n_windows - 1, min(need, prompts.n_windows)).round().astype(np.int64))
+def fill_windows(horizon: Horizon, batch_tokens: int) -> np.ndarray:
+    """The sample windows, plus enough others (spread over the job's windows of the first split)
+    for one full batch of `batch_tokens`: the peak memory is that of a full batch."""
+    gt, hd = horizon.prompts.lengths(horizon.sample)
+    per_window = float((gt.sum() + hd.sum()) / len(horizon.sample))  # every token; packing about halves them
+    need = math.ceil(batch_tokens / max(per_window / 2, 1.0))
+    available = next(iter(horizon.planned.values()))
+    if need <= len(horizon.sample):
+        return horizon.sample
+    spread = np.linspace(0, available - 1, min(need, available)).round().astype(np.int64)
+    return np.union1d(horizon.sample, spread)
 
 
 def measure_horizon(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> tuple[dict, np.ndarray]:
@@ -219,7 +227,7 @@ def measure_horizon(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tok
 
     Returns: (the figures, embeddings (S, N, d) float32 of the sample windows).
     """
-    windows = fill_windows(horizon.prompts, horizon.sample, batch_tokens)
+    windows = fill_windows(horizon, batch_tokens)
     budget, tried = batch_tokens, []
     while True:
         try:
@@ -344,7 +352,7 @@ def key_padding(model: torch.nn.Module, batch: dict, device: str) -> dict:
 
 def replica_scaling(one: Teacher, replicated: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> dict:
     """Data-parallel replicas in Python threads: windows/s on one device and on all of `replicated`'s."""
-    windows = fill_windows(horizon.prompts, horizon.sample, 2 * batch_tokens)
+    windows = fill_windows(horizon, 2 * batch_tokens)
     _, single = timed_embed(one, horizon.prompts, windows, fidelity, batch_tokens)
     _, many = timed_embed(replicated, horizon.prompts, windows, fidelity, batch_tokens)
     return {"windows": len(windows), "devices": replicated.devices, "windows_per_s_1": single,
