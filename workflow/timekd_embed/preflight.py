@@ -564,6 +564,11 @@ def _check_line(value) -> str:
     return ", ".join(f"{k} {_check_line(v) if isinstance(v, dict) else v}" for k, v in value.items())
 
 
+def _held(machine_info: dict) -> str:
+    held = machine_info.get("held_gpus") or {"source": "the devices given"}
+    return held["source"] + (f", ids {held['ids']}" if held.get("ids") else "")
+
+
 def render_markdown(report: dict) -> str:
     """The report as Markdown: what `timekd-embed preflight` prints and writes beside the JSON."""
     m, cfg = report["machine"], report["config"]
@@ -574,8 +579,7 @@ def render_markdown(report: dict) -> str:
              f"{cfg['precision']}, placement {report.get('placement', cfg['placement'])}."), ""]
     lines += [f"- {f}" for f in report["failures"]] + ([""] if report["failures"] else [])
     lines += ["## Machine", "", (f"torch {m['torch']}, CUDA {m['cuda'] or '-'}, driver {m['driver'] or '-'}; "
-              f"CUDA_VISIBLE_DEVICES={m['cuda_visible_devices'] or '(unset)'}; GPUs this job holds: "
-              f"{_check_line(m.get('held_gpus', 'as given'))}"), "",
+              f"CUDA_VISIBLE_DEVICES={m['cuda_visible_devices'] or '(unset)'}; GPUs this job holds: {_held(m)}"), "",
               "| device | name | memory | compute capability | fp16 | bf16 |", "|---|---|---|---|---|---|"]
     lines += [f"| {d['device']} | {d['name']} | {_gib(d['memory_bytes'])} | {d['compute_capability'] or '-'} | "
               f"{d['fp16']} | {d['bf16']} |" for d in m["devices"]]
