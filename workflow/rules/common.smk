@@ -8,6 +8,7 @@ sys.path.insert(
 
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
+from timekd_embed.settings import embedding_settings
 from timekd_embed.shards import planned_windows, ranges, split_rows
 from timekd_embed.windows import SPLITS, resolve_layout
 
@@ -73,18 +74,10 @@ def all_embeddings():
 
 CSV = input_csv()
 
-# Every config key that changes an embedding; the extraction rules take them as params,
-# so that changing one reruns the extraction. Keys that change only the speed
+# Every config key that changes an embedding (settings.py); the extraction rules take them
+# as params, so that changing one reruns the extraction. Keys that change only the speed
 # (device, gpus_per_job, placement, batch_tokens) are read by the scripts instead.
-EMBEDDING_SETTINGS = {
-    "name": NAME,
-    "template": config["dataset"]["template"],
-    "seq_len": config["seq_len"],
-    "model": config["model"],
-    "precision": config["precision"],
-    "fidelity": config["fidelity"],
-    "limit_windows": config["limit_windows"],
-}
+EMBEDDING_SETTINGS = embedding_settings(config)
 
 
 def plan_rows():

@@ -31,12 +31,13 @@ from safetensors import safe_open
 
 from .devices import peak_memory, resolve_devices, token_budget
 from .errors import InputError
-from .extract import Settings, Teacher, _model_inputs, check_context, embed_windows, load_teacher, save_sca
+from .extract import Teacher, _model_inputs, check_context, embed_windows, load_teacher, save_sca
 from .lm import _qkv, calibrated_mask, last_token_states, load_config, load_tokenizer, weights_file
 from .parity import compare, sample_windows
 from .prompts import SplitPrompts
+from .settings import Settings
 from .shards import planned_windows
-from .store import atomic_path, write_json
+from .store import write_json, write_text
 from .windows import load_csv, resolve_layout, split_borders
 
 log = logging.getLogger(__name__)
@@ -178,16 +179,6 @@ def load_horizons(config: dict, tokenizer, n_positions: int, n_windows: int) -> 
         sample = sample_windows({first: planned[first]}, n_windows)[first]
         horizons.append(Horizon(pred_len, prompts, sample, planned, longest))
     return horizons
-
-
-def settings_for(config: dict, pred_len: int, split: str) -> Settings:
-    """The extraction job's settings for one (horizon, split) of `config`."""
-    return Settings(name=config["dataset"]["name"], template=config["dataset"]["template"], pred_len=pred_len,
-                    split=split, model=config["model"]["name_or_path"], revision=config["model"]["revision"],
-                    precision=config["precision"], fidelity=config["fidelity"],
-                    limit_windows=config["limit_windows"], layers=config["model"]["layers"],
-                    device=config["device"], gpus_per_job=config["gpus_per_job"],
-                    batch_tokens=config["batch_tokens"], placement=config["placement"])
 
 
 # --------------------------------------------------------------------------- speed and memory
@@ -423,7 +414,7 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
     horizons = load_horizons(config, tokenizer, n_positions, n_windows)
     report["context"] = n_positions
     sca_path = tmp / "sca.safetensors"
-    settings = settings_for(config, horizons[0].pred_len, config["splits"][0])
+    settings = Settings.from_config(config, horizons[0].pred_len, config["splits"][0])
     d_model = load_config(name, revision).n_embd
     save_sca(sca_path, horizons[0].prompts.n_vars, d_model, config["seed"])
 
@@ -486,7 +477,8 @@ def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget
         "key_padding": partial(key_padding, one.model, batch, devices[0]) if cuda else None,
         "prefetch_pinning": partial(prefetch_pinning, horizon, settings.fidelity, budget) if cuda else None,
     }
-    several = None if len(devices) >= 2 else (NO_CUDA if not cuda else f"not run: the job holds one device ({devices[0]})")
+    several = None if len(devices) >= 2 else (
+        NO_CUDA if not cuda else f"not run: the job holds one device ({devices[0]})")
     if several is None:
         runs["replica_scaling"] = partial(replicas_check, settings, sca_path, teacher, one, devices, horizon, budget)
         runs["model_parallel"] = partial(layer_split_check, settings, sca_path, teacher, one, devices, device_map,
@@ -610,8 +602,7 @@ def write_report(report: dict, folder: str | Path) -> tuple[Path, Path]:
     folder = Path(folder)
     json_path, md_path = folder / "preflight.json", folder / "preflight.md"
     write_json(json_path, report)
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(render_markdown(report))
+    write_text(md_path, render_markdown(report))
     return json_path, md_path
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .lm import sha256_file
+from .store import sha256_file
 from .store import read_metadata, read_tensors
 from .windows import read_windows
 
