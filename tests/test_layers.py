@@ -70,3 +70,17 @@ def test_the_extraction_runs_the_kept_blocks_and_records_them(tiny_model_dir, tm
     meta = provenance(settings, {"input_sha256": "0" * 64, "seq_len": 96, "variables": []},
                       tmp_path / "sca.safetensors", teacher)
     assert meta["layers"] == 1 and meta["settings"]["layers"] == 1
+
+
+def test_model_layers_is_an_output_affecting_setting():
+    """Tracked: the extraction rules' params and the settings every file records and shards compare."""
+    from timekd_embed.settings import Settings, embedding_settings
+
+    base = {"dataset": {"name": "w", "csv": "x.csv"}}
+    all_blocks = validate_config(base)
+    six = validate_config(base | {"model": {"name_or_path": "gpt2", "layers": 6}})
+    assert embedding_settings(all_blocks) != embedding_settings(six)
+    assert embedding_settings(six)["model"]["layers"] == 6
+    settings = Settings.from_config(six, 24, "train")
+    assert settings.layers == 6 and settings.output_fields()["layers"] == 6
+    assert "layers" not in settings.runtime_fields()
