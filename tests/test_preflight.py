@@ -69,6 +69,7 @@ def test_one_cpu_device_measures_and_lists_the_gpu_checks_as_not_run(weather_csv
     for name in ("key_padding", "prefetch_pinning", "replica_scaling", "model_parallel"):
         assert report["gpu_checks"][name] == NO_CUDA
     assert report["machine"]["devices"][0]["device"] == "cpu"
+    assert report["notes"] == ["fp16 on the CPU is emulated and slow: use precision fp32 there."]
 
     json_path, md_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["passed"] is True

@@ -49,10 +49,6 @@ EPS = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16
 ROUNDING_ULPS = 16  # "float rounding": within 16 units of the precision's rounding, relative to the largest value
 
 
-class Failures(list):
-    """One sentence per failed check; preflight exits non-zero when there is any."""
-
-
 # --------------------------------------------------------------------------- the machine
 
 def machine(devices: list[str]) -> dict:
@@ -248,7 +244,9 @@ def fitting_budget(teacher: Teacher, measured_at: int, peaks: dict, ran_out: boo
     gpus = [d for d in teacher.devices if d.startswith("cuda")]
     if not gpus:
         return None
-    weights = sum(p.numel() * p.element_size() for p in teacher.model.parameters()) / max(1, len(gpus))
+    weights = sum(p.numel() * p.element_size() for p in teacher.model.parameters())
+    if teacher.placement == "model_parallel":      # each GPU holds its share of the layers, else a whole copy
+        weights /= len(gpus)
     total = min(torch.cuda.get_device_properties(torch.device(d)).total_memory for d in gpus)
     peak = max(peaks[d] for d in gpus)
     if not ran_out and peak <= HEADROOM * total:
@@ -387,7 +385,7 @@ def run_preflight(config: dict, n_windows: int = 8, devices: list[str] | None = 
     """
     began = time.perf_counter()
     devices = devices or resolve_devices(config["device"], config["gpus_per_job"])
-    failures = Failures()
+    failures: list[str] = []  # one sentence per failed check; any makes preflight exit 1
     report = {"config": {k: config[k] for k in ("precision", "placement", "gpus_per_job", "batch_tokens",
                                                  "pred_lens", "splits", "fidelity")} | {"model": config["model"]},
               "machine": machine(devices), "windows_per_horizon": n_windows, "failures": failures}
@@ -398,11 +396,13 @@ def run_preflight(config: dict, n_windows: int = 8, devices: list[str] | None = 
         failures.append(str(error))
     report["failures"] = list(failures)
     report["passed"] = not failures
+    if config["precision"] != "fp32" and not any(d.startswith("cuda") for d in devices):
+        report["notes"] = [f"{config['precision']} on the CPU is emulated and slow: use precision fp32 there."]
     report["wall_s"] = time.perf_counter() - began
     return report
 
 
-def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict, failures: Failures) -> None:
+def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict, failures: list[str]) -> None:
     for device in dict.fromkeys(devices):
         if (problem := device_usable(device)) is not None:
             failures.append(problem)
@@ -569,7 +569,8 @@ def render_markdown(report: dict) -> str:
              f"{report['windows_per_horizon']} windows per horizon; model {cfg['model']['name_or_path']}"
              f"{'' if cfg['model']['layers'] is None else ' (first ' + str(cfg['model']['layers']) + ' blocks)'}, "
              f"{cfg['precision']}, placement {report.get('placement', cfg['placement'])}."), ""]
-    lines += [f"- {f}" for f in report["failures"]] + ([""] if report["failures"] else [])
+    notes = report["failures"] + report.get("notes", [])
+    lines += [f"- {f}" for f in notes] + ([""] if notes else [])
     lines += ["## Machine", "", (f"torch {m['torch']}, CUDA {m['cuda'] or '-'}, driver {m['driver'] or '-'}; "
               f"CUDA_VISIBLE_DEVICES={m['cuda_visible_devices'] or '(unset)'}; GPUs this job holds: {_held(m)}"), "",
               "| device | name | memory | compute capability | fp16 | bf16 |", "|---|---|---|---|---|---|"]
