@@ -301,7 +301,6 @@ def key_padding(model: torch.nn.Module, batch: dict, device: str) -> dict:
     unaligned float mask on every call. Time, peak memory, the kernel's warnings, and whether
     both give the same output; on CUDA it runs under the memory-efficient backend only.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     dev = torch.device(device)
     block = model.h[0]
     b = {k: v.to(dev) for k, v in batch.items()}
@@ -317,26 +316,39 @@ def key_padding(model: torch.nn.Module, batch: dict, device: str) -> dict:
     pad = -mask.shape[-1] % 8
     padded = (torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.nn.functional.pad(v, (0, 0, 0, pad)),
               torch.nn.functional.pad(mask, (0, pad), value=torch.finfo(q.dtype).min))
-    kernel = sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION) if dev.type == "cuda" else nullcontext()
-    runs = {}
-    for name, (keys, values, m) in {"unaligned": (k, v, mask), "padded_to_8": padded}.items():
-        with kernel, warnings.catch_warnings(record=True) as caught, torch.inference_mode():
-            warnings.simplefilter("always")
-            _reset_peaks([device])
-            began = time.perf_counter()
-            out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=m,
-                                                                    scale=block.attn.scaling)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            runs[name] = {"key_length": int(keys.shape[2]), "seconds": time.perf_counter() - began,
-                          "peak_memory_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
-                          "warnings": sorted({str(w.message).splitlines()[0] for w in caught}),
-                          "output": out}
+    runs = {name: _attention_run(q, *tensors, block.attn.scaling, dev)
+            for name, tensors in {"unaligned": (k, v, mask), "padded_to_8": padded}.items()}
     same = float((runs["unaligned"].pop("output").float() - runs["padded_to_8"].pop("output").float()).abs().max())
     unaligned, aligned = runs["unaligned"], runs["padded_to_8"]
-    helps = (unaligned["peak_memory_bytes"] or 0) > 1.05 * (aligned["peak_memory_bytes"] or 0) or \
+    helps = (unaligned["extra_memory_bytes"] or 0) > 1.05 * (aligned["extra_memory_bytes"] or 0) or \
         unaligned["seconds"] > 1.05 * aligned["seconds"]
     return runs | {"max_abs_difference": same, "padding_helps": bool(pad and helps)}
+
+
+def _attention_run(q, keys, values, mask, scale: float, dev: torch.device, repeats: int = 3) -> dict:
+    """One SDPA call after a warm-up (memory-efficient backend on CUDA): seconds per call, memory
+    allocated beyond its inputs, the warnings it raised, and its output."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    cuda = dev.type == "cuda"
+    with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
+        warnings.simplefilter("always")
+        # a fresh context manager per use: sdpa_kernel's cannot be entered twice
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION) if cuda else nullcontext():
+            torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+        if cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev) if cuda else 0
+        began = time.perf_counter()
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION) if cuda else nullcontext():
+            for _ in range(repeats):
+                out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        seconds = (time.perf_counter() - began) / repeats
+    return {"key_length": int(keys.shape[2]), "seconds": seconds,
+            "extra_memory_bytes": torch.cuda.max_memory_allocated(dev) - before if cuda else None,
+            "warnings": sorted({str(w.message).splitlines()[0] for w in caught}), "output": out}
 
 
 def replica_scaling(one: Teacher, replicated: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> dict:
@@ -458,11 +470,15 @@ def precision_parity(config, settings, sca_path, devices, device_map, horizons, 
             continue
         reference, _ = embed_windows(fp32, horizon.prompts, horizon.sample, settings.fidelity, budget)
         stats, _ = compare(embeddings[horizon.pred_len], reference)
+        stats["windows_compared"] = horizon.sample.tolist()
         result[horizon.pred_len] = stats
         if not stats["cosine_min"] >= config["parity"]["min_cosine"]:
             failures.append(f"pred_len {horizon.pred_len}: the lowest cosine similarity between {settings.precision} "
                             f"and fp32 embeddings is {stats['cosine_min']:.6f}, under parity.min_cosine = "
                             f"{config['parity']['min_cosine']}; use precision bf16 or fp32.")
+    del fp32                      # its memory goes back before the GPU checks load other copies
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return result
 
 
