@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from transformers import GPT2Model
+
 from conftest import make_model_dir
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.lm import calibrated_mask, keep_layers, last_token_states, load_lm
 from timekd_embed.packing import pad, type_codes, unpacked
 from timekd_embed.prompts import SplitPrompts
-from transformers import GPT2Model
 
 P = 24
 

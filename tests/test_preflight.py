@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_model_dir
 from safetensors.torch import load_file, save_file
+
+from conftest import ROOT, make_model_dir
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import packed_window
@@ -113,11 +114,11 @@ def test_cli_exits_1_with_one_sentence_on_a_damaged_checkpoint(weather_csv, tmp_
     env = os.environ | {"PYTHONPATH": str(ROOT / "workflow"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "timekd_embed.cli", "preflight", "--configfile", str(config),
                              "--windows", "2", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                            env=env, timeout=600, check=False)
+                            env=env, timeout=600, check=False, cwd=ROOT)
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert f"preflight failed: model folder {model_dir} cannot be loaded" in errors[0]
+    assert errors[0].startswith("Error: preflight failed: ") and str(model_dir) in errors[0], errors[0]
     report = json.loads((tmp_path / "out" / "preflight.json").read_text())
     assert report["passed"] is False and "**FAILED**" in render_markdown(report)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from conftest import ROOT, WEATHER_CSV
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -25,7 +26,7 @@ def dry_run(tmp_path, profile: str, *extra: str, targets: tuple[str, ...] = ()) 
 def extract_resources(stdout: str, rule: str = "extract") -> dict:
     """The resources line of the first planned job of `rule`, as a dict of strings."""
     job = stdout.split(f"rule {rule}:")[1].split("\n\n")[0]
-    line = next(l for l in job.splitlines() if l.strip().startswith("resources:"))
+    line = next(text for text in job.splitlines() if text.strip().startswith("resources:"))
     return dict(kv.split("=", 1) for kv in line.split("resources:")[1].strip().split(", "))
 
 

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from plain_teacher import plain_teacher
-from timekd_embed.errors import InputError
 from timekd_embed.config import validate_config
+from timekd_embed.errors import InputError
 from timekd_embed.extract import extract_split, load_sca, save_sca
 from timekd_embed.parity import compare, parity_report, require_parity, sample_windows
 from timekd_embed.report import histogram, markdown
 from timekd_embed.settings import Settings
 from timekd_embed.store import read_tensors
 from timekd_embed.validate import check_all
-from timekd_embed.windows import load_csv, read_windows, write_windows
+from timekd_embed.table import load_csv
+from timekd_embed.windows import read_windows, write_windows
 
 P, LIMIT = 24, 3
 

@@ -38,7 +38,7 @@ from .prompts import SplitPrompts
 from .settings import Settings
 from .shards import planned_windows
 from .store import write_json, write_text
-from .windows import load_csv, resolve_layout, split_borders
+from .windows import split_borders
 
 log = logging.getLogger(__name__)
 
@@ -150,19 +150,21 @@ def load_horizons(config: dict, tokenizer, n_positions: int, n_windows: int) -> 
     Raises:
         InputError: the CSV cannot be read, or a prompt does not fit the context (the extraction's sentence).
     """
+    from .cadence import check_cadence
+    from .table import load_csv, stamps
+
     data = config["dataset"]
-    layout = resolve_layout(data["layout"], data["name"])
-    table = load_csv(data["csv"], target=data["target"], layout=layout)
+    layout = data["layout"]  # concrete: validate_config resolves "auto"
+    table = load_csv(data["csv"], target=data["target"], layout=layout, date_format=data["date_format"])
+    check_cadence(table, data["name"], layout)  # the windows stage's own check of the file
     borders = split_borders(len(table.values), config["seq_len"], layout, data["csv"])
     horizons = []
     for pred_len in config["pred_lens"]:
         prompts, longest, planned = None, 0, {}
         for split in config["splits"]:
             start, stop = borders[split]
-            dates = table.dates[start:stop]
-            stamps = np.stack([np.asarray(p, dtype=np.int64) for p in
-                               (dates.year, dates.month, dates.day, dates.day_of_week, dates.hour, dates.minute)], 1)
-            split_prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps, data["name"], pred_len,
+            split_stamps = stamps(table.dates[start:stop])
+            split_prompts = SplitPrompts(tokenizer, table.values[start:stop], split_stamps, data["name"], pred_len,
                                          config["seq_len"], data["template"])
             planned[split] = planned_windows(stop - start, config["seq_len"], pred_len, config["limit_windows"])
             if planned[split] == 0:
@@ -647,14 +649,18 @@ def held_gpus(config: dict):
     return lease, {"source": "lease (file locks)", "ids": os.environ["CUDA_VISIBLE_DEVICES"]}
 
 
-def main(configfile: str | Path, n_windows: int = 8, out: str | Path | None = None) -> dict:
+def main(config: dict, n_windows: int = 8, out: str | Path | None = None) -> dict:
     """`timekd-embed preflight`: run, print the Markdown report, write results/<name>/preflight.{json,md}.
 
+    Args:
+        config: the validated config (cli.load_run_config), defaults filled in.
+        n_windows: sample windows per horizon.
+        out: the report's folder; None for results/<dataset.name>.
+    Returns:
+        The report (run_preflight).
     Raises:
         InputError: any check failed (the first failure's sentence; the report is written first).
     """
-    from .config import load_config_file
-    config = load_config_file(configfile)
     if n_windows < 1:
         raise InputError(f"--windows {n_windows}: give at least 1 window per horizon.")
     lease, held = held_gpus(config)
