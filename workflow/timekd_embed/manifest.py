@@ -36,6 +36,9 @@ MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 2
 # Top-level folders whose every file is a run record: one log and one benchmark per job.
 RECORD_FOLDERS = ("logs", "benchmarks")
+# `timekd-embed preflight`'s report (results/<name>/preflight.{json,md}): written before a run,
+# not by it, and full of timings and host names; neither artifact nor record, never a problem.
+PREFLIGHT_FILES = ("preflight.json", "preflight.md")
 # The manifest rule's named inputs that hold run records are named `<rule>_records`
 # (manifest.smk); the other names are the rules that made the artifacts.
 RECORDS_SUFFIX = "_records"
@@ -141,7 +144,7 @@ def _folder_files(folder: Path) -> set[str]:
 
 
 def _in_record_folder(relative: str) -> bool:
-    return relative.split("/", 1)[0] in RECORD_FOLDERS
+    return relative.split("/", 1)[0] in RECORD_FOLDERS or relative in PREFLIGHT_FILES
 
 
 def load(path: str | Path) -> dict:
