@@ -111,20 +111,23 @@ def inspect(args: argparse.Namespace) -> list[dict]:
     Raises:
         InputError: bad config, CSV or model; a window or variable the split does not have.
     """
+    from .cadence import check_cadence
     from .lm import check_model
     from .prompts import SplitPrompts
-    from .windows import load_csv, resolve_layout, split_borders
+    from .table import load_csv, stamps
+    from .windows import split_borders
 
     config = load_run_config(args.configfile)
     data = config["dataset"]
     _, tokenizer = check_model(config["model"]["name_or_path"], config["model"]["revision"])
-    layout = resolve_layout(data["layout"], data["name"])
-    table = load_csv(data["csv"], target=data["target"], layout=layout)
+    layout = data["layout"]  # concrete: validate_config resolves "auto"
+    table = load_csv(data["csv"], target=data["target"], layout=layout, date_format=data["date_format"])
+    check_cadence(table, data["name"], layout)  # the prompts shown are those the workflow would accept
     if args.variable is not None and args.variable not in table.variables:
         raise InputError(f"--variable {args.variable!r} is not a column of {data['csv']}; its variables are "
                          f"{', '.join(map(repr, table.variables))}.")
     start, stop = split_borders(len(table.values), config["seq_len"], layout)[args.split]
-    prompts = SplitPrompts(tokenizer, table.values[start:stop], _stamps(table.dates[start:stop]), data["name"],
+    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps(table.dates[start:stop]), data["name"],
                            args.pred_len, config["seq_len"], data["template"])
     if not 0 <= args.window < prompts.n_windows:
         raise InputError(f"--window {args.window} is outside split {args.split}, which has "
@@ -141,13 +144,6 @@ def inspect(args: argparse.Namespace) -> list[dict]:
         result.append({"variable": variable, "gt_prompt": gt, "hd_prompt": hd, "gt_ids": gt_ids,
                        "hd_ids": hd_ids, "gt_types": kinds(gt_ids), "hd_types": kinds(hd_ids)})
     return result
-
-
-def _stamps(dates):
-    """int64 (R, 6): year, month, day, weekday (Mon=0), hour, minute, as the windows stage stores them."""
-    import numpy as np
-    parts = (dates.year, dates.month, dates.day, dates.day_of_week, dates.hour, dates.minute)
-    return np.stack([np.asarray(p, dtype=np.int64) for p in parts], axis=1)
 
 
 def format_objects(objects: list[dict]) -> str:
