@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import stat
+import subprocess
 
 import pytest
 import yaml

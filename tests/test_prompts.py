@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+
 from timekd_embed.errors import InputError
 from timekd_embed.prompts import (
     TEMPLATES,

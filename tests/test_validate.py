@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from plain_teacher import plain_teacher
-from timekd_embed.errors import InputError
 from timekd_embed.config import validate_config
+from timekd_embed.errors import InputError
 from timekd_embed.extract import extract_split, load_sca, save_sca
 from timekd_embed.parity import compare, parity_report, require_parity, sample_windows
 from timekd_embed.report import histogram, markdown
