@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 from huggingface_hub import constants
+
+from conftest import ROOT
 from timekd_embed.cli import parser
 from timekd_embed.config import validate_config
 from timekd_embed.manifest import MANIFEST, build, weights_file_here, write
-from timekd_embed.store import write_tensors
-from timekd_embed.windows import sha256_file
+from timekd_embed.store import sha256_file, write_tensors
 
 EXE = str(Path(sys.executable).parent / "timekd-embed")
 SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
