@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from conftest import ROOT, make_model_dir
 from timekd_embed.config import config_hash
 from timekd_embed.errors import InputError
@@ -102,7 +103,8 @@ def verify_cli(folder: Path, *args: str, cwd: Path | None = None) -> subprocess.
     # This checkout's package, also when the command runs in another folder.
     package = os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))
     return subprocess.run([str(BIN / "timekd-embed"), "verify", str(folder), *args], check=False,
-                          capture_output=True, text=True, timeout=300, cwd=cwd, env=os.environ | {"PYTHONPATH": package})
+                          capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env=os.environ | {"PYTHONPATH": package})
 
 
 def errors(result: subprocess.CompletedProcess) -> list[str]:

@@ -86,9 +86,12 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
     if not paths:
         raise InputError(f"{default} is not in {Path.cwd()}; run from the workflow's folder or pass --configfile.")
     merged: dict = {}
+    origins = []  # so that an invalid value names the file that set it
     for path in paths:
-        merged = _merge(merged, _read_yaml(path))
-    return validate_config(merged, " + ".join(map(str, paths)))
+        loaded = _read_yaml(path)
+        origins.append((str(path), loaded))
+        merged = _merge(merged, loaded)
+    return validate_config(merged, " + ".join(map(str, paths)), origins)
 
 
 # --------------------------------------------------------------------------- inspect
