@@ -26,8 +26,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import ROOT, SHARED_DATA, _need, make_model_dir
 from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2Model
+
+from conftest import ROOT, SHARED_DATA, make_model_dir, need
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import Settings, extract_split, load_teacher, save_sca
@@ -35,7 +37,6 @@ from timekd_embed.lm import load_config
 from timekd_embed.prompts import SplitPrompts
 from timekd_embed.table import load_csv
 from timekd_embed.windows import SPLITS, read_windows, write_windows
-from transformers import GPT2Config, GPT2Model
 
 SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
 SCRIPTS = ROOT / "workflow" / "scripts"
@@ -149,7 +150,7 @@ def run_windows_job(tmp_path: Path, csv: Path, sha256: str | None = None, seq_le
 
 def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple[Path, dict]]:
     cases = {}
-    for name in ("empty", "short", "non_numeric", "no_model", "prefixed_weights"):
+    for name in ("empty", "short", "non_numeric", "no_model", "prefixed_weights", "etth1_on_ettm1"):
         (root / name).mkdir()
     cases["empty"] = small_config(write(root / "empty" / "empty.csv", b""), model_dir)
     # 400 rows: the val split gets 40 + 96 rows, fewer than seq_len + P = 96 + 48.
@@ -164,6 +165,11 @@ def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple
     save_file({f"gpt2.{k}": v for k, v in load_file(model_dir / "model.safetensors").items()},
               wrapped / "model.safetensors", metadata={"format": "pt"})
     cases["prefixed_weights"] = small_config(write(root / "prefixed_weights" / "weather.csv", lines), wrapped)
+    # Issue #12.3: dataset.name ETTh1 on the 15-minute ETTm1.csv used to give hourly borders, rc 0.
+    with open(need(SHARED_DATA / "ETT-small" / "ETTm1.csv"), encoding="utf-8") as f:
+        ettm1 = [next(f).rstrip("\n") for _ in range(20 * 30 * 24 + 1 + 100)]  # enough rows for ett_hour
+    cases["etth1_on_ettm1"] = small_config(write(root / "etth1_on_ettm1" / "ETTm1.csv", ettm1), model_dir)
+    cases["etth1_on_ettm1"]["dataset"]["name"] = "ETTh1"
     return {name: (root / name, config) for name, config in cases.items()}
 
 
@@ -205,6 +211,13 @@ def test_weights_under_a_wrapper_prefix_stop_the_first_model_job(e2e):
                          "28 tensor(s) the model needs are not in the file", "28 tensor(s) of the file are not")
     assert "sca.log" in result.stderr  # the sca job, the first that reads the model, stopped it
     assert artifacts(work) == [f"weather/windows/{s}.parquet" for s in ("test", "train", "val")]
+
+
+def test_an_hourly_name_on_15_minute_data_stops_the_run(e2e):
+    work, _, result = e2e["etth1_on_ettm1"]
+    assert_fails_cleanly(result, "ETTm1.csv", "dataset.layout is ett_hour", "usual step is 15 min")
+    assert "results/ETTh1/logs/windows.log" in result.stderr
+    assert artifacts(work) == []
 
 
 def test_missing_model_folder(e2e):
@@ -284,7 +297,7 @@ def test_crlf_duplicates_gaps_and_sentinels_are_accepted(tmp_path, weather_csv, 
 @pytest.fixture(scope="module")
 def ettm1_head(tmp_path_factory) -> Path:
     """The first 20 months (12/4/4 of 30 days) of hourly rows' worth of the real 15-minute ETTm1.csv."""
-    source = _need(SHARED_DATA / "ETT-small" / "ETTm1.csv")
+    source = need(SHARED_DATA / "ETT-small" / "ETTm1.csv")
     folder = tmp_path_factory.mktemp("ettm1")
     with open(source, encoding="utf-8") as f:
         head = [next(f).rstrip("\n") for _ in range(20 * 30 * 24 + 1 + 100)]

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model_dir
 from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+from conftest import make_model_dir
 from timekd_embed.errors import InputError
 from timekd_embed.lm import check_model, check_weights, expected_shapes, load_config, load_lm
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 TENSORS = 28  # 2 blocks x 12 (ln_1, attn c_attn / c_proj, ln_2, mlp c_fc / c_proj; weight and bias each) + 4
 BLOCK = 12

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from timekd_embed import windows
 from timekd_embed.cadence import template_note
 from timekd_embed.config import resolve_layout
