@@ -20,8 +20,8 @@ from timekd_embed.parity import compare, parity_report, require_parity, sample_w
 from timekd_embed.report import NOT_APPLICABLE, answer, histogram, item_html, summary_html
 from timekd_embed.settings import Settings
 from timekd_embed.store import read_tensors
-from timekd_embed.validate import check_all
 from timekd_embed.table import load_csv
+from timekd_embed.validate import check_all
 from timekd_embed.windows import read_windows, write_windows
 
 P, LIMIT = 24, 3
