@@ -19,6 +19,9 @@ with job(snakemake.log[0], snakemake.threads, gpus) as log_file:
         device=cfg["device"], gpus_per_job=cfg["gpus_per_job"], batch_tokens=cfg["batch_tokens"],
         placement=cfg["placement"],
     )
-    outputs = dict(zip(pred_lens, zip(snakemake.output.embeddings, snakemake.output.stats)))
+    embeddings, stats = snakemake.output.embeddings, snakemake.output.stats
+    if isinstance(embeddings, str):  # one horizon: plain paths, not lists
+        embeddings, stats = [embeddings], [stats]
+    outputs = dict(zip(pred_lens, zip(embeddings, stats)))
     extract_horizons(settings, pred_lens, snakemake.input.windows, snakemake.input.sca, outputs, log_file,
                      shard=(int(w.start), int(w.stop)))
