@@ -6,8 +6,9 @@ sys.path.insert(
     0, str(Path(workflow.basedir) / "workflow")
 )  # the package, even before `pip install -e .`
 
-from timekd_embed.config import validate_config
+from timekd_embed.config import config_origins, validate_config
 from timekd_embed.errors import InputError
+from timekd_embed.settings import embedding_settings
 from timekd_embed.shards import planned_windows, ranges, split_rows
 from timekd_embed.windows import SPLITS, resolve_layout
 
@@ -20,7 +21,13 @@ def fail(message):
 
 try:
     _valid = validate_config(
-        config, " + ".join(map(str, workflow.configfiles)) or "config"
+        config,
+        " + ".join(map(str, workflow.configfiles)) or "config",
+        config_origins(
+            workflow.configfiles,
+            workflow.config_settings.configfiles,
+            workflow.config_settings.config,
+        ),
     )
 except InputError as error:
     fail(error)
@@ -73,18 +80,10 @@ def all_embeddings():
 
 CSV = input_csv()
 
-# Every config key that changes an embedding; the extraction rules take them as params,
-# so that changing one reruns the extraction. Keys that change only the speed
+# Every config key that changes an embedding (settings.py); the extraction rules take them
+# as params, so that changing one reruns the extraction. Keys that change only the speed
 # (device, gpus_per_job, placement, batch_tokens) are read by the scripts instead.
-EMBEDDING_SETTINGS = {
-    "name": NAME,
-    "template": config["dataset"]["template"],
-    "seq_len": config["seq_len"],
-    "model": config["model"],
-    "precision": config["precision"],
-    "fidelity": config["fidelity"],
-    "limit_windows": config["limit_windows"],
-}
+EMBEDDING_SETTINGS = embedding_settings(config)
 
 
 def plan_rows():

@@ -21,5 +21,7 @@ rule windows:
         target=config["dataset"]["target"],
         seq_len=config["seq_len"],
         sha256=config["dataset"]["sha256"],
+        date_format=config["dataset"]["date_format"],
+        template=config["dataset"]["template"],
     script:
         "../scripts/windows.py"
