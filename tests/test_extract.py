@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import GPT2Model
+
 from conftest import make_model_dir
 from plain_teacher import plain_teacher
 from timekd_embed.errors import InputError
@@ -20,8 +22,8 @@ from timekd_embed.extract import (
 )
 from timekd_embed.prompts import SplitPrompts
 from timekd_embed.store import read_tensors
-from timekd_embed.windows import load_csv, write_windows
-from transformers import GPT2Model
+from timekd_embed.table import load_csv
+from timekd_embed.windows import write_windows
 
 P = 24
 PRED_LENS = (24, 36, 192)
