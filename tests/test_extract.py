@@ -174,7 +174,7 @@ def overflow_model_dir(tmp_path_factory):
 
 def test_an_fp16_overflow_stops_the_job_naming_precision_block_window_and_variable(
         small_windows, overflow_model_dir, sca_path, tmp_path):
-    out = {24: (tmp_path / "24.safetensors", tmp_path / "24.json"), 36: (tmp_path / "36.safetensors", tmp_path / "36.json")}
+    out = {P: (tmp_path / f"{P}.safetensors", tmp_path / f"{P}.json") for P in (24, 36)}
     job = settings(overflow_model_dir, precision="fp16", limit_windows=2)
     with pytest.raises(InputError) as error:
         extract_horizons(job, [24, 36], small_windows["train"], sca_path, out)

@@ -384,7 +384,7 @@ def run_horizon(args) -> dict:
             synchronize(args.device)
             runs.append((time.perf_counter() - t, time.process_time() - cpu))
     wall, cpu = min(runs)
-    counts = token_counts(counts) | model_counts
+    counts = {k: int(v) for k, v in counts.items()} | model_counts
     tokens = counts["tokens"]
     # Peaks before the prompt-building timing below, so they belong to the extraction alone.
     memory = {"cpu_peak_rss_bytes": peak_rss_bytes()}
