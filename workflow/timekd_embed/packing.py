@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 BUCKET_RATIO = 0.75  # a leaf joins a bucket while it is at least this fraction of the bucket's longest
+STEM_STEP = 16       # stems within this many tokens of each other count as equally long when batching
 
 
 @dataclass(frozen=True)
@@ -212,11 +213,16 @@ def _padded_cost(tries: list[Trie], items: list[tuple[int, int]]) -> int:
 def batches(tries: list[Trie], items: list[tuple[int, int]], token_budget: int) -> list[TrieBatch]:
     """The branch items (trie index, branch index) as batches of at most `token_budget` padded positions.
 
-    Items are taken longest stem first, so that stems of similar lengths share a batch; an item
-    larger than the budget on its own gets a batch of its own. A batch holds the heads its items
-    follow (once each), their stems, and their leaves in length buckets.
+    Items are taken longest stem first (in steps of STEM_STEP tokens, and within a step window by
+    window), so that stems of similar lengths share a batch and a window's items stay together (its
+    head runs once per batch it appears in); an item larger than the budget on its own gets a
+    batch of its own. A batch holds the heads its items follow (once each), their stems, and
+    their leaves in length buckets.
     """
-    order = sorted(range(len(items)), key=lambda k: (-len(tries[items[k][0]].branches[items[k][1]].stem), k))
+    def stem_step(k: int) -> tuple[int, int, int]:
+        return -(len(tries[items[k][0]].branches[items[k][1]].stem) // STEM_STEP), items[k][0], k
+
+    order = sorted(range(len(items)), key=stem_step)
     groups: list[list[int]] = []
     for k in order:
         if groups and _padded_cost(tries, [items[j] for j in groups[-1] + [k]]) <= token_budget:
