@@ -1,11 +1,13 @@
-"""Batches of windows -> teacher embeddings (uses prompts, lm, sca, devices, store).
+"""Batches of windows -> teacher embeddings (uses prompts, packing, lm, sca, devices, store).
 
-For each window: 2N prompts (GT and HD per variable) through the frozen GPT-2 with the
-calibrated mask, the last real token's state kept, then the SCA over the variables:
-(N, d) per window. Each variable's GT and HD prompt run as one packed sequence behind the
-window's common head, identical sequences once (packing.py); the sequences of many windows
-share one forward pass, sorted by length so that padding stays small, bounded by a token
-budget (sequences x padded length). A worker thread prepares the next batches meanwhile.
+For each window and horizon: 2N prompts (GT and HD per variable) through the frozen GPT-2
+with the calibrated mask, the last real token's state kept, then the SCA over the variables:
+(N, d) per window (TimeKD, Liu et al. ICDE 2025; the published store_emb.py). A window's
+prompts of every horizon form one trie (packing.py): the window's head once, each variable's
+prefix shared by all its prompts once, then one leaf per prompt; identical variables once. The
+nodes of many windows share one forward pass, stems sorted by length and leaves in length
+buckets so that padding stays small, bounded by a token budget (padded positions). A worker
+thread prepares the next batches meanwhile.
 """
 
 from __future__ import annotations

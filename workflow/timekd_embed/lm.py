@@ -382,6 +382,30 @@ def block_forward(block, states: list[torch.Tensor], batch: TrieBatch, masks: li
     return out
 
 
+@torch.inference_mode()
+def first_block_attention(model: GPT2Model, batch: TrieBatch, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The first block's attention inputs of the batch's widest leaf level (most query x key pairs),
+    exactly as block_forward builds them: for checks of the attention kernels (preflight).
+
+    Returns:
+        q (R, H, T, hd), k and v (R, H, K, hd) (the ancestors' keys, then the level's own), the
+        mask (R, 1, T, K) in the model's dtype.
+    """
+    batch = batch.to(device)
+    block, masks = model.h[0], level_masks(batch, model.dtype)
+    keys, values, widest = [], [], None
+    for index, level in enumerate(batch.levels):
+        _, k, v = q_k_v = _qkv(block.attn, block.ln_1(model.wte(level.ids) + model.wpe(level.positions)))
+        if level.parent >= 0:
+            k = torch.cat([keys[level.parent][level.parent_rows], k], 2)
+            v = torch.cat([values[level.parent][level.parent_rows], v], 2)
+        keys.append(k)
+        values.append(v)
+        if level.last is not None and (widest is None or masks[index].numel() > widest[3].numel()):
+            widest = (q_k_v[0], k, v, masks[index])
+    return widest
+
+
 def _first_non_finite(states: list[torch.Tensor | None], block: int) -> None:
     for level, x in enumerate(states):
         if x is not None and not torch.isfinite(x).all():
