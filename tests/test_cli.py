@@ -46,7 +46,7 @@ def errors(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
 
 
-# --------------------------------------------------------------------------- inspect loads the model as the extraction does
+# --------------------------------------------------------------------------- inspect checks the model
 
 
 def test_inspect_with_the_hub_unreachable_fails_in_one_sentence(tmp_path, weather_csv):
@@ -90,10 +90,9 @@ def test_inspect_reads_an_override_only_config_on_top_of_config_yaml_as_snakemak
     dry = subprocess.run(SNAKEMAKE + ["-n", "-d", str(tmp_path), "--configfile", "override.yaml", "--cores", "1"],
                          check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr[-2000:]
-    result = cli("inspect", "--configfile", "override.yaml", *WINDOW, "--variable", "OT", cwd=tmp_path)
+    result = cli("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    [ot] = json.loads(result.stdout)
-    seen = ot["gt_prompt"].split("the values were <")[1].split(">")[0].split(", ")
+    seen = json.loads(result.stdout)[-1]["gt_prompt"].split("the values were <")[1].split(">")[0].split(", ")
     assert len(seen) == 48   # seq_len of the override; 96 in config/config.yaml
 
     # Without config/config.yaml (as in a folder of its own) the override alone is incomplete, for both.

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from conftest import ROOT, make_model_dir
 from timekd_embed.config import config_hash
 from timekd_embed.errors import InputError
@@ -102,7 +103,8 @@ def verify_cli(folder: Path, *args: str, cwd: Path | None = None) -> subprocess.
     # This checkout's package, also when the command runs in another folder.
     package = os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))
     return subprocess.run([str(BIN / "timekd-embed"), "verify", str(folder), *args], check=False,
-                          capture_output=True, text=True, timeout=300, cwd=cwd, env=os.environ | {"PYTHONPATH": package})
+                          capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env=os.environ | {"PYTHONPATH": package})
 
 
 def errors(result: subprocess.CompletedProcess) -> list[str]:
@@ -291,3 +293,18 @@ def test_copied_results_are_up_to_date_without_the_csv(work, tmp_path):
     assert any("resources/weather.csv (dataset.csv) is not on this machine" in n for n in verdict.notes)
     assert any(f"model {MODEL} (revision main) is neither a folder in {other} nor in the model hub cache here" in n
                for n in verdict.notes)
+
+
+def test_a_preflight_report_in_the_results_folder_is_no_problem(work, tmp_path):
+    """`make preflight` writes results/<name>/preflight.{json,md} before (or after) a run: timings and
+    host names, not from the run, so verify neither lists nor flags them."""
+    copy = tmp_path / NAME
+    shutil.copytree(work / "results" / NAME, copy)
+    (copy / "preflight.json").write_text('{"passed": true}\n')
+    (copy / "preflight.md").write_text("# Preflight\n")
+    (copy / "windows" / "preflight.json").write_text("{}\n")      # elsewhere it is still unlisted
+    result = verify_cli(copy)
+    assert result.returncode == 1
+    found = errors(result)
+    assert len(found) == 1 and f"{copy / 'windows' / 'preflight.json'}: not in the manifest" in found[0], found
+    assert "preflight.md" not in result.stderr and f"{copy / 'preflight.json'}:" not in result.stderr

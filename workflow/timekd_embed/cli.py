@@ -86,9 +86,12 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
     if not paths:
         raise InputError(f"{default} is not in {Path.cwd()}; run from the workflow's folder or pass --configfile.")
     merged: dict = {}
+    origins = []  # so that an invalid value names the file that set it
     for path in paths:
-        merged = _merge(merged, _read_yaml(path))
-    return validate_config(merged, " + ".join(map(str, paths)))
+        loaded = _read_yaml(path)
+        origins.append((str(path), loaded))
+        merged = _merge(merged, loaded)
+    return validate_config(merged, " + ".join(map(str, paths)), origins)
 
 
 # --------------------------------------------------------------------------- inspect
@@ -198,6 +201,27 @@ def _run_verify(args: argparse.Namespace) -> int:
     return main_verify(args.folder, args.manifest, config)
 
 
+# --------------------------------------------------------------------------- preflight (issue #14)
+
+
+def _preflight_arguments(parser: argparse.ArgumentParser) -> None:
+    _configfile_argument(parser, "the run's config file(s), each on top of config/config.yaml as in snakemake "
+                                 "--configfile (default: config/config.yaml alone)")
+    parser.add_argument("--windows", type=int, default=8, metavar="K",
+                        help="sample windows per horizon, spread over the first configured split (default 8)")
+    parser.add_argument("--out", metavar="DIR", help="folder of preflight.json and preflight.md "
+                                                     "(default: results/<dataset.name>)")
+
+
+def _run_preflight(args: argparse.Namespace) -> int:
+    # Progress and the device map on stderr, as in a job's log; the report on stdout.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)
+    from .preflight import main as preflight_main
+    preflight_main(load_run_config(args.configfile), args.windows, args.out)
+    return 0
+
+
 def _configfile_argument(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument("--configfile", nargs="+", action="extend", metavar="FILE", help=text)
 
@@ -208,6 +232,10 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("verify", "recompute the sha256 of every file listed in a results folder's MANIFEST.json (or "
                          "another run's) and check the embeddings' recorded weights and input; exit 1 naming each "
                          "problem", _verify_arguments, _run_verify),
+    Subcommand("preflight", "before a long run: speed, memory, ETA and fp32 parity on a few windows per horizon, "
+                            "with the configured model, precision, placement and GPUs, and the GPU checks; writes "
+                            "results/<name>/preflight.{json,md}; exit 1 naming a failed check",
+               _preflight_arguments, _run_preflight),
 ]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
 
 from .errors import InputError
@@ -40,7 +41,8 @@ def _from_hub(name_or_path: str, revision: str | None):
     """A model that cannot be loaded (hub offline, unknown id or revision, damaged file): one sentence."""
     try:
         yield
-    except (OSError, ValueError) as exc:  # what transformers raises for files it cannot fetch or parse
+    # what transformers raises for files it cannot fetch or parse; safetensors' own error for a damaged file
+    except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _local(name_or_path) is not None:
             raise InputError(f"model folder {name_or_path} cannot be loaded ({first}); check its files "
@@ -261,6 +263,29 @@ def load_lm(name_or_path: str, revision: str | None, dtype: torch.dtype) -> GPT2
                         list(report.get("unexpected_keys", ())), reshaped)
     model.requires_grad_(False)
     return model.eval()
+
+
+def keep_layers(model: GPT2Model, layers: int | None) -> GPT2Model:
+    """Keep the first `layers` transformer blocks (the final layer norm stays): the published
+    `--l_layers` of store_emb.py, which cuts clm.py's GPT-2 to `h[:L]` and applies `ln_f` after it.
+
+    Args:
+        model: a loaded GPT2Model, changed in place (before any placement on devices).
+        layers: blocks to keep, 1 .. config.n_layer; None keeps all (the published default, 12 for gpt2).
+    Returns:
+        The same model, with `config.n_layer` set to the blocks it now has.
+    Raises:
+        InputError: `layers` is outside 1 .. the model's number of blocks (config key model.layers).
+    """
+    if layers is None:
+        return model
+    total = len(model.h)
+    if not 1 <= layers <= total:
+        raise InputError(f"config key model.layers = {layers}, but {model.config.name_or_path or 'the model'} has "
+                         f"{total} blocks; set it to 1 .. {total}, or null for all of them.")
+    model.h = model.h[:layers]
+    model.config.n_layer = layers
+    return model
 
 
 def _mismatch_entry(entry) -> tuple[str, tuple, tuple]:

@@ -30,12 +30,15 @@ from pathlib import Path
 
 from .config import config_hash
 from .errors import InputError
-from .store import sha256_file
+from .store import read_metadata, sha256_file, write_json
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 2
 # Top-level folders whose every file is a run record: one log and one benchmark per job.
 RECORD_FOLDERS = ("logs", "benchmarks")
+# `timekd-embed preflight`'s report (results/<name>/preflight.{json,md}): written before a run,
+# not by it, and full of timings and host names; neither artifact nor record, never a problem.
+PREFLIGHT_FILES = ("preflight.json", "preflight.md")
 # The manifest rule's named inputs that hold run records are named `<rule>_records`
 # (manifest.smk); the other names are the rules that made the artifacts.
 RECORDS_SUFFIX = "_records"
@@ -141,7 +144,7 @@ def _folder_files(folder: Path) -> set[str]:
 
 
 def _in_record_folder(relative: str) -> bool:
-    return relative.split("/", 1)[0] in RECORD_FOLDERS
+    return relative.split("/", 1)[0] in RECORD_FOLDERS or relative in PREFLIGHT_FILES
 
 
 def load(path: str | Path) -> dict:
@@ -292,7 +295,8 @@ def _other_run_notes(folder: Path, manifest_path: Path, manifest: dict) -> list[
         notes.append(f"{manifest_path} was made with another config: {', '.join(keys)} differ from {own_path}.")
     versions = own.get("versions", {}), manifest.get("versions", {})
     changed = [f"{name} {versions[0].get(name)} here, {versions[1].get(name)} there"
-               for name in sorted(set(versions[0]) | set(versions[1])) if versions[0].get(name) != versions[1].get(name)]
+               for name in sorted(set(versions[0]) | set(versions[1]))
+               if versions[0].get(name) != versions[1].get(name)]
     if changed:
         notes.append(f"{manifest_path} was made with other versions: {'; '.join(changed)}.")
     return notes
@@ -350,7 +354,8 @@ def weights_file_here(name_or_path: str | None, revision: str | None, workdir: P
         path = folder / WEIGHTS_FILE
         if path.is_file():
             return path, ""
-        return None, f"{path} (model.name_or_path) is not on this machine, so the embeddings' weights were not rechecked."
+        return None, (f"{path} (model.name_or_path) is not on this machine, so the embeddings' weights were not "
+                      "rechecked.")
     from huggingface_hub import try_to_load_from_cache  # a hub id: only the local cache is read
     cached = try_to_load_from_cache(name_or_path, WEIGHTS_FILE, revision=revision)
     if isinstance(cached, str) and os.path.isfile(cached):
@@ -383,7 +388,7 @@ def stale_embeddings(folder: Path, entries: list[dict], inputs: Inputs) -> Verdi
         if not entry["path"].endswith(".safetensors"):
             continue
         path = folder / entry["path"]
-        meta = _safetensors_metadata(path)
+        meta = read_metadata(path)  # the header alone, without torch
         for key, now, what in (("weights_sha256", inputs.weights, "weights"), ("input_sha256", inputs.csv, "input")):
             if key not in meta or now is None:
                 continue
@@ -394,20 +399,8 @@ def stale_embeddings(folder: Path, entries: list[dict], inputs: Inputs) -> Verdi
     return verdict
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    """The str -> str metadata of a safetensors file, read from its JSON header alone (no torch)."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        return dict(header.get("__metadata__") or {})
-    except (OSError, ValueError, AttributeError) as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({exc}); restore it or rerun the workflow.") from None
-
-
 def write(path: str | Path, manifest: dict) -> None:
-    """Write the manifest atomically (store.write_json)."""
-    from .store import write_json  # imports torch: only the workflow job needs it
+    """Write the manifest atomically, with sorted keys (store.write_json)."""
     write_json(path, manifest)
 
 
