@@ -32,7 +32,7 @@ from safetensors import safe_open
 from .devices import peak_memory, resolve_devices, token_budget
 from .errors import InputError
 from .extract import Teacher, _model_inputs, check_context, embed_windows, load_teacher, save_sca
-from .lm import first_block_attention, last_token_states, load_config, load_tokenizer, weights_file
+from .lm import NonFiniteState, first_block_attention, last_token_states, load_config, load_tokenizer, weights_file
 from .packing import TrieBatch
 from .parity import compare, sample_windows
 from .prompts import SplitPrompts
@@ -502,6 +502,8 @@ def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget
             continue
         try:
             checks[name] = run()
+        except (NonFiniteState, InputError) as error:  # the extraction's own finding, already a failure above
+            checks[name] = f"not run: {error}"
         except (RuntimeError, ValueError) as error:    # torch's errors for kernels and devices
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             checks[name] = f"failed: {first}"
