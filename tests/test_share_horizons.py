@@ -10,7 +10,7 @@ from test_workflow import planned_jobs, snakemake, weather_config
 
 
 def test_dry_run_plans_one_job_per_split_range_for_every_horizon(tmp_path, weather_csv):
-    result = snakemake(tmp_path, weather_config(), "-n", "--cores", "8", "--resources", "gpu=2")
+    result = snakemake(tmp_path, weather_config(shard_windows=4096), "-n", "--cores", "8", "--resources", "gpu=2")
     assert result.returncode == 0, result.stderr
     # Windows per split: train 36,792 - P + ... (36,768 at P = 24, 36,600 at P = 192), val 5,247 and 5,079.
     # Ranges of 4,096 over the longest horizon's windows, the last stretched to the shortest horizon's:

@@ -1,4 +1,5 @@
 # Config validation, paths and helpers shared by every stage.
+import os
 import sys
 from pathlib import Path
 
@@ -7,7 +8,17 @@ sys.path.insert(
 )  # the package, even before `pip install -e .`
 
 from timekd_embed.config import config_origins, validate_config
+from timekd_embed.demo import DEMO_MODEL, DEMO_SHAPE
 from timekd_embed.errors import InputError
+from timekd_embed.planning import (
+    cpu_hint,
+    extraction_threads,
+    job_device,
+    model_dims,
+    seconds_per_window,
+    shard_size,
+    visible_gpus,
+)
 from timekd_embed.settings import embedding_settings
 from timekd_embed.shards import planned_windows, ranges, split_rows
 from timekd_embed.windows import SPLITS, resolve_layout
@@ -107,6 +118,65 @@ def plan_rows():
 ROWS = plan_rows()
 
 
+def count_variables():
+    """Variables N of the dataset: the CSV's header (or the windows' metadata), for the estimates."""
+    if Path(CSV).is_file():
+        with open(CSV, encoding="utf-8", errors="replace") as f:
+            return max(1, len(f.readline().split(",")) - 1)
+    from timekd_embed.windows import read_windows
+
+    return len(read_windows(WINDOWS.format(split="train")).variables)
+
+
+# Where the extraction jobs run (planning.py; `device: auto` follows the GPUs visible here),
+# and so their threads and, for `shard_windows: auto`, their window ranges.
+JOB_DEVICE = job_device(config["device"], visible_gpus())
+N_VARS = count_variables()
+# The model's size before it exists, for the demo's model (rule demo_model builds it).
+MODEL_DIMS = (
+    (DEMO_SHAPE["n_layer"], DEMO_SHAPE["n_embd"])
+    if Path(config["model"]["name_or_path"]) == Path(DEMO_MODEL)
+    else model_dims(config["model"]["name_or_path"])
+)
+EXTRACT_THREADS = extraction_threads(
+    JOB_DEVICE, config["gpus_per_job"], os.cpu_count() or 1
+)
+
+
+def shard_windows(pred_len):
+    """Windows per extraction job of horizon `pred_len` (config key shard_windows)."""
+    seconds = seconds_per_window(
+        JOB_DEVICE,
+        pred_len,
+        N_VARS,
+        MODEL_DIMS,
+        config["precision"],
+        config["gpus_per_job"],
+    )
+    return shard_size(config["shard_windows"], seconds)
+
+
+if config["device"] == "auto" and JOB_DEVICE == "cpu" and workflow.is_main_process:
+    print(
+        cpu_hint(
+            {
+                P: sum(
+                    planned_windows(
+                        ROWS[s], config["seq_len"], P, config["limit_windows"]
+                    )
+                    for s in config["splits"]
+                )
+                for P in config["pred_lens"]
+            },
+            N_VARS,
+            config["model"]["name_or_path"],
+            MODEL_DIMS,
+            config["precision"],
+        ),
+        file=sys.stderr,
+    )
+
+
 def horizon_windows(split, pred_len):
     """Windows of one (pred_len, split): rows - seq_len - pred_len + 1, at most limit_windows."""
     return planned_windows(
@@ -124,15 +194,33 @@ def job_ranges(split):
     0..n_P-1. The last job is longer by at most max(pred_lens) - min(pred_lens) windows.
     """
     counts = [horizon_windows(split, P) for P in config["pred_lens"]]
-    planned = ranges(min(counts), config["shard_windows"])
+    planned = ranges(min(counts), job_shard_windows())
     return planned[:-1] + [(planned[-1][0], max(counts))]
+
+
+def job_shard_windows():
+    """Windows per shared extraction job: every horizon's work per window counted (the shared
+    prefix makes a job shorter than the sum, so `auto` errs towards shorter jobs)."""
+    seconds = sum(
+        seconds_per_window(
+            JOB_DEVICE,
+            P,
+            N_VARS,
+            MODEL_DIMS,
+            config["precision"],
+            config["gpus_per_job"],
+        )
+        for P in config["pred_lens"]
+    )
+    return shard_size(config["shard_windows"], seconds)
 
 
 def shard_ranges(wildcards):
     if config["share_horizons"]:
         return job_ranges(wildcards.split)
     return ranges(
-        horizon_windows(wildcards.split, wildcards.pred_len), config["shard_windows"]
+        horizon_windows(wildcards.split, wildcards.pred_len),
+        shard_windows(int(wildcards.pred_len)),
     )
 
 

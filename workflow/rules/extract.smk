@@ -10,6 +10,7 @@
 rule sca:
     input:
         WINDOWS.format(split="train"),
+        model=MODEL_INPUTS,
     output:
         SCA,
     log:
@@ -33,6 +34,7 @@ if config["share_horizons"]:
         input:
             windows=WINDOWS,
             sca=SCA,
+            model=MODEL_INPUTS,
         output:
             embeddings=temp(
                 expand(SHARD, pred_len=config["pred_lens"], allow_missing=True)
@@ -46,7 +48,7 @@ if config["share_horizons"]:
             f"{BENCHMARKS}/extract_{{split}}_{{start}}-{{stop}}.tsv"
         conda:
             ENV
-        threads: 8  # capped at --cores; CPU runs use them all
+        threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
         resources:
             gpu=config["gpus_per_job"],
         params:
@@ -61,6 +63,7 @@ else:
         input:
             windows=WINDOWS,
             sca=SCA,
+            model=MODEL_INPUTS,
         output:
             embeddings=temp(SHARD),
             stats=temp(SHARD_STATS),
@@ -70,7 +73,7 @@ else:
             f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.tsv"
         conda:
             ENV
-        threads: 8  # capped at --cores; CPU runs use them all
+        threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
         resources:
             gpu=config["gpus_per_job"],
         params:
