@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 from safetensors import safe_open
+
 from test_workflow import planned_jobs, snakemake, weather_config
 
 
