@@ -649,7 +649,7 @@ def main(config: dict, n_windows: int = 8, out: str | Path | None = None) -> dic
     """`timekd-embed preflight`: run, print the Markdown report, write results/<name>/preflight.{json,md}.
 
     Args:
-        config: the validated config (cli.load_run_config), defaults filled in.
+        config: the validated config (config.load_run_config), defaults filled in.
         n_windows: sample windows per horizon.
         out: the report's folder; None for results/<dataset.name>.
     Returns:
