@@ -54,8 +54,9 @@ lint: bootstrap
 format: bootstrap
 	$(BIN)/snakefmt Snakefile workflow/rules
 
-# Speed and memory on this machine, written to docs/benchmarks.md and .json (see that file).
+# Speed and memory on this machine, written to docs/benchmarks.md and .json (see that file);
+# benchmarks/run.py runs from the repository root, with the package installed by bootstrap.
 # On a GPU: make bench BENCH_ARGS="--device cuda --precision fp16"
 BENCH_ARGS ?=
 bench: bootstrap
-	$(BIN)/python -m timekd_embed.bench --out docs/benchmarks.md $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.run --out docs/benchmarks.md $(BENCH_ARGS)

@@ -1,0 +1,239 @@
+"""The Markdown of `make bench` (docs/benchmarks.md): one section per worker's figures, the machine
+and settings, and the targets, rendered from the report dict that benchmarks/run.py also writes as
+JSON beside it. Formatting only: every figure comes from the report.
+"""
+
+from __future__ import annotations
+
+from benchmarks.common import BASELINE_P, FIDELITY, GB, GIB, ROOFLINE_SIZE_NEARBY, SPLIT, horizon, job_rss
+from benchmarks.workers import PLAIN_WINDOWS, PROMPT_WINDOWS, TIMED_REPEATS
+
+
+def fmt(x, digits=3) -> str:
+    """A figure to `digits` significant digits (whole numbers from 100 on); '-' for none."""
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(r: dict, json_name: str) -> str:
+    sections = [md_intro(r, json_name), md_machine(r), md_horizons(r), md_baseline(r), md_savings(r), md_whole(r),
+                md_prompts(r), md_targets(r)]
+    return "\n\n".join(x for x in sections if x)
+
+
+def md_intro(r: dict, json_name: str) -> str:
+    s, roof = r["settings"], r["roofline"]
+    return "\n".join([
+        "# Benchmarks",
+        "",
+        f"Written by `python -m benchmarks.run --out docs/benchmarks.md` (`make bench`) on {r['machine']['date']}. "
+        "Every figure below was measured by that run; all of them, unrounded, are in "
+        f"[`{json_name}`]({json_name}). Rerunning rewrites both files. On a machine with a GPU:",
+        "",
+        "```bash",
+        "python -m benchmarks.run --out docs/benchmarks.md --device cuda --precision fp16",
+        "```",
+        "",
+        "A GPT-2-small-shaped model (12 layers, d = 768, 12 heads, 1,024 positions) with random weights "
+        "(speed and memory do not depend on the weight values) reads real windows of the weather.csv "
+        f"{SPLIT} split ({s['windows']} per horizon, spread evenly over the split) in fidelity `{FIDELITY}`. "
+        "`embed_windows` is timed after a warm-up, each horizon in a fresh process so that its peak memory "
+        "is its own. The roofline is the best square matmul "
+        f"({', '.join(map(str, roof['sizes']))}; best of {roof['repeats']}) in the same precision. "
+        "The naive FLOPs are those the published code computes, every token of both prompts through every "
+        "layer: `n_layer * sum over prompts of L * (24 d^2 + 4 L d)` (weight matmuls 24 d^2 per token; "
+        "attention scores and weighted values 4 L d for a prompt of L tokens; norms, GELU, softmax and "
+        "the SCA left out). Divided by the measured time and the roofline they give the achieved fraction; "
+        "work the package skips (shared prefixes and heads, duplicates, the last block's unused positions) raises it, "
+        "padding lowers it. Other work on the "
+        "machine slows everything, so compare ratios within one run.",
+    ])
+
+
+def md_machine(r: dict) -> str:
+    m, s = r["machine"], r["settings"]
+    load = " / ".join(", ".join(f"{x:.2f}" for x in m[k]) for k in ("load_average_at_start", "load_average_at_end"))
+    return "## Machine and settings\n\n" + table(["", ""], [
+        ["CPU", m["cpu"]], ["cores (torch threads)", f"{m['cores']} ({m['torch_threads']})"],
+        ["RAM", f"{fmt(m['ram_bytes'] / GB)} GB"], ["GPU", m["gpu"] or "none"],
+        ["torch / transformers / tokenizers", f"{m['torch']} / {m['transformers']} / {m['tokenizers']}"],
+        ["python, OS", f"{m['python']}, {m['os']}"],
+        ["device, precision", f"{s['device']}, {s['precision']}"],
+        ["batch_tokens (timed runs)", fmt(s["batch_tokens"])], ["windows per horizon", s["windows"]],
+        ["load average (1, 5, 15 min) at start / end", load],
+        ["whole benchmark run (wall)", f"{fmt(r['total_wall_s'])} s"],
+    ])
+
+
+def md_horizons(r: dict) -> str:
+    s, roof = r["settings"], r["roofline"]
+    gpu = s["device"] == "cuda"
+    probed = any("probe" in h for h in r["horizons"])
+    head = ["P", "windows", "s / window", "slowest run", "CPU s / window", "windows / s", "prompt tokens / s",
+            "model / prompt tokens", "GT prompt tokens", "HD prompt tokens"]
+    head += (["peak GPU memory (GiB)", "peak RSS (GB)"] if gpu else
+             ["peak RSS (GB)"] + ([f"peak RSS at {fmt(s['probe_batch_tokens'])} tokens (GB)"] if probed else []))
+    head += ["naive GFLOP/s", "of roofline", "issued matmul GFLOP/s", "matmul GFLOP/s right after"]
+    rows = []
+    for h in r["horizons"]:
+        row = [h["pred_len"], h["windows"], fmt(h["s_per_window"]),
+               fmt(max(h.get("wall_s_all_repeats", [h["wall_s"]])) / h["windows"]), fmt(h["cpu_s_per_window"]),
+               fmt(h["windows_per_s"]), fmt(h["tokens_per_s"]),
+               fmt(h["token_counts"]["model_tokens"] / h["tokens"]),
+               "{}-{}".format(*h["prompt_tokens_gt"]), "{}-{}".format(*h["prompt_tokens_hd"])]
+        if gpu:
+            row += [fmt(max(h["gpu_peak_allocated_bytes"].values()) / GIB), fmt(h["cpu_peak_rss_bytes"] / GB)]
+        else:
+            row += [fmt(h["cpu_peak_rss_bytes"] / GB)]
+            row += [fmt(job_rss(h) / GB) if "probe" in h else "-"] if probed else []
+        row += [fmt(h["naive_flops_per_s"] / 1e9), f"{h['roofline_fraction']:.0%}",
+                fmt(h["issued_matmul_flops_per_s"] / 1e9), fmt(h["roofline_nearby_flops_per_s"] / 1e9)]
+        rows.append(row)
+    notes = [
+        f"s / window: the fastest of {TIMED_REPEATS} runs after the warm-up; slowest run: the other end, "
+        "for the noise. CPU s / window: the process's CPU time, all threads (below threads x wall time when other work "
+        "took the cores; waiting threads may spin, so it is no contention-free measure). "
+        "Prompt tokens: every token of both prompts "
+        "(what the published code runs through the model). Model / prompt tokens: the positions that "
+        "went through the model, padding included, per prompt token. Roofline: the best dense matmul "
+        f"rate seen in this run, {fmt(roof['best_observed_flops_per_s'] / 1e9)} GFLOP/s (at the start "
+        + ", ".join(f"{n}x{n}: {fmt(v / 1e9)}" for n, v in roof["flops_per_s_by_size"].items())
+        + f" GFLOP/s; then a {ROOFLINE_SIZE_NEARBY}x{ROOFLINE_SIZE_NEARBY} matmul right after each "
+        "horizon, last column, which shows how much of the machine other work left). Issued matmul "
+        "GFLOP/s: the weight matmuls the extraction really ran (`24 d^2` per model position in every block "
+        "but the last, `6 d^2` there) over the same time."]
+    if probed:
+        notes.append(
+            f"Peak RSS is the timed run's (batch_tokens {fmt(s['batch_tokens'])}). Memory grows with the token "
+            "budget, so the longest horizon up to 192 (the highest peak: the mask and attention grow with the "
+            f"prompt length) also runs a memory probe at the workflow's budget ({fmt(s['probe_batch_tokens'])}): "
+            "`embed_windows` with a 1-layer model of the same width on enough windows to fill a batch, the "
+            "full model still loaded. In inference mode a forward holds one layer's activations at a time, "
+            "so depth adds only weights; the probe model's own weights are subtracted.")
+    return "## Extraction per horizon (`embed_windows`)\n\n" + table(head, rows) + "\n\n" + "\n\n".join(notes)
+
+
+def md_baseline(r: dict) -> str | None:
+    base, ours = r.get("baseline"), horizon(r, BASELINE_P)
+    if not base:
+        return None
+    sec = base["seconds"]
+    return "\n".join([
+        "## Against the published way",
+        "",
+        f"Window {base['window']} at P = {BASELINE_P} computed the published way, in fp32: one prompt per "
+        "forward, eager attention returning every layer's attention probabilities, the mask written element "
+        "by element in a Python double loop, inside `torch.no_grad()` (the published code itself runs "
+        "without it and needs far more memory; TIMEKD_TEACHER.md section 6). Then `embed_windows` on the "
+        "same window in the same process.",
+        "",
+        table(["", "published way (fp32)", f"embed_windows ({base['embed_windows_precision']})"], [
+            ["s / window", fmt(base["s_per_window"]), fmt(base["embed_windows_s"])],
+            ["CPU s / window", fmt(base["cpu_s_per_window"]), fmt(base["embed_windows_cpu_s"])],
+            [f"matmul GFLOP/s right after ({ROOFLINE_SIZE_NEARBY}x{ROOFLINE_SIZE_NEARBY})",
+             fmt(base["matmul_flops_per_s_after_published"] / 1e9),
+             fmt(base["matmul_flops_per_s_after_embed_windows"] / 1e9)],
+            ["of which: text + tokenize + types / mask loop / forward / SCA (s)",
+             " / ".join(fmt(sec[k]) for k in ("tokenize", "mask", "forward", "sca")), "-"],
+            ["peak RSS (GB)", fmt(base["cpu_peak_rss_bytes"] / GB),
+             fmt(ours["cpu_peak_rss_bytes"] / GB) + " (horizon run above)" if ours else "-"],
+        ]),
+        "",
+        f"Speed-up of `embed_windows` over the published way: {fmt(base['speedup'])}x in wall time, "
+        f"{fmt(base['speedup_cpu_time'])}x in CPU time. Largest absolute "
+        f"difference between the two embeddings of window {base['window']}: "
+        f"{base['max_abs_diff_vs_embed_windows']:.2e}.",
+    ])
+
+
+def md_savings(r: dict) -> str | None:
+    sv = r.get("savings")
+    if not sv:
+        return None
+    rows = [[x["step"], fmt(x["seconds"]), fmt(max(x["seconds_all_rounds"])), f"{fmt(x['speedup_vs_previous'])}x",
+             f"{fmt(x['speedup_vs_plain'])}x", fmt(x["model_tokens"]), f"{x['max_abs_diff_vs_plain']:.1e}"]
+            for x in sv["steps"]]
+    return "\n".join([
+        "## Exact savings, one at a time",
+        "",
+        f"Window {sv['window']} at P = {sv['pred_len']} ({fmt(sv['prompt_tokens'])} prompt tokens), "
+        f"{sv['precision']}, batches of at most {fmt(sv['batch_tokens'])} tokens sorted by length, in one process; "
+        f"each step timed {sv['rounds']} times, interleaved with the others, the fastest kept. Each step adds one "
+        "saving to the one above; the last is what `embed_windows` runs. The model positions are exact; the "
+        "times carry this machine's noise (compare the slowest round with the fastest), so a ratio within that "
+        "spread says nothing either way. The difference is the largest absolute "
+        "difference of the GT and HD last-token states from the plain path's (largest state: "
+        f"{fmt(sv['largest_state'])}): float rounding, since every saving computes the same function.",
+        "",
+        table(["step", "s / window (fastest)", "slowest round", "vs previous", "vs plain", "model positions",
+               "max diff vs plain"], rows),
+    ])
+
+
+def md_whole(r: dict) -> str | None:
+    w = r.get("whole_job")
+    if not w:
+        return None
+    gb = 1e9
+    spread = max(max(x["seconds_all_rounds"]) / min(x["seconds_all_rounds"]) for x in (w["trie"], w["per_horizon"]))
+    rows = [[label, fmt(x["s_per_window"]), ", ".join(fmt(v) for v in x["seconds_all_rounds"]),
+             fmt(x["model_positions_per_window"]), fmt(x["real_positions_per_window"]),
+             ", ".join(fmt(v / gb) for v in x["peak_rss_bytes_after"])]
+            for label, x in (("(a) one job per horizon, summed", w["per_horizon"]),
+                             ("(b) one shared trie per window", w["trie"]))]
+    return "\n".join([
+        "## Whole job: every horizon of a window at once",
+        "",
+        f"Windows {', '.join(map(str, w['windows']))} of the {SPLIT} split (spread over it), pred_lens "
+        f"{', '.join(map(str, w['pred_lens']))}, {w['precision']}, batch_tokens {fmt(w['batch_tokens'])} (the "
+        "workflow's default on this device), in one process: (a) `embed_windows` once per horizon, the sum over "
+        "the horizons (what `share_horizons: false` runs), against (b) `embed_horizons`, one trie per window "
+        f"(the default). Each ran {w['rounds']} times, interleaved, (b) first; the fastest run counts. Model "
+        "positions are exact, counted at the token embedding (padding included); real positions leave the "
+        "padding out. Peak RSS is the process's after each run; (b) ran first, so its first figure is its own "
+        f"peak, {fmt(w['trie_peak_rss_bytes'] / gb)} GB.",
+        "",
+        table(["", "s / window, all horizons (fastest)", "every run (s)", "model positions / window",
+               "real positions / window", "peak RSS after each run (GB)"], rows),
+        "",
+        f"(b) runs {fmt(w['positions_ratio'])}x fewer model positions (exact) and is {fmt(w['speedup'])}x faster in "
+        "wall time (fastest against fastest). The runs of one way differ by up to "
+        f"{fmt(spread)}x "
+        "here: other work shared the machine, so a time ratio within that spread is no measurement of the saving; "
+        "the positions are. Largest absolute difference between (a) and (b), over every horizon: "
+        f"{w['max_abs_diff']:.2e} (largest value {fmt(w['largest_value'])}): float rounding of other batch "
+        "compositions, since both compute the same function.",
+    ])
+
+
+def md_prompts(r: dict) -> str:
+    rows = [[h["pred_len"], fmt(h["split_prompts_construct_s"]), fmt(b["window_ids_prompts_per_s"]),
+             fmt(b["plain_prompts_per_s"]), f"{fmt(b['window_ids_vs_plain'])}x", fmt(h["prompts_per_s_model"]),
+             f"{fmt(b['window_ids_vs_model'])}x"]
+            for h in r["horizons"] for b in [h["prompt_building"]]]
+    return "\n".join([
+        "## Prompt building and tokenization",
+        "",
+        f"`SplitPrompts.window_ids` on {PROMPT_WINDOWS} windows against the published route (build the "
+        f"text, call the GPT-2 tokenizer once per prompt) on {PLAIN_WINDOWS} windows. Construction of "
+        f"`SplitPrompts` covers the whole {SPLIT} split. The model's rate is `embed_windows` above.",
+        "",
+        table(["P", "construction (s)", "window_ids prompts / s", "text + tokenizer prompts / s",
+               "window_ids / text + tokenizer", "model prompts / s", "window_ids / model"], rows),
+    ])
+
+
+def md_targets(r: dict) -> str:
+    rows = [[t["target"], "-" if t["measured"] is None else f"{fmt(t['measured'])} {t['unit']}"
+             + (f" ({t['note']})" if t.get("note") else ""), t["status"]] for t in r["targets"]]
+    return "## Targets\n\n" + table(["target", "measured", "status"], rows) + "\n"
+

@@ -1,0 +1,275 @@
+"""Benchmark of the teacher extraction on the machine it runs on.
+
+    python -m benchmarks.run --out docs/benchmarks.md               # `make bench`
+    python -m benchmarks.run --out docs/benchmarks.md --device cuda --precision fp16
+
+A GPT-2-small-shaped model with random weights (the speed and memory of a transformer do
+not depend on its weight values) reads real weather windows of the train split. Measured:
+1. per horizon: windows/s, tokens/s and seconds per window of `embed_windows`, after a warm-up;
+2. per horizon: peak memory, each horizon in a fresh subprocess so that ru_maxrss (and
+   torch.cuda.max_memory_allocated) belongs to that horizon alone; on the CPU, where the timed
+   runs use a small token budget, a memory probe at the workflow's budget (`memory_probe`);
+3. the dense matmul throughput in the same precision (the roofline) and the fraction of it
+   the extraction achieves, counting the FLOPs the published code computes (`naive_flops`);
+4. the published way side by side: one prompt per forward, eager attention with the
+   attention probabilities returned, a Python double loop for the mask, inside no_grad;
+5. the exact savings one at a time on the same window (`run_savings`), each against the
+   plain batched path: seconds, positions through the model, largest difference;
+5b. the whole job (`run_whole`): the same windows through one job per horizon (summed over
+   the horizons) and through the shared trie of all horizons, interleaved in one process;
+6. prompt building and tokenization on their own: `SplitPrompts.window_ids` against
+   building the text and calling the GPT-2 tokenizer per prompt (the published route);
+7. the issue's targets, met or not met, with the measured number.
+Writes the Markdown report given by --out and a JSON file with all figures beside it.
+Every figure in both comes from this run; rerunning rewrites them.
+
+This file owns the command line and the orchestration: it spawns each measurement in a fresh
+interpreter (benchmarks/workers.py, benchmarks/baseline.py), derives the targets
+(benchmarks/targets.py) and writes both files through the package's atomic writer
+(benchmarks/render.py renders the Markdown). Run it from the repository root, with the package
+importable (`make bench` does both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (
+    BASELINE_P,
+    DATASET,
+    FIDELITY,
+    GPT2_SMALL,
+    ROOT,
+    SEED,
+    SPLIT,
+    bench_env,
+    devices_for,
+    elapsed,
+    make_model_dir,
+    matmul_roofline,
+    progress,
+    quiet_libraries,
+    train_split,
+    workflow_batch_tokens,
+)
+from benchmarks.render import fmt, render_markdown
+from benchmarks.targets import summarize
+from benchmarks.workers import worker_main
+from timekd_embed import __version__
+from timekd_embed.errors import InputError
+from timekd_embed.store import write_text
+
+CSV_CANDIDATES = ("../shared/data/weather/weather.csv", "resources/weather.csv")
+TOKENIZER_CANDIDATES = ("../shared/data/gpt2-tokenizer",)
+# Windows per horizon: one window costs a GPT-2-small CPU 0.5-2 minutes per horizon on 2 cores,
+# so the CPU default keeps `make bench` near 10 minutes; a GPU needs hundreds so that its batches
+# are full and the rate is not launch-bound.
+DEFAULT_WINDOWS = {"cpu": 1, "cuda": 256}
+# Token budget per forward for the timing. On the CPU 2048 tokens already keep the cores busy
+# (the CPU time per model token was the same from 2048 to 65536 here), and with only a few windows
+# a larger budget puts a whole window into one batch padded to its longest prompt; 2048 keeps the
+# padding near what a full run with the workflow's budget has (its peak memory is probed apart).
+# On a GPU: the workflow's budget.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": None}
+WHOLE_WINDOWS = {"cpu": 2, "cuda": 64}   # the whole-job section runs every horizon twice over, per window
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
+                   help="Markdown report; the JSON goes beside it with the suffix .json")
+    p.add_argument("--csv", type=Path, default=None,
+                   help=f"weather.csv (default: first of {', '.join(CSV_CANDIDATES)})")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help=f"folder with the GPT-2 vocab.json and merges.txt (default: {TOKENIZER_CANDIDATES[0]})")
+    p.add_argument("--pred-lens", type=int, nargs="+", default=[24, 36, 48, 96, 192])
+    p.add_argument("--windows", type=int, default=None,
+                   help=f"windows per horizon (default {DEFAULT_WINDOWS['cpu']} on CPU, "
+                        f"{DEFAULT_WINDOWS['cuda']} on CUDA)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                   help="default fp32 on CPU, fp16 on CUDA")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help=f"token budget of the timed runs (default {DEFAULT_BATCH_TOKENS['cpu']} on CPU, "
+                        "the workflow's batch_tokens on CUDA)")
+    p.add_argument("--probe-batch-tokens", type=int, default=None,
+                   help="token budget of the CPU memory probe (default: the workflow's batch_tokens)")
+    # Internal: the parent runs each measurement in a fresh process through these.
+    p.add_argument("--whole-windows", type=int, default=None,
+                   help="windows of the whole-job section (default: 2 on the CPU, 64 on a GPU)")
+    p.add_argument("--only", choices=["whole"], default=None,
+                   help="run only this section and write it into the existing --out report (and its JSON)")
+    p.add_argument("--worker", choices=["horizon", "baseline", "savings", "whole"], help=argparse.SUPPRESS)
+    p.add_argument("--pred-len", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.device = resolve_device(args.device)
+    args.precision = args.precision or ("fp16" if args.device == "cuda" else "fp32")
+    if args.windows is None:
+        args.windows = DEFAULT_WINDOWS[args.device]
+    if args.whole_windows is None:
+        args.whole_windows = WHOLE_WINDOWS[args.device]
+    if args.batch_tokens is None:
+        args.batch_tokens = DEFAULT_BATCH_TOKENS[args.device] or workflow_batch_tokens(args.device)
+    if args.probe_batch_tokens is None:
+        args.probe_batch_tokens = workflow_batch_tokens(args.device)
+    args.csv = args.csv or first_existing(CSV_CANDIDATES, "weather.csv", "--csv")
+    args.tokenizer = args.tokenizer or first_existing(TOKENIZER_CANDIDATES, "the GPT-2 tokenizer folder", "--tokenizer")
+    if min(args.windows, args.batch_tokens, args.probe_batch_tokens) < 1:
+        p.error("--windows, --batch-tokens and --probe-batch-tokens must be at least 1")
+    return args
+
+
+def resolve_device(device: str) -> str:
+    """"cpu" or "cuda": `auto` resolved the way a workflow job resolves it (devices.resolve_devices)."""
+    try:
+        return "cuda" if devices_for(device)[0].startswith("cuda") else "cpu"
+    except InputError:
+        sys.exit("bench: --device cuda but no CUDA device is visible; use --device cpu or auto.")
+
+
+def first_existing(candidates: tuple[str, ...], what: str, option: str) -> Path:
+    for c in candidates:
+        for base in (Path.cwd(), ROOT):
+            if (base / c).exists():
+                return (base / c).resolve()
+    sys.exit(f"bench: {what} not found at {', '.join(candidates)}; pass {option}.")
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def spawn(args, worker: str, workdir: Path, pred_len: int, probe: bool = False) -> dict:
+    """Run one worker in a fresh interpreter and return its JSON result."""
+    out = workdir / f"{worker}_P{pred_len}.json"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--worker", worker, "--pred-len", str(pred_len),
+           "--workdir", str(workdir), "--csv", str(args.csv), "--tokenizer", str(args.tokenizer),
+           "--device", args.device, "--precision", args.precision,
+           "--windows", str(args.whole_windows if worker == "whole" else args.windows),
+           "--batch-tokens", str(args.batch_tokens), "--probe-batch-tokens", str(args.probe_batch_tokens)]
+    cmd += ["--memory-probe"] if probe else []
+    subprocess.run(cmd, check=True, env=bench_env())
+    return json.loads(out.read_text())
+
+
+def probe_horizon(args) -> int | None:
+    """Where the CPU memory probe runs: the longest horizon up to 192 (else the longest).
+
+    At a fixed token budget the MLP activations are the same for every horizon and the mask and
+    attention grow with the prompt length, so the longest horizon has the highest peak; one probe
+    there bounds them all and saves minutes.
+    """
+    if args.device != "cpu" or args.probe_batch_tokens <= args.batch_tokens:
+        return None
+    upto = [P for P in args.pred_lens if P <= 192]
+    return max(upto or args.pred_lens)
+
+
+def machine(device: str) -> dict:
+    import tokenizers
+    import transformers
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "ram_bytes": mem_kib * 1024, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "timekd_embed": __version__, "os": platform.platform(), "gpu": None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            # Other work on the machine slows every figure; the load average says how much there was.
+            "load_average_at_start": os.getloadavg()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+    return info
+
+
+def run_settings(args) -> dict:
+    return {"device": args.device, "precision": args.precision, "windows": args.windows,
+            "batch_tokens": args.batch_tokens, "probe_batch_tokens": args.probe_batch_tokens,
+            "pred_lens": args.pred_lens, "csv": str(args.csv), "dataset": DATASET, "split": SPLIT,
+            "fidelity": FIDELITY, "model": "GPT-2-small shape, random weights", "seed": SEED}
+
+
+def measure(args) -> dict:
+    """Every measurement, each horizon and the baseline in a fresh process; returns the report."""
+    from timekd_embed.extract import save_sca
+    report = {"settings": run_settings(args), "machine": machine(args.device)}
+    progress(f"{report['machine']['cpu']}, {args.device}, {args.precision}, {args.windows} window(s) per horizon")
+    with tempfile.TemporaryDirectory(prefix="timekd-bench-") as tmp:
+        workdir = Path(tmp)
+        progress("writing GPT-2-small (and a 1-layer copy for the memory probe) with random weights")
+        make_model_dir(workdir / "model", args.tokenizer)
+        make_model_dir(workdir / "model-1layer", args.tokenizer, n_layer=1)
+        n_vars = len(train_split(args.csv)[0])
+        save_sca(workdir / "sca.safetensors", n_vars=n_vars, d_model=GPT2_SMALL["n_embd"], seed=SEED)
+        report["roofline"] = matmul_roofline(args.device, args.precision)
+        report["horizons"] = []
+        probe_at = probe_horizon(args)
+        for P in args.pred_lens:
+            progress(f"horizon P={P} in a fresh process")
+            report["horizons"].append(spawn(args, "horizon", workdir, P, probe=P == probe_at))
+        progress(f"baseline: the published way at P={BASELINE_P}")
+        report["baseline"] = spawn(args, "baseline", workdir, BASELINE_P)
+        progress(f"exact savings one at a time at P={BASELINE_P}")
+        report["savings"] = spawn(args, "savings", workdir, BASELINE_P)
+        progress(f"whole job: every horizon, one job per horizon against the shared trie, {args.whole_windows} windows")
+        report["whole_job"] = spawn(args, "whole", workdir, args.pred_lens[0])
+    report["total_wall_s"] = elapsed()
+    report["machine"]["load_average_at_end"] = os.getloadavg()
+    summarize(report)
+    return report
+
+
+def measure_whole_only(args, json_path: Path) -> dict:
+    """The whole-job section alone, merged into the report of an earlier full run (its JSON)."""
+    from timekd_embed.extract import save_sca
+    report = json.loads(json_path.read_text()) if json_path.exists() else {
+        "settings": run_settings(args), "machine": machine(args.device), "horizons": []}
+    with tempfile.TemporaryDirectory(prefix="timekd-bench-") as tmp:
+        workdir = Path(tmp)
+        make_model_dir(workdir / "model", args.tokenizer)
+        save_sca(workdir / "sca.safetensors", n_vars=len(train_split(args.csv)[0]), d_model=GPT2_SMALL["n_embd"],
+                 seed=SEED)
+        progress(f"whole job: every horizon, one job per horizon against the shared trie, {args.whole_windows} windows")
+        report["whole_job"] = spawn(args, "whole", workdir, args.pred_lens[0])
+    report["whole_job"]["machine"] = machine(args.device) | {"load_average_at_end": os.getloadavg()}
+    summarize(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    quiet_libraries()
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return
+    json_path = args.out.with_suffix(".json")
+    if args.only == "whole":
+        report = measure_whole_only(args, json_path)
+    else:
+        report = measure(args)
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(args.out, render_markdown(report, json_path.name))
+    for t in report["targets"]:
+        progress(f"target: {t['target']}: {fmt(t['measured'])} {t['unit']} -> {t['status']}")
+    progress(f"wrote {args.out} and {json_path} in {report['total_wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

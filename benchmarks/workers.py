@@ -1,0 +1,334 @@
+"""The measured workers of `make bench`, each run by benchmarks/run.py in a fresh interpreter so
+that its peak memory is its own: one horizon through `embed_windows` (`run_horizon`, with the CPU
+memory probe and the prompt-building timing), the exact savings one at a time (`run_savings`),
+and the whole job, one job per horizon against the shared trie (`run_whole`). The published-way
+baseline lives in benchmarks/baseline.py. Each writes its figures as JSON into the work folder
+(`worker_main`), through the package's atomic writer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.baseline import run_baseline
+from benchmarks.common import (
+    BASELINE_P,
+    DATASET,
+    FIDELITY,
+    GPT2_SMALL,
+    ROOFLINE_SIZE_NEARBY,
+    SEQ_LEN,
+    SPLIT,
+    count_model_tokens,
+    devices_for,
+    issued_matmul_flops,
+    matmul_roofline,
+    naive_flops,
+    peak_rss_bytes,
+    progress,
+    quiet_libraries,
+    settings_for,
+    spread_windows,
+    synchronize,
+    train_split,
+    warm_up,
+    workflow_batch_tokens,
+)
+from timekd_embed.store import write_text
+
+# Other work on a shared machine only ever slows a run down: each horizon is timed this many
+# times and the fastest run counts (the slowest is shown too).
+TIMED_REPEATS = 2
+PROMPT_WINDOWS = 200         # windows timed through window_ids (fast)
+PLAIN_WINDOWS = 20           # windows timed through text + tokenizer (slower)
+SAVINGS_ROUNDS = 3  # each step timed this many times, interleaved; the fastest counts
+WHOLE_ROUNDS = 2  # (a) and (b) each run this many times, interleaved, (b) first; the fastest counts
+
+
+# ----------------------------------------------------------------------------- one horizon
+
+
+def time_prompt_building(prompts, tokenizer, windows: np.ndarray) -> dict:
+    """Prompts/s of SplitPrompts.window_ids against text + tokenizer, one prompt per call."""
+    n_vars = prompts.n_vars
+    ids_windows = spread_windows(prompts.n_windows, PROMPT_WINDOWS)
+    t = time.perf_counter()
+    for i in ids_windows:
+        prompts.window_ids(int(i))
+    ids_s = time.perf_counter() - t
+
+    plain_windows = spread_windows(prompts.n_windows, PLAIN_WINDOWS)
+    t = time.perf_counter()
+    for i in plain_windows:
+        for gt, hd in prompts.window_texts(int(i)):      # the published code encodes each prompt alone
+            tokenizer(gt, add_special_tokens=False)["input_ids"]
+            tokenizer(hd, add_special_tokens=False)["input_ids"]
+    plain_s = time.perf_counter() - t
+    return {"window_ids_prompts": int(2 * n_vars * len(ids_windows)), "window_ids_s": ids_s,
+            "window_ids_prompts_per_s": 2 * n_vars * len(ids_windows) / ids_s,
+            "plain_prompts": int(2 * n_vars * len(plain_windows)), "plain_s": plain_s,
+            "plain_prompts_per_s": 2 * n_vars * len(plain_windows) / plain_s}
+
+
+def memory_probe(args, prompts, longest: int, timed_peak: int) -> dict:
+    """Peak RSS of a CPU job at the workflow's token budget, without hours of model time.
+
+    With a few windows the timed run's batches stay far below that budget, and memory grows with
+    it. In inference mode a forward holds one layer's activations at a time, so a 1-layer model of
+    the same width at the full budget shows the activation peak for a twelfth of the work. The
+    full teacher stays loaded meanwhile, so the process holds every weight a job holds; the probe
+    model's own weights are subtracted.
+    """
+    from timekd_embed.extract import embed_windows, load_teacher
+    budget, n_vars = args.probe_batch_tokens, prompts.n_vars
+    # Enough windows for the first (longest-first) batch to be full: budget // longest sequences.
+    windows = spread_windows(prompts.n_windows, -(-budget // (longest * n_vars)) + 1)
+    probe = load_teacher(settings_for(args, args.pred_len, args.workdir / "model-1layer"),
+                         args.workdir / "sca.safetensors", devices=["cpu"])
+    own = sum(p.numel() * p.element_size() for p in probe.model.parameters())   # (its SCA copy: < 6 MB)
+    progress(f"P={args.pred_len}: memory probe at batch_tokens {budget} ({len(windows)} windows, 1 layer)")
+    with count_model_tokens(probe.model) as counts:
+        embed_windows(probe, prompts, windows, FIDELITY, budget)
+    return {"batch_tokens": budget, "windows": len(windows), "largest_batch_tokens": counts["largest_batch_tokens"],
+            "probe_weights_bytes": own, "cpu_peak_rss_bytes": max(timed_peak, peak_rss_bytes() - own)}
+
+
+def run_horizon(args) -> dict:
+    """One horizon in this (fresh) process: build prompts, load the teacher, time embed_windows."""
+    from timekd_embed.extract import check_context, embed_windows, load_teacher
+    from timekd_embed.lm import load_tokenizer
+    from timekd_embed.prompts import SplitPrompts
+
+    P, model_dir = args.pred_len, args.workdir / "model"
+    variables, raw, stamps = train_split(args.csv)
+    tokenizer = load_tokenizer(str(model_dir))
+    t = time.perf_counter()
+    prompts = SplitPrompts(tokenizer, raw, stamps, DATASET, P, SEQ_LEN)
+    construct_s = time.perf_counter() - t
+    windows = spread_windows(prompts.n_windows, args.windows)
+    longest = check_context(prompts, GPT2_SMALL["n_positions"], SPLIT, windows, variables)
+    gt_len, hd_len = prompts.lengths(windows)
+
+    teacher = load_teacher(settings_for(args, P, model_dir), args.workdir / "sca.safetensors",
+                           devices=devices_for(args.device))
+    warm_up(teacher, prompts, windows, args.device, args.batch_tokens)
+    progress(f"P={P}: embedding {len(windows)} windows ({int(gt_len.sum() + hd_len.sum())} tokens) "
+             f"on {args.device} in {args.precision}")
+    runs = []                                  # (wall, CPU) seconds per repeat; the fastest counts
+    for _ in range(TIMED_REPEATS):
+        with count_model_tokens(teacher.model) as model_counts:          # the same every repeat
+            synchronize(args.device)
+            t, cpu = time.perf_counter(), time.process_time()
+            embeddings, counts = embed_windows(teacher, prompts, windows, FIDELITY, args.batch_tokens)
+            synchronize(args.device)
+            runs.append((time.perf_counter() - t, time.process_time() - cpu))
+    wall, cpu = min(runs)
+    counts = {k: int(v) for k, v in counts.items()} | model_counts
+    tokens = counts["tokens"]
+    # Peaks before the prompt-building timing below, so they belong to the extraction alone.
+    memory = {"cpu_peak_rss_bytes": peak_rss_bytes()}
+    if args.device == "cuda":
+        memory["gpu_peak_allocated_bytes"] = {d: torch.cuda.max_memory_allocated(d) for d in teacher.devices}
+    if args.memory_probe:
+        memory["probe"] = memory_probe(args, prompts, longest, memory["cpu_peak_rss_bytes"])
+    nearby = matmul_roofline(args.device, args.precision, (ROOFLINE_SIZE_NEARBY,))["flops_per_s"]
+
+    flops = naive_flops(np.concatenate([gt_len, hd_len]), GPT2_SMALL["n_layer"], GPT2_SMALL["n_embd"])
+    issued = issued_matmul_flops(counts["model_tokens"], GPT2_SMALL["n_layer"], GPT2_SMALL["n_embd"])
+    progress(f"P={P}: {wall / len(windows):.2f} s/window; timing prompt building")
+    building = time_prompt_building(prompts, tokenizer, windows)
+    return {
+        "pred_len": P, "windows": len(windows), "window_indices": windows.tolist(), "wall_s": wall,
+        "wall_s_all_repeats": [w for w, _ in runs],
+        "s_per_window": wall / len(windows), "windows_per_s": len(windows) / wall,
+        "cpu_s_per_window": cpu / len(windows), "torch_threads": torch.get_num_threads(),
+        "tokens": tokens, "tokens_per_s": tokens / wall, "token_counts": counts,
+        "prompt_tokens_gt": [int(gt_len.min()), int(gt_len.max())],
+        "prompt_tokens_hd": [int(hd_len.min()), int(hd_len.max())], "longest_prompt": longest,
+        "naive_flops": flops, "naive_flops_per_s": flops / wall, "roofline_nearby_flops_per_s": nearby,
+        "issued_matmul_flops": issued, "issued_matmul_flops_per_s": issued / wall, **memory,
+        "prompts_per_s_model": 2 * prompts.n_vars * len(windows) / wall,
+        "split_prompts_construct_s": construct_s, "split_windows": prompts.n_windows,
+        "prompt_building": building,
+    }
+
+
+# ----------------------------------------------------------------------------- the savings one by one
+
+
+def plain_states(model, prompts: list, batch_tokens: int, device: str) -> tuple[float, torch.Tensor]:
+    """GPT2Model's own forward on each whole prompt (length-sorted, right-padded batches) with
+    its calibrated 4D mask: seconds and the last tokens' states (prompts, d), the plain path."""
+    from timekd_embed.lm import calibrated_mask
+    lengths = np.array([len(p.ids) for p in prompts])
+    order = np.argsort(-lengths, kind="stable")
+    out: list = [None] * len(prompts)
+    synchronize(device)
+    t = time.perf_counter()
+    k = 0
+    while k < len(order):
+        idx = order[k:k + max(1, batch_tokens // int(lengths[order[k]]))]
+        k += len(idx)
+        T = int(lengths[idx[0]])
+        ids, codes = torch.zeros(len(idx), T, dtype=torch.int64), torch.full((len(idx), T), -1, dtype=torch.int8)
+        valid = torch.zeros(len(idx), T, dtype=torch.bool)
+        for row, j in enumerate(idx):
+            n = len(prompts[j].ids)
+            ids[row, :n], codes[row, :n], valid[row, :n] = (torch.from_numpy(prompts[j].ids),
+                                                            torch.from_numpy(prompts[j].codes), True)
+        ids, codes, valid = ids.to(device), codes.to(device), valid.to(device)
+        mask = calibrated_mask(codes, valid, codes, valid, model.dtype)                    # (B, 1, T, T)
+        with torch.inference_mode():
+            hidden = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state   # (B, T, d)
+        for row, j in enumerate(idx):
+            out[j] = hidden[row, len(prompts[j].ids) - 1].float().cpu()
+    synchronize(device)
+    return time.perf_counter() - t, torch.stack(out)
+
+
+def trie_states(model, tries: list, items: list, batch_tokens: int, device: str) -> tuple[float, torch.Tensor]:
+    """last_token_states over the tries' branch items: seconds and the states (items, leaves, d)."""
+    from timekd_embed.lm import last_token_states
+    from timekd_embed.packing import batches
+    n_leaves = max(len(tries[t].branches[b].leaves) for t, b in items)
+    synchronize(device)
+    t = time.perf_counter()
+    out = torch.zeros(len(items), n_leaves, model.config.n_embd)
+    for batch in batches(tries, items, batch_tokens):
+        states = last_token_states(model, batch, torch.device(device)).cpu()
+        out[torch.from_numpy(batch.kept[:, 0]), torch.from_numpy(batch.kept[:, 1])] = states
+    synchronize(device)
+    return time.perf_counter() - t, out
+
+
+def run_savings(args) -> dict:
+    """Window BASELINE_P's first window through the plain batched path, then with the exact
+    savings added one at a time; each step's time, model positions, and its states' largest
+    difference from the plain path's (same precision)."""
+    from transformers import GPT2Model
+
+    from timekd_embed.extract import window_prompts
+    from timekd_embed.lm import DTYPES, load_lm, load_tokenizer
+    from timekd_embed.packing import build_trie, distinct_branches
+    from timekd_embed.prompts import SplitPrompts
+    _, raw, stamps = train_split(args.csv)
+    model_dir = args.workdir / "model"
+    prompts = SplitPrompts(load_tokenizer(str(model_dir)), raw, stamps, DATASET, BASELINE_P, SEQ_LEN)
+    window = int(spread_windows(prompts.n_windows, args.windows)[0])
+    groups, _ = window_prompts({BASELINE_P: prompts}, window, FIDELITY)       # per variable [GT, HD]
+    every = [p for group in groups for p in group]                             # GT, HD alternating
+    published_gelu = GPT2Model.from_pretrained(model_dir, dtype=DTYPES[args.precision]).to(args.device).eval()
+    fused_gelu = load_lm(str(model_dir), None, DTYPES[args.precision]).to(args.device)
+    alone = [build_trie([[p] for p in every], share_head=False)]               # each prompt its own branch
+    pairs = [build_trie(groups, share_head=False)]                             # GT and HD share their prefix
+    headed = [build_trie(groups)]                                              # + the window's head once
+    first, inverse = distinct_branches(headed[0])
+    all_alone, all_pairs = [(0, b) for b in range(len(every))], [(0, b) for b in range(len(groups))]
+    steps = [  # (what, model, tries, items, rows of the states back to per-variable order)
+        ("plain: each prompt its own sequence, GPT2Model's forward", published_gelu, None, None, None),
+        ("+ own forward: the last block on the kept positions only", published_gelu, alone, all_alone, None),
+        ("+ fused tanh GELU", fused_gelu, alone, all_alone, None),
+        ("+ GT and HD of a variable share their prefix", fused_gelu, pairs, all_pairs, None),
+        ("+ the window's head once for all variables", fused_gelu, headed, all_pairs, None),
+        ("+ identical variables once", fused_gelu, headed, [(0, b) for b in first], inverse),
+    ]
+    trie_states(fused_gelu, headed, all_pairs[:2], args.batch_tokens, args.device)   # warm-up
+    seconds: list[list[float]] = [[] for _ in steps]
+    results: list[dict] = []
+    for round_ in range(SAVINGS_ROUNDS):
+        for k, (what, model, tries, items, rows) in enumerate(steps):
+            progress(f"savings, round {round_ + 1}: {what}")
+            with count_model_tokens(model) as counts:
+                if tries is None:
+                    wall, got = plain_states(model, every, args.batch_tokens, args.device)
+                else:
+                    wall, got = trie_states(model, tries, items, args.batch_tokens, args.device)
+            seconds[k].append(wall)
+            got = got[torch.from_numpy(rows)] if rows is not None else got
+            got = got.reshape(-1, got.shape[-1])                    # (prompts, d): GT, HD per variable
+            if round_ == 0:
+                results.append({"step": what, "model_tokens": counts["model_tokens"], "states": got})
+    plain_got, fastest = results[0]["states"], [min(x) for x in seconds]
+    for k, r in enumerate(results):
+        r["seconds"], r["seconds_all_rounds"] = fastest[k], seconds[k]
+        r["max_abs_diff_vs_plain"] = float((r.pop("states") - plain_got).abs().max())
+        r["speedup_vs_plain"] = fastest[0] / fastest[k]
+        r["speedup_vs_previous"] = fastest[k - 1] / fastest[k] if k else 1.0
+    return {"pred_len": BASELINE_P, "window": window, "precision": args.precision, "rounds": SAVINGS_ROUNDS,
+            "batch_tokens": args.batch_tokens, "prompt_tokens": int(sum(len(p.ids) for p in every)),
+            "largest_state": float(plain_got.abs().max()), "steps": results}
+
+
+# ----------------------------------------------------------------------------- the whole job
+
+
+def run_whole(args) -> dict:
+    """The same windows through (a) one job per horizon (embed_windows per P, summed) and (b) the
+    shared trie (embed_horizons), in this process, interleaved: exact model positions (padding
+    included, counted at the token embedding), seconds per window for all horizons together, peak
+    RSS after each, and the largest difference between the two (per horizon, same precision)."""
+    from timekd_embed.extract import embed_horizons, embed_windows, load_teacher
+    from timekd_embed.lm import load_tokenizer
+    from timekd_embed.prompts import SplitPrompts
+    _, raw, stamps = train_split(args.csv)
+    model_dir = args.workdir / "model"
+    tokenizer = load_tokenizer(str(model_dir))
+    prompts = {P: SplitPrompts(tokenizer, raw, stamps, DATASET, P, SEQ_LEN) for P in args.pred_lens}
+    n_windows = min(p.n_windows for p in prompts.values())      # every window exists at every horizon
+    windows = spread_windows(n_windows, args.windows)
+    teacher = load_teacher(settings_for(args, args.pred_lens[0], model_dir), args.workdir / "sca.safetensors",
+                           devices=devices_for(args.device))
+    budget = args.probe_batch_tokens or workflow_batch_tokens(args.device)     # the workflow's default budget
+    embed_windows(teacher, prompts[args.pred_lens[0]], windows[:1], FIDELITY, budget)       # warm-up
+    runs = {"per_horizon": [], "trie": []}
+    out = {}
+    for round_ in range(WHOLE_ROUNDS):
+        for way in ("trie", "per_horizon"):          # the trie first: the RSS after it is its own peak
+            progress(f"whole job, round {round_ + 1}: {way}")
+            with count_model_tokens(teacher.model) as counts:
+                synchronize(args.device)
+                t = time.perf_counter()
+                if way == "trie":
+                    got, c = embed_horizons(teacher, prompts, windows, FIDELITY, budget)
+                    computed = c["computed"]
+                else:
+                    got, computed = {}, 0
+                    for P in args.pred_lens:
+                        got[P], c = embed_windows(teacher, prompts[P], windows, FIDELITY, budget)
+                        computed += c["computed"]
+                synchronize(args.device)
+                wall = time.perf_counter() - t
+            runs[way].append({"seconds": wall, "model_positions": counts["model_tokens"],
+                              "real_positions": computed, "peak_rss_bytes_after": peak_rss_bytes()})
+            out[way] = got
+    diff = max(float(np.abs(out["trie"][P] - out["per_horizon"][P]).max()) for P in args.pred_lens)
+    result = {"windows": [int(w) for w in windows], "pred_lens": args.pred_lens, "precision": args.precision,
+              "batch_tokens": budget, "rounds": WHOLE_ROUNDS, "max_abs_diff": diff,
+              "largest_value": max(float(np.abs(out["trie"][P]).max()) for P in args.pred_lens)}
+    for way, rs in runs.items():
+        fastest = min(r["seconds"] for r in rs)
+        result[way] = {"s_per_window": fastest / len(windows), "seconds_all_rounds": [r["seconds"] for r in rs],
+                       "model_positions_per_window": rs[0]["model_positions"] / len(windows),
+                       "real_positions_per_window": rs[0]["real_positions"] / len(windows),
+                       "peak_rss_bytes_after": [r["peak_rss_bytes_after"] for r in rs]}
+    result["trie_peak_rss_bytes"] = runs["trie"][0]["peak_rss_bytes_after"]
+    result["positions_ratio"] = (result["per_horizon"]["model_positions_per_window"]
+                                 / result["trie"]["model_positions_per_window"])
+    result["speedup"] = result["per_horizon"]["s_per_window"] / result["trie"]["s_per_window"]
+    return result
+
+
+WORKERS = {"horizon": run_horizon, "baseline": run_baseline, "savings": run_savings, "whole": run_whole}
+
+
+def worker_main(args) -> None:
+    """Run the worker args.worker and write its figures to <workdir>/<worker>_P<pred_len>.json."""
+    quiet_libraries()
+    result = WORKERS[args.worker](args)
+    path = args.workdir / f"{args.worker}_P{args.pred_len}.json"
+    write_text(path, json.dumps(result, indent=2) + "\n")
+
