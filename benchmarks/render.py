@@ -19,18 +19,29 @@ def fmt(x, digits=3) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table: one header row, then one row per list (cells as str)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def render_markdown(r: dict, json_name: str) -> str:
+    """The whole Markdown report of `report` (sections of workers that did not run are left out).
+
+    Args:
+        r: the report dict benchmarks/run.py builds (and writes as JSON), after targets.summarize.
+        json_name: the JSON file's name, linked from the introduction.
+
+    Returns:
+        The Markdown text, without a final newline (as docs/benchmarks.md has it).
+    """
     sections = [md_intro(r, json_name), md_machine(r), md_horizons(r), md_baseline(r), md_savings(r), md_whole(r),
                 md_prompts(r), md_targets(r)]
     return "\n\n".join(x for x in sections if x)
 
 
 def md_intro(r: dict, json_name: str) -> str:
+    """Title, the command that wrote the report, and what was measured how."""
     s, roof = r["settings"], r["roofline"]
     return "\n".join([
         "# Benchmarks",
@@ -60,6 +71,7 @@ def md_intro(r: dict, json_name: str) -> str:
 
 
 def md_machine(r: dict) -> str:
+    """The machine, library versions, settings and the load average at start and end."""
     m, s = r["machine"], r["settings"]
     load = " / ".join(", ".join(f"{x:.2f}" for x in m[k]) for k in ("load_average_at_start", "load_average_at_end"))
     return "## Machine and settings\n\n" + table(["", ""], [
@@ -75,6 +87,7 @@ def md_machine(r: dict) -> str:
 
 
 def md_horizons(r: dict) -> str:
+    """Per horizon: speed, model positions, prompt lengths, peak memory, FLOP rates and the roofline."""
     s, roof = r["settings"], r["roofline"]
     gpu = s["device"] == "cuda"
     probed = any("probe" in h for h in r["horizons"])
@@ -123,6 +136,7 @@ def md_horizons(r: dict) -> str:
 
 
 def md_baseline(r: dict) -> str | None:
+    """The published way against `embed_windows` on one window; None when the baseline did not run."""
     base, ours = r.get("baseline"), horizon(r, BASELINE_P)
     if not base:
         return None
@@ -156,6 +170,7 @@ def md_baseline(r: dict) -> str | None:
 
 
 def md_savings(r: dict) -> str | None:
+    """The exact savings one at a time; None when that worker did not run."""
     sv = r.get("savings")
     if not sv:
         return None
@@ -180,6 +195,7 @@ def md_savings(r: dict) -> str | None:
 
 
 def md_whole(r: dict) -> str | None:
+    """One job per horizon against the shared trie; None when that worker did not run."""
     w = r.get("whole_job")
     if not w:
         return None
@@ -216,6 +232,7 @@ def md_whole(r: dict) -> str | None:
 
 
 def md_prompts(r: dict) -> str:
+    """Prompt building and tokenization per horizon, against the model's rate."""
     rows = [[h["pred_len"], fmt(h["split_prompts_construct_s"]), fmt(b["window_ids_prompts_per_s"]),
              fmt(b["plain_prompts_per_s"]), f"{fmt(b['window_ids_vs_plain'])}x", fmt(h["prompts_per_s_model"]),
              f"{fmt(b['window_ids_vs_model'])}x"]
@@ -233,6 +250,7 @@ def md_prompts(r: dict) -> str:
 
 
 def md_targets(r: dict) -> str:
+    """The targets table: each target, its measured figure, and met / not met / not measured (why)."""
     rows = [[t["target"], "-" if t["measured"] is None else f"{fmt(t['measured'])} {t['unit']}"
              + (f" ({t['note']})" if t.get("note") else ""), t["status"]] for t in r["targets"]]
     return "## Targets\n\n" + table(["target", "measured", "status"], rows) + "\n"

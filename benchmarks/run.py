@@ -88,35 +88,44 @@ WHOLE_WINDOWS = {"cpu": 2, "cuda": 64}   # the whole-job section runs every hori
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
-                   help="Markdown report; the JSON goes beside it with the suffix .json")
-    p.add_argument("--csv", type=Path, default=None,
-                   help=f"weather.csv (default: first of {', '.join(CSV_CANDIDATES)})")
-    p.add_argument("--tokenizer", type=Path, default=None,
-                   help=f"folder with the GPT-2 vocab.json and merges.txt (default: {TOKENIZER_CANDIDATES[0]})")
-    p.add_argument("--pred-lens", type=int, nargs="+", default=[24, 36, 48, 96, 192])
-    p.add_argument("--windows", type=int, default=None,
-                   help=f"windows per horizon (default {DEFAULT_WINDOWS['cpu']} on CPU, "
-                        f"{DEFAULT_WINDOWS['cuda']} on CUDA)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
-                   help="default fp32 on CPU, fp16 on CUDA")
-    p.add_argument("--batch-tokens", type=int, default=None,
-                   help=f"token budget of the timed runs (default {DEFAULT_BATCH_TOKENS['cpu']} on CPU, "
-                        "the workflow's batch_tokens on CUDA)")
-    p.add_argument("--probe-batch-tokens", type=int, default=None,
-                   help="token budget of the CPU memory probe (default: the workflow's batch_tokens)")
+    """The command line, with the per-device defaults filled in.
+
+    Returns:
+        The options; device is "cpu" or "cuda" (`auto` resolved), csv and tokenizer are found paths.
+
+    Exits:
+        With one sentence when --device cuda has no CUDA device, a default input is missing, or a
+        count is below 1.
+    """
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
+                        help="Markdown report; the JSON goes beside it with the suffix .json")
+    parser.add_argument("--csv", type=Path, default=None,
+                        help=f"weather.csv (default: first of {', '.join(CSV_CANDIDATES)})")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help=f"folder with the GPT-2 vocab.json and merges.txt (default: {TOKENIZER_CANDIDATES[0]})")
+    parser.add_argument("--pred-lens", type=int, nargs="+", default=[24, 36, 48, 96, 192])
+    parser.add_argument("--windows", type=int, default=None,
+                        help=f"windows per horizon (default {DEFAULT_WINDOWS['cpu']} on CPU, "
+                             f"{DEFAULT_WINDOWS['cuda']} on CUDA)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                        help="default fp32 on CPU, fp16 on CUDA")
+    parser.add_argument("--batch-tokens", type=int, default=None,
+                        help=f"token budget of the timed runs (default {DEFAULT_BATCH_TOKENS['cpu']} on CPU, "
+                             "the workflow's batch_tokens on CUDA)")
+    parser.add_argument("--probe-batch-tokens", type=int, default=None,
+                        help="token budget of the CPU memory probe (default: the workflow's batch_tokens)")
+    parser.add_argument("--whole-windows", type=int, default=None,
+                        help="windows of the whole-job section (default: 2 on the CPU, 64 on a GPU)")
+    parser.add_argument("--only", choices=["whole"], default=None,
+                        help="run only this section and write it into the existing --out report (and its JSON)")
     # Internal: the parent runs each measurement in a fresh process through these.
-    p.add_argument("--whole-windows", type=int, default=None,
-                   help="windows of the whole-job section (default: 2 on the CPU, 64 on a GPU)")
-    p.add_argument("--only", choices=["whole"], default=None,
-                   help="run only this section and write it into the existing --out report (and its JSON)")
-    p.add_argument("--worker", choices=["horizon", "baseline", "savings", "whole"], help=argparse.SUPPRESS)
-    p.add_argument("--pred-len", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    parser.add_argument("--worker", choices=["horizon", "baseline", "savings", "whole"], help=argparse.SUPPRESS)
+    parser.add_argument("--pred-len", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     args.device = resolve_device(args.device)
     args.precision = args.precision or ("fp16" if args.device == "cuda" else "fp32")
     if args.windows is None:
@@ -130,12 +139,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.csv = args.csv or first_existing(CSV_CANDIDATES, "weather.csv", "--csv")
     args.tokenizer = args.tokenizer or first_existing(TOKENIZER_CANDIDATES, "the GPT-2 tokenizer folder", "--tokenizer")
     if min(args.windows, args.batch_tokens, args.probe_batch_tokens) < 1:
-        p.error("--windows, --batch-tokens and --probe-batch-tokens must be at least 1")
+        parser.error("--windows, --batch-tokens and --probe-batch-tokens must be at least 1")
     return args
 
 
 def resolve_device(device: str) -> str:
-    """"cpu" or "cuda": `auto` resolved the way a workflow job resolves it (devices.resolve_devices)."""
+    """The device, "cpu" or "cuda", with `auto` resolved as a workflow job resolves it (devices.resolve_devices)."""
     try:
         return "cuda" if devices_for(device)[0].startswith("cuda") else "cpu"
     except InputError:
@@ -143,6 +152,7 @@ def resolve_device(device: str) -> str:
 
 
 def first_existing(candidates: tuple[str, ...], what: str, option: str) -> Path:
+    """The first of `candidates` under the working folder or the repository root; else exit naming `option`."""
     for c in candidates:
         for base in (Path.cwd(), ROOT):
             if (base / c).exists():
@@ -160,7 +170,8 @@ def spawn(args, worker: str, workdir: Path, pred_len: int, probe: bool = False) 
            "--workdir", str(workdir), "--csv", str(args.csv), "--tokenizer", str(args.tokenizer),
            "--device", args.device, "--precision", args.precision,
            "--windows", str(args.whole_windows if worker == "whole" else args.windows),
-           "--batch-tokens", str(args.batch_tokens), "--probe-batch-tokens", str(args.probe_batch_tokens)]
+           "--batch-tokens", str(args.batch_tokens), "--probe-batch-tokens", str(args.probe_batch_tokens),
+           "--pred-lens", *map(str, args.pred_lens)]           # the whole job runs every one of them
     cmd += ["--memory-probe"] if probe else []
     subprocess.run(cmd, check=True, env=bench_env())
     return json.loads(out.read_text())
@@ -180,6 +191,7 @@ def probe_horizon(args) -> int | None:
 
 
 def machine(device: str) -> dict:
+    """The CPU, memory, GPU, library versions, date and load average of this run, for the report."""
     import tokenizers
     import transformers
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -200,6 +212,7 @@ def machine(device: str) -> dict:
 
 
 def run_settings(args) -> dict:
+    """The options every figure depends on, for the report."""
     return {"device": args.device, "precision": args.precision, "windows": args.windows,
             "batch_tokens": args.batch_tokens, "probe_batch_tokens": args.probe_batch_tokens,
             "pred_lens": args.pred_lens, "csv": str(args.csv), "dataset": DATASET, "split": SPLIT,
@@ -254,6 +267,7 @@ def measure_whole_only(args, json_path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`make bench`: measure, then write --out and its JSON; with --worker, run that one worker instead."""
     quiet_libraries()
     args = parse_args(argv)
     if args.worker:

@@ -2,24 +2,18 @@
 interpreter as benchmarks/run.py spawns them: every step runs, and the figures that are exact (model
 positions, prompt lengths, the differences between paths that compute the same function) are checked."""
 
-import json
-import os
-import subprocess
-import sys
-
+from benchmarks.run import parse_args, spawn
 from benchmarks.workers import SAVINGS_ROUNDS, TIMED_REPEATS, WHOLE_ROUNDS
-from conftest import ROOT, TOKENIZER_DIR, make_model_dir
+from conftest import TOKENIZER_DIR, make_model_dir
 from timekd_embed.extract import save_sca
 
 
-def worker(tmp_path, weather_csv, name: str, *extra: str) -> dict:
-    """Run one worker as `python -m benchmarks.run --worker NAME` from the repository root; its JSON."""
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "workflow")])}
-    run = subprocess.run([sys.executable, "-m", "benchmarks.run", "--worker", name, "--pred-len", "24",
-                          "--workdir", str(tmp_path), "--csv", str(weather_csv), "--tokenizer", str(TOKENIZER_DIR),
-                          "--device", "cpu", *extra], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads((tmp_path / f"{name}_P24.json").read_text())
+def worker(monkeypatch, tmp_path, weather_csv, name: str, *options: str, probe: bool = False) -> dict:
+    """Run one worker the way `make bench`'s parent does (run.spawn: a fresh `python -m benchmarks.run
+    --worker NAME`), from another folder than the repository root; its JSON."""
+    args = parse_args(["--csv", str(weather_csv), "--tokenizer", str(TOKENIZER_DIR), "--device", "cpu", *options])
+    monkeypatch.chdir(tmp_path)
+    return spawn(args, name, tmp_path, 24, probe=probe)
 
 
 def tiny_teacher(tmp_path) -> None:
@@ -28,9 +22,9 @@ def tiny_teacher(tmp_path) -> None:
     save_sca(tmp_path / "sca.safetensors", n_vars=21, d_model=64, seed=0)
 
 
-def test_each_exact_saving_runs_fewer_positions_and_equals_the_plain_path(tmp_path, weather_csv):
+def test_each_exact_saving_runs_fewer_positions_and_equals_the_plain_path(monkeypatch, tmp_path, weather_csv):
     make_model_dir(tmp_path / "model", n_layer=2, n_embd=64, n_head=4)
-    steps = worker(tmp_path, weather_csv, "savings")["steps"]
+    steps = worker(monkeypatch, tmp_path, weather_csv, "savings")["steps"]
     assert steps[0]["step"].startswith("plain") and len(steps) == 6
     positions = [s["model_tokens"] for s in steps]
     assert positions[3] < 0.6 * positions[0]                # GT and HD share their prefix
@@ -39,29 +33,30 @@ def test_each_exact_saving_runs_fewer_positions_and_equals_the_plain_path(tmp_pa
     assert all(len(s["seconds_all_rounds"]) == SAVINGS_ROUNDS for s in steps)
 
 
-def test_the_whole_job_runs_fewer_positions_with_the_trie_and_agrees(tmp_path, weather_csv):
+def test_the_whole_job_runs_fewer_positions_with_the_trie_and_agrees(monkeypatch, tmp_path, weather_csv):
     tiny_teacher(tmp_path)
-    whole = worker(tmp_path, weather_csv, "whole", "--pred-lens", "24", "96", "--windows", "2")
+    # The parent's --pred-lens and --whole-windows reach the worker (spawn once left --pred-lens out: all five ran).
+    whole = worker(monkeypatch, tmp_path, weather_csv, "whole", "--pred-lens", "24", "96", "--whole-windows", "2")
     assert len(whole["windows"]) == 2 and whole["pred_lens"] == [24, 96]
     assert whole["positions_ratio"] > 1.3 and whole["max_abs_diff"] < 1e-5
     assert len(whole["trie"]["seconds_all_rounds"]) == WHOLE_ROUNDS
 
 
-def test_the_published_way_equals_embed_windows(tmp_path, weather_csv):
+def test_the_published_way_equals_embed_windows(monkeypatch, tmp_path, weather_csv):
     # One prompt per forward with the double-loop mask of the last variable's types (the published defect)
     # against the package's batched tries: the same function, so only float rounding apart.
     tiny_teacher(tmp_path)
-    base = worker(tmp_path, weather_csv, "baseline")
+    base = worker(monkeypatch, tmp_path, weather_csv, "baseline")
     assert base["window"] == 0 and base["pred_len"] == 24 and base["precision"] == "fp32"
     assert base["max_abs_diff_vs_embed_windows"] < 1e-4
     assert set(base["seconds"]) == {"tokenize", "mask", "forward", "sca"}
 
 
-def test_one_horizon_counts_the_prompt_tokens_of_window_0(tmp_path, weather_csv):
+def test_one_horizon_counts_the_prompt_tokens_of_window_0(monkeypatch, tmp_path, weather_csv):
     tiny_teacher(tmp_path)
     make_model_dir(tmp_path / "model-1layer", n_layer=1, n_embd=64, n_head=4)
-    got = worker(tmp_path, weather_csv, "horizon", "--windows", "1", "--memory-probe",
-                 "--batch-tokens", "2048", "--probe-batch-tokens", "8192")
+    got = worker(monkeypatch, tmp_path, weather_csv, "horizon", "--windows", "1", "--batch-tokens", "2048",
+                 "--probe-batch-tokens", "8192", probe=True)
     # Weather train window 0 at P = 24: GT prompts 280-400 GPT-2 tokens, HD 232-328 (the teacher's spec, section 7).
     assert got["window_indices"] == [0]
     assert got["prompt_tokens_gt"] == [280, 400] and got["prompt_tokens_hd"] == [232, 328]
