@@ -8,6 +8,16 @@ sys.path.insert(
 
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
+from timekd_embed.fingerprint import (
+    Sha256Cache,
+    csv_fingerprint,
+    model_config_fingerprint,
+    model_files,
+    model_fingerprint,
+    model_source,
+    package_version,
+)
+from timekd_embed.resources import KNOWN_DATASETS
 from timekd_embed.shards import planned_windows, ranges, split_rows
 from timekd_embed.windows import SPLITS, resolve_layout
 
@@ -52,18 +62,23 @@ wildcard_constraints:
     stop=r"\d+",
 
 
+WINDOWS_FILES = [WINDOWS.format(split=s) for s in SPLITS]
+HAVE_WINDOWS = all(Path(p).is_file() for p in WINDOWS_FILES)
+# A known dataset whose CSV is absent is downloaded by get_data (resources.smk); results
+# copied without their CSV keep using their windows files instead.
+KNOWN = KNOWN_DATASETS.get(NAME)
+GET_DATA = (
+    KNOWN is not None
+    and not Path(config["dataset"]["csv"]).is_file()
+    and not HAVE_WINDOWS
+)
+
+
 def input_csv():
-    """The CSV, or one clear sentence when it is missing and the windows must be made."""
+    """The CSV, or one clear sentence when it is missing, cannot be fetched and the windows must be made."""
     csv = config["dataset"]["csv"]
-    have_windows = all(Path(WINDOWS.format(split=s)).exists() for s in SPLITS)
-    if not Path(csv).is_file() and not have_windows:
-        source = (
-            "weather.csv there (from the Autoformer / Time-Series-Library dataset collection, sha256 "
-            "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63)"
-            if NAME == "weather"
-            else f"the {NAME} CSV there"
-        )
-        fail(f"{csv} not found: put {source} or set dataset.csv in the config.")
+    if not Path(csv).is_file() and not HAVE_WINDOWS and KNOWN is None:
+        fail(f"{csv} not found: put the {NAME} CSV there or set dataset.csv in the config.")
     return csv
 
 
@@ -72,6 +87,31 @@ def all_embeddings():
 
 
 CSV = input_csv()
+
+# What decides an output, by content (fingerprint.py): the rules carry these as params,
+# so a changed file reruns exactly its downstream and a touched one (same bytes) nothing.
+# The CSV and model files are `ancient` inputs: their timestamps never rerun anything.
+_sha256 = Sha256Cache()
+try:
+    MODEL = model_source(config["model"])
+    INPUT_SHA256 = csv_fingerprint(
+        CSV, WINDOWS_FILES, KNOWN["sha256"] if KNOWN else None, _sha256
+    )
+    MODEL_TRACKED = model_fingerprint(MODEL, _sha256)
+    MODEL_CONFIG_TRACKED = model_config_fingerprint(MODEL, _sha256)
+except InputError as error:
+    fail(error)
+_sha256.save()
+PACKAGE = package_version()
+MODEL_INPUTS = [ancient(str(p)) for p in model_files(MODEL)]
+MODEL_CONFIG_INPUT = [p for p in MODEL_INPUTS if Path(p).name == "config.json"]
+if MODEL.hub:
+    # Every job loads the files get_model put in resources/models/<id>/ ("./": a folder,
+    # never looked up on the hub), and records the commit they come from.
+    config["model"] = {
+        "name_or_path": f"./{MODEL.folder}",
+        "revision": MODEL.revision,
+    }
 
 # Every config key that changes an embedding; the extraction rules take them as params,
 # so that changing one reruns the extraction. Keys that change only the speed
@@ -85,6 +125,8 @@ EMBEDDING_SETTINGS = {
     "fidelity": config["fidelity"],
     "limit_windows": config["limit_windows"],
 }
+# What else decides an embedding: the model's bytes and the code that computed it.
+EMBEDDING_TRACKED = {"model": MODEL_TRACKED, "package": PACKAGE}
 
 
 def plan_rows():
@@ -92,7 +134,9 @@ def plan_rows():
     layout = resolve_layout(config["dataset"]["layout"], NAME)
     windows = {s: WINDOWS.format(split=s) for s in SPLITS}
     try:
-        rows = split_rows(CSV, windows, config["seq_len"], layout)
+        rows = split_rows(
+            CSV, windows, config["seq_len"], layout, KNOWN["rows"] if GET_DATA else None
+        )
     except InputError as error:
         fail(error)
     for P in config["pred_lens"]:

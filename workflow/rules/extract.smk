@@ -2,12 +2,14 @@
 # `shard_windows`; every range is a job holding `gpus_per_job` GPUs (default 2), so
 # `snakemake --cores 8 --resources gpu=2` runs them one after another with both GPUs.
 # `gather` joins a horizon's ranges into its final file. The params (EMBEDDING_SETTINGS,
-# common.smk) are the config keys that change an embedding.
+# common.smk) are the config keys that change an embedding; EMBEDDING_TRACKED the content
+# of the model files (ancient inputs: their timestamps do not count) and the package version.
 
 
 rule sca:
     input:
-        WINDOWS.format(split="train"),
+        windows=WINDOWS.format(split="train"),
+        model=MODEL_CONFIG_INPUT,
     output:
         SCA,
     log:
@@ -19,6 +21,9 @@ rule sca:
     params:
         seed=config["seed"],
         model=config["model"],
+        # The SCA's shape comes from the model's config.json (its width).
+        model_config=MODEL_CONFIG_TRACKED,
+        package=PACKAGE,
     script:
         "../scripts/sca.py"
 
@@ -27,6 +32,7 @@ rule extract:
     input:
         windows=WINDOWS,
         sca=SCA,
+        model=MODEL_INPUTS,
     output:
         embeddings=temp(SHARD),
         stats=temp(SHARD_STATS),
@@ -41,6 +47,7 @@ rule extract:
         gpu=config["gpus_per_job"],
     params:
         settings=EMBEDDING_SETTINGS,
+        tracked=EMBEDDING_TRACKED,
     script:
         "../scripts/extract.py"
 
@@ -49,6 +56,8 @@ rule gather:
     input:
         embeddings=shard_files(SHARD),
         stats=shard_files(SHARD_STATS),
+        # To check the gathered count against the current windows file.
+        windows=WINDOWS,
     output:
         embeddings=EMBEDDINGS,
         stats=EMBEDDING_STATS,
@@ -61,5 +70,6 @@ rule gather:
     params:
         # The shards are temporary: the params here let a changed setting rerun them.
         settings=EMBEDDING_SETTINGS,
+        tracked=EMBEDDING_TRACKED,
     script:
         "../scripts/gather.py"

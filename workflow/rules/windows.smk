@@ -6,7 +6,7 @@
 
 rule windows:
     input:
-        CSV,
+        ancient(CSV),  # tracked by content (params.input_sha256), not by its timestamp
     output:
         expand(WINDOWS, split=SPLITS),
     log:
@@ -21,5 +21,7 @@ rule windows:
         target=config["dataset"]["target"],
         seq_len=config["seq_len"],
         sha256=config["dataset"]["sha256"],
+        input_sha256=INPUT_SHA256,
+        package=PACKAGE,
     script:
         "../scripts/windows.py"
