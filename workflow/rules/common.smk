@@ -9,6 +9,7 @@ sys.path.insert(
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.fingerprint import (
+    MODEL_RECORD,
     Sha256Cache,
     csv_fingerprint,
     model_config_fingerprint,
@@ -106,6 +107,11 @@ PACKAGE = package_version()
 MODEL_INPUTS = [ancient(str(p)) for p in model_files(MODEL)]
 MODEL_CONFIG_INPUT = [p for p in MODEL_INPUTS if Path(p).name == "config.json"]
 if MODEL.hub:
+    # get_model's record as a plain input: when get_model reruns (another commit), the jobs
+    # after it rerun too; Snakemake never reruns a job for an upstream job whose outputs
+    # it reads only as `ancient` inputs, whatever its params say.
+    MODEL_INPUTS.append(f"{MODEL.folder}/{MODEL_RECORD}")
+    MODEL_CONFIG_INPUT.append(f"{MODEL.folder}/{MODEL_RECORD}")
     # Every job loads the files get_model put in resources/models/<id>/ ("./": a folder,
     # never looked up on the hub), and records the commit they come from.
     config["model"] = {

@@ -5,12 +5,10 @@
 # into resources/models/<id>/. A local model folder is used in place.
 
 
-localrules:
-    get_data,
-    get_model,
-
-
 if GET_DATA:
+
+    localrules:
+        get_data,
 
     rule get_data:
         output:
@@ -27,10 +25,13 @@ if GET_DATA:
 
 if MODEL.hub:
 
+    localrules:
+        get_model,
+
     rule get_model:
         output:
             [str(p) for p in model_files(MODEL)],
-            record=f"{MODEL.folder}/download.json",
+            record=f"{MODEL.folder}/{MODEL_RECORD}",
         log:
             f"{LOGS}/get_model.log",
         conda:
