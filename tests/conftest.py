@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,21 +19,26 @@ TOKENIZER_DIR = SHARED_DATA / "gpt2-tokenizer"
 TRAIN_ROWS = 36887  # weather.csv: int(0.7 * 52,696)
 
 
-def _need(path: Path) -> Path:
-    # CI always has ../shared; the tests must run there, so a missing file only skips elsewhere.
+def need(path: Path) -> Path:
+    """`path`, or a skip where the shared data is absent; in CI (CI=true) its absence fails.
+
+    CI always has ../shared beside the clone: a test that skipped there would prove nothing.
+    """
     if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing in CI; ../shared/data must lie beside the clone")
         pytest.skip(f"{path} is not available on this machine")
     return path
 
 
 @pytest.fixture(scope="session")
 def weather_csv() -> Path:
-    return _need(WEATHER_CSV)
+    return need(WEATHER_CSV)
 
 
 @pytest.fixture(scope="session")
 def tokenizer() -> GPT2TokenizerFast:
-    return GPT2TokenizerFast.from_pretrained(_need(TOKENIZER_DIR))
+    return GPT2TokenizerFast.from_pretrained(need(TOKENIZER_DIR))
 
 
 def make_model_dir(path: Path, n_layer=2, n_embd=64, n_head=4, n_positions=1024, seed=0) -> Path:
@@ -41,7 +47,7 @@ def make_model_dir(path: Path, n_layer=2, n_embd=64, n_head=4, n_positions=1024,
     config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, vocab_size=50257)
     GPT2Model(config).save_pretrained(path, safe_serialization=True)
     for name in ("vocab.json", "merges.txt"):
-        shutil.copy(_need(TOKENIZER_DIR) / name, path / name)
+        shutil.copy(need(TOKENIZER_DIR) / name, path / name)
     return path
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, SHARED_DATA, _need
+from conftest import ROOT, SHARED_DATA, need
 from timekd_embed.config import load_config_file, validate_config
 from timekd_embed.prompts import SplitPrompts, TEMPLATES, template_key
 from timekd_embed.windows import load_csv, read_windows, resolve_layout, write_windows
@@ -59,12 +59,12 @@ def prompts(split, name: str, pred_len: int, tokenizer) -> SplitPrompts:
 
 @pytest.fixture(scope="module")
 def etth1(tmp_path_factory):
-    return windows_of(_need(SHARED_DATA / "ETT-small" / "ETTh1.csv"), "ETTh1", tmp_path_factory.mktemp("ETTh1"))
+    return windows_of(need(SHARED_DATA / "ETT-small" / "ETTh1.csv"), "ETTh1", tmp_path_factory.mktemp("ETTh1"))
 
 
 @pytest.fixture(scope="module")
 def ettm1(tmp_path_factory):
-    return windows_of(_need(SHARED_DATA / "ETT-small" / "ETTm1.csv"), "ETTm1", tmp_path_factory.mktemp("ETTm1"))
+    return windows_of(need(SHARED_DATA / "ETT-small" / "ETTm1.csv"), "ETTm1", tmp_path_factory.mktemp("ETTm1"))
 
 
 def test_etth1_has_the_fixed_hourly_borders(etth1):
@@ -117,7 +117,7 @@ def test_ettm1_prompts_say_every_15_minutes_with_minute_stamps(ettm1, tokenizer)
 
 
 def test_a_dry_run_plans_etth1_from_its_example_config_alone(tmp_path):
-    csv = _need(SHARED_DATA / "ETT-small" / "ETTh1.csv")
+    csv = need(SHARED_DATA / "ETT-small" / "ETTh1.csv")
     override = tmp_path / "csv.yaml"
     override.write_text(yaml.safe_dump({"dataset": {"csv": str(csv)}}))
     result = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(EXAMPLES / "ETTh1.yaml"),

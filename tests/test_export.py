@@ -13,7 +13,7 @@ import yaml
 from safetensors import safe_open
 
 import timekd_embed.export as export
-from conftest import SHARED_DATA, _need
+from conftest import SHARED_DATA, need
 from test_datasets import SNAKEMAKE, job_counts
 from timekd_embed import TeacherDataset
 from timekd_embed.store import write_tensors
@@ -102,7 +102,7 @@ def test_a_limited_extraction_warns_that_train_py_needs_every_window(tmp_path, c
 
 
 def test_export_timekd_end_to_end_with_the_snakemake_cli(tmp_path, tiny_model_dir):
-    csv = _need(SHARED_DATA / "ETT-small" / "ETTh1.csv")
+    csv = need(SHARED_DATA / "ETT-small" / "ETTh1.csv")
     config = {"dataset": {"name": "ETTh1", "csv": str(csv)}, "pred_lens": [24], "limit_windows": 3,
               "model": {"name_or_path": str(tiny_model_dir)}, "precision": "fp32", "export_root": "for-train"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

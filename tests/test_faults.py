@@ -1,5 +1,5 @@
 """Faults: a full disk, CUDA out of memory, Ctrl-C and kill -9 leave nothing that looks complete,
-the rerun finishes the job, and its result equals an uninterrupted run byte for byte.
+the rerun computes only what is missing, and its result equals an uninterrupted run byte for byte.
 """
 
 from __future__ import annotations
@@ -15,32 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
+import yaml
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
-from test_manifest import NAME, SNAKEMAKE, snakemake, tiny_config
+from test_manifest import NAME, SNAKEMAKE, tiny_config
 from timekd_embed import store
 from timekd_embed.extract import Settings, extract_split, save_sca
 from timekd_embed.jobs import job
 from timekd_embed.windows import SPLITS, load_csv, write_windows
 
 EMBEDDINGS = f"results/{NAME}/embeddings/24/train.safetensors"
-
-
-# With the tiny model the extraction runs at tens of windows per second: this many give the
-# signals below several seconds to land while it computes.
-FAULT_WINDOWS = 400
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir, weather_csv) -> Path:
-    """One run to EMBEDDINGS, uninterrupted, of `tiny_config` with FAULT_WINDOWS windows."""
-    work = tmp_path_factory.mktemp("uninterrupted")
-    (work / "resources").mkdir()
-    shutil.copy(weather_csv, work / "resources" / "weather.csv")
-    run = snakemake(work, tiny_config(tiny_model_dir) | {"limit_windows": FAULT_WINDOWS}, "--cores", "2", EMBEDDINGS)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return work
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -78,7 +64,7 @@ def test_a_full_disk_while_writing_tensors_leaves_nothing_and_the_rerun_writes_t
         Path(filename).write_bytes(b"\x00" * 64)       # part of the file made it to disk ...
         _disk_full()                                   # ... then the disk filled up
 
-    monkeypatch.setattr(store, "save_file", half_then_full)
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_full)
     with pytest.raises(OSError) as caught:
         store.write_tensors(out, tensors, metadata)
     assert caught.value.errno == errno.ENOSPC
@@ -91,13 +77,13 @@ def test_a_full_disk_while_writing_tensors_leaves_nothing_and_the_rerun_writes_t
 
 def test_a_full_disk_while_writing_json_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "validation" / "shapes.json"
-    real_write_text = Path.write_text
+    real_write_bytes = Path.write_bytes
 
-    def half_then_full(self, text, *args, **kwargs):
-        real_write_text(self, text[: len(text) // 2])
+    def half_then_full(self, data):
+        real_write_bytes(self, data[: len(data) // 2])
         _disk_full()
 
-    monkeypatch.setattr(Path, "write_text", half_then_full)
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
     with pytest.raises(OSError, match="No space left on device"):
         store.write_json(out, {"passed": True, "files": list(range(100))})
     assert leftovers(tmp_path) == []
@@ -155,91 +141,110 @@ def test_out_of_memory_names_the_budget_to_lower(small_split, tiny_model_dir, tm
 
 # --------------------------------------------------------------------------- Ctrl-C and kill -9
 
-
-def _interrupt(work: Path, sig: signal.Signals, ready) -> tuple[int, str, str]:
-    """Start the extraction, send `sig` to the whole process group once `ready(log text)`; (rc, output, log).
-
-    The process gets a session of its own, so the signal reaches snakemake and its jobs,
-    like Ctrl-C in a terminal. Only what this run appended to the job's log counts.
-    """
-    logs = work / "results" / NAME / "logs"
-    before = {p: p.stat().st_size for p in logs.glob("extract_24_train*.log")}
-    output = work / f"snakemake-{sig.name}.out"
-    with open(output, "w") as out:
-        process = subprocess.Popen(SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml"),
-                                                "--cores", "2", EMBEDDINGS],
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline, text = time.monotonic() + 600, None
-        while process.poll() is None and time.monotonic() < deadline:
-            found = sorted(logs.glob("extract_24_train*.log"))
-            if found:
-                with open(found[0], errors="replace") as f:
-                    f.seek(before.get(found[0], 0))
-                    text = f.read()
-                if ready(text):
-                    os.killpg(process.pid, sig)
-                    break
-            time.sleep(0.02)
-        process.wait(timeout=120)
-    assert text is not None and ready(text), \
-        f"the job finished or failed before it could be interrupted:\n{output.read_text()[-3000:]}"
-    return process.returncode, output.read_text(), text
+# Four ranges of two windows, run one job at a time (--cores 1), so that the signals below
+# land at known points: Ctrl-C as the first range starts, kill -9 right after it finished.
+FAULT_CONFIG = {"limit_windows": 8, "shard_windows": 2}
+BEFORE_EXTRACTION = ["sca.safetensors", "windows/test.parquet", "windows/train.parquet", "windows/val.parquet"]
 
 
-@pytest.fixture(scope="module")
-def interrupted(uninterrupted, tmp_path_factory) -> dict:
-    """Ctrl-C as the extraction job starts, kill -9 in the middle of it, then the documented rerun."""
-    work = tmp_path_factory.mktemp("interrupted")
-    shutil.copytree(uninterrupted / "resources", work / "resources")
-    for part in ("windows", "sca.safetensors"):   # the stages before extraction, finished
-        copy = shutil.copytree if (uninterrupted / "results" / NAME / part).is_dir() else shutil.copy2
-        copy(uninterrupted / "results" / NAME / part, work / "results" / NAME / part)
-    shutil.copytree(uninterrupted / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
-    shutil.copy2(uninterrupted / "config.yaml", work / "config.yaml")
-    seen = {}
-    rc, output, _ = _interrupt(work, signal.SIGINT, ready=lambda log: True)
-    seen["sigint"] = {"rc": rc, "output": output, "files": leftovers(work / "results" / NAME),
-                      "locked": any((work / ".snakemake" / "locks").glob("*"))}
-    rc, output, log = _interrupt(work, signal.SIGKILL, ready=lambda log: "P=24 train" in log)
-    seen["sigkill"] = {"rc": rc, "log": log, "files": leftovers(work / "results" / NAME),
-                       "locked": any((work / ".snakemake" / "locks").glob("*"))}
-    # The rerun README documents: after kill -9, unlock, then the same command.
-    base = SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml")]
-    unlock = subprocess.run(base + ["--unlock"], capture_output=True, text=True, timeout=300)
-    rerun = subprocess.run(base + ["--cores", "2", EMBEDDINGS], capture_output=True, text=True, timeout=600)
-    seen["rerun"] = {"unlock": unlock, "rerun": rerun}
-    seen["work"] = work
-    return seen
+def _start(work: Path, stdout) -> subprocess.Popen:
+    """The run to EMBEDDINGS in a process session of its own: a signal reaches snakemake and its jobs,
+    like Ctrl-C in a terminal."""
+    return subprocess.Popen(SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml"), "--cores", "1",
+                                         EMBEDDINGS], stdout=stdout, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
-def _outputs(files: list[str]) -> list[str]:
+def _new_work(factory, tiny_model_dir, weather_csv, name: str) -> Path:
+    work = factory.mktemp(name)
+    (work / "resources").mkdir()
+    shutil.copy(weather_csv, work / "resources" / "weather.csv")
+    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config(tiny_model_dir) | FAULT_CONFIG))
+    return work
+
+
+def _outputs(work: Path) -> list[str]:
     """What could pass for a result: no logs, benchmarks or hidden temporaries."""
+    files = leftovers(work / "results" / NAME)
     return [f for f in files if not f.startswith(("logs/", "benchmarks/")) and not Path(f).name.startswith(".")]
 
 
-BEFORE_EXTRACTION = ["sca.safetensors", "windows/test.parquet", "windows/train.parquet", "windows/val.parquet"]
+def _locked(work: Path) -> bool:
+    return any((work / ".snakemake" / "locks").glob("*"))
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, tiny_model_dir, weather_csv) -> dict:
+    """Ctrl-C as the first range starts, kill -9 after it finished, then the documented rerun;
+    and an uninterrupted run of the same config to compare with."""
+    work = _new_work(tmp_path_factory, tiny_model_dir, weather_csv, "interrupted")
+    seen = {"work": work}
+    logs = work / "results" / NAME / "logs"
+    with open(work / "sigint.out", "w") as out:
+        run = _start(work, out)
+        deadline = time.monotonic() + 600
+        while run.poll() is None and time.monotonic() < deadline and not list(logs.glob("extract_*.log")):
+            time.sleep(0.02)
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=120)
+    seen["sigint"] = {"rc": run.returncode, "output": (work / "sigint.out").read_text(), "files": _outputs(work),
+                      "locked": _locked(work)}
+
+    run, jobs, finished = _start(work, subprocess.PIPE), {}, None
+    for line in run.stdout:                              # until Snakemake reports a finished range
+        line = line.strip()
+        if line.startswith("jobid:"):
+            jobid = line.split(":")[1].strip()
+        elif line.startswith("wildcards:"):
+            jobs[jobid] = line.split("wildcards:")[1].strip()
+        elif "(Rule: extract)" in line:
+            finished = jobs[line.split("jobid:")[1].split()[0]]
+            break
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=120)
+    shards = work / "results" / NAME / "embeddings" / "24" / "train.shards"
+    seen["sigkill"] = {"rc": run.returncode, "finished": finished, "files": _outputs(work), "locked": _locked(work),
+                       "shards": {p.name: store.read_tensors(p)[0]["window_start"].tolist()
+                                  for p in shards.glob("*.safetensors")}}
+
+    # The rerun README documents: after kill -9, unlock, then the same command.
+    base = SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml")]
+    seen["unlock"] = subprocess.run(base + ["--unlock"], capture_output=True, text=True, timeout=300)
+    seen["rerun"] = subprocess.run(base + ["--cores", "1", EMBEDDINGS], capture_output=True, text=True, timeout=600)
+
+    clean = _new_work(tmp_path_factory, tiny_model_dir, weather_csv, "uninterrupted")
+    seen["uninterrupted"] = _start(clean, subprocess.DEVNULL).wait(timeout=600)
+    seen["clean"] = clean
+    return seen
 
 
 def test_ctrl_c_leaves_no_complete_looking_file_and_no_lock(interrupted):
     seen = interrupted["sigint"]
     assert seen["rc"] != 0 and "Terminating processes on user request" in seen["output"]
-    assert _outputs(seen["files"]) == BEFORE_EXTRACTION
+    assert seen["files"] == BEFORE_EXTRACTION
     assert not seen["locked"]
 
 
-def test_kill_9_mid_extraction_leaves_no_complete_looking_file(interrupted):
+def test_kill_9_keeps_only_the_finished_range_and_the_lock(interrupted):
     seen = interrupted["sigkill"]
-    assert seen["rc"] == -signal.SIGKILL
-    assert "P=24 train" in seen["log"] and "100%" not in seen["log"]    # killed while computing
-    assert _outputs(seen["files"]) == BEFORE_EXTRACTION
+    assert seen["rc"] == -signal.SIGKILL and seen["finished"] is not None
+    start, stop = (int(part.split("=")[1]) for part in seen["finished"].split(", ")[-2:])
+    name = f"{start}-{stop}.safetensors"
+    # the finished range is complete under its name; nothing else looks like a result
+    assert seen["shards"] == {name: list(range(start, stop))}
+    assert seen["files"] == sorted(BEFORE_EXTRACTION + [f"embeddings/24/train.shards/{name}",
+                                                        f"embeddings/24/train.shards/{start}-{stop}.json"])
     assert seen["locked"]                                              # hence `snakemake --unlock` first
 
 
-def test_the_rerun_finishes_with_the_bytes_of_an_uninterrupted_run(interrupted, uninterrupted):
-    unlock, rerun = interrupted["rerun"]["unlock"], interrupted["rerun"]["rerun"]
+def test_the_rerun_computes_only_what_is_missing_with_the_bytes_of_an_uninterrupted_run(interrupted):
+    unlock, rerun = interrupted["unlock"], interrupted["rerun"]
     assert unlock.returncode == 0, unlock.stderr[-2000:]
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert interrupted["sigkill"]["finished"] not in rerun.stdout + rerun.stderr   # not computed again
+    assert rerun.stderr.count("rule extract:") == 3
+    assert interrupted["uninterrupted"] == 0
     got = (interrupted["work"] / EMBEDDINGS).read_bytes()
-    want = (uninterrupted / EMBEDDINGS).read_bytes()
-    # Same config and inputs, CPU fp32, another process: byte-identical (the timing JSON beside it differs).
+    want = (interrupted["clean"] / EMBEDDINGS).read_bytes()
+    # Same config and inputs, CPU fp32, other processes: byte-identical (the timing JSON beside it differs).
     assert got == want

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import WEATHER_CSV, make_model_dir
 from timekd_embed import __version__
-from timekd_embed.extract import Settings, extract_split, save_sca
+from timekd_embed.extract import extract_split, save_sca
+from timekd_embed.settings import Settings
 from timekd_embed.store import read_tensors
 from timekd_embed.windows import load_csv, write_windows
 

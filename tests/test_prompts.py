@@ -5,7 +5,15 @@ import pandas as pd
 import pytest
 
 from timekd_embed.errors import InputError
-from timekd_embed.prompts import SplitPrompts, prompt_texts, stamp_text, template_key, time_series_flags, TEMPLATES, value_text
+from timekd_embed.prompts import (
+    TEMPLATES,
+    SplitPrompts,
+    prompt_texts,
+    stamp_text,
+    template_key,
+    time_series_flags,
+    value_text,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +26,6 @@ def weather(weather_csv):
 
 
 def train(weather, P, name="weather"):
-    from timekd_embed.prompts import SplitPrompts
     return lambda tok: SplitPrompts(tok, weather[1][:36887], weather[2][:36887], name, P)
 
 

@@ -6,6 +6,9 @@ real weather rows and a tiny random GPT-2 with the real tokenizer.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -195,3 +198,37 @@ def test_a_csv_that_grew_needs_one_rerun(tmp_path, weather_csv, tiny_model_dir):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert windows_in_final_file() == (137, 1, 64)
     assert "start=128, stop=137" in rerun.stdout + rerun.stderr   # the ranges come from the grown CSV
+
+
+def test_the_sha256_cache_rehashes_only_when_size_or_mtime_change(tmp_path):
+    from timekd_embed.fingerprint import Sha256Cache
+
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"date,OT\n2020-01-01 00:10:00,1.0\n")
+    real = hashlib.sha256(data.read_bytes()).hexdigest()
+    cache = Sha256Cache(tmp_path / "cache.json")
+    assert cache.sha256(data) == real
+    cache.save()
+    # A digest planted under the same (path, size, mtime_ns) is returned as is: nothing was read again.
+    entries = json.loads((tmp_path / "cache.json").read_text())
+    entries[str(data.resolve())]["sha256"] = "0" * 64
+    (tmp_path / "cache.json").write_text(json.dumps(entries))
+    assert Sha256Cache(tmp_path / "cache.json").sha256(data) == "0" * 64
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched: hashed again
+    assert Sha256Cache(tmp_path / "cache.json").sha256(data) == real
+
+
+def test_the_plan_follows_the_csv_not_older_windows_files(tmp_path, weather_csv):
+    """1,500 rows planned as 127 val windows at P = 24 (test_a_csv_that_grew_needs_one_rerun); windows files
+    of another CSV beside it do not count while the CSV is there, and are read from their footers when it is not."""
+    from timekd_embed.shards import planned_windows, split_rows
+    from timekd_embed.windows import load_csv, write_windows
+
+    old = weather_rows(tmp_path / "old.csv", 1600, columns=[0, 21])
+    windows = {s: str(tmp_path / f"{s}.parquet") for s in ("train", "val", "test")}
+    write_windows(load_csv(old, target="OT", layout="custom"), "custom", 96, [24], windows)
+    csv = weather_rows(tmp_path / "weather.csv", 1500, columns=[0, 21])
+    assert planned_windows(split_rows(csv, windows, 96, "custom")["val"], 96, 24, None) == 127
+    csv.unlink()
+    assert planned_windows(split_rows(csv, windows, 96, "custom")["val"], 96, 24, None) == 137

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, WEATHER_CSV, make_model_dir
+from conftest import ROOT, make_model_dir
 from test_reruns import weather_rows
 
 SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]

@@ -53,3 +53,30 @@ def test_gather_refuses_shards_made_with_other_settings(tmp_path):
     with pytest.raises(InputError, match=r"2-3.safetensors: made with other settings than .*0-2.safetensors \(model\)"):
         gather([a[0], b[0]], [a[1], b[1]], str(tmp_path / "out.safetensors"), str(tmp_path / "out.json"))
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_shards_made_with_other_speed_settings_gather(tmp_path, weather_csv, tiny_model_dir):
+    """Following the out-of-memory advice (a lower batch_tokens) for some ranges keeps the run whole."""
+    from timekd_embed.config import validate_config
+    from timekd_embed.extract import extract_split, save_sca
+    from timekd_embed.settings import Settings
+    from timekd_embed.windows import SPLITS, load_csv, write_windows
+
+    with open(weather_csv, encoding="utf-8", newline="") as f:  # 400 rows: train has 160 windows at P=24
+        (tmp_path / "weather.csv").write_text("".join(next(f) for _ in range(401)), encoding="utf-8", newline="")
+    out = {s: str(tmp_path / f"{s}.parquet") for s in SPLITS}
+    write_windows(load_csv(tmp_path / "weather.csv"), "custom", 96, [24], out)
+    save_sca(tmp_path / "sca.safetensors", n_vars=21, d_model=64, seed=2024)
+    config = validate_config({"dataset": {"name": "weather", "csv": "unused.csv"}, "model": {"name_or_path": str(
+        tiny_model_dir)}, "precision": "fp32", "device": "cpu", "gpus_per_job": 1, "limit_windows": 3})
+    paths = []
+    for (start, stop), batch_tokens in (((0, 2), 4096), ((2, 3), 1024)):
+        settings = Settings.from_config(config | {"batch_tokens": batch_tokens}, 24, "train")
+        shard_path, stats = tmp_path / f"{start}-{stop}.safetensors", tmp_path / f"{start}-{stop}.json"
+        extract_split(settings, out["train"], tmp_path / "sca.safetensors", shard_path, stats, shard=(start, stop))
+        paths.append((str(shard_path), str(stats)))
+    gather([p for p, _ in paths], [s for _, s in paths], str(tmp_path / "out.safetensors"), str(tmp_path / "o.json"))
+    tensors, meta = read_tensors(tmp_path / "out.safetensors")
+    assert tensors["window_start"].tolist() == [0, 1, 2]
+    assert "batch_tokens" not in json.loads(meta["settings"])  # recorded under "runtime", for information only
+    assert '"batch_tokens": 1024' in meta["runtime"] and '"batch_tokens": 4096' in meta["runtime"]

@@ -19,6 +19,7 @@ from timekd_embed.fingerprint import (
     package_version,
 )
 from timekd_embed.resources import KNOWN_DATASETS
+from timekd_embed.settings import embedding_settings
 from timekd_embed.shards import planned_windows, ranges, split_rows
 from timekd_embed.windows import SPLITS, resolve_layout
 
@@ -119,18 +120,10 @@ if MODEL.hub:
         "revision": MODEL.revision,
     }
 
-# Every config key that changes an embedding; the extraction rules take them as params,
-# so that changing one reruns the extraction. Keys that change only the speed
+# Every config key that changes an embedding (settings.py); the extraction rules take them
+# as params, so that changing one reruns the extraction. Keys that change only the speed
 # (device, gpus_per_job, placement, batch_tokens) are read by the scripts instead.
-EMBEDDING_SETTINGS = {
-    "name": NAME,
-    "template": config["dataset"]["template"],
-    "seq_len": config["seq_len"],
-    "model": config["model"],
-    "precision": config["precision"],
-    "fidelity": config["fidelity"],
-    "limit_windows": config["limit_windows"],
-}
+EMBEDDING_SETTINGS = embedding_settings(config)
 # What else decides an embedding: the model's bytes and the code that computed it.
 EMBEDDING_TRACKED = {"model": MODEL_TRACKED, "package": PACKAGE}
 

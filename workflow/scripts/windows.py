@@ -2,9 +2,10 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
-from timekd_embed.jobs import job
-from timekd_embed.windows import SPLITS, load_csv, resolve_layout, sha256_file, write_windows
 from timekd_embed.errors import InputError
+from timekd_embed.jobs import job
+from timekd_embed.store import sha256_file
+from timekd_embed.windows import SPLITS, load_csv, resolve_layout, write_windows
 
 with job(snakemake.log[0]):
     p = snakemake.params

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .store import write_text
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (editable install)
 CSV_CANDIDATES = ("../shared/data/weather/weather.csv", "resources/weather.csv")
@@ -636,7 +637,7 @@ def worker_main(args) -> None:
     quiet_libraries()
     result = {"horizon": run_horizon, "baseline": run_baseline, "savings": run_savings}[args.worker](args)
     path = args.workdir / f"{args.worker}_P{args.pred_len}.json"
-    write_atomic(path, json.dumps(result, indent=2) + "\n")
+    write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 def machine(device: str) -> dict:
@@ -921,22 +922,6 @@ def md_targets(r: dict) -> str:
     return "## Targets\n\n" + table(["target", "measured", "status"], rows) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name beside `path`, then rename: never a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; a report is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run_settings(args) -> dict:
     return {"device": args.device, "precision": args.precision, "windows": args.windows,
             "batch_tokens": args.batch_tokens, "probe_batch_tokens": args.probe_batch_tokens,
@@ -980,8 +965,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     report = measure(args)
     json_path = args.out.with_suffix(".json")
-    write_atomic(json_path, json.dumps(report, indent=2) + "\n")
-    write_atomic(args.out, render_markdown(report, json_path.name))
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(args.out, render_markdown(report, json_path.name))
     for t in report["targets"]:
         progress(f"target: {t['target']}: {fmt(t['measured'])} {t['unit']} -> {t['status']}")
     progress(f"wrote {args.out} and {json_path} in {report['total_wall_s']:.0f} s")

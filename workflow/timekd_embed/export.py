@@ -31,8 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import InputError
-from .loader import map_tensor, read_file_metadata, read_header
-from .store import write_json
+from .loader import map_tensor
+from .store import atomic_path, fsync, publish_dir, read_header, read_metadata, write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,8 @@ def source_stamp(path: Path) -> dict:
 
 
 def _write_h5(h5py, path: Path, row: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path, durable=False) as tmp, h5py.File(tmp, "w") as f:  # fsync in bulk later
         f.create_dataset(DATASET, data=row)  # contiguous, uncompressed: as the published store_emb.py
-    os.replace(tmp, path)
 
 
 def _file_size(h5py, folder: Path, shape: tuple[int, ...]) -> int:
@@ -76,14 +74,6 @@ def _file_size(h5py, folder: Path, shape: tuple[int, ...]) -> int:
         return probe.stat().st_size
     finally:
         probe.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _prepare_staging(staging: Path, stamp: dict) -> bool:
@@ -101,23 +91,6 @@ def _prepare_staging(staging: Path, stamp: dict) -> bool:
     staging.mkdir(parents=True)
     write_json(stamp_path, stamp)
     return False
-
-
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Rename the finished staging folder to out_dir, replacing what is there."""
-    old = None
-    if out_dir.exists():
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        else:  # moved aside first, so out_dir is never missing files it had while staging is renamed
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    _fsync(out_dir.parent)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_file=None) -> dict:
@@ -148,13 +121,13 @@ def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_
                 written += 1
             bar.update(1)
     with ThreadPoolExecutor(max_workers=16) as pool:  # fsync releases the GIL; the disk takes them in bulk
-        list(pool.map(_fsync, [staging / n for n in names]))
+        list(pool.map(fsync, [staging / n for n in names]))
     expected = set(names)
     for path in staging.iterdir():  # the stamp and any temporary file a killed run left
         if path.name not in expected:
             path.unlink()
-    _fsync(staging)
-    _replace_dir(staging, out_dir)
+    fsync(staging)
+    publish_dir(staging, out_dir)
     wall = time.perf_counter() - began
     log.info("%s: %d files (%d written, %d kept from an interrupted run) of shape %s float32 in %.1f s",
              out_dir, len(names), written, skipped, tuple(emb.shape[1:]), wall)
@@ -163,7 +136,7 @@ def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_
 
 
 def _warn_if_partial(embeddings: Path, starts: np.ndarray) -> None:
-    limit = json.loads(read_file_metadata(embeddings).get("limit_windows", "null"))
+    limit = json.loads(read_metadata(embeddings).get("limit_windows", "null"))
     if limit is not None:
         log.warning("%s: only windows %d..%d were extracted (limit_windows = %d); the published train.py reads "
                     "every window of a split and will stop at the first missing file", embeddings,

@@ -18,7 +18,7 @@ import platform
 import time
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,33 +28,15 @@ from tqdm import tqdm
 from . import __version__
 from .devices import choose_placement, input_device, peak_memory, place_model, resolve_devices, token_budget
 from .errors import InputError
-from .lm import DTYPES, check_model, last_token_states, load_config, load_lm, load_tokenizer, sha256_file, weights_file
+from .lm import DTYPES, check_model, last_token_states, load_config, load_lm, load_tokenizer, weights_file
 from .packing import batches, distinct, pack, pad, share_head
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
-from .store import read_metadata, read_tensors, write_json, write_tensors
+from .settings import Settings
+from .store import read_metadata, read_tensors, sha256_file, write_json, write_tensors
 from .windows import read_windows
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What one extraction job needs; the first block decides the output, the second only the speed."""
-    name: str
-    template: str | None
-    pred_len: int
-    split: str
-    model: str
-    revision: str | None
-    precision: str
-    fidelity: str
-    limit_windows: int | None
-    # runtime only
-    device: str = "auto"
-    gpus_per_job: int = 1
-    batch_tokens: int | None = None  # None: devices.token_budget
-    placement: str = "auto"
 
 
 @dataclass
@@ -294,7 +276,9 @@ def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, tea
         "precision": settings.precision, "fidelity": settings.fidelity,
         "sca_sha256": sha256_file(Path(sca_path)), "seed": read_metadata(sca_path)["seed"],
         "limit_windows": settings.limit_windows,
-        "variables": windows_meta["variables"], "devices": teacher.devices, "placement": teacher.placement,
+        "variables": windows_meta["variables"],
         "package": f"timekd-embed {__version__}", "torch": torch.__version__,
-        "transformers": transformers.__version__, "settings": asdict(settings),
+        "transformers": transformers.__version__, "settings": settings.output_fields(),
+        # speed only: for information, never compared (settings.py)
+        "runtime": settings.runtime_fields() | {"devices": teacher.devices, "placement": teacher.placement},
     }

@@ -71,7 +71,7 @@ class Sha256Cache:
         Raises:
             FileNotFoundError: the file does not exist.
         """
-        from .windows import sha256_file  # store.sha256_file once the foundation lands
+        from .store import sha256_file
 
         path = Path(path).resolve()
         stat = path.stat()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,14 +86,6 @@ def weights_file(name_or_path: str, revision: str | None = None) -> Path:
     from transformers.utils import cached_file
     with _from_hub(name_or_path, revision):
         return Path(cached_file(name_or_path, "model.safetensors", revision=revision))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_model(name_or_path: str, revision: str | None = None) -> tuple[GPT2Config, GPT2TokenizerFast]:

@@ -8,9 +8,7 @@ hold it once for every DataLoader worker.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +16,12 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import InputError
+from .store import read_header, read_metadata
 from .windows import read_windows
 
 # safetensors dtype names -> numpy (little-endian by the format's definition).
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
            "U8": "u1", "BOOL": "?"}
-_HEADER_LIMIT = 100 * 1024 * 1024  # the format caps the JSON header at 100 MB; more means a damaged file
 
 
 def embeddings_path(results_dir: str | os.PathLike, name: str, pred_len: int, split: str) -> Path:
@@ -32,29 +30,6 @@ def embeddings_path(results_dir: str | os.PathLike, name: str, pred_len: int, sp
 
 def windows_path(results_dir: str | os.PathLike, name: str, split: str) -> Path:
     return Path(results_dir) / name / "windows" / f"{split}.parquet"
-
-
-def read_header(path: str | os.PathLike) -> tuple[dict, int]:
-    """The safetensors JSON header and the byte offset where the tensor data starts.
-
-    Layout: 8-byte little-endian header length n, n bytes of JSON, then the data; each
-    tensor's `data_offsets` count from the end of the JSON.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            prefix = f.read(8)
-            n = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
-            if not 0 < n <= _HEADER_LIMIT:
-                raise ValueError("bad header length")
-            header = json.loads(f.read(n))
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found; run the workflow for this dataset, horizon and split first.") from None
-    except (ValueError, UnicodeDecodeError):
-        raise InputError(f"{path}: not a readable safetensors file (damaged header); delete it and rerun the workflow.") from None
-    if not isinstance(header, dict):
-        raise InputError(f"{path}: not a readable safetensors file (header is not a JSON object); delete it and rerun the workflow.")
-    return header, 8 + n
 
 
 def map_tensor(path: str | os.PathLike, tensor: str = "embeddings") -> np.memmap:
@@ -83,11 +58,6 @@ def map_tensor(path: str | os.PathLike, tensor: str = "embeddings") -> np.memmap
     return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
 
 
-def read_file_metadata(path: str | os.PathLike) -> dict[str, str]:
-    header, _ = read_header(path)
-    return dict(header.get("__metadata__") or {})
-
-
 def load_embeddings(results_dir: str | os.PathLike, name: str, pred_len: int, split: str) -> np.memmap:
     """Teacher embeddings (n_windows, N, d) float32 of one horizon and split, memory-mapped.
 
@@ -114,7 +84,7 @@ class TeacherDataset(Dataset):
         self.zscore = np.ascontiguousarray(windows.zscore, dtype=np.float32)  # (R_s, N)
         self.window_start = np.array(map_tensor(self.path, "window_start"), dtype=np.int64)  # small: copy
         self._embeddings: np.memmap | None = None
-        self._check(source, windows.meta, read_file_metadata(self.path))
+        self._check(source, windows.meta, read_metadata(self.path))
 
     def _check(self, source: Path, windows_meta: dict, meta: dict) -> None:
         emb = self.embeddings

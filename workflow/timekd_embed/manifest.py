@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import config_hash
 from .errors import InputError
-from .windows import sha256_file
+from .store import sha256_file
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 1

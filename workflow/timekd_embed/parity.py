@@ -13,8 +13,9 @@ import numpy as np
 
 from .devices import resolve_devices, token_budget
 from .errors import InputError
-from .extract import Settings, embed_windows, load_teacher, out_of_memory_hint
+from .extract import embed_windows, load_teacher, out_of_memory_hint
 from .prompts import SplitPrompts
+from .settings import Settings
 from .store import read_tensors
 from .windows import read_windows
 
@@ -60,24 +61,43 @@ def compare(production: np.ndarray, reference: np.ndarray) -> dict:
     return stats, cos
 
 
-def stored_rows(path: str, windows: np.ndarray) -> tuple[np.ndarray, Settings]:
-    """The stored embeddings of the given windows, and the settings that produced them."""
+def stored_rows(path: str, windows: np.ndarray, settings: Settings) -> np.ndarray:
+    """The stored embeddings (len(windows), N, d) float32 of the given windows.
+
+    Raises:
+        InputError: the file was made with other output-affecting settings than `settings`
+            (a stale file: its extraction must rerun first).
+    """
     tensors, meta = read_tensors(path)
+    recorded = json.loads(meta["settings"])
+    expected = dataclasses.replace(settings, split=recorded.get("split")).output_fields()
+    if recorded != expected:
+        odd = sorted(k for k in expected if recorded.get(k) != expected[k])
+        raise InputError(f"{path}: made with other settings than the config ({', '.join(odd)}); rerun its "
+                         "extraction first.")
     row = {int(w): k for k, w in enumerate(tensors["window_start"].tolist())}
-    embeddings = tensors["embeddings"].numpy()[[row[int(w)] for w in windows]]
-    return embeddings, Settings(**json.loads(meta["settings"]))
+    return tensors["embeddings"].numpy()[[row[int(w)] for w in windows]]
 
 
-def parity_report(embedding_paths: dict[str, str], windows_paths: dict[str, str], sca_path: str,
-                  sample_size: int, min_cosine: float, runtime: dict) -> tuple[dict, np.ndarray]:
-    """Parity of one horizon over its splits; runtime holds device, gpus_per_job and batch_tokens."""
+def parity_report(settings: Settings, embedding_paths: dict[str, str], windows_paths: dict[str, str],
+                  sca_path: str, sample_size: int, min_cosine: float) -> tuple[dict, np.ndarray]:
+    """Parity of one horizon over its splits: a sample recomputed in fp32 against the stored files.
+
+    Args:
+        settings: the horizon's settings (Settings.from_config); its split is ignored.
+        embedding_paths, windows_paths: split -> the final embeddings / windows file.
+        sca_path: the SCA weights the extraction used.
+        sample_size: windows compared, spread over the splits (sample_windows).
+        min_cosine: the lowest cosine similarity that passes.
+
+    Returns:
+        (report, cosines): the JSON-able report, and the (S * N,) float64 cosine per
+        (window, variable), empty when the production precision is fp32.
+    """
     splits = {s: read_windows(windows_paths[s]) for s in embedding_paths}
     counts = {s: len(read_tensors(p)[0]["window_start"]) for s, p in embedding_paths.items()}
     sample = sample_windows(counts, sample_size)
-    stored, settings = {}, None
-    for s, idx in sample.items():
-        stored[s], settings = stored_rows(embedding_paths[s], idx)
-    settings = dataclasses.replace(settings, device=runtime["device"], gpus_per_job=runtime["gpus_per_job"])
+    stored = {s: stored_rows(embedding_paths[s], idx, settings) for s, idx in sample.items()}
     report = {"pred_len": settings.pred_len, "precision": settings.precision, "fidelity": settings.fidelity,
               "sample": {s: idx.tolist() for s, idx in sample.items()}, "min_cosine_required": min_cosine}
     if settings.precision == "fp32":
@@ -86,7 +106,7 @@ def parity_report(embedding_paths: dict[str, str], windows_paths: dict[str, str]
         return report, np.empty(0)
 
     fp32 = load_teacher(dataclasses.replace(settings, precision="fp32"), sca_path)
-    settings = dataclasses.replace(settings, batch_tokens=runtime["batch_tokens"] or token_budget(fp32.devices))
+    settings = dataclasses.replace(settings, batch_tokens=settings.batch_tokens or token_budget(fp32.devices))
     report["devices"] = fp32.devices
     with out_of_memory_hint(settings, fp32.devices):
         reference = [_embed(fp32, settings, splits[s], idx) for s, idx in sample.items()]

@@ -1,4 +1,7 @@
-"""Window -> GT/HD prompt text -> GPT-2 token ids -> token types (spec sections 2 and 3).
+"""Window -> GT/HD prompt text -> GPT-2 token ids -> token types: docs/teacher.md sections 2-3.
+
+References: the published store_emb.py (templates, time stamps, value formatting) and
+clm.py (the token-type walk that the calibrated mask reads).
 
 Two ways to the same token ids:
 - `prompt_texts` + the tokenizer: the published code's way, used by `inspect` and tests.

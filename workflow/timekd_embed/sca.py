@@ -1,4 +1,7 @@
-"""The subtractive cross attention (SCA) over the variables (spec section 5).
+"""The subtractive cross attention (SCA) over the variables: docs/teacher.md section 5.
+
+References: Liu et al., ICDE 2025 (TimeKD), the calibrated language model's output
+stage; the published layers/Sub_CA.py (`sub_ac`) and its use in clm.py.
 
 Module and parameter names mirror the published `sub_ac` module, so a state dict saved
 from here loads into the published code with `load_state_dict`. Built in the same order

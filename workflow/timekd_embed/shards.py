@@ -106,9 +106,9 @@ def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expect
     from .store import read_tensors, write_json, write_tensors
 
     parts = [read_tensors(p) for p in shards]
-    metas = [dict(m) for _, m in parts]
-    for m in metas:
-        m.pop("window_range")
+    # What decides the embeddings must agree; the window range and the speed-only runtime
+    # record (devices, placement, batch_tokens: settings.py) may differ from shard to shard.
+    metas = [{k: v for k, v in m.items() if k not in ("window_range", "runtime")} for _, m in parts]
     for path, m in zip(shards[1:], metas[1:]):
         if m != metas[0]:
             odd = sorted(k for k in m if m[k] != metas[0].get(k))
@@ -120,7 +120,9 @@ def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expect
     if expected is not None and len(starts) != expected:
         raise InputError(f"{out}: the shards hold {len(starts)} windows but the windows file has {expected}; they "
                          "were planned from other data: rerun the workflow (the plan follows the current CSV).")
-    metadata = metas[0] | {"window_range": json.dumps([0, len(starts)]), "shards": str(len(shards))}
+    runtimes = list(dict.fromkeys(m.get("runtime", "{}") for _, m in parts))  # distinct, in shard order
+    metadata = metas[0] | {"window_range": json.dumps([0, len(starts)]), "shards": str(len(shards)),
+                           "runtime": runtimes[0] if len(runtimes) == 1 else "[" + ", ".join(runtimes) + "]"}
     write_tensors(out, {"embeddings": torch.cat([t["embeddings"] for t, _ in parts]), "window_start": starts},
                   metadata)
     write_json(stats_out, merge_stats([json.loads(Path(p).read_text()) for p in stats]))

@@ -1,48 +1,147 @@
-"""Files in and out: safetensors and JSON, always written under a temporary name and renamed."""
+"""Files in and out: the one module that writes the product's files, hashes them and reads
+safetensors headers.
+
+Every write goes to a hidden temporary name beside its target and is renamed over it
+only when complete, so a crash, kill or full disk never leaves a file under a final name
+that looks complete. Files are created like any other file of the user's (mode 0666 less
+the umask), so a shared results folder stays readable by the group when the umask says so.
+Format: safetensors (github.com/huggingface/safetensors), whose header is an 8-byte
+little-endian length, that many bytes of JSON, then the tensor data.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import shutil
+import stat
+import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
 from .errors import InputError
+
+_HEADER_LIMIT = 100 * 1024 * 1024  # the format caps the JSON header at 100 MB; more means a damaged file
+
+
+def _temporary_beside(path: Path) -> Path:
+    """Create an empty, unique, hidden file beside `path`, with the umask's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            # O_EXCL: never two writers on one name; 0o666 less the umask, as open() would give
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # pragma: no cover - a 48-bit collision
+            continue
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+def atomic_paths(*paths: str | os.PathLike, durable: bool = True) -> Iterator[list[Path]]:
+    """Temporary paths for `paths`, renamed over them together when the block succeeds.
 
-    A crash, kill or full disk leaves at most a `.tmp` file, never a file under the
-    final name that looks complete.
+    Args:
+        paths: the final file paths; their folders are created.
+        durable: fsync each file before its rename; False for callers that write many
+            small files and fsync them in bulk afterwards (see export.py).
+
+    Yields:
+        One temporary path per final path, in order, each an existing empty file.
+
+    Raises:
+        Whatever the block raises. Then, and when a rename fails, no temporary file is
+        left and no final path of this call remains, so a set of files (one Parquet per
+        split, say) is all new or absent, never half new.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    finals = [Path(p) for p in paths]
+    temps: list[Path] = []
+    replaced: list[Path] = []
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        temps.extend(_temporary_beside(p) for p in finals)
+        # The mode the kernel gave the new files (0666 less the umask): a writer that
+        # recreates its file (safetensors makes it 0600) gets it back before the rename.
+        modes = [stat.S_IMODE(tmp.stat().st_mode) for tmp in temps]
+        yield list(temps)
+        for tmp, mode in zip(temps, modes):
+            os.chmod(tmp, mode)
+            if durable:
+                fsync(tmp)
+        for tmp, final in zip(temps, finals):
+            os.replace(tmp, final)
+            replaced.append(final)
+    except BaseException:
+        for leftover in [t for t in temps if t.exists()] + replaced:
+            leftover.unlink(missing_ok=True)
+        raise
 
 
-def write_json(path: str | Path, data) -> None:
+@contextmanager
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+    """One temporary path beside `path`, renamed over it if the block succeeds (see atomic_paths)."""
+    with atomic_paths(path, durable=durable) as (tmp,):
+        yield tmp
+
+
+def publish_dir(staging: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Rename a finished staging folder to `out_dir`, replacing what is there.
+
+    A non-empty `out_dir` is moved aside first, so it never loses files it had while the
+    staging folder is renamed; the old copy is removed afterwards.
+    """
+    staging, out_dir = Path(staging), Path(out_dir)
+    old = None
+    if out_dir.exists():
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        else:
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    fsync(out_dir.parent)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_bytes(data)
 
 
-def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors with string metadata (safetensors only stores str -> str), byte-reproducible."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """JSON with sorted keys and a final newline, so equal data gives equal bytes."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict) -> None:
+    """A safetensors file, byte-reproducible.
+
+    Args:
+        path: the final path.
+        tensors: name -> torch.Tensor (any dtype and shape; made contiguous).
+        metadata: name -> value; values that are not str are stored as JSON text, since
+            safetensors only stores str -> str.
+    """
+    from safetensors.torch import save_file  # here: planning imports this module, and torch loads slowly
+
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     with atomic_path(path) as tmp:
         save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata=metadata)
@@ -67,19 +166,64 @@ def _sort_header(path: Path) -> None:
         f.write(text.ljust(size))
 
 
-def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """The safetensors JSON header and the byte offset where the tensor data starts.
+
+    Reads only the header, never the tensors: cheap for a multi-GB file.
+
+    Returns:
+        (header, data_start): header maps tensor name -> {dtype, shape, data_offsets}
+        plus "__metadata__"; each tensor's data_offsets count from data_start.
+
+    Raises:
+        InputError: the file is missing or its header is damaged.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            n = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+            if not 0 < n <= _HEADER_LIMIT:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found; run the workflow to create it.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: not a readable safetensors file (damaged header); delete it and rerun "
+                         "the workflow.") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: not a readable safetensors file (header is not a JSON object); delete it and "
+                         "rerun the workflow.")
+    return header, 8 + n
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The str -> str metadata of a safetensors file, from its header alone."""
+    return dict(read_header(path)[0].get("__metadata__") or {})
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Every tensor (name -> torch.Tensor, as stored) and the metadata of a safetensors file.
+
+    Raises:
+        InputError: the file is missing or damaged.
+    """
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except FileNotFoundError:
         raise InputError(f"{path}: file not found; run the workflow to create it.") from None
     except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise InputError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the workflow.") from None
+        raise InputError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the "
+                         "workflow.") from None
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the workflow.") from None
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .lm import sha256_file
-from .store import read_metadata, read_tensors
+from .store import read_metadata, read_tensors, sha256_file
 from .windows import read_windows
 
 # Metadata that must be the same in every file of one results folder.

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .store import atomic_paths
 
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("custom", "ett_hour", "ett_minute")
@@ -160,14 +160,6 @@ def _check_positive_int(value: object, key: str) -> None:
 
 
 # --------------------------------------------------------------------------- reading the CSV
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_csv(path: str | os.PathLike, target: str = "OT", layout: str = "custom") -> Table:
@@ -534,31 +526,10 @@ def _arrow_table(
 
 
 def _write_all_atomically(tables: dict[str, pa.Table], out: dict[str, str]) -> None:
-    """Temp file in the target folder, fsync, then os.replace: a crash leaves no complete-looking file."""
-    staged: list[tuple[str, str]] = []  # (temporary, final)
-    replaced: list[str] = []
-    try:
-        for split, arrow in tables.items():
-            final = os.path.abspath(out[split])
-            folder = os.path.dirname(final)
-            os.makedirs(folder, exist_ok=True)
-            # Hidden unique name next to the target; "xb" honours the umask (mkstemp would give 0600).
-            tmp = os.path.join(folder, f".{os.path.basename(final)}.{secrets.token_hex(6)}.tmp")
-            with open(tmp, "xb") as f:
-                staged.append((tmp, final))
-                pq.write_table(arrow, f)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, final in staged:
-            os.replace(tmp, final)
-            replaced.append(final)
-    except BaseException:
-        for path in [tmp for tmp, _ in staged] + replaced:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        raise
+    """All splits or none: store.atomic_paths renames them together, or removes them all."""
+    with atomic_paths(*(out[split] for split in tables)) as temps:
+        for arrow, tmp in zip(tables.values(), temps):
+            pq.write_table(arrow, tmp)
 
 
 # --------------------------------------------------------------------------- reading back

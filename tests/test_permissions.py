@@ -1,0 +1,32 @@
+"""Every output follows the umask: a shared results folder stays readable (and rsync -a keeps it so)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import subprocess
+
+import pytest
+import yaml
+
+from test_workflow import SNAKEMAKE, weather_config
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o027])
+def test_a_full_run_gives_every_output_the_umask_mode(tmp_path, weather_csv, tiny_model_dir, umask):
+    # bf16, so that the parity recomputation, its histogram and the report's numbers are all written
+    config = weather_config(pred_lens=[24], model={"name_or_path": str(tiny_model_dir)}, precision="bf16",
+                            limit_windows=2, parity={"windows": 2, "min_cosine": 0.9})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+                                      "--cores", "2"],
+                         capture_output=True, text=True, timeout=900, preexec_fn=functools.partial(os.umask, umask))
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = tmp_path / "results" / "weather"
+    modes = {str(p.relative_to(results)): stat.S_IMODE(p.stat().st_mode) for p in results.rglob("*")}
+    assert {"sca.safetensors", "embeddings/24/train.safetensors", "embeddings/24/val.json", "MANIFEST.json",
+            "windows/train.parquet", "validation/parity_24.json", "validation/report.md",
+            "validation/cosine_histogram.png", "logs/windows.log"} <= set(modes)
+    want = {path: (0o777 if (results / path).is_dir() else 0o666) & ~umask for path in modes}
+    assert modes == want
