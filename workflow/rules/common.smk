@@ -80,7 +80,9 @@ def input_csv():
     """The CSV, or one clear sentence when it is missing, cannot be fetched and the windows must be made."""
     csv = config["dataset"]["csv"]
     if not Path(csv).is_file() and not HAVE_WINDOWS and KNOWN is None:
-        fail(f"{csv} not found: put the {NAME} CSV there or set dataset.csv in the config.")
+        fail(
+            f"{csv} not found: put the {NAME} CSV there or set dataset.csv in the config."
+        )
     return csv
 
 
