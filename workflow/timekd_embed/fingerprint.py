@@ -138,12 +138,12 @@ def model_files(source: ModelSource) -> list[Path]:
 
     Returns:
         For a hub id, the files get_model writes (they may not exist yet); for a local
-        folder, MODEL_FILES plus the optional tokenizer files present there.
+        folder, those of MODEL_FILES and OPTIONAL_MODEL_FILES that are there (a missing
+        one is the extraction's error to report, in lm.py's words).
     """
     if source.hub:
         return [source.folder / name for name in MODEL_FILES]
-    optional = [source.folder / name for name in OPTIONAL_MODEL_FILES if (source.folder / name).is_file()]
-    return [source.folder / name for name in MODEL_FILES] + optional
+    return [source.folder / name for name in MODEL_FILES + OPTIONAL_MODEL_FILES if (source.folder / name).is_file()]
 
 
 def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
@@ -153,16 +153,9 @@ def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
         A hub id: {"repo": id, "revision": commit} (a commit fixes every file's bytes).
         A local folder: {"files": {file name: sha256}} of model_files (no path: moving
         the folder changes nothing; the input file names are tracked by Snakemake itself).
-
-    Raises:
-        InputError: a local folder without one of MODEL_FILES.
     """
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
-    missing = [p.name for p in model_files(source) if not p.is_file()]
-    if missing:
-        raise InputError(f"model folder {source.folder} (config key model.name_or_path) lacks "
-                         f"{', '.join(missing)}; a GPT-2 folder needs {', '.join(MODEL_FILES)}.")
     return {"files": {p.name: cache.sha256(p) for p in model_files(source)}}
 
 
@@ -170,7 +163,8 @@ def model_config_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
     """What the SCA stage reads from the model (its width, from config.json)."""
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
-    return {"config.json": cache.sha256(source.folder / "config.json")}
+    config = source.folder / "config.json"
+    return {"config.json": cache.sha256(config) if config.is_file() else None}
 
 
 def recorded_windows_metadata(path: str | os.PathLike) -> dict:
