@@ -232,3 +232,18 @@ def test_the_plan_follows_the_csv_not_older_windows_files(tmp_path, weather_csv)
     assert planned_windows(split_rows(csv, windows, 96, "custom")["val"], 96, 24, None) == 127
     csv.unlink()
     assert planned_windows(split_rows(csv, windows, 96, "custom")["val"], 96, 24, None) == 137
+
+
+def test_current_fingerprints_name_what_the_config_points_at_now(tmp_path, tiny_model_dir):
+    from timekd_embed.fingerprint import current_fingerprints
+
+    csv = weather_rows(tmp_path / "weather.csv", 200)
+    config = {"dataset": {"csv": str(csv)}, "model": {"name_or_path": str(tiny_model_dir), "revision": None}}
+    found = current_fingerprints(config, tmp_path / "cache.json")
+    assert found["input_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert found["weights_sha256"] == hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert found["revision"] is None and found["package"].startswith("timekd-embed ")
+    hub = current_fingerprints({"dataset": {"csv": str(tmp_path / "absent.csv")},
+                                "model": {"name_or_path": "gpt2", "revision": None}}, None)
+    assert hub["input_sha256"] is None and hub["weights_sha256"] is None   # nothing there yet to compare
+    assert hub["revision"] == "607a30d783dfa663caf39e06633721c8d4cfcd7e"
