@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE_ARGS ?= --cores 8 --resources gpu=2
 
-.PHONY: run test lint format bench bootstrap
+.PHONY: run test lint format bench bootstrap preflight
 
 bootstrap: $(VENV)/.installed
 
@@ -14,6 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,export]'
 	touch $@
+
+# Before `make run`: speed, memory, ETA and fp32 parity on a few windows per horizon, on this
+# machine's GPUs (README "Quick start"); results/<name>/preflight.{json,md}. CONFIG=my.yaml for another.
+CONFIG ?= config/config.yaml
+preflight: bootstrap
+	$(BIN)/timekd-embed preflight --configfile $(CONFIG)
 
 run: bootstrap
 	$(BIN)/snakemake $(SNAKEMAKE_ARGS)
@@ -29,5 +35,7 @@ format: bootstrap
 	$(BIN)/snakefmt Snakefile workflow/rules
 
 # Speed and memory on this machine, written to docs/benchmarks.md and .json (see that file).
+# On a GPU: make bench BENCH_ARGS="--device cuda --precision fp16"
+BENCH_ARGS ?=
 bench: bootstrap
-	$(BIN)/python -m timekd_embed.bench --out docs/benchmarks.md
+	$(BIN)/python -m timekd_embed.bench --out docs/benchmarks.md $(BENCH_ARGS)

@@ -18,6 +18,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/validate.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/manifest.smk"
+include: "workflow/rules/preflight.smk"  # not part of all
 
 
 rule all:

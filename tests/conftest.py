@@ -6,7 +6,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -60,7 +59,5 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def train_split(weather_csv):
     """Variables, raw values (R, N) and stamps (R, 6) of the weather train split."""
     df = pd.read_csv(weather_csv, nrows=TRAIN_ROWS)
-    dates = pd.to_datetime(df["date"])
-    stamps = np.stack([dates.dt.year, dates.dt.month, dates.dt.day, dates.dt.day_of_week,
-                       dates.dt.hour, dates.dt.minute], axis=1)
-    return df.columns[1:].tolist(), df.iloc[:, 1:].to_numpy(), stamps
+    from timekd_embed.table import stamps
+    return df.columns[1:].tolist(), df.iloc[:, 1:].to_numpy(), stamps(pd.to_datetime(df["date"]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import runpy
 import shutil
 import socket
@@ -25,13 +26,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPT2Model
 
-from conftest import ROOT, make_model_dir
+from conftest import ROOT, SHARED_DATA, make_model_dir, need
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import Settings, extract_split, load_teacher, save_sca
 from timekd_embed.lm import load_config
-from timekd_embed.windows import SPLITS, load_csv, write_windows
+from timekd_embed.prompts import SplitPrompts
+from timekd_embed.table import load_csv
+from timekd_embed.windows import SPLITS, read_windows, write_windows
 
 SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
 SCRIPTS = ROOT / "workflow" / "scripts"
@@ -116,14 +121,18 @@ def restore_logging():
     root.setLevel(level)
 
 
-def run_windows_job(tmp_path: Path, csv: Path, sha256: str | None = None, seq_len: int = 96):
-    """workflow/scripts/windows.py in-process, with what Snakemake hands it; (exit code, out paths, log)."""
+def run_windows_job(tmp_path: Path, csv: Path, sha256: str | None = None, seq_len: int = 96, name: str = "weather",
+                    layout: str = "custom", date_format: str | None = None, template: str | None = None):
+    """workflow/scripts/windows.py in-process, with what Snakemake hands it; (exit code, out paths, log).
+
+    The params are those windows.smk passes after validate_config (a concrete layout).
+    """
     out = [tmp_path / "results" / "windows" / f"{s}.parquet" for s in SPLITS]
     log = tmp_path / "results" / "logs" / "windows.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     fake = SimpleNamespace(input=[str(csv)], output=[str(p) for p in out], log=[str(log)], threads=1,
-                           params=SimpleNamespace(layout="auto", name="weather", target="OT", seq_len=seq_len,
-                                                  sha256=sha256),
+                           params=SimpleNamespace(layout=layout, name=name, target="OT", seq_len=seq_len,
+                                                  sha256=sha256, date_format=date_format, template=template),
                            config={"pred_lens": [24]}, scriptdir=str(SCRIPTS))
     try:
         runpy.run_path(str(SCRIPTS / "windows.py"), init_globals={"snakemake": fake})
@@ -141,7 +150,7 @@ def run_windows_job(tmp_path: Path, csv: Path, sha256: str | None = None, seq_le
 
 def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple[Path, dict]]:
     cases = {}
-    for name in ("empty", "short", "non_numeric", "no_model"):
+    for name in ("empty", "short", "non_numeric", "no_model", "prefixed_weights", "etth1_on_ettm1"):
         (root / name).mkdir()
     cases["empty"] = small_config(write(root / "empty" / "empty.csv", b""), model_dir)
     # 400 rows: the val split gets 40 + 96 rows, fewer than seq_len + P = 96 + 48.
@@ -150,6 +159,17 @@ def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple
     cases["non_numeric"] = small_config(write(root / "non_numeric" / "bad.csv", set_cell(lines, 6, 2, "abc")),
                                         model_dir)
     cases["no_model"] = small_config(write(root / "no_model" / "weather.csv", lines), root / "models" / "gpt2")
+    # Issue #12.1: a wrapper module's save (keys "gpt2.h.0...") used to run as a random GPT-2, rc 0.
+    wrapped = root / "models" / "wrapped"
+    shutil.copytree(model_dir, wrapped)
+    save_file({f"gpt2.{k}": v for k, v in load_file(model_dir / "model.safetensors").items()},
+              wrapped / "model.safetensors", metadata={"format": "pt"})
+    cases["prefixed_weights"] = small_config(write(root / "prefixed_weights" / "weather.csv", lines), wrapped)
+    # Issue #12.3: dataset.name ETTh1 on the 15-minute ETTm1.csv used to give hourly borders, rc 0.
+    with open(need(SHARED_DATA / "ETT-small" / "ETTm1.csv"), encoding="utf-8") as f:
+        ettm1 = [next(f).rstrip("\n") for _ in range(20 * 30 * 24 + 1 + 100)]  # enough rows for ett_hour
+    cases["etth1_on_ettm1"] = small_config(write(root / "etth1_on_ettm1" / "ETTm1.csv", ettm1), model_dir)
+    cases["etth1_on_ettm1"]["dataset"]["name"] = "ETTh1"
     return {name: (root / name, config) for name, config in cases.items()}
 
 
@@ -181,6 +201,22 @@ def test_non_numeric_cell(e2e):
     log = "results/weather/logs/windows.log"
     assert log in result.stderr                                            # Snakemake points at the job's log,
     assert "'abc' is not a finite number" in (work / log).read_text()      # which holds the sentence too
+    assert artifacts(work) == []
+
+
+def test_weights_under_a_wrapper_prefix_stop_the_first_model_job(e2e):
+    work, config, result = e2e["prefixed_weights"]
+    folder = config["model"]["name_or_path"]
+    assert_fails_cleanly(result, f"model folder {folder} (config key model.name_or_path), model.safetensors",
+                         "28 tensor(s) the model needs are not in the file", "28 tensor(s) of the file are not")
+    assert "sca.log" in result.stderr  # the sca job, the first that reads the model, stopped it
+    assert artifacts(work) == [f"weather/windows/{s}.parquet" for s in ("test", "train", "val")]
+
+
+def test_an_hourly_name_on_15_minute_data_stops_the_run(e2e):
+    work, _, result = e2e["etth1_on_ettm1"]
+    assert_fails_cleanly(result, "ETTm1.csv", "dataset.layout is ett_hour", "usual step is 15 min")
+    assert "results/ETTh1/logs/windows.log" in result.stderr
     assert artifacts(work) == []
 
 
@@ -255,6 +291,105 @@ def test_crlf_duplicates_gaps_and_sentinels_are_accepted(tmp_path, weather_csv, 
     assert "ERROR" not in capsys.readouterr().err
 
 
+# --------------------------------------------------------------------------- time step and dates (issue #12, 3 and 4)
+
+
+@pytest.fixture(scope="module")
+def ettm1_head(tmp_path_factory) -> Path:
+    """The first 20 months (12/4/4 of 30 days) of hourly rows' worth of the real 15-minute ETTm1.csv."""
+    source = need(SHARED_DATA / "ETT-small" / "ETTm1.csv")
+    folder = tmp_path_factory.mktemp("ettm1")
+    with open(source, encoding="utf-8") as f:
+        head = [next(f).rstrip("\n") for _ in range(20 * 30 * 24 + 1 + 100)]
+    return write(folder / "ETTm1.csv", head)
+
+
+def test_an_hourly_name_on_15_minute_data_stops_the_windows_job(ettm1_head, tmp_path, capsys):
+    # dataset.name ETTh1 (layout auto -> ett_hour) with ETTm1.csv: hourly borders on 15-minute rows, and
+    # HH:00 stamps that would write 23:00 for 23:45.
+    code, out, _ = run_windows_job(tmp_path, ettm1_head, name="ETTh1", layout="ett_hour")
+    assert code == 1
+    sentence = one_sentence(capsys.readouterr().err)
+    for fragment in ("dataset.layout is ett_hour", "dataset.name 'ETTh1'", "usual step is 15 min",
+                     "set dataset.name to an ETTm name (layout ett_minute)"):
+        assert fragment in sentence, (fragment, sentence)
+    assert not any(p.exists() for p in out)
+
+
+def test_an_hh00_name_on_data_with_minutes_stops_the_windows_job(lines, tmp_path, capsys):
+    # ECL (custom layout) writes HH:00: weather's 10-minute rows would lose their minutes, the first at line 2
+    # (2020-01-01 00:10:00).
+    code, out, _ = run_windows_job(tmp_path, write(tmp_path / "weather.csv", lines), name="ECL")
+    assert code == 1
+    sentence = one_sentence(capsys.readouterr().err)
+    for fragment in ("line 2", "dataset.name 'ECL' writes the prompts' stamps as HH:00", "usual step is 10 min",
+                     "2020-01-01 00:10:00 would lose its minutes"):
+        assert fragment in sentence, (fragment, sentence)
+    assert not any(p.exists() for p in out)
+
+
+def test_stamps_with_seconds_stop_the_windows_job(lines, tmp_path, capsys):
+    # 30-second rows from 2020-01-01 00:00:00: line 3 is 00:00:30, whose seconds no prompt stamp can hold.
+    stamped = [lines[0]] + [f"2020-01-01 {k // 120:02d}:{k // 2 % 60:02d}:{30 * (k % 2):02d},{line.split(',', 1)[1]}"
+                            for k, line in enumerate(lines[1:])]
+    code, out, _ = run_windows_job(tmp_path, write(tmp_path / "weather.csv", stamped))
+    assert code == 1
+    sentence = one_sentence(capsys.readouterr().err)
+    for fragment in ("line 3", "usual step is 30 s", "2020-01-01 00:00:30 would lose its seconds"):
+        assert fragment in sentence, (fragment, sentence)
+    assert not any(p.exists() for p in out)
+
+
+def test_weather_under_the_hourly_fallback_template_is_noted_not_refused(lines, tmp_path, capsys):
+    code, out, log = run_windows_job(tmp_path, write(tmp_path / "weather.csv", lines))
+    assert code == 0
+    note = read_windows(out[0]).meta["template_note"]
+    assert "template ETTh1 (picked for dataset.name 'weather') says 'every hour'" in note
+    assert "usual step is 10 min" in note and note in log.read_text()
+    assert "ERROR" not in capsys.readouterr().err
+    code, out, _ = run_windows_job(tmp_path, write(tmp_path / "weather.csv", lines), template="Weather")
+    assert code == 0 and read_windows(out[0]).meta["template_note"] is None  # "every 10 minutes" fits
+
+
+def monthly_day_first(path: Path, months: int = 180) -> Path:
+    """A monthly file written DD/MM/YYYY from 1 January 2000: every day is 01, so every date also reads month-first."""
+    rows = [f"01/{1 + k % 12:02d}/{2000 + k // 12},{k},{2 * k}" for k in range(months)]
+    return write(path, ["date,a,OT", *rows])
+
+
+def test_ambiguous_day_first_dates_stop_the_windows_job_and_name_the_key(tmp_path, capsys):
+    csv = monthly_day_first(tmp_path / "monthly.csv")
+    code, out, _ = run_windows_job(tmp_path, csv, seq_len=12)
+    assert code == 1
+    sentence = one_sentence(capsys.readouterr().err)
+    for fragment in (str(csv), "column 'date'", "'01/02/2000'", "set config key dataset.date_format to '%d/%m/%Y'"):
+        assert fragment in sentence, (fragment, sentence)
+    assert not any(p.exists() for p in out)
+
+
+def test_day_first_dates_parse_exactly_with_date_format(tmp_path, tokenizer):
+    csv = monthly_day_first(tmp_path / "monthly.csv")
+    code, out, log = run_windows_job(tmp_path, csv, seq_len=12, date_format="%d/%m/%Y")
+    assert code == 0
+    train = read_windows(out[0])
+    # Row 83 is written 01/12/2006: 1 December 2006, a Friday (weekday 4).
+    assert train.stamps()[83].tolist() == [2006, 12, 1, 4, 0, 0]
+    assert train.meta["irregularities"]["gaps"]["count"] == 0
+    assert "gap" not in log.read_text()
+    text = SplitPrompts(tokenizer, train.raw, train.stamps(), "monthly", 4, 12).window_texts(72)[0][0]
+    assert text.startswith("From <01/01/2006 00:00> to <01/12/2006 00:00>, ")
+
+
+def test_day_first_dates_with_a_day_over_12_still_stop_with_one_sentence(lines, tmp_path, capsys):
+    day_first = [lines[0]] + [f"{k % 28 + 1:02d}/01/2020 00:00,{line.split(',', 1)[1]}" for k, line in
+                              enumerate(lines[1:])]
+    code, _, _ = run_windows_job(tmp_path, write(tmp_path / "weather.csv", day_first))
+    assert code == 1
+    sentence = one_sentence(capsys.readouterr().err)
+    assert "line 14, column 'date': the date '13/01/2020 00:00' cannot be parsed" in sentence
+    assert "dataset.date_format" in sentence
+
+
 # --------------------------------------------------------------------------- config keys (common.smk calls this)
 
 
@@ -284,6 +419,67 @@ def test_bad_config_key(case):
     message = str(caught.value)
     assert message.startswith("my.yaml: ") and fragment in message and message.endswith(".")
     assert "\n" not in message
+
+
+def test_command_line_numbers_are_read_by_the_key_type_and_errors_name_their_origin():
+    file = {"dataset": {"name": "weather", "csv": "x.csv"}, "pred_lens": [24], "seq_len": 96}
+    # What Snakemake hands over for --config 'pred_lens=[24, 48]' 'parity={windows: 8, min_cosine: 0.99}'
+    # 'model={revision: 10}' limit_windows=null: list and mapping items stay strings.
+    command_line = {"pred_lens": ["24", "48"], "parity": {"windows": "8", "min_cosine": "0.99"},
+                    "model": {"revision": "10"}, "limit_windows": "null"}
+    merged = {**file, **command_line, "model": {"name_or_path": "gpt2", "revision": "10"}}
+    config = validate_config(merged, "my.yaml", [("my.yaml", file), ("--config", command_line)])
+    assert config["pred_lens"] == [24, 48]
+    assert config["parity"] == {"windows": 8, "min_cosine": 0.99}
+    assert config["model"]["revision"] == "10"  # a text key keeps the text
+    assert config["limit_windows"] is None
+    for bad, fragment in ((["24", "4x"], "--config: config key pred_lens[1] = '4x' is invalid"),
+                          (["24", "1_0"], "--config: config key pred_lens[1] = '1_0' is invalid"),
+                          (["24.0"], "--config: config key pred_lens[0] = '24.0' is invalid")):
+        with pytest.raises(InputError, match=re.escape(fragment)):
+            validate_config({**file, "pred_lens": bad}, "my.yaml",
+                            [("my.yaml", file), ("--config", {"pred_lens": bad})])
+    with pytest.raises(InputError, match=re.escape("b.yaml: config key seq_len = 0 is invalid")):
+        validate_config({**file, "seq_len": 0}, "a.yaml + b.yaml", [("a.yaml", file), ("b.yaml", {"seq_len": 0})])
+
+
+def test_date_format_key_is_checked():
+    for pattern, fragment in (("%d/%q/%Y", "unknown code(s) %q"), ("%d/%m", "needs a year"), (12, "is invalid")):
+        with pytest.raises(InputError, match=re.escape(fragment)):
+            validate_config({"dataset": {"name": "weather", "csv": "x.csv", "date_format": pattern}}, "my.yaml")
+    config = validate_config({"dataset": {"name": "weather", "csv": "x.csv", "date_format": "%d/%m/%Y %H:%M"}})
+    assert config["dataset"]["date_format"] == "%d/%m/%Y %H:%M"
+
+
+@pytest.mark.parametrize("name, layout, expected", [("ETTh1", "auto", "ett_hour"), ("ETTm2", "auto", "ett_minute"),
+                                                    ("weather", "auto", "custom"), ("ETTh1", "custom", "custom")])
+def test_auto_layout_is_resolved_by_the_config_layer(name, layout, expected):
+    config = validate_config({"dataset": {"name": name, "csv": "x.csv", "layout": layout}})
+    assert config["dataset"]["layout"] == expected
+
+
+def test_documented_command_line_forms_work_with_the_real_cli(tmp_path, weather_csv):
+    """Every --config form README.md and config/README.md show, through `snakemake -n`."""
+    with open(weather_csv, encoding="utf-8") as f:
+        write(tmp_path / "weather.csv", [next(f).rstrip("\n") for _ in range(2001)])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": "weather", "csv": "weather.csv"}}))
+    base = SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "-n", "--cores", "2"]
+    forms = ["pred_lens=[24, 48]", "splits=[train]", "limit_windows=4", "dataset={name: demo}",
+             "parity={windows: 8, min_cosine: 0.99}", "model={name_or_path: gpt2, revision: main}", "seed=7"]
+    result = subprocess.run(base + ["--config", *forms], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = sorted(set(re.findall(r"results/demo/embeddings/(\d+)/(\w+)\.safetensors", result.stdout)))
+    assert planned == [("24", "train"), ("48", "train")]  # the horizons and split of the command line, name demo
+    assert "results/weather" not in result.stdout
+    for null in ("limit_windows=", "limit_windows=null"):
+        result = subprocess.run(base + ["--config", null, "pred_lens=[96]"], capture_output=True, text=True,
+                                timeout=600, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "results/weather/embeddings/96/val.safetensors" in result.stdout
+    bad = subprocess.run(base + ["--config", "pred_lens=[24, x]"], capture_output=True, text=True, timeout=600,
+                         check=False)
+    sentence = assert_fails_cleanly(bad, "--config: config key pred_lens[1] = 'x' is invalid")
+    assert "config.yaml" not in sentence
 
 
 # --------------------------------------------------------------------------- the extraction job, in-process
@@ -348,10 +544,10 @@ class _Marker:
 
 
 def test_tokenizer_vocabulary_differs_from_the_model(tmp_path, tiny_model_dir, small_windows):
+    # A model with 50,000 embeddings (weights and config.json agree) next to GPT-2's 50,257-token tokenizer.
     folder = _model_copy(tiny_model_dir, tmp_path / "other-vocab")
-    config = json.loads((folder / "config.json").read_text())
-    config["vocab_size"] = 50_000
-    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=50_000)).save_pretrained(folder)
     with pytest.raises(InputError, match=r"the tokenizer has 50257 tokens but the model 50000 embeddings"):
         load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
 

@@ -12,9 +12,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, SHARED_DATA, need
+from timekd_embed.cadence import check_cadence
 from timekd_embed.config import load_config_file, validate_config
-from timekd_embed.prompts import SplitPrompts, TEMPLATES, template_key
-from timekd_embed.windows import load_csv, read_windows, resolve_layout, write_windows
+from timekd_embed.prompts import TEMPLATES, SplitPrompts, template_key
+from timekd_embed.table import load_csv
+from timekd_embed.windows import read_windows, write_windows
 
 EXAMPLES = ROOT / "config" / "examples"
 SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
@@ -36,8 +38,9 @@ def example(name: str) -> dict:
 def windows_of(csv: Path, name: str, tmp_path: Path, pred_lens=(24, 96), seq_len=SEQ_LEN) -> dict:
     """The windows stage as the workflow runs it, from the example config's name alone."""
     config = validate_config({"dataset": {"name": name, "csv": str(csv)}, "seq_len": seq_len})
-    layout = resolve_layout(config["dataset"]["layout"], name)
+    layout = config["dataset"]["layout"]  # concrete: validate_config resolves "auto" from the name
     table = load_csv(csv, target=config["dataset"]["target"], layout=layout)
+    check_cadence(table, name, layout)
     out = {s: str(tmp_path / f"{s}.parquet") for s in ("train", "val", "test")}
     write_windows(table, layout, seq_len, list(pred_lens), out)
     return {s: read_windows(p) for s, p in out.items()}
@@ -86,7 +89,8 @@ def test_ettm1_has_the_fixed_quarter_hour_borders(ettm1):
     assert ett_counts(QUARTER, 96) == {"train": 34369, "val": 11425, "test": 11425}
     for P in (24, 96):
         assert {s: w.n_windows(P) for s, w in ettm1.items()} == ett_counts(QUARTER, P)
-    assert ettm1["train"].meta["layout"] == "ett_minute" and ettm1["test"].meta["borders"]["test"] == [46080 - 96, 57600]
+    assert ettm1["train"].meta["layout"] == "ett_minute"
+    assert ettm1["test"].meta["borders"]["test"] == [46080 - 96, 57600]
 
 
 # The HUFL column of ETTh1.csv, rows 0-95 and 96-119, each value truncated toward zero.
@@ -150,7 +154,7 @@ def synthetic_csv(path: Path, rows: int, freq: str, date_format: str, columns: l
 
 CUSTOM = {  # name: (step, date format as the collection writes it, expected template, HD prompt ending)
     "Exchange": ((1, "D"), "%Y/%-m/%-d %-H:%M", "Exchange", "every day. Forecast the rates for the next <4> days"),
-    "ECL": ((30, "m"), "%Y-%m-%d %H:%M:%S", "ETTh1", "every hour. Forecast the values for the next <4> hours"),
+    "ECL": ((1, "h"), "%Y-%m-%d %H:%M:%S", "ETTh1", "every hour. Forecast the values for the next <4> hours"),
     "Traffic": ((30, "m"), "%Y-%m-%d %H:%M:%S", "ETTh1", "every hour. Forecast the values for the next <4> hours"),
 }
 
@@ -159,7 +163,7 @@ CUSTOM = {  # name: (step, date format as the collection writes it, expected tem
 def test_custom_layout_datasets_from_their_example_config(name, tmp_path, tokenizer):
     step, date_format, template, hd_end = CUSTOM[name]
     config = example(name)
-    assert config["dataset"]["name"] == name and resolve_layout(config["dataset"]["layout"], name) == "custom"
+    assert config["dataset"]["name"] == name and config["dataset"]["layout"] == "custom"
     assert template_key(name, config["dataset"]["template"]) == template
     csv = synthetic_csv(tmp_path / "data.csv", 301, step, date_format, ["0", "OT", "1"])
     splits = windows_of(csv, name, tmp_path, pred_lens=[4], seq_len=12)
@@ -172,8 +176,8 @@ def test_custom_layout_datasets_from_their_example_config(name, tmp_path, tokeni
     stamps = gt.split(">, ")[0]
     if name == "Exchange":  # daily rows from 2016-07-01: val starts at row 210 - 12 = 198
         assert stamps == "From <15/01/2017 00:00> to <26/01/2017 00:00"
-    elif name == "ECL":  # the published code writes HH:00 for ECL, even for half-hour rows
-        assert stamps == "From <05/07/2016 03:00> to <05/07/2016 08:00"
+    elif name == "ECL":  # hourly rows (HH:00 stamps): val starts at row 198 = 8 days 6 h after 01/07/2016 00:00
+        assert stamps == "From <09/07/2016 06:00> to <09/07/2016 17:00"
     else:  # Traffic keeps its minutes
         assert stamps == "From <05/07/2016 03:00> to <05/07/2016 08:30"
 
@@ -189,7 +193,7 @@ def test_custom_layout_datasets_from_their_example_config(name, tmp_path, tokeni
 def test_every_example_config_is_valid_and_picks_its_layout_and_template(name, layout, every):
     data = example(name)["dataset"]
     assert data["name"] == name and data["csv"].startswith("resources/")
-    assert resolve_layout(data["layout"], name) == layout
+    assert data["layout"] == layout  # "auto" resolved by validate_config
     assert f" {every}." in TEMPLATES[template_key(name, data["template"])][0]
 
 

@@ -24,7 +24,8 @@ from test_manifest import NAME, SNAKEMAKE, tiny_config
 from timekd_embed import store
 from timekd_embed.extract import Settings, extract_split, save_sca
 from timekd_embed.jobs import job
-from timekd_embed.windows import SPLITS, load_csv, write_windows
+from timekd_embed.table import load_csv
+from timekd_embed.windows import SPLITS, write_windows
 
 EMBEDDINGS = f"results/{NAME}/embeddings/24/train.safetensors"
 

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from timekd_embed import TeacherDataset, load_embeddings
 from timekd_embed.errors import InputError
 from timekd_embed.store import write_tensors
-from timekd_embed.windows import load_csv, write_windows
+from timekd_embed.table import load_csv
+from timekd_embed.windows import write_windows
 
 SEQ_LEN, P, N, D, WINDOWS = 12, 4, 3, 16, 5
 

@@ -1,7 +1,8 @@
-"""MANIFEST.json and `timekd-embed verify` on a finished tiny run; copied results stay up to date.
+"""MANIFEST.json and `timekd-embed verify` on finished tiny runs; copied results stay up to date.
 
-The finished run (real weather.csv, tiny GPT-2 folder, HF_HUB_OFFLINE=1) is made once per
-session by `finished_run`; tests/test_faults.py compares its interrupted runs with it.
+Two real runs of the same config in two working folders (real weather.csv, tiny GPT-2
+folder copied into each, HF_HUB_OFFLINE=1, fp32 on the CPU) are made once per session:
+their artifacts must be byte-identical, and each verifies against the other's manifest.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, make_model_dir
 from timekd_embed.config import config_hash
 from timekd_embed.errors import InputError
 from timekd_embed.manifest import MANIFEST, recorded_config, verify
@@ -26,26 +27,33 @@ from timekd_embed.manifest import MANIFEST, recorded_config, verify
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile")]
 NAME = "weather"
+MODEL = "resources/gpt2"  # relative, like the CSV: both runs record the same model path
 
-# Every artifact of rule all, relative to results/<name>, with the rule that makes it.
+# Every artifact of rule all, relative to results/<name>, with the rule that makes it: the
+# same bytes for the same inputs, config and versions.
 EXPECTED = {
     "windows/train.parquet": "windows", "windows/val.parquet": "windows", "windows/test.parquet": "windows",
     "sca.safetensors": "sca",
-    "embeddings/24/train.safetensors": "gather", "embeddings/24/train.json": "gather",
+    "embeddings/24/train.safetensors": "gather",
     "validation/parity_24.json": "parity",
-    "validation/shapes.json": "validate", "validation/report.md": "validate",
+    "validation/shapes.json": "validate",
     "validation/cosine_histogram.png": "validate",
 }
+# The run records outside logs/ and benchmarks/: they hold wall times, speeds and host names.
+RECORDS = {"embeddings/24/train.json": "gather", "validation/report.md": "validate"}
+# One log and one benchmark per job but the manifest's own (written while and after it is made).
+JOBS = ["windows", "sca", "extract_24_train_0-8", "gather_24_train", "parity_24", "validate"]
+LOGS_AND_BENCHMARKS = {f"logs/{job}.log" for job in JOBS} | {f"benchmarks/{job}.tsv" for job in JOBS}
 
 
 def snakemake(workdir: Path, config: dict, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     configfile = workdir / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
     return subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--configfile", str(configfile), *args],
-                          capture_output=True, text=True, timeout=900, env=os.environ | (env or {}))
+                          check=False, capture_output=True, text=True, timeout=900, env=os.environ | (env or {}))
 
 
-def tiny_config(model_dir: Path) -> dict:
+def tiny_config(model_dir: Path | str) -> dict:
     """A few seconds of extraction on the CPU in fp32: 8 windows of one horizon and split.
 
     The CSV path is relative, like the default, so that a copy of the folder elsewhere
@@ -56,20 +64,25 @@ def tiny_config(model_dir: Path) -> dict:
             "parity": {"windows": 2, "min_cosine": 0.99}}
 
 
+def real_run(work: Path, model_dir: Path, weather_csv: Path) -> Path:
+    """One uninterrupted run of `tiny_config` in `work`, with the CSV and model copied into resources/."""
+    (work / "resources").mkdir(parents=True)
+    shutil.copy(weather_csv, work / "resources" / "weather.csv")
+    shutil.copytree(model_dir, work / MODEL)
+    # Offline on purpose: a local model folder must never touch the network.
+    run = snakemake(work, tiny_config(MODEL), "--cores", "2", env={"HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return work
+
+
 _FINISHED: dict[str, Path] = {}
 
 
-def finished_run(tmp_path_factory, model_dir: Path, weather_csv: Path) -> Path:
-    """The working folder of one uninterrupted run of `tiny_config`, made once per session."""
-    if "work" not in _FINISHED:
-        work = tmp_path_factory.mktemp("finished_run")
-        (work / "resources").mkdir()
-        shutil.copy(weather_csv, work / "resources" / "weather.csv")
-        # Offline on purpose: a local model folder must never touch the network.
-        run = snakemake(work, tiny_config(model_dir), "--cores", "2", env={"HF_HUB_OFFLINE": "1"})
-        assert run.returncode == 0, run.stderr[-3000:]
-        _FINISHED["work"] = work
-    return _FINISHED["work"]
+def finished_run(tmp_path_factory, model_dir: Path, weather_csv: Path, which: str = "first") -> Path:
+    """The working folder of one real run of `tiny_config`, made once per session per `which`."""
+    if which not in _FINISHED:
+        _FINISHED[which] = real_run(tmp_path_factory.mktemp(f"{which}_run"), model_dir, weather_csv)
+    return _FINISHED[which]
 
 
 @pytest.fixture(scope="module")
@@ -77,27 +90,41 @@ def work(tmp_path_factory, tiny_model_dir, weather_csv) -> Path:
     return finished_run(tmp_path_factory, tiny_model_dir, weather_csv)
 
 
+@pytest.fixture(scope="module")
+def second_work(tmp_path_factory, tiny_model_dir, weather_csv) -> Path:
+    return finished_run(tmp_path_factory, tiny_model_dir, weather_csv, "second")
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def verify_cli(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "timekd-embed"), "verify", str(folder)], capture_output=True, text=True,
-                          timeout=300)
+def verify_cli(folder: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    # This checkout's package, also when the command runs in another folder.
+    package = os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([str(BIN / "timekd-embed"), "verify", str(folder), *args], check=False,
+                          capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env=os.environ | {"PYTHONPATH": package})
 
 
-def test_an_offline_run_with_a_local_model_lists_every_artifact_in_its_manifest(work, tiny_model_dir):
+def errors(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+
+
+def test_an_offline_run_with_a_local_model_lists_artifacts_and_run_records_apart(work):
     results = work / "results" / NAME
     manifest = json.loads((results / MANIFEST).read_text())
     assert {a["path"]: a["rule"] for a in manifest["artifacts"]} == EXPECTED
-    for artifact in manifest["artifacts"]:
-        path = results / artifact["path"]
-        assert artifact["sha256"] == sha256(path) and artifact["size"] == path.stat().st_size
+    assert {r["path"]: r["rule"] for r in manifest["run_records"]} == RECORDS | dict.fromkeys(LOGS_AND_BENCHMARKS)
+    for entry in manifest["artifacts"] + manifest["run_records"]:
+        path = results / entry["path"]
+        assert entry["sha256"] == sha256(path) and entry["size"] == path.stat().st_size
     config = manifest["config"]
     assert manifest["config_hash"] == config_hash(config)
     # Only the keys that decide the artifacts: not the runtime ones, not where the CSV lies.
     assert config == recorded_config(config) and "device" not in config and "csv" not in config["dataset"]
-    assert config["model"]["name_or_path"] == str(tiny_model_dir) and config["pred_lens"] == [24]
+    assert manifest["inputs"] == {"csv": "resources/weather.csv"}
+    assert config["model"]["name_or_path"] == MODEL and config["pred_lens"] == [24]
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["timekd-embed"] and manifest["versions"]["python"]
 
@@ -105,7 +132,71 @@ def test_an_offline_run_with_a_local_model_lists_every_artifact_in_its_manifest(
 def test_verify_passes_on_a_fresh_run(work):
     result = verify_cli(work / "results" / NAME)
     assert result.returncode == 0, result.stderr
-    assert f"all {len(EXPECTED)} artifacts match" in result.stdout
+    assert result.stdout == f"{work / 'results' / NAME}: all {len(EXPECTED)} artifacts match " \
+                            f"{work / 'results' / NAME / MANIFEST}.\n"
+    assert result.stderr == ""
+
+
+def test_two_identical_fp32_runs_have_byte_identical_artifacts_and_verify_against_each_other(work, second_work,
+                                                                                          tmp_path):
+    """Issue #13.4: verify against the other run's MANIFEST.json failed on the stats and report.md."""
+    first, second = work / "results" / NAME, second_work / "results" / NAME
+    for relative in EXPECTED:  # embeddings, Parquet, SCA, parity, shapes and the PNG: the same bytes
+        assert sha256(first / relative) == sha256(second / relative), relative
+    # The run records hold wall times: two runs never write the same stats file.
+    assert json.loads((first / "embeddings/24/train.json").read_text())["wall_s"] \
+        != json.loads((second / "embeddings/24/train.json").read_text())["wall_s"]
+
+    # The case as filed: the other run's manifest in this run's folder.
+    copy = tmp_path / "results" / NAME
+    shutil.copytree(first, copy)
+    shutil.copy(second / MANIFEST, copy / MANIFEST)
+    result = verify_cli(copy)
+    assert result.returncode == 0, result.stderr
+    assert errors(result) == []
+    assert result.stdout.startswith(f"{copy}: all {len(EXPECTED)} artifacts match {copy / MANIFEST}; ")
+    notes = [line for line in result.stderr.splitlines() if "run record(s) differ" in line]
+    assert len(notes) == 1 and "embeddings/24/train.json" in notes[0] and "validation/report.md" in notes[0]
+    assert "not a problem" in notes[0] and "in logs/" in notes[0] and "in benchmarks/" in notes[0]
+
+    # The same with --manifest naming the other run's file where it lies.
+    other = verify_cli(first, "--manifest", str(second / MANIFEST))
+    assert other.returncode == 0 and errors(other) == [], other.stderr
+    assert other.stdout.startswith(f"{first}: all {len(EXPECTED)} artifacts match {second / MANIFEST}; ")
+    assert "embeddings/24/train.json" in other.stderr and "validation/report.md" in other.stderr
+    assert "was made with" not in other.stderr  # the same config and versions
+
+
+def test_verify_against_another_manifest_names_its_other_config_and_versions(work, tmp_path):
+    results = work / "results" / NAME
+    manifest = json.loads((results / MANIFEST).read_text())
+    manifest["versions"]["torch"] = "0.0.1"
+    manifest["config"]["seed"] += 1
+    manifest["config_hash"] = config_hash(manifest["config"])
+    other = tmp_path / MANIFEST
+    other.write_text(json.dumps(manifest))
+    result = verify_cli(results, "--manifest", str(other))
+    assert result.returncode == 0, result.stderr   # the artifacts decide: here they are the same bytes
+    assert f"Note: {other} was made with another config: seed differ from {results / MANIFEST}." in result.stderr
+    assert f"Note: {other} was made with other versions: torch {torch.__version__} here, 0.0.1 there." \
+        in result.stderr
+
+
+def test_a_changed_run_record_is_a_note_and_a_missing_one_a_problem(work, tmp_path):
+    copy = tmp_path / NAME
+    shutil.copytree(work / "results" / NAME, copy)
+    stats = copy / "embeddings" / "24" / "train.json"
+    stats.write_text(stats.read_text().replace('"host"', '"host_renamed"'))
+    result = verify_cli(copy)
+    assert result.returncode == 0 and errors(result) == [], result.stderr
+    assert "1 run record(s) differ" in result.stderr and "embeddings/24/train.json" in result.stderr
+
+    (copy / "validation" / "report.md").unlink()
+    (copy / "logs" / "windows.log").unlink()  # a log may be cleaned away: not a problem
+    result = verify_cli(copy)
+    assert result.returncode == 1
+    assert errors(result) == [(f"Error: {copy / 'validation' / 'report.md'}: missing (a run record of rule "
+                               "validate); restore it or rerun the workflow.")]
 
 
 def test_verify_names_every_changed_missing_and_unlisted_file(work, tmp_path):
@@ -118,15 +209,15 @@ def test_verify_names_every_changed_missing_and_unlisted_file(work, tmp_path):
     (copy / "validation" / "parity_24.json").unlink()
     (copy / "windows" / "extra.parquet").write_bytes(b"not from this run")
     (copy / "windows" / ".train.parquet.abc123.tmp").write_bytes(b"half")  # an interrupted write
-    (copy / "logs" / "anything.log").write_text("logs are not artifacts\n")
+    (copy / "logs" / "anything.log").write_text("a later job's log is no artifact\n")
 
     result = verify_cli(copy)
     assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 3, result.stderr
-    assert any(str(embeddings) in e and "differ from the manifest" in e and "rule gather" in e for e in errors)
-    assert any(str(copy / "validation" / "parity_24.json") in e and "missing" in e for e in errors)
-    assert any(str(copy / "windows" / "extra.parquet") in e and "not in the manifest" in e for e in errors)
+    found = errors(result)
+    assert len(found) == 3, result.stderr
+    assert any(str(embeddings) in e and "differ from the manifest" in e and "rule gather" in e for e in found)
+    assert any(str(copy / "validation" / "parity_24.json") in e and "missing" in e for e in found)
+    assert any(str(copy / "windows" / "extra.parquet") in e and "not in the manifest" in e for e in found)
     assert "leftover of an interrupted write" in result.stderr and "Traceback" not in result.stderr
     assert "3 problem(s)" in result.stderr
 
@@ -137,18 +228,53 @@ def test_verify_reports_an_edited_manifest_and_a_missing_one(work, tmp_path):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["config"]["seed"] += 1                        # claims another config than the run had
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    problems, notes, n = verify(copy)
-    assert n == len(EXPECTED) and notes == []
-    assert len(problems) == 1 and "config_hash" in problems[0] and "edited" in problems[0]
+    verdict = verify(copy)
+    assert verdict.artifacts == len(EXPECTED)
+    assert len(verdict.problems) == 1 and "config_hash" in verdict.problems[0] and "edited" in verdict.problems[0]
 
     manifest["artifacts"][0]["path"] = "../../outside.txt"   # verify never reads outside the folder
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(InputError, match=r"artifact 0 is not a relative path .* inside"):
+    with pytest.raises(InputError, match=r"artifacts entry 0 is not a relative path .* inside"):
         verify(copy)
 
     (copy / MANIFEST).unlink()
     with pytest.raises(InputError, match=r"MANIFEST.json does not exist; run the workflow to completion"):
         verify(copy)
+
+
+def test_verify_names_embeddings_made_from_weights_or_an_input_that_changed_since(second_work, tmp_path):
+    """Issue #12.2: other weights written over the model folder's model.safetensors went unnoticed."""
+    work = tmp_path / "work"
+    shutil.copytree(second_work, work, symlinks=True)
+    results = work / "results" / NAME
+    embeddings = results / "embeddings" / "24" / "train.safetensors"
+    assert verify_cli(results).returncode == 0
+
+    weights = work / MODEL / "model.safetensors"
+    recorded = sha256(weights)
+    other = make_model_dir(tmp_path / "other-gpt2", seed=1)  # the same shapes, other values
+    shutil.copy(other / "model.safetensors", weights)
+    swapped = sha256(weights)
+    assert swapped != recorded
+    expected = (f"Error: {embeddings}: made from weights with sha256 {recorded}, but {weights} now has sha256 "
+                f"{swapped}; the weights changed since the run: rerun the workflow, or restore the weights it was "
+                "made from.")
+    result = verify_cli(results)
+    assert result.returncode == 1 and errors(result) == [expected], result.stderr
+    # The same through the config as it is now, read as snakemake reads it in the working folder.
+    result = verify_cli(Path("results") / NAME, "--configfile", "config.yaml", cwd=work)
+    assert result.returncode == 1 and len(errors(result)) == 1, result.stderr
+    assert f"made from weights with sha256 {recorded}, but {weights} now has sha256 {swapped}" in errors(result)[0]
+
+    csv = work / "resources" / "weather.csv"
+    shutil.copy(other / "model.safetensors", weights)
+    recorded_csv = sha256(csv)
+    with open(csv, "ab") as f:
+        f.write(b"2021-01-01 00:10:00" + b",1" * 21 + b"\r\n")  # the CSV grew by a row
+    result = verify_cli(results)
+    assert result.returncode == 1
+    assert f"Error: {embeddings}: made from input with sha256 {recorded_csv}, but {csv} now has sha256 " \
+           f"{sha256(csv)}; the input changed since the run" in result.stderr
 
 
 def test_copied_results_are_up_to_date_without_the_csv(work, tmp_path):
@@ -161,4 +287,24 @@ def test_copied_results_are_up_to_date_without_the_csv(work, tmp_path):
     dry = snakemake(other, config, "-n", "--cores", "2")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "Nothing to be done" in dry.stdout + dry.stderr
-    assert verify(other / "results" / NAME)[0] == []
+    verdict = verify(other / "results" / NAME)
+    assert verdict.problems == []
+    # Neither the CSV nor the model came along: said, not failed.
+    assert any("resources/weather.csv (dataset.csv) is not on this machine" in n for n in verdict.notes)
+    assert any(f"model {MODEL} (revision main) is neither a folder in {other} nor in the model hub cache here" in n
+               for n in verdict.notes)
+
+
+def test_a_preflight_report_in_the_results_folder_is_no_problem(work, tmp_path):
+    """`make preflight` writes results/<name>/preflight.{json,md} before (or after) a run: timings and
+    host names, not from the run, so verify neither lists nor flags them."""
+    copy = tmp_path / NAME
+    shutil.copytree(work / "results" / NAME, copy)
+    (copy / "preflight.json").write_text('{"passed": true}\n')
+    (copy / "preflight.md").write_text("# Preflight\n")
+    (copy / "windows" / "preflight.json").write_text("{}\n")      # elsewhere it is still unlisted
+    result = verify_cli(copy)
+    assert result.returncode == 1
+    found = errors(result)
+    assert len(found) == 1 and f"{copy / 'windows' / 'preflight.json'}: not in the manifest" in found[0], found
+    assert "preflight.md" not in result.stderr and f"{copy / 'preflight.json'}:" not in result.stderr

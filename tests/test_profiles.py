@@ -7,24 +7,26 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from conftest import ROOT, WEATHER_CSV
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
-def dry_run(tmp_path, profile: str, *extra: str) -> str:
+def dry_run(tmp_path, profile: str, *extra: str, targets: tuple[str, ...] = ()) -> str:
     config = tmp_path / "config.yaml"
     config.write_text(f"dataset: {{name: weather, csv: {WEATHER_CSV}}}\npred_lens: [24]\n")
-    result = subprocess.run([SNAKEMAKE, "-n", "--profile", str(ROOT / "profiles" / profile), "--configfile",
+    result = subprocess.run([SNAKEMAKE, *targets, "-n", "--profile", str(ROOT / "profiles" / profile), "--configfile",
                              str(config), *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
-def extract_resources(stdout: str) -> dict:
-    """The resources line of the first planned extraction job, as a dict of strings."""
-    job = stdout.split("rule extract:")[1].split("\n\n")[0]
-    line = next(l for l in job.splitlines() if l.strip().startswith("resources:"))
+def extract_resources(stdout: str, rule: str = "extract") -> dict:
+    """The resources line of the first planned job of `rule`, as a dict of strings."""
+    job = stdout.split(f"rule {rule}:")[1].split("\n\n")[0]
+    line = next(text for text in job.splitlines() if text.strip().startswith("resources:"))
     return dict(kv.split("=", 1) for kv in line.split("resources:")[1].strip().split(", "))
 
 
@@ -59,3 +61,35 @@ def test_kubernetes_profile_asks_for_nvidia_gpus(tmp_path, weather_csv):
     # profile's resources are planned with the local executor here.
     resources = extract_resources(dry_run(tmp_path, "kubernetes", "--executor", "local"))
     assert resources["gpu"] == "2" and resources["gpu_manufacturer"] == "nvidia"
+
+
+def slurm_submission(resources: dict) -> tuple[str, str]:
+    """The plugin's own sbatch line for a job with these resources, and the srun line its job step runs."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+    from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
+
+    typed = Resources({k: int(v) if v.lstrip("-").isdigit() else v for k, v in resources.items()})
+    job = SimpleNamespace(resources=typed, threads=8)
+    validate_slurm_extra(job)
+    params = {"run_uuid": "x", "slurm_logfile": "log", "comment_str": "job", "account": "",
+              "partition": f"-p {typed.slurm_partition}", "workdir": "/work"}
+    sbatch = get_submit_command(job, params) + set_gres_string(job)
+    # the job step, as snakemake-executor-plugin-slurm-jobstep starts it inside the allocation
+    srun = f"srun -n1 --cpu-bind=q {get_cpu_setting(job, True)} {get_gpu_setting(job)} {get_node_setting(job)}"
+    return sbatch, srun
+
+
+@pytest.mark.parametrize("rule, target", [("extract", None), ("parity", None), ("preflight", "preflight")])
+def test_every_gpu_job_is_one_slurm_task_holding_all_its_gpus(tmp_path, weather_csv, rule, target):
+    """Issue #17.2: with --ntasks-per-gpu=1 a gpu=2 job runs twice, each copy with one GPU, both
+    writing the same file. The plugin reads `tasks` as tasks per GPU for GPU jobs, so a `tasks: 1`
+    from a user's or a site's default resources is simulated here; the job must stay one task."""
+    resources = extract_resources(dry_run(tmp_path, "slurm", targets=(target,) if target else ()), rule)
+    resources["tasks"] = "1"
+    sbatch, srun = slurm_submission(resources)
+    assert "--ntasks-per-gpu" not in sbatch, sbatch
+    for arg in ("--gpus=a100:2", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-gpu=4"):
+        assert arg in sbatch, sbatch
+    assert "-n1" in srun and "--gpus=2" in srun and "--nodes=1" in srun, srun

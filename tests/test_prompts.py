@@ -7,25 +7,23 @@ import pytest
 from timekd_embed.errors import InputError
 from timekd_embed.prompts import (
     TEMPLATES,
-    SplitPrompts,
     prompt_texts,
     stamp_text,
     template_key,
     time_series_flags,
     value_text,
 )
+from timekd_embed.table import stamps
 
 
 @pytest.fixture(scope="module")
 def weather(weather_csv):
     df = pd.read_csv(weather_csv)
-    dates = pd.to_datetime(df["date"])
-    stamps = np.stack([dates.dt.year, dates.dt.month, dates.dt.day, dates.dt.day_of_week,
-                       dates.dt.hour, dates.dt.minute], axis=1)
-    return df.columns[1:].tolist(), df.iloc[:, 1:].to_numpy(), stamps
+    return df.columns[1:].tolist(), df.iloc[:, 1:].to_numpy(), stamps(pd.to_datetime(df["date"]))
 
 
 def train(weather, P, name="weather"):
+    from timekd_embed.prompts import SplitPrompts
     return lambda tok: SplitPrompts(tok, weather[1][:36887], weather[2][:36887], name, P)
 
 

@@ -60,7 +60,8 @@ def test_shards_made_with_other_speed_settings_gather(tmp_path, weather_csv, tin
     from timekd_embed.config import validate_config
     from timekd_embed.extract import extract_split, save_sca
     from timekd_embed.settings import Settings
-    from timekd_embed.windows import SPLITS, load_csv, write_windows
+    from timekd_embed.table import load_csv
+    from timekd_embed.windows import SPLITS, write_windows
 
     with open(weather_csv, encoding="utf-8", newline="") as f:  # 400 rows: train has 160 windows at P=24
         (tmp_path / "weather.csv").write_text("".join(next(f) for _ in range(401)), encoding="utf-8", newline="")

@@ -17,7 +17,8 @@ from timekd_embed.report import histogram, markdown
 from timekd_embed.settings import Settings
 from timekd_embed.store import read_tensors
 from timekd_embed.validate import check_all
-from timekd_embed.windows import load_csv, read_windows, write_windows
+from timekd_embed.table import load_csv
+from timekd_embed.windows import read_windows, write_windows
 
 P, LIMIT = 24, 3
 

@@ -1,14 +1,14 @@
 """Tests for timekd_embed.windows: CSV checks, split borders, Parquet round trip.
 
-Expected numbers are worked by hand from TIMEKD_TEACHER.md section 1 and
-shared/data/README.md, never taken from the code under test.
+Expected numbers are worked by hand from the published loaders' split rules
+(data_provider/data_loader_save.py of TimeKD) and shared/data/README.md, never taken
+from the code under test.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,17 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from timekd_embed import windows
+from timekd_embed.cadence import template_note
+from timekd_embed.config import resolve_layout
 from timekd_embed.errors import InputError
-from timekd_embed.windows import (
-    SPLITS,
-    load_csv,
-    read_windows,
-    resolve_layout,
-    sha256_file,
-    split_borders,
-    window_count,
-    write_windows,
-)
+from timekd_embed.store import sha256_file
+from timekd_embed.table import load_csv, stamps
+from timekd_embed.windows import SPLITS, read_windows, split_borders, window_count, write_windows
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"
@@ -206,11 +201,14 @@ def test_weather_round_trip(weather, weather_files):
     assert train.meta["irregularities"]["sentinel"]["total"] == 81
 
 
-@real_data
-def test_weather_load_is_fast():
-    start = time.perf_counter()
-    load_csv(WEATHER)
-    assert time.perf_counter() - start < 2.0
+def test_stamps_fields_by_hand():
+    # 2020-02-29 was a Saturday (weekday 5 with Monday = 0); 2021-01-04 23:45 a Monday.
+    dates = pd.DatetimeIndex(["2020-02-29 13:07:00", "2021-01-04 23:45:00"])
+    got = stamps(dates)
+    assert got.dtype == np.int64 and got.shape == (2, 6)
+    assert got.tolist() == [[2020, 2, 29, 5, 13, 7], [2021, 1, 4, 0, 23, 45]]
+    assert stamps(pd.Series(dates)).tolist() == got.tolist()  # a datetime column gives the same rows
+    assert stamps(pd.DatetimeIndex([])).shape == (0, 6)
 
 
 # --------------------------------------------------------------------------- ETT files
@@ -326,7 +324,7 @@ def test_irregularities_reported_not_fatal(tmp_path, caplog):
     lines[7] = lines[7].rsplit(",", 1)[0] + ",-9999"  # line 8, column OT
     lines[20] = lines[20].replace(",19,", ",-9999,", 1)  # line 21, column a
     csv = write_csv(tmp_path, lines, eol="\r\n")
-    with caplog.at_level(logging.WARNING, logger="timekd_embed.windows"):
+    with caplog.at_level(logging.WARNING, logger="timekd_embed.table"):
         table = load_csv(csv)
     irr = table.irregularities
     assert irr["duplicate_timestamps"] == {
@@ -456,7 +454,7 @@ def test_failure_during_parquet_write_leaves_nothing(tmp_path, monkeypatch):
     def write_then_crash(arrow, where, **kwargs):
         calls.append(1)
         if len(calls) == 2:  # second split: half-written, then the disk "fills up"
-            where.write(b"PAR1 partial")
+            Path(where).write_bytes(b"PAR1 partial")  # store.atomic_paths hands over a temporary path
             raise OSError("No space left on device")
         real_write(arrow, where, **kwargs)
 
@@ -502,3 +500,18 @@ def test_read_windows_rejects_foreign_files(tmp_path):
             read_windows(path)
         assert str(path) in str(caught.value)
         assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- time step vs template (issue #12.3)
+
+
+def test_template_note_names_the_template_its_wording_and_the_measured_step():
+    note = template_note("weather", None, 600.0, "weather.csv")
+    assert note == ("weather.csv: the prompt template ETTh1 (picked for dataset.name 'weather') says 'every hour' but "
+                    "the data's usual step is 10 min; kept, as the published code words it (dataset.template "
+                    "changes it).")
+    assert "template Exchange (set by dataset.template) says 'every day'" in template_note("x", "Exchange", 3600, "x")
+    assert "usual step is 1 h" in template_note("ETTm2", None, 3600, "x")
+    assert template_note("ETTm1", None, 900.0, "ETTm1.csv") is None
+    assert template_note("weather", "Weather", 600.0, "weather.csv") is None
+    assert template_note("weather", None, None, "one_row.csv") is None  # a single row has no step

@@ -6,7 +6,7 @@ sys.path.insert(
     0, str(Path(workflow.basedir) / "workflow")
 )  # the package, even before `pip install -e .`
 
-from timekd_embed.config import validate_config
+from timekd_embed.config import config_origins, validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.fingerprint import (
     MODEL_RECORD,
@@ -32,7 +32,13 @@ def fail(message):
 
 try:
     _valid = validate_config(
-        config, " + ".join(map(str, workflow.configfiles)) or "config"
+        config,
+        " + ".join(map(str, workflow.configfiles)) or "config",
+        config_origins(
+            workflow.configfiles,
+            workflow.config_settings.configfiles,
+            workflow.config_settings.config,
+        ),
     )
 except InputError as error:
     fail(error)

@@ -1,6 +1,10 @@
-# Stage 4: MANIFEST.json lists every artifact with its sha256, size and the rule that made
-# it, the config hash and the versions; `timekd-embed verify results/<name>` rechecks it.
-# It runs last. Each named input is named after the rule that made those files.
+# Stage 4: MANIFEST.json lists every file of the results folder with its sha256, size and
+# the rule that made it, in two lists: the artifacts (the same bytes for the same inputs,
+# config and versions) and the run records (timings and host names, different on every
+# run), plus the config hash and the versions. `timekd-embed verify results/<name>` rechecks
+# it, also against another run's manifest. It runs last. Each named input is named after
+# the rule that made those files; `<rule>_records` names that rule's run records (the
+# files of logs/ and benchmarks/ are records too, found by the script).
 from timekd_embed.config import config_hash
 from timekd_embed.manifest import recorded_config
 
@@ -11,13 +15,15 @@ rule manifest:
         sca=rules.sca.output,
         # expand() of path patterns, not of rules.<name>.output: with a default storage
         # provider (the kubernetes profile) those carry storage flags expand() refuses.
-        gather=expand(
-            [EMBEDDINGS, EMBEDDING_STATS],
-            pred_len=config["pred_lens"],
-            split=config["splits"],
-        ),
+        gather=expand(EMBEDDINGS, pred_len=config["pred_lens"], split=config["splits"]),
         parity=expand(PARITY, pred_len=config["pred_lens"]),
-        validate=rules.validate.output,
+        validate=[rules.validate.output.shapes, rules.validate.output.histogram],
+        # wall time, speed, peak memory and host of each extraction
+        gather_records=expand(
+            EMBEDDING_STATS, pred_len=config["pred_lens"], split=config["splits"]
+        ),
+        # the report's table of times and speeds
+        validate_records=rules.validate.output.report,
     output:
         f"{RESULTS}/MANIFEST.json",
     log:
@@ -29,5 +35,7 @@ rule manifest:
     params:
         # Only keys that decide the artifacts: a runtime-only change reruns nothing.
         config_hash=config_hash(recorded_config(config)),
+        # Written while (the log) or after (the benchmark) the manifest is made: left out.
+        own_files=[f"{LOGS}/manifest.log", f"{BENCHMARKS}/manifest.tsv"],
     script:
         "../scripts/manifest.py"

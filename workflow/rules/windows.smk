@@ -21,6 +21,8 @@ rule windows:
         target=config["dataset"]["target"],
         seq_len=config["seq_len"],
         sha256=config["dataset"]["sha256"],
+        date_format=config["dataset"]["date_format"],
+        template=config["dataset"]["template"],
         input_sha256=INPUT_SHA256,
         package=PACKAGE,
     script:

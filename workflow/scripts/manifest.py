@@ -7,6 +7,8 @@ from timekd_embed.jobs import job
 from timekd_embed.manifest import build, write
 
 with job(snakemake.log[0]):
-    # The rule's named inputs are the rules that made them (see manifest.smk).
-    artifacts = {rule: list(paths) for rule, paths in snakemake.input.items()}
-    write(snakemake.output[0], build(Path(snakemake.output[0]).parent, artifacts, snakemake.config))
+    # The rule's named inputs are the rules that made them, `<rule>_records` their run records
+    # (see manifest.smk).
+    outputs = {name: [paths] if isinstance(paths, str) else list(paths) for name, paths in snakemake.input.items()}
+    own_files = [*snakemake.log, *snakemake.params.own_files]  # the benchmark is written after the job
+    write(snakemake.output[0], build(Path(snakemake.output[0]).parent, outputs, snakemake.config, own_files))

@@ -184,13 +184,11 @@ def make_model_dir(path: Path, tokenizer_dir: Path, seed: int = SEED, **shape) -
 
 def train_split(csv: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Variables, raw values (R, N) and stamps (R, 6) of the train split."""
-    from .windows import load_csv, split_borders
+    from .table import load_csv, stamps
+    from .windows import split_borders
     table = load_csv(csv, target="OT", layout="custom")
     start, stop = split_borders(len(table.values), SEQ_LEN, "custom")[SPLIT]
-    d = table.dates[start:stop]
-    stamps = np.stack([np.asarray(p, dtype=np.int64)
-                       for p in (d.year, d.month, d.day, d.day_of_week, d.hour, d.minute)], axis=1)
-    return table.variables, table.values[start:stop], stamps
+    return table.variables, table.values[start:stop], stamps(table.dates[start:stop])
 
 
 def sample_windows(n_windows: int, k: int) -> np.ndarray:

@@ -1,67 +1,268 @@
-"""`timekd-embed`: look at what the teacher reads, and verify a results folder, without running the workflow."""
+"""`timekd-embed`: look at what the teacher reads, and verify a results folder, without running the workflow.
+
+Each subcommand is a `Subcommand` in SUBCOMMANDS: its options (added with cheap imports
+only) and its run function (which imports what it needs). `timekd-embed --help` and
+`timekd-embed verify` never import torch, so they answer in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-from .config import load_config_file
+import yaml
+
+from . import __version__
+from .config import validate_config
 from .errors import InputError
-from .jobs import job
+
+DEFAULT_CONFIG = "config/config.yaml"  # the Snakefile's `configfile:`, relative to the working directory
 
 
-def inspect(args) -> list[dict]:
-    """The GT/HD prompts, token ids and token types of one window, one object per variable."""
-    from .lm import load_tokenizer
+@dataclass(frozen=True)
+class Subcommand:
+    """One `timekd-embed <name>` command.
+
+    add_arguments adds its options to its parser (cheap imports only: --help must stay
+    light); run does the work and returns the exit status. An InputError raised by run is
+    printed as one sentence with exit status 1.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found; pass an existing --configfile.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax.") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a config file holds keys and values (a YAML mapping), not a "
+                         f"{type(raw).__name__}; see config/README.md.")
+    return raw
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, nested mappings merged key by key, anything else replaced
+    (what Snakemake's update_config does with --configfile)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT_CONFIG) -> dict:
+    """The config a `snakemake --configfile ...` run in the current directory would use.
+
+    Snakemake reads the Snakefile's `configfile:` (config/config.yaml, relative to the
+    working directory) when it exists, then each --configfile on top of it; a file that
+    sets only a few keys keeps the others. The schema's defaults fill the rest.
+
+    Args:
+        configfiles: the --configfile paths, in order; None or [] for the default alone.
+        default: the Snakefile's config file.
+
+    Returns:
+        The validated config (config.validate_config), defaults filled in.
+
+    Raises:
+        InputError: a file is missing or not YAML, there is no config at all, or a key is
+            invalid (naming the files it came from).
+    """
+    paths = ([Path(default)] if Path(default).is_file() else []) + [Path(p) for p in configfiles or []]
+    if not paths:
+        raise InputError(f"{default} is not in {Path.cwd()}; run from the workflow's folder or pass --configfile.")
+    merged: dict = {}
+    origins = []  # so that an invalid value names the file that set it
+    for path in paths:
+        loaded = _read_yaml(path)
+        origins.append((str(path), loaded))
+        merged = _merge(merged, loaded)
+    return validate_config(merged, " + ".join(map(str, paths)), origins)
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def inspect(args: argparse.Namespace) -> list[dict]:
+    """The GT/HD prompts, token ids and token types of one window, one object per variable.
+
+    The model is checked exactly as the extraction checks it (lm.check_model: config,
+    safetensors weights, tokenizer, vocabulary size), so an unreachable hub or a broken
+    folder is one sentence, never empty token lists.
+
+    Args:
+        args: configfile (list or None), pred_len, split, window, variable (or None).
+
+    Returns:
+        [{variable, gt_prompt, hd_prompt, gt_ids, hd_ids, gt_types, hd_types}], ids int,
+        types "time_series" or "language", one per token.
+
+    Raises:
+        InputError: bad config, CSV or model; a window or variable the split does not have.
+    """
+    from .cadence import check_cadence
+    from .lm import check_model
     from .prompts import SplitPrompts
-    from .windows import load_csv, resolve_layout, split_borders
+    from .table import load_csv, stamps
+    from .windows import split_borders
 
-    config = load_config_file(args.configfile)
+    config = load_run_config(args.configfile)
     data = config["dataset"]
-    layout = resolve_layout(data["layout"], data["name"])
-    table = load_csv(data["csv"], target=data["target"], layout=layout)
+    _, tokenizer = check_model(config["model"]["name_or_path"], config["model"]["revision"])
+    layout = data["layout"]  # concrete: validate_config resolves "auto"
+    table = load_csv(data["csv"], target=data["target"], layout=layout, date_format=data["date_format"])
+    check_cadence(table, data["name"], layout)  # the prompts shown are those the workflow would accept
+    if args.variable is not None and args.variable not in table.variables:
+        raise InputError(f"--variable {args.variable!r} is not a column of {data['csv']}; its variables are "
+                         f"{', '.join(map(repr, table.variables))}.")
     start, stop = split_borders(len(table.values), config["seq_len"], layout)[args.split]
-    stamps = _stamps(table.dates[start:stop])
-    tokenizer = load_tokenizer(config["model"]["name_or_path"], config["model"]["revision"])
-    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps, data["name"], args.pred_len,
-                           config["seq_len"], data["template"])
+    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps(table.dates[start:stop]), data["name"],
+                           args.pred_len, config["seq_len"], data["template"])
     if not 0 <= args.window < prompts.n_windows:
         raise InputError(f"--window {args.window} is outside split {args.split}, which has "
                          f"{prompts.n_windows} windows at pred_len {args.pred_len} (0..{prompts.n_windows - 1}).")
+
+    def kinds(ids: list[int]) -> list[str]:
+        return ["time_series" if t else "language" for t in prompts.types(ids)]
+
     result = []
     for variable, (gt, hd) in zip(table.variables, prompts.window_texts(args.window)):
+        if args.variable is not None and variable != args.variable:
+            continue
         gt_ids, hd_ids = tokenizer([gt, hd], add_special_tokens=False)["input_ids"]
-        kind = lambda ids: ["time_series" if t else "language" for t in prompts.types(ids)]
         result.append({"variable": variable, "gt_prompt": gt, "hd_prompt": hd, "gt_ids": gt_ids,
-                       "hd_ids": hd_ids, "gt_types": kind(gt_ids), "hd_types": kind(hd_ids)})
+                       "hd_ids": hd_ids, "gt_types": kinds(gt_ids), "hd_types": kinds(hd_ids)})
     return result
 
 
-def _stamps(dates):
-    import numpy as np
-    return np.stack([dates.year, dates.month, dates.day, dates.dayofweek, dates.hour, dates.minute], axis=1)
+def format_objects(objects: list[dict]) -> str:
+    """JSON with one line per key: a list (token ids, token types) stays on its key's line.
+
+    A window of weather at P = 24 is about 40 lines instead of 23,000, and stays valid JSON.
+    """
+    blocks = []
+    for obj in objects:
+        fields = [f"  {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in obj.items()]
+        blocks.append(" {\n" + ",\n".join(fields) + "\n }")
+    return "[\n" + ",\n".join(blocks) + "\n]\n" if blocks else "[]\n"
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    _configfile_argument(parser, "the run's config file(s), each on top of config/config.yaml as in snakemake "
+                                 "--configfile (default: config/config.yaml alone)")
+    parser.add_argument("--pred-len", type=int, required=True, metavar="P",
+                        help="the forecast horizon P, in time steps (one of the config's pred_lens, or any other)")
+    parser.add_argument("--split", choices=["train", "val", "test"], required=True, help="the split of the window")
+    parser.add_argument("--window", type=int, required=True, metavar="K",
+                        help="the window's index in its split, from 0 (window K reads rows K..K+seq_len-1)")
+    parser.add_argument("--variable", metavar="NAME",
+                        help="print only this variable (a CSV column name, e.g. 'OT'); default: every variable")
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    # The CSV's warnings (gaps, sentinels) on stderr, as in the windows job's log.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)
+    sys.stdout.write(format_objects(inspect(args)))
+    return 0
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="a results folder, such as results/weather")
+    parser.add_argument("--manifest", metavar="PATH",
+                        help="compare with this manifest instead of <folder>/MANIFEST.json, e.g. another run's: "
+                             "it passes when every artifact has the same bytes, and names the run records "
+                             "(timings, host names) that differ")
+    _configfile_argument(parser, "check that the embeddings were made from the CSV and weights this config points "
+                                 "at (merged onto config/config.yaml as in snakemake --configfile); default: the "
+                                 "CSV and model the run's manifest records")
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .manifest import main_verify
+    config = load_run_config(args.configfile) if args.configfile else None
+    return main_verify(args.folder, args.manifest, config)
+
+
+# --------------------------------------------------------------------------- preflight (issue #14)
+
+
+def _preflight_arguments(parser: argparse.ArgumentParser) -> None:
+    _configfile_argument(parser, "the run's config file(s), each on top of config/config.yaml as in snakemake "
+                                 "--configfile (default: config/config.yaml alone)")
+    parser.add_argument("--windows", type=int, default=8, metavar="K",
+                        help="sample windows per horizon, spread over the first configured split (default 8)")
+    parser.add_argument("--out", metavar="DIR", help="folder of preflight.json and preflight.md "
+                                                     "(default: results/<dataset.name>)")
+
+
+def _run_preflight(args: argparse.Namespace) -> int:
+    # Progress and the device map on stderr, as in a job's log; the report on stdout.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)
+    from .preflight import main as preflight_main
+    preflight_main(load_run_config(args.configfile), args.windows, args.out)
+    return 0
+
+
+def _configfile_argument(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--configfile", nargs="+", action="extend", metavar="FILE", help=text)
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("inspect", "print the prompts, token ids and token types of one window as JSON "
+                          "(one line per prompt, id list and type list)", _inspect_arguments, _run_inspect),
+    Subcommand("verify", "recompute the sha256 of every file listed in a results folder's MANIFEST.json (or "
+                         "another run's) and check the embeddings' recorded weights and input; exit 1 naming each "
+                         "problem", _verify_arguments, _run_verify),
+    Subcommand("preflight", "before a long run: speed, memory, ETA and fp32 parity on a few windows per horizon, "
+                            "with the configured model, precision, placement and GPUs, and the GPU checks; writes "
+                            "results/<name>/preflight.{json,md}; exit 1 naming a failed check",
+               _preflight_arguments, _run_preflight),
+]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `timekd-embed` argument parser, one subparser per SUBCOMMANDS entry."""
+    top = argparse.ArgumentParser(prog="timekd-embed", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                     help="print the package version and exit")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in SUBCOMMANDS:
+        sub.add_parser(command.name, help=command.help, description=command.help).set_defaults(subcommand=command)
+        command.add_arguments(sub.choices[command.name])
+    return top
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="timekd-embed", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="print the prompts, token ids and token types of one window as JSON")
-    p.add_argument("--configfile", default="config/config.yaml")
-    p.add_argument("--pred-len", type=int, required=True)
-    p.add_argument("--split", choices=["train", "val", "test"], required=True)
-    p.add_argument("--window", type=int, required=True)
-    v = sub.add_parser("verify", help="recompute the sha256 of every artifact listed in <folder>/MANIFEST.json; "
-                                      "exit 1 naming each changed, missing or unlisted file")
-    v.add_argument("folder", help="a results folder, such as results/weather")
-    args = parser.parse_args(argv)
-    with job(None):
-        if args.command == "inspect":
-            json.dump(inspect(args), sys.stdout, ensure_ascii=False, indent=1)
-            sys.stdout.write("\n")
-        elif args.command == "verify":
-            from .manifest import main_verify
-            sys.exit(main_verify(args.folder))
+    """The console script: exit status 0, 1 for bad input (one sentence on stderr), 130 on Ctrl-C."""
+    args = parser().parse_args(argv)
+    try:
+        status = args.subcommand.run(args)
+    except InputError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        status = 1
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        status = 130
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
-"""Config validation: the schema in workflow/schemas, defaults filled in, one-sentence errors."""
+"""Config validation: the schema in workflow/schemas, defaults filled in, one-sentence errors.
+
+The config layer owns every decision that follows from the keys alone: defaults, the
+concrete split layout ("auto" resolved from the dataset name once, here), the numbers
+typed on the command line (Snakemake hands `--config` list and mapping items over as
+strings), and where each value came from, so that an error names the file or `--config`.
+"""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import jsonschema
@@ -13,6 +21,32 @@ import yaml
 from .errors import InputError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+LAYOUTS = ("custom", "ett_hour", "ett_minute")
+
+
+def resolve_layout(layout: str, name: str) -> str:
+    """The concrete split layout; "auto" picks it from the dataset name as the reference does.
+
+    Args:
+        layout: config key dataset.layout: "auto" or one of LAYOUTS.
+        name: config key dataset.name (case-sensitive: "ETTh..." -> ett_hour, "ETTm..." -> ett_minute).
+    Returns:
+        One of LAYOUTS.
+    Raises:
+        InputError: an unknown layout, naming the key.
+    """
+    if layout == "auto":
+        if name.startswith("ETTh"):
+            return "ett_hour"
+        if name.startswith("ETTm"):
+            return "ett_minute"
+        return "custom"
+    if layout in LAYOUTS:
+        return layout
+    raise InputError(
+        f"Config key dataset.layout is {layout!r}, which is not a known layout; "
+        f"set it to one of auto, {', '.join(LAYOUTS)}."
+    )
 
 
 def load_schema() -> dict:
@@ -35,6 +69,105 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return parts or "(top level)"
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+COMMAND_LINE = "--config"
+DATE_DIRECTIVES = set("aAwdbBmyYHIpMSfzjUWGuV%")  # strftime codes a date column can be parsed with
+
+
+def _schema_at(schema: dict, path: tuple) -> dict:
+    """The sub-schema that describes the value at `path` (dict keys and list indices); {} when none."""
+    for part in path:
+        if isinstance(part, int):
+            schema = schema.get("items", {})
+        else:
+            schema = schema.get("properties", {}).get(part, {})
+    return schema
+
+
+def _types(schema: dict) -> set[str]:
+    kind = schema.get("type", [])
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _typed(text: str, schema: dict):
+    """A command-line string as the number (or null) its key holds, when that reading is the only one."""
+    types = _types(schema)
+    if "string" in types or not types:
+        return text  # a text key (or an enum): the string is meant
+    if "null" in types and text in ("null", "~"):
+        return None
+    if "integer" in types and _INTEGER.fullmatch(text):
+        return int(text)
+    if "number" in types and _NUMBER.fullmatch(text):
+        return float(text)
+    return text  # not a plain number: the schema names the key and the type
+
+
+def _coerce(value, path: tuple, config: dict, schema: dict) -> None:
+    """Walk the command-line values and replace, in `config`, strings that are plain numbers of a numeric key."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _coerce(item, (*path, key), config, schema)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _coerce(item, (*path, index), config, schema)
+    elif isinstance(value, str):
+        typed = _typed(value, _schema_at(schema, path))
+        if typed is not value and _lookup(config, path):  # --config has the last word, so it is there
+            target = config
+            for part in path[:-1]:
+                target = target[part]
+            target[path[-1]] = typed
+
+
+def _lookup(tree, path: tuple) -> bool:
+    """Whether `tree` (a loaded config) sets the value at `path`."""
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(tree, list) or part >= len(tree):
+                return False
+        elif not isinstance(tree, Mapping) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def config_origins(configfiles: Iterable, cli_configfiles: Iterable, command_line: Mapping | None) -> list:
+    """Where the config came from, lowest precedence first, as Snakemake merges it.
+
+    Args:
+        configfiles: every config file Snakemake read (`workflow.configfiles`: the
+            `--configfile` ones and the Snakefile's `configfile:`).
+        cli_configfiles: those given with `--configfile` (`workflow.config_settings.configfiles`),
+            which override the Snakefile's.
+        command_line: the `--config` values (`workflow.config_settings.config`), which override all.
+    Returns:
+        [(label, loaded values)], lowest precedence first; the label is a path or "--config".
+    """
+    cli = [Path(p).absolute() for p in cli_configfiles]
+    files = [p for p in configfiles if Path(p).absolute() not in cli] + list(cli_configfiles)
+    origins = []
+    for path in files:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            loaded = {}  # Snakemake has read it already; a file it could read but we cannot only loses the label
+        origins.append((str(path), loaded))
+    if command_line:
+        origins.append((COMMAND_LINE, copy.deepcopy(dict(command_line))))
+    return origins
+
+
+def _origin(path: tuple, origins: list, source: str) -> str:
+    """The label of the highest-precedence origin that sets `path` (or a parent of it), else `source`."""
+    for cut in range(len(path), 0, -1):
+        for label, tree in reversed(origins):
+            if _lookup(tree, path[:cut]):
+                return label
+    return source
+
+
 def _sentence(error: jsonschema.ValidationError, source: str) -> str:
     where = _key_path(error)
     if error.validator == "additionalProperties":
@@ -44,7 +177,8 @@ def _sentence(error: jsonschema.ValidationError, source: str) -> str:
         return (f"{source}: unknown config key {', '.join(prefix + k for k in extra)}; "
                 f"allowed keys there are {', '.join(allowed)} (see config/README.md).")
     if error.validator == "required":
-        return f"{source}: config key {where} is missing {error.message.split(' is a required')[0]}; add it (see config/README.md)."
+        missing = error.message.split(" is a required")[0]
+        return f"{source}: config key {where} is missing {missing}; add it (see config/README.md)."
     if error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] == "name":
         return (f"{source}: config key {where} = {error.instance!r} must be a plain folder name "
                 "(letters, digits, '_', '-', '.'; no path separators or '..').")
@@ -53,15 +187,52 @@ def _sentence(error: jsonschema.ValidationError, source: str) -> str:
     return f"{source}: config key {where} = {error.instance!r} is invalid: {error.message}; see config/README.md."
 
 
-def validate_config(config: dict, source: str = "config") -> dict:
-    """Return a copy of `config` with defaults filled in, or raise InputError naming the key."""
+def _check_date_format(config: dict, source: str) -> None:
+    """dataset.date_format must be a strftime pattern with a year, a month and only known codes."""
+    pattern = config["dataset"].get("date_format")
+    if pattern is None:
+        return
+    codes = re.findall(r"%(.)", pattern.replace("%%", ""))
+    unknown = sorted({c for c in codes if c not in DATE_DIRECTIVES})
+    if unknown or not {"Y", "y"} & set(codes) or not {"m", "b", "B"} & set(codes):
+        problem = (f"has the unknown code(s) {', '.join('%' + c for c in unknown)}" if unknown
+                   else "needs a year (%Y) and a month (%m, %b or %B)")
+        raise InputError(f"{source}: config key dataset.date_format = {pattern!r} {problem}; write the dates' "
+                         "format as a strftime pattern, such as '%d/%m/%Y %H:%M' (see config/README.md).")
+
+
+def validate_config(config: dict, source: str = "config", origins: list | None = None) -> dict:
+    """Check a config against the schema and complete it.
+
+    Args:
+        config: the merged config, as Snakemake hands it to the Snakefile.
+        source: what to name when a value's origin is unknown (a file path, or "config").
+        origins: `config_origins(...)`: where each value came from, so that an error
+            names the config file or `--config` that set the key. Command-line values
+            that are plain numbers (or null) in a numeric key are read as such.
+    Returns:
+        A copy with the schema defaults filled in and dataset.layout made concrete
+        (`resolve_layout`: "auto" picks it from dataset.name).
+    Raises:
+        InputError: the first invalid key, naming it, its value, where it was set and the fix.
+    """
     schema = load_schema()
     config = copy.deepcopy(dict(config))
+    origins = origins or []
+    for label, values in origins:
+        if label == COMMAND_LINE:
+            _coerce(values, (), config, schema)
     _fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
-        raise InputError(_sentence(errors[0], source))
+        error = errors[0]
+        path = tuple(error.absolute_path)
+        if error.validator == "required":  # the missing key itself: name every file that could have set it
+            path = (*path, error.message.split("'")[1])
+        raise InputError(_sentence(error, _origin(path, origins, source)))
+    _check_date_format(config, _origin(("dataset", "date_format"), origins, source))
+    config["dataset"]["layout"] = resolve_layout(config["dataset"]["layout"], config["dataset"]["name"])
     return config
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import __version__
 from .devices import choose_placement, input_device, peak_memory, place_model, resolve_devices, token_budget
 from .errors import InputError
-from .lm import DTYPES, check_model, last_token_states, load_config, load_lm, load_tokenizer, weights_file
+from .lm import DTYPES, check_model, keep_layers, last_token_states, load_config, load_lm, load_tokenizer, weights_file
 from .packing import batches, distinct, pack, pad, share_head
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
@@ -63,7 +63,7 @@ def load_teacher(settings: Settings, sca_path: str | Path, devices: list[str] | 
                  device_map: dict | None = None) -> Teacher:
     devices = devices or resolve_devices(settings.device, settings.gpus_per_job)
     config, tokenizer = check_model(settings.model, settings.revision)
-    model = load_lm(settings.model, settings.revision, DTYPES[settings.precision])
+    model = keep_layers(load_lm(settings.model, settings.revision, DTYPES[settings.precision]), settings.layers)
     sca = load_sca(sca_path)
     if sca.layers[0].ff[0].out_features != 4 * config.n_embd:
         raise InputError(f"{sca_path}: made for a language model of width {sca.layers[0].ff[0].out_features // 4}, "
@@ -273,6 +273,7 @@ def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, tea
         "input_sha256": windows_meta["input_sha256"], "seq_len": windows_meta["seq_len"],
         "pred_len": settings.pred_len, "split": settings.split, "dataset": settings.name,
         "model": settings.model, "revision": revision or "", "weights_sha256": sha256_file(weights),
+        "layers": len(teacher.model.h),
         "precision": settings.precision, "fidelity": settings.fidelity,
         "sca_sha256": sha256_file(Path(sca_path)), "seed": read_metadata(sca_path)["seed"],
         "limit_windows": settings.limit_windows,

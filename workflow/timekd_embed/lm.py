@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
 
 from .errors import InputError
+from .store import read_header
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,8 @@ def _from_hub(name_or_path: str, revision: str | None):
     """A model that cannot be loaded (hub offline, unknown id or revision, damaged file): one sentence."""
     try:
         yield
-    except (OSError, ValueError) as exc:  # what transformers raises for files it cannot fetch or parse
+    # what transformers raises for files it cannot fetch or parse; safetensors' own error for a damaged file
+    except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if _local(name_or_path) is not None:
             raise InputError(f"model folder {name_or_path} cannot be loaded ({first}); check its files "
@@ -49,6 +53,15 @@ def _from_hub(name_or_path: str, revision: str | None):
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2TokenizerFast:
+    """The model's GPT-2 byte-level BPE tokenizer (vocab.json, merges.txt).
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+    Returns:
+        GPT2TokenizerFast.
+    Raises:
+        InputError: a local folder without the tokenizer files, or a hub id that cannot be loaded.
+    """
     local = _local(name_or_path)
     if local is not None:
         missing = [f for f in ("vocab.json", "merges.txt") if not (local / f).is_file()]
@@ -59,6 +72,15 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2Tokeni
 
 
 def load_config(name_or_path: str, revision: str | None = None) -> GPT2Config:
+    """The model's config.json, which must describe a GPT-2 (model_type gpt2).
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+    Returns:
+        GPT2Config.
+    Raises:
+        InputError: no config.json, another model type, or a hub id that cannot be loaded.
+    """
     local = _local(name_or_path)
     if local is not None and not (local / "config.json").is_file():
         raise InputError(f"model folder {local} has no config.json; point model.name_or_path at a GPT-2 model folder.")
@@ -71,7 +93,15 @@ def load_config(name_or_path: str, revision: str | None = None) -> GPT2Config:
 
 
 def weights_file(name_or_path: str, revision: str | None = None) -> Path:
-    """The safetensors file the weights come from (local folder or hub cache)."""
+    """The safetensors file the weights come from (local folder or hub cache).
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+    Returns:
+        Path of model.safetensors.
+    Raises:
+        InputError: no model.safetensors (pickle weights are never loaded: unpickling can run code).
+    """
     local = _local(name_or_path)
     if local is not None:
         path = local / "model.safetensors"
@@ -81,35 +111,188 @@ def weights_file(name_or_path: str, revision: str | None = None) -> Path:
                 raise InputError(f"model folder {local} has only pickle weights ({', '.join(pickled)}), which are "
                                  "never loaded because unpickling can run code; convert them to model.safetensors "
                                  "where you trust them (save_pretrained(..., safe_serialization=True)).")
-            raise InputError(f"model folder {local} has no model.safetensors; only safetensors weights are loaded (no pickle).")
+            raise InputError(f"model folder {local} has no model.safetensors; only safetensors weights are loaded "
+                             "(no pickle).")
         return path
     from transformers.utils import cached_file
     with _from_hub(name_or_path, revision):
         return Path(cached_file(name_or_path, "model.safetensors", revision=revision))
 
 
+# Tensors a GPT-2 checkpoint may carry or lack without changing the model: the attention
+# buffers older checkpoints store (the causal-mask `bias`, the `masked_bias` constant; GPT2Model
+# builds both itself), and the LM head of a GPT2LMHeadModel checkpoint, tied to wte and unused
+# by GPT2Model. Every other difference is refused.
+TOLERATED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
+HEAD_MODEL_PREFIX = GPT2Model.base_model_prefix + "."  # "transformer.": keys of a GPT2LMHeadModel checkpoint
+SHOWN = 3  # names quoted per kind of difference
+
+
+def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor GPT2Model(config) loads, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        model = GPT2Model(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone (store.read_header)."""
+    header, _ = read_header(path)
+    return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+
+
+def _as_model_names(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Drop the `transformer.` prefix of a GPT2LMHeadModel checkpoint, as from_pretrained does."""
+    body = [name for name in shapes if name != "lm_head.weight"]
+    if body and all(name.startswith(HEAD_MODEL_PREFIX) for name in body):
+        return {name.removeprefix(HEAD_MODEL_PREFIX): shape for name, shape in shapes.items()}
+    return shapes
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN])
+    return shown + (", ..." if len(names) > SHOWN else "")
+
+
+def _refuse_differences(where: str, config: GPT2Config, missing: list[str], unexpected: list[str],
+                        reshaped: list[tuple[str, tuple, tuple]]) -> None:
+    """One InputError naming every kind of difference between the file and the model, or nothing."""
+    missing = sorted(n for n in missing if not TOLERATED.fullmatch(n))
+    unexpected = sorted(n for n in unexpected if not TOLERATED.fullmatch(n))
+    if not (missing or unexpected or reshaped):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) the model needs are not in the file ({_listed(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor(s) of the file are not the model's ({_listed(unexpected)})")
+    if reshaped:
+        shown = "; ".join(f"{name}: {tuple(got)} in the file, {tuple(want)} expected"
+                          for name, got, want in reshaped[:SHOWN])
+        more = "; ..." if len(reshaped) > SHOWN else ""
+        parts.append(f"{len(reshaped)} tensor(s) have another shape ({shown}{more})")
+    raise InputError(f"{where}: the weights are not the GPT-2 that config.json describes (n_layer {config.n_layer}, "
+                     f"n_embd {config.n_embd}, n_head {config.n_head}): {'; '.join(parts)}; the language model "
+                     "would run with weights that were initialised, not loaded, so use a folder saved by "
+                     "GPT2Model or GPT2LMHeadModel save_pretrained(..., safe_serialization=True) whose "
+                     "config.json belongs to its model.safetensors.")
+
+
+def _where(name_or_path: str, revision: str | None, weights: Path) -> str:
+    if _local(name_or_path) is not None:
+        return f"model folder {name_or_path} (config key model.name_or_path), {weights.name}"
+    return f"model {name_or_path!r} (config key model.name_or_path, revision {revision or 'default'}), {weights}"
+
+
+def check_weights(name_or_path: str, revision: str | None, config: GPT2Config) -> Path:
+    """The safetensors file holds exactly the tensors GPT2Model(config) loads, by name and shape.
+
+    A header-only comparison: nothing is loaded, so a 6 GB gpt2-xl costs a few milliseconds.
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+        config: the model's GPT2Config (load_config).
+    Returns:
+        The weights file (weights_file).
+    Raises:
+        InputError: tensors missing, unexpected (a prefix such as `gpt2.` from a wrapper
+            module) or of another shape (another width or depth), beyond the TOLERATED ones,
+            naming the folder, how many tensors, the first few names and what to do.
+    """
+    weights = weights_file(name_or_path, revision)
+    try:
+        found = _as_model_names(file_shapes(weights))
+    except (InputError, OSError, KeyError, TypeError):  # a damaged header, an unreadable file, entries without shapes
+        raise InputError(f"{_where(name_or_path, revision, weights)} cannot be read as safetensors (damaged "
+                         "header); replace the file with the model's own model.safetensors.") from None
+    wanted = expected_shapes(config)
+    reshaped = [(name, found[name], wanted[name]) for name in sorted(wanted.keys() & found.keys())
+                if found[name] != wanted[name] and not TOLERATED.fullmatch(name)]
+    _refuse_differences(_where(name_or_path, revision, weights), config, sorted(wanted.keys() - found.keys()),
+                        sorted(found.keys() - wanted.keys()), reshaped)
+    return weights
+
+
 def check_model(name_or_path: str, revision: str | None = None) -> tuple[GPT2Config, GPT2TokenizerFast]:
-    """Config, safetensors weights and a matching tokenizer are all there; else one sentence."""
+    """Config, safetensors weights that fit it exactly and a matching tokenizer; else one sentence.
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+    Returns:
+        (GPT2Config, GPT2TokenizerFast).
+    Raises:
+        InputError: a missing or non-GPT-2 config, missing or non-fitting weights
+            (check_weights), missing tokenizer files or a tokenizer of another vocabulary.
+    """
     config = load_config(name_or_path, revision)
-    weights_file(name_or_path, revision)
+    check_weights(name_or_path, revision, config)
     tokenizer = load_tokenizer(name_or_path, revision)
     check_vocab(tokenizer, config, name_or_path)
     return config, tokenizer
 
 
 def load_lm(name_or_path: str, revision: str | None, dtype: torch.dtype) -> GPT2Model:
-    """GPT2Model in eval mode with frozen weights, safetensors only, no remote code."""
-    weights_file(name_or_path, revision)  # fail early and clearly when there are no safetensors
+    """GPT2Model in eval mode with frozen weights: exactly the tensors of the named file.
+
+    Safetensors only, no remote code. The file is compared with the model by header first
+    (check_weights); the loading report of from_pretrained is checked again afterwards, so
+    no weight is ever left as initialised rather than loaded.
+
+    Args:
+        name_or_path, revision: config keys model.name_or_path and model.revision.
+        dtype: the language model's dtype (config key precision).
+    Returns:
+        GPT2Model, eval mode, requires_grad False.
+    Raises:
+        InputError: as check_weights, or a model that cannot be loaded.
+    """
     config = load_config(name_or_path, revision)
+    weights = check_weights(name_or_path, revision, config)  # before any loading: fail early, in one sentence
     # GPT-2's tanh GELU as one fused kernel instead of five elementwise ops (about 11% of the
     # CPU time): the same formula, equal within float rounding (tests/test_lm.py).
     if config.activation_function == "gelu_new":
         config.activation_function = "gelu_pytorch_tanh"
     with _from_hub(name_or_path, revision):
-        model = GPT2Model.from_pretrained(name_or_path, revision=revision, config=config, dtype=dtype,
-                                          use_safetensors=True, trust_remote_code=False)
+        model, report = GPT2Model.from_pretrained(name_or_path, revision=revision, config=config, dtype=dtype,
+                                                  use_safetensors=True, trust_remote_code=False,
+                                                  output_loading_info=True)
+    reshaped = [(name, got, want) for name, got, want in
+                (_mismatch_entry(entry) for entry in report.get("mismatched_keys", ()))]
+    _refuse_differences(_where(name_or_path, revision, weights), config, list(report.get("missing_keys", ())),
+                        list(report.get("unexpected_keys", ())), reshaped)
     model.requires_grad_(False)
     return model.eval()
+
+
+def keep_layers(model: GPT2Model, layers: int | None) -> GPT2Model:
+    """Keep the first `layers` transformer blocks (the final layer norm stays): the published
+    `--l_layers` of store_emb.py, which cuts clm.py's GPT-2 to `h[:L]` and applies `ln_f` after it.
+
+    Args:
+        model: a loaded GPT2Model, changed in place (before any placement on devices).
+        layers: blocks to keep, 1 .. config.n_layer; None keeps all (the published default, 12 for gpt2).
+    Returns:
+        The same model, with `config.n_layer` set to the blocks it now has.
+    Raises:
+        InputError: `layers` is outside 1 .. the model's number of blocks (config key model.layers).
+    """
+    if layers is None:
+        return model
+    total = len(model.h)
+    if not 1 <= layers <= total:
+        raise InputError(f"config key model.layers = {layers}, but {model.config.name_or_path or 'the model'} has "
+                         f"{total} blocks; set it to 1 .. {total}, or null for all of them.")
+    model.h = model.h[:layers]
+    model.config.n_layer = layers
+    return model
+
+
+def _mismatch_entry(entry) -> tuple[str, tuple, tuple]:
+    """transformers reports a mismatched key as (name, file shape, model shape)."""
+    if isinstance(entry, str):
+        return entry, (), ()
+    name, got, want = entry
+    return name, tuple(got), tuple(want)
 
 
 def check_vocab(tokenizer, config: GPT2Config, name_or_path: str) -> None:

@@ -30,7 +30,7 @@ def embedding_settings(config: dict) -> dict:
         "name": config["dataset"]["name"],
         "template": config["dataset"]["template"],
         "seq_len": config["seq_len"],
-        "model": config["model"],
+        "model": config["model"],  # name_or_path, revision, layers
         "precision": config["precision"],
         "fidelity": config["fidelity"],
         "limit_windows": config["limit_windows"],
@@ -50,6 +50,7 @@ class Settings:
     precision: str
     fidelity: str
     limit_windows: int | None
+    layers: int | None = None  # model.layers: the first L blocks, then ln_f (lm.keep_layers); None all
     # runtime only (RUNTIME_FIELDS)
     device: str = "auto"
     gpus_per_job: int = 1
@@ -69,6 +70,7 @@ class Settings:
             name=config["dataset"]["name"], template=config["dataset"]["template"], pred_len=int(pred_len),
             split=str(split), model=config["model"]["name_or_path"], revision=config["model"]["revision"],
             precision=config["precision"], fidelity=config["fidelity"], limit_windows=config["limit_windows"],
+            layers=config["model"].get("layers"),
             device=config["device"], gpus_per_job=config["gpus_per_job"], batch_tokens=config["batch_tokens"],
             placement=config["placement"],
         )

@@ -1,23 +1,17 @@
-"""CSV -> checked table -> split borders -> one Parquet file per split.
+"""Checked table -> split borders -> train-fitted scaler -> one Parquet file per split.
 
-The teacher builds prompts from RAW values, windows are taken by row index, and the
-splits follow the reference data loaders (TIMEKD_TEACHER.md section 1). Irregular
-data (duplicated stamps, gaps, -9999 sentinels, odd column names, CRLF) is reported but
-never changed; anything that would make the result wrong or ambiguous is an InputError
-raised before a single byte is written.
+The splits follow the reference data loaders (TimeKD, Liu et al., ICDE 2025; published
+data_provider/data_loader_save.py): `custom` is 70/10/20 % of the rows, the ETT
+layouts 12/4/4 months of 30 days; val and test start seq_len rows early. Windows are taken
+by row index. Reading and checking the CSV is table.py's job; this module writes and reads
+back the Parquet files, each carrying its metadata (borders, scaler, input hash).
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import hashlib
-import io
 import json
 import logging
 import os
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,33 +20,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .config import LAYOUTS, resolve_layout
 from .errors import InputError
 from .store import atomic_paths
+from .table import Table, stamps
 
 SPLITS = ("train", "val", "test")
-LAYOUTS = ("custom", "ett_hour", "ett_minute")
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"timekd_embed"
-SENTINEL = -9999.0
 _ETT_MONTH_ROWS = {"ett_hour": 30 * 24, "ett_minute": 30 * 24 * 4}  # a "month" is 30 days
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- types
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make == ambiguous
-class Table:
-    """The checked CSV, values exactly as in the file."""
-
-    path: str
-    dates: pd.DatetimeIndex  # (R,)
-    variables: list[str]  # (N,) model order
-    values: np.ndarray  # float64 (R, N), raw, sentinels kept
-    sha256: str
-    irregularities: dict
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,29 +53,11 @@ class SplitWindows:
         return window_count(len(self.rows), self.meta["seq_len"], pred_len)
 
     def stamps(self) -> np.ndarray:
-        """int64 (R_s, 6): year, month, day, weekday (Mon=0), hour, minute."""
-        d = self.dates
-        parts = (d.year, d.month, d.day, d.day_of_week, d.hour, d.minute)
-        return np.stack([np.asarray(p, dtype=np.int64) for p in parts], axis=1)
+        """int64 (R_s, 6): year, month, day, weekday (Mon=0), hour, minute (table.stamps)."""
+        return stamps(self.dates)
 
 
 # --------------------------------------------------------------------------- layout and borders
-
-
-def resolve_layout(layout: str, name: str) -> str:
-    """'auto' picks the layout from the dataset name like the reference does."""
-    if layout == "auto":
-        if name.startswith("ETTh"):
-            return "ett_hour"
-        if name.startswith("ETTm"):
-            return "ett_minute"
-        return "custom"
-    if layout in LAYOUTS:
-        return layout
-    raise InputError(
-        f"Config key dataset.layout is {layout!r}, which is not a known layout; "
-        f"set it to one of auto, {', '.join(LAYOUTS)}."
-    )
 
 
 def split_borders(
@@ -159,299 +123,35 @@ def _check_positive_int(value: object, key: str) -> None:
         raise InputError(f"Config key {key} is {value!r}; set it to a whole number of at least 1.")
 
 
-# --------------------------------------------------------------------------- reading the CSV
-
-
-def load_csv(path: str | os.PathLike, target: str = "OT", layout: str = "custom") -> Table:
-    """Read and check a CSV; InputError on anything fatal, warnings for irregularities.
-
-    `layout` may also be "auto", resolved from the file name (the config's dataset.name
-    is the better key, so callers should resolve it themselves).
-    """
-    path = str(path)
-    layout = resolve_layout(layout, Path(path).stem)
-    data = _read_bytes(path)
-    text = _decode(path, data)
-    header = _check_header(path, text)
-    variables = _model_order(path, header, target, layout)
-    frame = _parse(path, text, header)  # (R, C) date as str, the rest float64
-    dates = _parse_dates(path, frame["date"])
-    values = np.ascontiguousarray(frame[variables].to_numpy(dtype=np.float64))  # (R, N)
-    irregularities = _irregularities(path, data, dates, variables, values)
-    return Table(path, dates, variables, values, hashlib.sha256(data).hexdigest(), irregularities)
-
-
-def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise InputError(
-            f"{path} does not exist; check dataset.csv in the config or download the file."
-        ) from None
-    except OSError as e:
-        raise InputError(f"{path} cannot be read ({e.strerror}); check the path and its permissions.") from None
-    if not data.strip():
-        raise InputError(f"{path} is empty; it needs a header line with a date column and data rows.")
-    return data
-
-
-def _decode(path: str, data: bytes) -> str:
-    if data.startswith(codecs.BOM_UTF8):
-        raise InputError(
-            f"{path}, line 1: the file starts with a UTF-8 byte order mark (BOM); re-save it as UTF-8 without BOM."
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise InputError(
-            f"{path}, line {line}: byte 0x{data[e.start]:02x} at offset {e.start} is not valid UTF-8; "
-            f"re-save the file as UTF-8."
-        ) from None
-    # Trailing blank lines are harmless; blank lines in the middle are reported later.
-    return text.rstrip() + "\n"
-
-
-def _check_header(path: str, text: str) -> list[str]:
-    """Column names exactly as written (pandas would silently rename duplicates)."""
-    lines = text.split("\n", 2)
-    header_line = lines[0].rstrip("\r")
-    for number, line in ((1, header_line), (2, lines[1].rstrip("\r") if len(lines) > 1 else "")):
-        if "," not in line and ("\t" in line or ";" in line):
-            kind = "tab" if "\t" in line else "semicolon"
-            raise InputError(
-                f"{path}, line {number}: the file looks {kind}-separated; the file must be comma-separated, "
-                f"so re-export it with commas."
-            )
-    if "\r" in header_line:  # a lone CR never ends a line for pandas, so everything would be "line 1"
-        raise InputError(
-            f"{path}, line 1: the file uses bare CR line endings; re-save it with LF or CRLF line endings."
-        )
-    try:
-        header = next(csv.reader([header_line]))
-    except csv.Error:
-        raise InputError(f"{path}, line 1: the header cannot be parsed as CSV; check its quotes.") from None
-    seen: dict[str, int] = {}
-    for col, name in enumerate(header, start=1):
-        if name == "":
-            raise InputError(
-                f"{path}, line 1, column {col}: the column has no name; name it or remove the extra comma."
-            )
-        if name in seen:
-            raise InputError(
-                f"{path}, line 1: the column name {name!r} appears twice (columns {seen[name]} and {col}); "
-                f"rename one of them."
-            )
-        seen[name] = col
-    if "date" not in seen:
-        raise InputError(
-            f"{path}, line 1: there is no 'date' column (the header starts {', '.join(map(repr, header[:4]))}); "
-            f"name the time-stamp column 'date'."
-        )
-    if len(header) < 2:
-        raise InputError(f"{path}, line 1: there are no variable columns besides 'date'; add at least one.")
-    if len(lines) < 2 or not lines[1].strip():
-        raise InputError(f"{path} has a header line but no data rows; use a file with data.")
-    return header
-
-
-def _model_order(path: str, header: list[str], target: str, layout: str) -> list[str]:
-    """custom: target moved last (reference Dataset_Custom); ETT layouts: file order."""
-    others = [name for name in header if name != "date"]
-    if layout != "custom":
-        return others
-    if target == "date" or target not in others:
-        raise InputError(
-            f"{path}, line 1: the target column {target!r} (config key dataset.target) is not a variable "
-            f"column of the file; set dataset.target to one of its column names."
-        )
-    return [name for name in others if name != target] + [target]
-
-
-_FIELDS_ERROR = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
-
-
-def _parse(path: str, text: str, header: list[str]) -> pd.DataFrame:
-    """Fast path: the C engine parses floats directly; any problem -> locate the first bad cell."""
-    dtypes = {name: (str if name == "date" else np.float64) for name in header}
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text), names=header, header=0, dtype=dtypes, index_col=False,
-            na_filter=False,  # "", "NA", "nan" must fail here, and dates keep their text
-            skip_blank_lines=False,  # blank lines kept so row i is always line i + 2
-            engine="c",
-        )
-    except pd.errors.ParserError as e:
-        match = _FIELDS_ERROR.search(str(e))
-        if match:
-            want, line, got = match.groups()
-            raise InputError(
-                f"{path}, line {line}: the line has {got} fields but the header has {want}; "
-                f"remove the extra commas or quote text that contains commas."
-            ) from None
-        raise InputError(f"{path} cannot be parsed as CSV; check its quoting and line structure.") from None
-    except ValueError:  # a cell that is not a number, empty cells included
-        raise _first_bad_cell(path, text, header) or InputError(
-            f"{path} contains a value that is not a number; make every variable cell a plain number."
-        ) from None
-    values = frame[[name for name in header if name != "date"]].to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all():  # "inf", "1e999" and friends parse, so check
-        raise _first_bad_cell(path, text, header) or InputError(
-            f"{path} contains an empty, NaN or infinite value; make every variable cell a finite number."
-        )
-    return frame
-
-
-def _first_bad_cell(path: str, text: str, header: list[str]) -> InputError | None:
-    """Slow path, errors only: re-read as text and name the first bad cell by line and column."""
-    cells = pd.read_csv(
-        io.StringIO(text), names=header, header=0, dtype=str, na_filter=False,
-        index_col=False, skip_blank_lines=False, engine="c",
-    )  # (R, C) strings, "" for empty
-    bad = np.zeros(cells.shape, dtype=bool)
-    for j, name in enumerate(header):
-        if name != "date":  # dates are checked by _parse_dates, with their own message
-            numbers = pd.to_numeric(cells[name], errors="coerce").to_numpy(dtype=np.float64)
-            bad[:, j] = ~np.isfinite(numbers)
-    rows, cols = np.nonzero(bad)  # row-major: first hit is the earliest line, leftmost column
-    if len(rows) == 0:
-        return None
-    row, col = int(rows[0]), int(cols[0])
-    line, name, value = row + 2, header[col], cells.iat[row, col]
-    if all(not str(v).strip() for v in cells.iloc[row]):
-        return InputError(f"{path}, line {line}: the line is blank; remove it.")
-    if value.strip():
-        problem = f"{value!r} is not a finite number"
-    else:
-        problem = "the cell is empty (or the line has too few fields)"
-    return InputError(
-        f"{path}, line {line}, column {name!r}: {problem}; fill in a finite number or remove the row."
-    )
-
-
-def _parse_dates(path: str, column: pd.Series) -> pd.DatetimeIndex:
-    """Every date must parse, in the format of the first one (pandas infers it from there)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "could not infer format": we report NaT ourselves
-        try:
-            dates = pd.to_datetime(column, errors="coerce")
-        except (ValueError, TypeError):  # e.g. mixed time-zone offsets
-            raise InputError(
-                f"{path}, column 'date': the dates mix formats or time-zone offsets and cannot be parsed "
-                f"together; write every date as YYYY-MM-DD HH:MM:SS without an offset."
-            ) from None
-    bad = np.flatnonzero(dates.isna().to_numpy())
-    if len(bad):
-        row = int(bad[0])
-        value = column.iloc[row]
-        problem = f"the date {value!r} cannot be parsed" if str(value).strip() else "the date is empty"
-        raise InputError(
-            f"{path}, line {row + 2}, column 'date': {problem} (first date is {column.iloc[0]!r}); "
-            f"write every date in one format, such as YYYY-MM-DD HH:MM:SS."
-        )
-    return pd.DatetimeIndex(dates)
-
-
-# --------------------------------------------------------------------------- irregularities
-
-
-def _irregularities(
-    path: str, data: bytes, dates: pd.DatetimeIndex, variables: list[str], values: np.ndarray
-) -> dict:
-    """Counts of things the reference tolerates; logged once each, data left untouched."""
-    name = Path(path).name
-    found = {
-        "duplicate_timestamps": _duplicates(dates),
-        **_steps(dates),
-        "sentinel": _sentinels(variables, values),
-        "non_ascii_columns": [v for v in variables if not v.isascii()],
-        "crlf_line_endings": b"\r\n" in data,
-    }
-    dup, gaps, back, sent = (found[k] for k in ("duplicate_timestamps", "gaps", "backward_steps", "sentinel"))
-    if dup["count"]:
-        first = dup["first"]
-        log.warning("%s: %d duplicated timestamp(s), first %s on lines %d and %d; kept as is",
-                    name, dup["count"], first["timestamp"], *first["lines"])
-    if gaps["count"]:
-        first = gaps["first"]
-        log.warning("%s: %d gap(s) longer than the usual %g s step, first %s to %s (line %d); windows are by row",
-                    name, gaps["count"], gaps["usual_step_seconds"], first["from"], first["to"], first["line"])
-    if back["count"]:
-        first = back["first"]
-        log.warning("%s: %d backward time step(s), first %s to %s (line %d); rows kept in file order",
-                    name, back["count"], first["from"], first["to"], first["line"])
-    if sent["total"]:
-        log.warning("%s: the missing-data sentinel %g occurs %d times (%s); values kept raw",
-                    name, SENTINEL, sent["total"], ", ".join(f"{k}: {v}" for k, v in sent["per_column"].items()))
-    if found["non_ascii_columns"]:
-        log.warning("%s: %d column name(s) contain non-ASCII or U+FFFD characters (%s); kept byte-for-byte",
-                    name, len(found["non_ascii_columns"]), ", ".join(found["non_ascii_columns"]))
-    if found["crlf_line_endings"]:
-        log.warning("%s: CRLF line endings; read as ordinary line ends", name)
-    return found
-
-
-def _duplicates(dates: pd.DatetimeIndex) -> dict:
-    repeated = np.flatnonzero(dates.duplicated())  # rows equal to an earlier row
-    if len(repeated) == 0:
-        return {"count": 0, "first": None}
-    row = int(repeated[0])
-    first_seen = int(np.flatnonzero(dates == dates[row])[0])
-    return {
-        "count": len(repeated),
-        "first": {"timestamp": str(dates[row]), "lines": [first_seen + 2, row + 2]},
-    }
-
-
-def _steps(dates: pd.DatetimeIndex) -> dict:
-    """Gaps (steps longer than the most common one) and backward steps."""
-    steps = np.diff(dates.asi8)  # (R-1,) in the index's unit
-    empty = {"count": 0, "first": None}
-    if len(steps) == 0:
-        return {"gaps": {**empty, "usual_step_seconds": None}, "backward_steps": empty}
-    unique, counts = np.unique(steps, return_counts=True)
-    usual = unique[np.argmax(counts)]
-
-    def report(mask: np.ndarray) -> dict:
-        where = np.flatnonzero(mask)
-        if len(where) == 0:
-            return dict(empty)
-        i = int(where[0])  # step from row i to row i + 1
-        return {
-            "count": len(where),
-            "first": {"from": str(dates[i]), "to": str(dates[i + 1]), "line": i + 3},  # line of row i + 1
-        }
-
-    gaps = report(steps > usual) if usual > 0 else dict(empty)
-    return {
-        "gaps": {**gaps, "usual_step_seconds": pd.Timedelta(int(usual), unit=dates.unit).total_seconds()},
-        "backward_steps": report(steps < 0),
-    }
-
-
-def _sentinels(variables: list[str], values: np.ndarray) -> dict:
-    per_column = (values == SENTINEL).sum(axis=0)  # (N,)
-    return {
-        "value": SENTINEL,
-        "total": int(per_column.sum()),
-        "per_column": {v: int(c) for v, c in zip(variables, per_column) if c},
-    }
-
-
 # --------------------------------------------------------------------------- writing
 
 
 def write_windows(
-    table: Table, layout: str, seq_len: int, pred_lens: list[int], out: dict[str, str]
+    table: Table,
+    layout: str,
+    seq_len: int,
+    pred_lens: list[int],
+    out: dict[str, str],
+    template_note: str | None = None,
 ) -> dict[str, dict]:
     """Write one Parquet per split in `out`; return {split: the metadata stored in its file}.
 
     Everything is checked and built in memory first. Files appear only by os.replace of a
     finished temporary file; if any write fails, the outputs of this call are removed so
     no partial set of splits survives.
+
+    Args:
+        table: the checked CSV (table.load_csv).
+        layout: a concrete layout; seq_len: input rows per window; pred_lens: the horizons
+            whose window counts go into the metadata.
+        out: split -> Parquet path.
+        template_note: cadence.template_note's line, stored as metadata "template_note".
+    Returns:
+        {split: metadata}: borders, scaler (train mean and ddof-0 std per variable),
+        input sha256, irregularities, windows per horizon, template_note.
+    Raises:
+        InputError: bad seq_len / pred_lens, unknown splits or output paths, too few rows.
     """
-    layout = resolve_layout(layout, Path(table.path).stem)
     _check_positive_int(seq_len, "seq_len")
     for p in pred_lens:
         _check_positive_int(p, "pred_lens")
@@ -469,6 +169,7 @@ def write_windows(
         "input_sha256": table.sha256,
         "input_file": Path(table.path).name,
         "irregularities": table.irregularities,
+        "template_note": template_note,
     }
     metas, arrow = {}, {}
     for split in out:

@@ -1,0 +1,212 @@
+"""`timekd-embed`: inspect checks the model as the extraction does and reads configs as Snakemake
+does; its output stays short; every option has help; --help and verify never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import constants
+
+from conftest import ROOT
+from timekd_embed.cli import parser
+from timekd_embed.config import validate_config
+from timekd_embed.manifest import MANIFEST, build, weights_file_here, write
+from timekd_embed.store import sha256_file, write_tensors
+
+EXE = str(Path(sys.executable).parent / "timekd-embed")
+SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
+# This checkout's package, also when a command runs in another folder.
+PACKAGE_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))}
+WINDOW = ["--pred-len", "24", "--split", "train", "--window", "0"]
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=os.environ | PACKAGE_ENV | (env or {}))
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def errors(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+
+
+# --------------------------------------------------------------------------- inspect checks the model
+
+
+def test_inspect_with_the_hub_unreachable_fails_in_one_sentence(tmp_path, weather_csv):
+    """Issue #13.5: it printed "gt_ids": [] for every variable and exited 0."""
+    config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
+                                                     "model": {"name_or_path": "gpt2"}})
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    result = cli("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path, env=offline)
+    assert result.returncode == 1
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert len(errors(result)) == 1, result.stderr
+    assert errors(result)[0].startswith("Error: model 'gpt2' (config key model.name_or_path, revision default) is no "
+                                        "local folder and could not be loaded from the model hub (")
+
+
+def test_inspect_refuses_a_model_folder_the_extraction_refuses(tmp_path, weather_csv, tiny_model_dir):
+    folder = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").unlink()  # config and tokenizer only: the extraction stops here
+    config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
+                                                     "model": {"name_or_path": str(folder)}})
+    result = cli("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert errors(result) == [(f"Error: model folder {folder} has no model.safetensors; only safetensors weights "
+                               "are loaded (no pickle).")]
+
+
+# --------------------------------------------------------------------------- configs as Snakemake reads them
+
+
+def test_inspect_reads_an_override_only_config_on_top_of_config_yaml_as_snakemake_does(tmp_path, weather_csv,
+                                                                                        tiny_model_dir):
+    """Issue #13.5: `missing 'dataset'` for a config file that snakemake accepts."""
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    base["dataset"]["csv"] = str(weather_csv)
+    base["model"]["name_or_path"] = str(tiny_model_dir)
+    write_config(tmp_path / "config" / "config.yaml", base)
+    # Only two keys, one of them nested: dataset.name and dataset.csv come from config/config.yaml.
+    write_config(tmp_path / "override.yaml", {"seq_len": 48, "dataset": {"target": "OT"}})
+
+    dry = subprocess.run(SNAKEMAKE + ["-n", "-d", str(tmp_path), "--configfile", "override.yaml", "--cores", "1"],
+                         check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    result = cli("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)[-1]["gt_prompt"].split("the values were <")[1].split(">")[0].split(", ")
+    assert len(seen) == 48   # seq_len of the override; 96 in config/config.yaml
+
+    # Without config/config.yaml (as in a folder of its own) the override alone is incomplete, for both.
+    (tmp_path / "config" / "config.yaml").unlink()
+    alone = cli("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
+    assert alone.returncode == 1
+    assert errors(alone) == [("Error: override.yaml: config key dataset is missing 'name'; add it (see "
+                              "config/README.md).")]
+
+
+# --------------------------------------------------------------------------- short output
+
+
+def test_inspect_prints_each_token_list_on_one_line_and_one_variable_on_request(tmp_path, weather_csv, tiny_model_dir):
+    """Issue #13.5: one window was 23,453 lines of JSON."""
+    config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
+                                                     "model": {"name_or_path": str(tiny_model_dir)}})
+    every = cli("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
+    assert every.returncode == 0, every.stderr
+    # "[" and "]", and per variable "{", its 7 keys one line each, "}": 2 + 21 x 9 lines.
+    assert len(every.stdout.splitlines()) == 191
+    variables = json.loads(every.stdout)
+    assert len(variables) == 21 and variables[-1]["variable"] == "OT"
+    assert all(len(v["gt_ids"]) == len(v["gt_types"]) > 100 for v in variables)  # never empty
+
+    one = cli("inspect", "--configfile", str(config), *WINDOW, "--variable", "OT", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert len(one.stdout.splitlines()) == 11 and json.loads(one.stdout) == [variables[-1]]
+
+    unknown = cli("inspect", "--configfile", str(config), *WINDOW, "--variable", "ot", cwd=tmp_path)
+    assert unknown.returncode == 1 and unknown.stdout == ""
+    assert errors(unknown)[0].startswith(f"Error: --variable 'ot' is not a column of {weather_csv}; its variables "
+                                         "are 'p (mbar)', 'T (degC)',")
+
+
+# --------------------------------------------------------------------------- help, version, no torch
+
+
+def _option_actions(command_parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in command_parser._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+
+
+def test_every_option_has_help_text_and_version_prints_the_package_version():
+    top = parser()
+    [subcommands] = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(subcommands.choices) >= {"inspect", "verify"}
+    for name, command_parser in [("timekd-embed", top), *subcommands.choices.items()]:
+        for action in _option_actions(command_parser):
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+    assert all(choice.help for choice in subcommands._choices_actions)
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout == f"timekd-embed {pyproject['project']['version']}\n"
+
+
+PROBE = """
+import json, sys
+from timekd_embed.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(m for m in ("torch", "transformers", "safetensors.torch") if m in sys.modules)
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def probe(*args: str) -> dict:
+    """Run main(args) in a fresh interpreter; its exit code and the heavy modules it imported."""
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], check=False, capture_output=True, text=True,
+                            timeout=120, env=os.environ | PACKAGE_ENV)
+    return json.loads(result.stderr.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def results_folder(tmp_path, tiny_model_dir, weather_csv) -> Path:
+    """A results folder with one real embeddings file and its manifest, written as the workflow writes them."""
+    shutil.copy(weather_csv, tmp_path / "weather.csv")
+    shutil.copytree(tiny_model_dir, tmp_path / "gpt2")
+    folder = tmp_path / "results" / "weather"
+    embeddings = folder / "embeddings" / "24" / "train.safetensors"
+    write_tensors(embeddings, {"embeddings": torch.zeros(2, 21, 64), "window_start": torch.arange(2)},
+                  {"input_sha256": sha256_file(tmp_path / "weather.csv"),
+                   "weights_sha256": sha256_file(tmp_path / "gpt2" / "model.safetensors")})
+    config = validate_config({"dataset": {"name": "weather", "csv": "weather.csv"}, "model": {"name_or_path": "gpt2"}})
+    write(folder / MANIFEST, build(folder, {"gather": [str(embeddings)]}, config))
+    return folder
+
+
+def test_help_version_and_verify_never_import_torch(results_folder):
+    for args in (["--help"], ["--version"], ["inspect", "--help"], ["verify", "--help"]):
+        assert probe(*args) == {"code": 0, "heavy": []}, args
+    assert probe("verify", str(results_folder)) == {"code": 0, "heavy": []}
+    # The weights it rechecks were read too: other weights make it fail, still without torch.
+    shutil.copy(results_folder.parents[1] / "gpt2" / "config.json", results_folder.parents[1] / "gpt2" /
+                "model.safetensors")
+    assert probe("verify", str(results_folder)) == {"code": 1, "heavy": []}
+
+
+def test_verify_finds_a_hub_model_in_the_hub_cache_without_the_network(tmp_path, tiny_model_dir, monkeypatch):
+    """A hub id's weights are the cache's copy at the configured revision; absent there: a note, no download."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)   # the hub cache's layout: refs/<branch> -> snapshots/<commit>
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    found, why = weights_file_here("someone/tiny-gpt2", None, tmp_path)
+    assert (found, why) == (repo / "snapshots" / commit / "model.safetensors", "")
+    assert weights_file_here("someone/tiny-gpt2", commit, tmp_path)[0] == found
+    missing, why = weights_file_here("someone/other-gpt2", None, tmp_path)
+    assert missing is None
+    assert why == (f"model someone/other-gpt2 (revision main) is neither a folder in {tmp_path} nor in the model hub "
+                   "cache here, so the embeddings' weights were not rechecked.")

@@ -1,0 +1,187 @@
+"""`timekd-embed preflight` on the CPU: a tiny GPT-2 with the real tokenizer, real weather windows,
+two "devices" through the extraction's own test seam (explicit device lists and maps), a NaN in
+one block's weights and a damaged checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT, make_model_dir
+from timekd_embed.config import validate_config
+from timekd_embed.errors import InputError
+from timekd_embed.extract import packed_window
+from timekd_embed.lm import load_lm
+from timekd_embed.packing import pad
+from timekd_embed.preflight import (
+    NO_CUDA,
+    Horizon,
+    checkpoint_matches,
+    device_usable,
+    fill_windows,
+    key_padding,
+    prefetch_pinning,
+    render_markdown,
+    require_passed,
+    run_preflight,
+    write_report,
+)
+from timekd_embed.prompts import SplitPrompts
+
+P = 24
+TRAIN_WINDOWS_AT_24 = 36768      # weather train: 36,887 rows - 96 - 24 + 1 (README "Results layout")
+SPLIT_MAP = {"wte": "cpu", "wpe": "cpu", "drop": "cpu", "h.0": "cpu", "h.1": "cpu", "ln_f": "cpu"}
+
+
+def config_for(csv, model_dir, **overrides) -> dict:
+    raw = {"dataset": {"name": "weather", "csv": str(csv)}, "pred_lens": [P], "splits": ["train"],
+           "model": {"name_or_path": str(model_dir)}, "precision": "fp32", "device": "cpu"} | overrides
+    return validate_config(raw)
+
+
+@pytest.fixture(scope="module")
+def nan_model_dir(tmp_path_factory):
+    """The tiny model with one NaN in block 1's MLP weights."""
+    path = make_model_dir(tmp_path_factory.mktemp("nan-gpt2"))
+    tensors = load_file(path / "model.safetensors")
+    tensors["h.1.mlp.c_fc.weight"][3, 5] = float("nan")
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def test_one_cpu_device_measures_and_lists_the_gpu_checks_as_not_run(weather_csv, tiny_model_dir, tmp_path):
+    report = run_preflight(config_for(weather_csv, tiny_model_dir, precision="fp16"), n_windows=3)
+    assert report["passed"], report["failures"]
+    horizon = report["horizons"][P]
+    assert horizon["planned_windows"] == {"train": TRAIN_WINDOWS_AT_24}
+    assert horizon["windows_per_s"] > 0
+    assert report["eta_s"] == pytest.approx(TRAIN_WINDOWS_AT_24 / horizon["windows_per_s"])
+    assert report["context"] == 1024 and 0 < horizon["longest_prompt"] <= 1024
+    assert horizon["peak_memory_bytes"]["cpu_rss"] > 0 and horizon["fitting_batch_tokens"] is None
+    assert set(report["parity"][P]) >= {"cosine_min", "cosine_mean", "max_abs_error", "nn_agreement"}
+    assert report["gpu_checks"]["attention_backends"]["default"]["within_rounding"]
+    for name in ("key_padding", "prefetch_pinning", "replica_scaling", "model_parallel"):
+        assert report["gpu_checks"][name] == NO_CUDA
+    assert report["machine"]["devices"][0]["device"] == "cpu"
+    assert report["notes"] == ["fp16 on the CPU is emulated and slow: use precision fp32 there."]
+
+    json_path, md_path = write_report(report, tmp_path)
+    assert json.loads(json_path.read_text())["passed"] is True
+    text = md_path.read_text()
+    assert "**PASSED**" in text and "key_padding: not run: no CUDA device" in text and "| 24 |" in text
+    require_passed(report, md_path)       # nothing to raise
+
+
+def test_two_devices_run_the_replica_and_layer_split_checks(weather_csv, tiny_model_dir):
+    """Two CPU entries: data-parallel replicas in threads, and the layers split by an explicit map
+    (dispatched by accelerate); both against one device."""
+    report = run_preflight(config_for(weather_csv, tiny_model_dir), n_windows=2, devices=["cpu", "cpu"],
+                           device_map=SPLIT_MAP)
+    assert report["passed"], report["failures"]
+    checks = report["gpu_checks"]
+    assert checks["model_parallel"]["device_map"] == SPLIT_MAP
+    assert checks["model_parallel"]["parity_vs_one_device"]["bit_equal"]      # same ops, same device type
+    replicas = checks["replica_scaling"]
+    assert replicas["devices"] == ["cpu", "cpu"] and replicas["windows_per_s_1"] > 0 and replicas["windows_per_s_2"] > 0
+    assert replicas["parity_vs_one_device"]["within_rounding"]
+    assert report["parity"] == {"fp32": "trivially exact: the configured precision is fp32"}
+
+
+def test_a_nan_in_one_blocks_weights_fails_and_says_non_finite(weather_csv, nan_model_dir, tmp_path):
+    report = run_preflight(config_for(weather_csv, nan_model_dir, precision="fp16"), n_windows=2)
+    assert not report["passed"]
+    assert any("non-finite" in f for f in report["failures"]), report["failures"]
+    assert any("h.1.mlp.c_fc.weight" in f for f in report["failures"])       # where the NaN sits
+    _, md_path = write_report(report, tmp_path)
+    with pytest.raises(InputError, match=r"^preflight failed: .*non-finite"):
+        require_passed(report, md_path)
+
+
+def test_cli_exits_1_with_one_sentence_on_a_damaged_checkpoint(weather_csv, tmp_path):
+    model_dir = make_model_dir(tmp_path / "damaged")
+    weights = model_dir / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"dataset: {{name: weather, csv: {weather_csv}}}\npred_lens: [24]\nsplits: [train]\n"
+                      f"model: {{name_or_path: {model_dir}}}\nprecision: fp32\ndevice: cpu\n")
+    env = os.environ | {"PYTHONPATH": str(ROOT / "workflow"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "timekd_embed.cli", "preflight", "--configfile", str(config),
+                             "--windows", "2", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            env=env, timeout=600, check=False, cwd=ROOT)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert errors[0].startswith("Error: preflight failed: ") and str(model_dir) in errors[0], errors[0]
+    report = json.loads((tmp_path / "out" / "preflight.json").read_text())
+    assert report["passed"] is False and "**FAILED**" in render_markdown(report)
+
+
+def test_weights_other_than_the_named_ones_are_caught(tiny_model_dir, tmp_path):
+    """A model whose parameters are not the file's (here: another seed's file) is named by parameter."""
+    model = load_lm(str(tiny_model_dir), None, torch.float16)
+    assert checkpoint_matches(model, tiny_model_dir / "model.safetensors", "tiny") is None
+    other = make_model_dir(tmp_path / "other", seed=1)
+    problem = checkpoint_matches(model, other / "model.safetensors", "tiny")
+    assert problem.startswith("the loaded model is not the named weights: parameter wte.weight differs")
+    partial = load_file(tiny_model_dir / "model.safetensors")
+    del partial["h.1.attn.c_proj.weight"]
+    save_file(partial, tmp_path / "partial.safetensors", metadata={"format": "pt"})
+    problem = checkpoint_matches(model, tmp_path / "partial.safetensors", "tiny")
+    assert "parameter h.1.attn.c_proj.weight is not in" in problem
+
+
+def test_a_device_that_cannot_run_is_named(weather_csv, tiny_model_dir):
+    assert device_usable("cpu") is None
+    if torch.cuda.is_available():
+        pytest.skip("every CUDA device here may be usable")
+    report = run_preflight(config_for(weather_csv, tiny_model_dir), devices=["cpu", "cuda:0"])
+    assert not report["passed"]
+    assert report["failures"] == [report["failures"][0]]
+    assert report["failures"][0].startswith("device cuda:0 is visible but unusable (")
+
+
+def test_key_padding_to_a_multiple_of_8_keeps_the_attention_output(train_split, tokenizer, tiny_model_dir):
+    """The GPU check's own code on the CPU: the padded keys are masked out, so the output is the same."""
+    _, raw, stamps = train_split
+    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+    batch = pad(packed_window(prompts, 0, "reference"))
+    model = load_lm(str(tiny_model_dir), None, torch.float32)
+    result = key_padding(model, batch, "cpu")
+    assert result["padded_to_8"]["key_length"] % 8 == 0
+    assert result["unaligned"]["key_length"] == batch["head_ids"].shape[1] + batch["ids"].shape[1]
+    assert result["max_abs_difference"] < 1e-6
+
+
+def test_prefetch_timing_runs_the_extractions_batch_preparation(train_split, tokenizer):
+    _, raw, stamps = train_split
+    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+    horizon = Horizon(P, prompts, np.array([0, 3]), planned={"train": 4}, longest_prompt=0)
+    result = prefetch_pinning(horizon, "reference", 8192, threads=2, pins=(False,))
+    assert result["pageable_s"] > 0 and result["threads"] == 2 and "pinned_s" not in result
+    # the memory measurement fills one batch and keeps the sample windows among those it runs
+    filled = fill_windows(horizon, 1 << 16)
+    assert set(horizon.sample) <= set(filled) and len(filled) > len(horizon.sample)
+    assert filled.max() < 4 and np.array_equal(fill_windows(horizon, 1024), horizon.sample)
+
+
+def test_snakemake_target_writes_the_report_and_is_not_part_of_all(weather_csv, tiny_model_dir, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"dataset: {{name: weather, csv: {weather_csv}}}\npred_lens: [24]\nsplits: [train]\n"
+                      f"model: {{name_or_path: {tiny_model_dir}}}\nprecision: fp32\ndevice: cpu\n")
+    snakemake = [os.path.join(os.path.dirname(sys.executable), "snakemake"), "-s", str(ROOT / "Snakefile"),
+                 "-d", str(tmp_path), "--configfile", str(config), "--cores", "2"]
+    result = subprocess.run([*snakemake, "preflight"], capture_output=True, text=True, timeout=900, check=False,
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "results" / "weather" / "preflight.json").read_text())
+    assert report["passed"] and report["windows_per_horizon"] == 8
+    assert (tmp_path / "results" / "weather" / "preflight.md").read_text().startswith("# Preflight")
+    planned = subprocess.run([*snakemake, "-n"], capture_output=True, text=True, timeout=300, check=False)
+    assert planned.returncode == 0 and "rule preflight" not in planned.stdout

@@ -1,0 +1,23 @@
+# Before the day-long run: speed, memory, ETA and fp32 parity on a few windows of every
+# horizon, with the configured model, precision, placement and GPUs (timekd_embed/preflight.py).
+# Not part of `all`: `snakemake --cores 8 --resources gpu=2 preflight` (or `make preflight`).
+# It holds GPUs like an extraction job; it fails, naming the check, when one fails.
+
+
+rule preflight:
+    input:
+        csv=CSV,
+    output:
+        json=f"{RESULTS}/preflight.json",
+        md=f"{RESULTS}/preflight.md",
+    log:
+        f"{LOGS}/preflight.log",
+    conda:
+        ENV
+    threads: 8  # capped at --cores
+    resources:
+        gpu=config["gpus_per_job"],
+    params:
+        windows=8,
+    script:
+        "../scripts/preflight.py"

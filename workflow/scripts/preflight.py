@@ -1,0 +1,14 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
+
+from timekd_embed.jobs import job
+from timekd_embed.preflight import held_gpus, require_passed, run_preflight, write_report
+
+with job(snakemake.log[0], snakemake.threads):
+    lease, held = held_gpus(snakemake.config)  # as an extraction job takes them, and where they came from
+    report = run_preflight(snakemake.config, snakemake.params.windows)
+    report["machine"]["held_gpus"] = held
+    _, md_path = write_report(report, Path(snakemake.output.json).parent)
+    require_passed(report, md_path)

@@ -1,0 +1,674 @@
+"""`timekd-embed preflight`: will the configured job fit, how long will it take, and do the
+precision or a layer split change the embeddings? Measured in minutes on a few real windows
+per horizon, with the configured model, precision, placement and devices, before the
+day-long run (`make preflight`, or the Snakemake target results/<name>/preflight.{json,md}).
+
+Every number comes from the extraction's own code (load_teacher, embed_windows) and the
+parity stage's statistics (parity.compare); the GPU checks are one small function each and
+take the devices as an argument, so the tests run them on CPU entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from .devices import peak_memory, resolve_devices, token_budget
+from .errors import InputError
+from .extract import Teacher, _model_inputs, check_context, embed_windows, load_teacher, save_sca
+from .lm import _qkv, calibrated_mask, last_token_states, load_config, load_tokenizer, weights_file
+from .parity import compare, sample_windows
+from .prompts import SplitPrompts
+from .settings import Settings
+from .shards import planned_windows
+from .store import write_json, write_text
+from .windows import split_borders
+
+log = logging.getLogger(__name__)
+
+NO_CUDA = "not run: no CUDA device"
+HEADROOM = 0.8  # a budget "fits" when its peak stays under this share of the device's memory
+EPS = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16).eps,
+       "bf16": torch.finfo(torch.bfloat16).eps}
+ROUNDING_ULPS = 16  # "float rounding": within 16 units of the precision's rounding, relative to the largest value
+
+
+# --------------------------------------------------------------------------- the machine
+
+def machine(devices: list[str]) -> dict:
+    """Devices (name, memory, compute capability), fp16/bf16 support, versions, the GPUs this job holds.
+
+    Returns: a JSON-ready dict; memory in bytes.
+    """
+    info = {"host": platform.node(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "driver": _driver_version(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "devices": []}
+    for device in dict.fromkeys(devices):
+        if device.startswith("cuda"):
+            try:
+                props = torch.cuda.get_device_properties(torch.device(device))
+                with torch.cuda.device(torch.device(device)):
+                    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+            except (RuntimeError, AssertionError) as error:     # device_usable says why, as a failed check
+                info["devices"].append({"device": device, "name": f"unreadable: {error}", "memory_bytes": None,
+                                        "compute_capability": None, "fp16": None, "bf16": None})
+                continue
+            info["devices"].append({"device": device, "name": props.name, "memory_bytes": props.total_memory,
+                                    "compute_capability": f"{props.major}.{props.minor}",
+                                    "fp16": (props.major, props.minor) >= (5, 3), "bf16": bf16})
+        else:
+            info["devices"].append({"device": device, "name": platform.processor() or platform.machine(),
+                                    "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                                    "compute_capability": None, "fp16": "emulated (slow)", "bf16": "emulated"})
+    return info
+
+
+def _driver_version() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=False).stdout.split()
+    return out[0] if out else None
+
+
+def device_usable(device: str) -> str | None:
+    """None when `device` runs a small matmul, else one sentence saying why it cannot be used.
+
+    A GPU can be visible and still unusable: busy in exclusive mode, faulted, or of an
+    architecture this PyTorch build has no kernels for.
+    """
+    try:
+        if device.startswith("cuda"):
+            major, minor = torch.cuda.get_device_capability(torch.device(device))
+            built = torch.cuda.get_arch_list()
+            if built and f"sm_{major}{minor}" not in built and not any(a.startswith("compute_") for a in built):
+                return (f"device {device} (compute capability {major}.{minor}) is visible but this PyTorch build "
+                        f"has kernels only for {', '.join(built)}; install a PyTorch build for this GPU.")
+        x = torch.ones(64, 64, device=device)
+        float((x @ x).sum().item())
+    except Exception as error:  # noqa: BLE001 - any failure here is the answer
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"device {device} is visible but unusable ({first}); free it, fix its driver, or leave it out."
+    return None
+
+
+def checkpoint_matches(model: torch.nn.Module, weights: Path, name: str) -> str | None:
+    """None when every parameter of the loaded model is the tensor of that name in `weights`
+    (cast to the model's dtype) and finite; else one sentence naming the parameter.
+
+    Catches a checkpoint that loaded with missing or renamed keys (random weights in their
+    place) and weights that hold NaN or inf.
+    """
+    with safe_open(str(weights), framework="pt") as f:
+        stored = {k.removeprefix("transformer."): k for k in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
+        for key, param in model.named_parameters():
+            if key not in stored:
+                return (f"the loaded model is not the named weights: parameter {key} is not in {weights}, so it was "
+                        f"initialised at random; use a complete GPT-2 checkpoint for {name}.")
+            tensor = f.get_tensor(stored[key]).to(param.dtype)
+            loaded = param.detach().cpu()
+            if not torch.allclose(loaded, tensor, rtol=0, atol=0, equal_nan=True):
+                return (f"the loaded model is not the named weights: parameter {key} differs from {weights}; "
+                        "check model.name_or_path and model.revision.")
+            if not torch.isfinite(loaded).all():
+                return (f"{weights} holds non-finite values (NaN or inf) in parameter {key}; the checkpoint is "
+                        "damaged: download it again.")
+    return None
+
+
+# --------------------------------------------------------------------------- the data
+
+@dataclasses.dataclass
+class Horizon:
+    """One configured horizon: its prompts on the first split, the sample windows, the job's window counts."""
+    pred_len: int
+    prompts: SplitPrompts
+    sample: np.ndarray          # window indices of the first configured split
+    planned: dict[str, int]     # windows per split the whole job embeds
+    longest_prompt: int
+
+
+def load_horizons(config: dict, tokenizer, n_positions: int, n_windows: int) -> list[Horizon]:
+    """Prompts from the configured CSV for every horizon; the job's own context check on every split.
+
+    Raises:
+        InputError: the CSV cannot be read, or a prompt does not fit the context (the extraction's sentence).
+    """
+    from .cadence import check_cadence
+    from .table import load_csv, stamps
+
+    data = config["dataset"]
+    layout = data["layout"]  # concrete: validate_config resolves "auto"
+    table = load_csv(data["csv"], target=data["target"], layout=layout, date_format=data["date_format"])
+    check_cadence(table, data["name"], layout)  # the windows stage's own check of the file
+    borders = split_borders(len(table.values), config["seq_len"], layout, data["csv"])
+    horizons = []
+    for pred_len in config["pred_lens"]:
+        prompts, longest, planned = None, 0, {}
+        for split in config["splits"]:
+            start, stop = borders[split]
+            split_stamps = stamps(table.dates[start:stop])
+            split_prompts = SplitPrompts(tokenizer, table.values[start:stop], split_stamps, data["name"], pred_len,
+                                         config["seq_len"], data["template"])
+            planned[split] = planned_windows(stop - start, config["seq_len"], pred_len, config["limit_windows"])
+            if planned[split] == 0:
+                raise InputError(f"pred_len {pred_len}: split {split} has no window of {config['seq_len']} + "
+                                 f"{pred_len} rows; use a smaller pred_len or seq_len.")
+            longest = max(longest, check_context(split_prompts, n_positions, split, np.arange(planned[split]),
+                                                 table.variables))
+            prompts = prompts or split_prompts
+        first = config["splits"][0]
+        sample = sample_windows({first: planned[first]}, n_windows)[first]
+        horizons.append(Horizon(pred_len, prompts, sample, planned, longest))
+    return horizons
+
+
+# --------------------------------------------------------------------------- speed and memory
+
+def _reset_peaks(devices: list[str]) -> None:
+    for device in dict.fromkeys(devices):
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def timed_embed(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
+                batch_tokens: int) -> tuple[np.ndarray, float]:
+    """Embeddings of `windows` after a one-window warm-up, and the windows per second of the timed run."""
+    embed_windows(teacher, prompts, windows[:1], fidelity, batch_tokens)     # kernels, allocator, caches
+    _reset_peaks(teacher.devices)
+    began = time.perf_counter()
+    out, _ = embed_windows(teacher, prompts, windows, fidelity, batch_tokens)
+    return out, len(windows) / (time.perf_counter() - began)
+
+
+def fill_windows(horizon: Horizon, batch_tokens: int) -> np.ndarray:
+    """The sample windows, plus enough others (spread over the job's windows of the first split)
+    for one full batch of `batch_tokens`: the peak memory is that of a full batch."""
+    gt, hd = horizon.prompts.lengths(horizon.sample)
+    per_window = float((gt.sum() + hd.sum()) / len(horizon.sample))  # every token; packing about halves them
+    need = math.ceil(batch_tokens / max(per_window / 2, 1.0))
+    available = next(iter(horizon.planned.values()))
+    if need <= len(horizon.sample):
+        return horizon.sample
+    spread = np.linspace(0, available - 1, min(need, available)).round().astype(np.int64)
+    return np.union1d(horizon.sample, spread)
+
+
+def measure_horizon(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> tuple[dict, np.ndarray]:
+    """windows/s, peak memory per device at `batch_tokens` (halved while a GPU runs out of memory),
+    the largest budget that fits with headroom, and the ETA of the whole job at this rate.
+
+    Returns: (the figures, embeddings (S, N, d) float32 of the sample windows).
+    """
+    windows = fill_windows(horizon, batch_tokens)
+    budget, tried = batch_tokens, []
+    while True:
+        try:
+            out, rate = timed_embed(teacher, horizon.prompts, windows, fidelity, budget)
+            break
+        except torch.OutOfMemoryError:
+            tried.append(budget)
+            torch.cuda.empty_cache()
+            if budget // 2 < 1024:
+                raise InputError(f"pred_len {horizon.pred_len}: {', '.join(teacher.devices)} ran out of memory even "
+                                 "at batch_tokens = 1024; raise gpus_per_job or use a GPU with more memory.") from None
+            budget //= 2
+    peaks = peak_memory(teacher.devices)
+    figures = {"pred_len": horizon.pred_len, "windows_timed": len(windows), "windows_per_s": rate,
+               "batch_tokens": batch_tokens, "out_of_memory_at": tried, "measured_at_batch_tokens": budget,
+               "peak_memory_bytes": peaks, "longest_prompt": horizon.longest_prompt,
+               "planned_windows": horizon.planned,
+               "eta_s": sum(horizon.planned.values()) / rate}
+    figures["fitting_batch_tokens"] = fitting_budget(teacher, budget, peaks, bool(tried))
+    sample_rows = np.searchsorted(windows, horizon.sample)
+    return figures, out[sample_rows]
+
+
+def fitting_budget(teacher: Teacher, measured_at: int, peaks: dict, ran_out: bool) -> int | None:
+    """The largest batch_tokens whose peak stays under HEADROOM of the smallest GPU, extrapolated
+    linearly from the measured peak above the weights; None on the CPU or when the configured one fits."""
+    gpus = [d for d in teacher.devices if d.startswith("cuda")]
+    if not gpus:
+        return None
+    weights = sum(p.numel() * p.element_size() for p in teacher.model.parameters())
+    if teacher.placement == "model_parallel":      # each GPU holds its share of the layers, else a whole copy
+        weights /= len(gpus)
+    total = min(torch.cuda.get_device_properties(torch.device(d)).total_memory for d in gpus)
+    peak = max(peaks[d] for d in gpus)
+    if not ran_out and peak <= HEADROOM * total:
+        return None
+    per_token = max(peak - weights, 1) / measured_at
+    return max(1024, int((HEADROOM * total - weights) / per_token) // 1024 * 1024)
+
+
+# --------------------------------------------------------------------------- parity
+
+def within_rounding(a: np.ndarray, b: np.ndarray, precision: str) -> dict:
+    """Largest difference of two runs that should agree, and whether it is float rounding at `precision`."""
+    diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+    scale = float(max(1.0, np.abs(b).max()))
+    return {"max_abs_difference": diff, "bit_equal": bool(np.array_equal(a, b)),
+            "tolerance": ROUNDING_ULPS * EPS[precision] * scale,
+            "within_rounding": diff <= ROUNDING_ULPS * EPS[precision] * scale}
+
+
+# --------------------------------------------------------------------------- GPU checks (#17.3)
+
+def one_batch(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> dict[str, torch.Tensor]:
+    """The first real batch the extraction builds for the sample windows (packing.pad output)."""
+    inputs, _, _ = _model_inputs(horizon.prompts, horizon.sample, fidelity, batch_tokens, pin=False)
+    return inputs[0]
+
+
+def attention_backends(model: torch.nn.Module, batch: dict, device: str, precision: str) -> dict:
+    """One real batch through the default SDPA backend and through each explicit one, against the
+    math backend: the largest difference must be float rounding (cuDNN attention, the default on
+    Hopper, has had wrong results with float masks). Backends that refuse the batch are listed."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def states(backend):
+        with sdpa_kernel(backend) if backend is not None else nullcontext():
+            return last_token_states(model, batch, torch.device(device)).cpu().numpy()
+
+    math_states = states(SDPBackend.MATH)
+    result = {"default": within_rounding(states(None), math_states, precision)}
+    if device.startswith("cuda"):
+        for name in ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION"):
+            try:
+                result[name.lower()] = within_rounding(states(getattr(SDPBackend, name)), math_states, precision)
+            except RuntimeError as error:
+                result[name.lower()] = f"not used for this batch: {str(error).strip().splitlines()[0]}"
+    return result
+
+
+def key_padding(model: torch.nn.Module, batch: dict, device: str) -> dict:
+    """The first block's attention over one real batch, with the key length as it is and padded to
+    a multiple of 8 (padded keys masked out): the memory-efficient kernel copies and pads an
+    unaligned float mask on every call. Time, peak memory, the kernel's warnings, and whether
+    both give the same output; on CUDA it runs under the memory-efficient backend only.
+    """
+    dev = torch.device(device)
+    block = model.h[0]
+    b = {k: v.to(dev) for k, v in batch.items()}
+    of = b["head_of"]
+    with torch.inference_mode():      # the sequences' keys follow their head's, as in lm.last_token_states
+        head = model.wte(b["head_ids"]) + model.wpe(b["head_positions"])
+        seq = model.wte(b["ids"]) + model.wpe(b["positions"])
+        _, head_k, head_v = _qkv(block.attn, block.ln_1(head))
+        q, k, v = _qkv(block.attn, block.ln_1(seq))
+        k, v = torch.cat([head_k[of], k], 2), torch.cat([head_v[of], v], 2)         # (B, H, h + T, hd)
+        mask = calibrated_mask(b["codes"], b["segments"], q.dtype, torch.cat([b["head_codes"][of], b["codes"]], 1),
+                               torch.cat([b["head_segments"][of], b["segments"]], 1))   # (B, 1, T, h + T)
+    pad = -mask.shape[-1] % 8
+    padded = (torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.nn.functional.pad(v, (0, 0, 0, pad)),
+              torch.nn.functional.pad(mask, (0, pad), value=torch.finfo(q.dtype).min))
+    runs = {name: _attention_run(q, *tensors, block.attn.scaling, dev)
+            for name, tensors in {"unaligned": (k, v, mask), "padded_to_8": padded}.items()}
+    same = float((runs["unaligned"].pop("output").float() - runs["padded_to_8"].pop("output").float()).abs().max())
+    unaligned, aligned = runs["unaligned"], runs["padded_to_8"]
+    helps = (unaligned["extra_memory_bytes"] or 0) > 1.05 * (aligned["extra_memory_bytes"] or 0) or \
+        unaligned["seconds"] > 1.05 * aligned["seconds"]
+    return runs | {"max_abs_difference": same, "padding_helps": bool(pad and helps)}
+
+
+def _attention_run(q, keys, values, mask, scale: float, dev: torch.device, repeats: int = 3) -> dict:
+    """One SDPA call after a warm-up (memory-efficient backend on CUDA): seconds per call, memory
+    allocated beyond its inputs, the warnings it raised, and its output."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    cuda = dev.type == "cuda"
+    with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
+        warnings.simplefilter("always")
+        # a fresh context manager per use: sdpa_kernel's cannot be entered twice
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION) if cuda else nullcontext():
+            torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+        if cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev) if cuda else 0
+        began = time.perf_counter()
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION) if cuda else nullcontext():
+            for _ in range(repeats):
+                out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        seconds = (time.perf_counter() - began) / repeats
+    return {"key_length": int(keys.shape[2]), "seconds": seconds,
+            "extra_memory_bytes": torch.cuda.max_memory_allocated(dev) - before if cuda else None,
+            "warnings": sorted({str(w.message).splitlines()[0] for w in caught}), "output": out}
+
+
+def replica_scaling(one: Teacher, replicated: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> dict:
+    """Data-parallel replicas in Python threads: windows/s on one device and on all of `replicated`'s."""
+    windows = fill_windows(horizon, 2 * batch_tokens)
+    _, single = timed_embed(one, horizon.prompts, windows, fidelity, batch_tokens)
+    _, many = timed_embed(replicated, horizon.prompts, windows, fidelity, batch_tokens)
+    return {"windows": len(windows), "devices": replicated.devices, "windows_per_s_1": single,
+            f"windows_per_s_{len(replicated.devices)}": many, "speedup": many / single}
+
+
+def prefetch_pinning(horizon: Horizon, fidelity: str, batch_tokens: int, threads: int = 2,
+                     pins: tuple[bool, ...] = (False, True)) -> dict:
+    """The extraction's batch preparation in `threads` concurrent threads (one per replica), timed with
+    and without page-locked memory: pinned allocation has been reported to serialise on a driver lock."""
+    parts = np.array_split(horizon.sample, threads)
+    timings = {}
+    for pin in pins:
+        began = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(partial(_model_inputs, horizon.prompts, fidelity=fidelity, batch_tokens=batch_tokens,
+                                  pin=pin), parts))
+        timings["pinned_s" if pin else "pageable_s"] = time.perf_counter() - began
+    return timings | {"threads": threads, "windows": len(horizon.sample)}
+
+
+def device_map_used(teacher: Teacher) -> dict:
+    """The accelerate device map a model-parallel teacher really runs with (module -> device)."""
+    return {k: str(v) for k, v in getattr(teacher.model, "hf_device_map", {}).items()}
+
+
+# --------------------------------------------------------------------------- the run
+
+def run_preflight(config: dict, n_windows: int = 8, devices: list[str] | None = None,
+                  device_map: dict | None = None, workdir: str | Path | None = None) -> dict:
+    """All checks on `config` (validated, defaults filled); never raises for a failed check.
+
+    Args:
+        config: as config.load_config_file returns it.
+        n_windows: sample windows per horizon (of the first configured split).
+        devices: the job's devices; None resolves them as the extraction does (device, gpus_per_job).
+        device_map: an explicit accelerate map for the model-parallel check (tests: two CPU entries).
+        workdir: where the seeded SCA weights go (a temporary folder by default).
+    Returns:
+        The report: machine, horizons (speed, memory, ETA), parity, gpu_checks, failures, passed.
+    """
+    began = time.perf_counter()
+    devices = devices or resolve_devices(config["device"], config["gpus_per_job"])
+    failures: list[str] = []  # one sentence per failed check; any makes preflight exit 1
+    report = {"config": {k: config[k] for k in ("precision", "placement", "gpus_per_job", "batch_tokens",
+                                                 "pred_lens", "splits", "fidelity")} | {"model": config["model"]},
+              "machine": machine(devices), "windows_per_horizon": n_windows, "failures": failures}
+    try:
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            _run_checks(config, n_windows, devices, device_map, Path(tmp), report, failures)
+    except InputError as error:        # a check that stops the rest (the model cannot load, ...)
+        failures.append(str(error))
+    report["failures"] = list(failures)
+    report["passed"] = not failures
+    if config["precision"] != "fp32" and not any(d.startswith("cuda") for d in devices):
+        report["notes"] = [f"{config['precision']} on the CPU is emulated and slow: use precision fp32 there."]
+    report["wall_s"] = time.perf_counter() - began
+    return report
+
+
+def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict, failures: list[str]) -> None:
+    for device in dict.fromkeys(devices):
+        if (problem := device_usable(device)) is not None:
+            failures.append(problem)
+    if failures:
+        return
+    name, revision = config["model"]["name_or_path"], config["model"]["revision"]
+    tokenizer = load_tokenizer(name, revision)
+    n_positions = load_config(name, revision).n_positions
+    horizons = load_horizons(config, tokenizer, n_positions, n_windows)
+    report["context"] = n_positions
+    sca_path = tmp / "sca.safetensors"
+    settings = Settings.from_config(config, horizons[0].pred_len, config["splits"][0])
+    d_model = load_config(name, revision).n_embd
+    save_sca(sca_path, horizons[0].prompts.n_vars, d_model, config["seed"])
+
+    teacher = load_teacher(settings, sca_path, devices=devices, device_map=device_map)
+    budget = settings.batch_tokens or token_budget(teacher.devices)
+    report["placement"] = teacher.placement
+    if (problem := checkpoint_matches(teacher.model, weights_file(name, revision), name)) is not None:
+        failures.append(problem)
+    measured, embeddings = {}, {}
+    for horizon in horizons:
+        try:
+            measured[horizon.pred_len], embeddings[horizon.pred_len] = measure_horizon(
+                teacher, horizon, settings.fidelity, budget)
+        except InputError as error:     # the extraction's own sentence (non-finite state, memory)
+            failures.append(str(error))
+            continue
+        except RuntimeError as error:   # a device error on a path never run on this machine before
+            failures.append(f"pred_len {horizon.pred_len}: the extraction failed on {', '.join(devices)} "
+                            f"({str(error).strip().splitlines()[0]}); report it with this preflight output.")
+            continue
+        if not np.isfinite(embeddings[horizon.pred_len]).all():
+            failures.append(f"pred_len {horizon.pred_len}: non-finite values (NaN or inf) in the {settings.precision} "
+                            "embeddings of the sample windows; use precision bf16 or fp32, or check the weights.")
+    report["horizons"] = measured
+    report["eta_s"] = sum(m["eta_s"] for m in measured.values())
+    report["parity"] = precision_parity(config, settings, sca_path, devices, device_map, horizons, embeddings,
+                                        failures)
+    report["gpu_checks"] = gpu_checks(settings, sca_path, teacher, devices, device_map, horizons[0], budget, failures)
+
+
+def precision_parity(config, settings, sca_path, devices, device_map, horizons, embeddings, failures) -> dict:
+    """The configured precision against fp32 on the same sample windows and devices (parity.compare)."""
+    if settings.precision == "fp32":
+        return {"fp32": "trivially exact: the configured precision is fp32"}
+    fp32 = load_teacher(dataclasses.replace(settings, precision="fp32"), sca_path, devices=devices,
+                        device_map=device_map)
+    budget = settings.batch_tokens or token_budget(fp32.devices)
+    result = {}
+    for horizon in horizons:
+        if horizon.pred_len not in embeddings:
+            continue
+        reference, _ = embed_windows(fp32, horizon.prompts, horizon.sample, settings.fidelity, budget)
+        stats, _ = compare(embeddings[horizon.pred_len], reference)
+        stats["windows_compared"] = horizon.sample.tolist()
+        result[horizon.pred_len] = stats
+        if not stats["cosine_min"] >= config["parity"]["min_cosine"]:
+            failures.append(f"pred_len {horizon.pred_len}: the lowest cosine similarity between {settings.precision} "
+                            f"and fp32 embeddings is {stats['cosine_min']:.6f}, under parity.min_cosine = "
+                            f"{config['parity']['min_cosine']}; use precision bf16 or fp32.")
+    del fp32                      # its memory goes back before the GPU checks load other copies
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget, failures) -> dict:
+    """#17.3's checks, each guarded: one that raises (a CUDA error, a kernel that refuses) is a failed
+    check with its first line, not a traceback. Those that need CUDA or a second device say so."""
+    cuda = any(d.startswith("cuda") for d in devices)
+    one = teacher if teacher.placement == "single" else load_teacher(settings, sca_path, devices=devices[:1])
+    batch = one_batch(one, horizon, settings.fidelity, budget)
+    runs = {
+        "attention_backends": partial(attention_backends, one.model, batch, devices[0], settings.precision),
+        "key_padding": partial(key_padding, one.model, batch, devices[0]) if cuda else None,
+        "prefetch_pinning": partial(prefetch_pinning, horizon, settings.fidelity, budget) if cuda else None,
+    }
+    several = None if len(devices) >= 2 else (
+        NO_CUDA if not cuda else f"not run: the job holds one device ({devices[0]})")
+    if several is None:
+        runs["replica_scaling"] = partial(replicas_check, settings, sca_path, teacher, one, devices, horizon, budget)
+        runs["model_parallel"] = partial(layer_split_check, settings, sca_path, teacher, one, devices, device_map,
+                                         horizon, budget)
+    checks = {}
+    for name, run in runs.items():
+        if run is None:
+            checks[name] = NO_CUDA
+            continue
+        try:
+            checks[name] = run()
+        except (RuntimeError, ValueError) as error:    # torch's errors for kernels and devices
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            checks[name] = f"failed: {first}"
+            failures.append(f"GPU check {name} could not run on {', '.join(devices)} ({first}); report it with "
+                            "this preflight output.")
+    if several is not None:
+        checks["replica_scaling"] = checks["model_parallel"] = several
+    for name, value in checks.items():
+        rounding = [(k, v) for k, v in _rounding_results(value) if not v["within_rounding"]]
+        if rounding:
+            where, worst = rounding[0]
+            failures.append(f"{name.replace('_', ' ')} ({where}) differs by {worst['max_abs_difference']:.3g}, more "
+                            f"than float rounding ({worst['tolerance']:.3g}); report it with this preflight output.")
+    return checks
+
+
+def _rounding_results(value, where: str = "") -> list[tuple[str, dict]]:
+    """Every within_rounding result nested in a check's result, with where it sits."""
+    if not isinstance(value, dict):
+        return []
+    if "within_rounding" in value:
+        return [(where, value)]
+    return [r for k, v in value.items() for r in _rounding_results(v, f"{where}.{k}".strip("."))]
+
+
+def replicas_check(settings, sca_path, teacher, one, devices, horizon, budget) -> dict:
+    """Data parallel over the first two devices: speed against one device (`one`), and parity with it."""
+    single, _ = embed_windows(one, horizon.prompts, horizon.sample, settings.fidelity, budget)
+    replicated = teacher if teacher.placement == "data_parallel" and len(teacher.devices) == 2 else load_teacher(
+        dataclasses.replace(settings, placement="data_parallel"), sca_path, devices=devices[:2])
+    result = replica_scaling(one, replicated, horizon, settings.fidelity, budget)
+    parallel, _ = embed_windows(replicated, horizon.prompts, horizon.sample, settings.fidelity, budget)
+    return result | {"parity_vs_one_device": within_rounding(parallel, single, settings.precision)}
+
+
+def layer_split_check(settings, sca_path, teacher, one, devices, device_map, horizon, budget) -> dict:
+    """The layers split over all devices (accelerate): the device map used, and parity with one device (`one`)."""
+    single, _ = embed_windows(one, horizon.prompts, horizon.sample, settings.fidelity, budget)
+    split = teacher if teacher.placement == "model_parallel" else load_teacher(
+        dataclasses.replace(settings, placement="model_parallel"), sca_path, devices=devices, device_map=device_map)
+    out, _ = embed_windows(split, horizon.prompts, horizon.sample, settings.fidelity, budget)
+    used = device_map_used(split)
+    log.info("model_parallel device map: %s", used)
+    return {"device_map": used, "parity_vs_one_device": within_rounding(out, single, settings.precision)}
+
+
+# --------------------------------------------------------------------------- the report
+
+def _gib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _check_line(value) -> str:
+    if isinstance(value, str):
+        return value
+    if "within_rounding" in value:
+        return (f"max |diff| {value['max_abs_difference']:.3g} (bit-equal: {value['bit_equal']}; "
+                f"rounding tolerance {value['tolerance']:.3g}): {'ok' if value['within_rounding'] else 'FAILED'}")
+    return ", ".join(f"{k} {_check_line(v) if isinstance(v, dict) else v}" for k, v in value.items())
+
+
+def _held(machine_info: dict) -> str:
+    held = machine_info.get("held_gpus") or {"source": "the devices given"}
+    return held["source"] + (f", ids {held['ids']}" if held.get("ids") else "")
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown: what `timekd-embed preflight` prints and writes beside the JSON."""
+    m, cfg = report["machine"], report["config"]
+    lines = ["# Preflight", "",
+             (f"**{'PASSED' if report['passed'] else 'FAILED'}** in {report['wall_s']:.0f} s, "
+             f"{report['windows_per_horizon']} windows per horizon; model {cfg['model']['name_or_path']}"
+             f"{'' if cfg['model']['layers'] is None else ' (first ' + str(cfg['model']['layers']) + ' blocks)'}, "
+             f"{cfg['precision']}, placement {report.get('placement', cfg['placement'])}."), ""]
+    notes = report["failures"] + report.get("notes", [])
+    lines += [f"- {f}" for f in notes] + ([""] if notes else [])
+    lines += ["## Machine", "", (f"torch {m['torch']}, CUDA {m['cuda'] or '-'}, driver {m['driver'] or '-'}; "
+              f"CUDA_VISIBLE_DEVICES={m['cuda_visible_devices'] or '(unset)'}; GPUs this job holds: {_held(m)}"), "",
+              "| device | name | memory | compute capability | fp16 | bf16 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {d['device']} | {d['name']} | {_gib(d['memory_bytes'])} | {d['compute_capability'] or '-'} | "
+              f"{d['fp16']} | {d['bf16']} |" for d in m["devices"]]
+    if report.get("horizons"):
+        lines += ["", "## Speed and memory", "", (f"Context: {report['context']} tokens. "
+                  f"ETA of the whole job: **{_duration(report['eta_s'])}** (windows per split / measured rate)."), "",
+                  "| P | windows/s | peak memory | longest prompt | windows (job) | ETA | batch_tokens that fits |",
+                  "|---|---|---|---|---|---|---|"]
+        for P, h in report["horizons"].items():
+            peaks = ", ".join(f"{d} {_gib(b)}" for d, b in h["peak_memory_bytes"].items())
+            fits = h["fitting_batch_tokens"] or f"{h['batch_tokens']} (configured)"
+            lines.append(f"| {P} | {h['windows_per_s']:.2f} | {peaks} | {h['longest_prompt']} | "
+                         f"{sum(h['planned_windows'].values())} | {_duration(h['eta_s'])} | {fits} |")
+    if report.get("parity"):
+        lines += ["", "## Parity with fp32", ""]
+        for P, stats in report["parity"].items():
+            lines.append(f"- {P}: {stats}" if isinstance(stats, str) else
+                         f"- P={P}: cosine min {stats['cosine_min']:.6f}, mean {stats['cosine_mean']:.6f}; max abs "
+                         f"{stats['max_abs_error']:.3g}; nearest-neighbour agreement {stats['nn_agreement']}")
+    if report.get("gpu_checks"):
+        lines += ["", "## GPU checks", ""]
+        lines += [f"- {name}: {_check_line(value)}" for name, value in report["gpu_checks"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, folder: str | Path) -> tuple[Path, Path]:
+    """results/<name>/preflight.json and .md (atomic writes)."""
+    folder = Path(folder)
+    json_path, md_path = folder / "preflight.json", folder / "preflight.md"
+    write_json(json_path, report)
+    write_text(md_path, render_markdown(report))
+    return json_path, md_path
+
+
+def require_passed(report: dict, md_path: str | Path) -> None:
+    """InputError with the first failed check's sentence when any check failed."""
+    failures = report["failures"]
+    if failures:
+        more = f" ({len(failures) - 1} more in {md_path})" if len(failures) > 1 else f" (report: {md_path})"
+        raise InputError(f"preflight failed: {failures[0].rstrip('.')}{more}.")
+
+
+def held_gpus(config: dict):
+    """Take the job's GPUs as an extraction job does (leases.py) before CUDA starts; say where they came from.
+
+    Returns: (the lease or None, a dict for the report: source and CUDA_VISIBLE_DEVICES).
+    """
+    from .leases import DEFAULT_LOCK_DIR, lease_gpus
+    if config["device"] == "cpu":
+        return None, {"source": "none: device cpu"}
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return None, {"source": "scheduler (CUDA_VISIBLE_DEVICES)", "ids": os.environ["CUDA_VISIBLE_DEVICES"]}
+    lease = lease_gpus(config["gpus_per_job"], os.environ.get("TIMEKD_GPU_LOCK_DIR", DEFAULT_LOCK_DIR))
+    if lease is None:
+        return None, {"source": "none: no GPU on this node"}
+    return lease, {"source": "lease (file locks)", "ids": os.environ["CUDA_VISIBLE_DEVICES"]}
+
+
+def main(config: dict, n_windows: int = 8, out: str | Path | None = None) -> dict:
+    """`timekd-embed preflight`: run, print the Markdown report, write results/<name>/preflight.{json,md}.
+
+    Args:
+        config: the validated config (cli.load_run_config), defaults filled in.
+        n_windows: sample windows per horizon.
+        out: the report's folder; None for results/<dataset.name>.
+    Returns:
+        The report (run_preflight).
+    Raises:
+        InputError: any check failed (the first failure's sentence; the report is written first).
+    """
+    if n_windows < 1:
+        raise InputError(f"--windows {n_windows}: give at least 1 window per horizon.")
+    lease, held = held_gpus(config)
+    report = run_preflight(config, n_windows)
+    report["machine"]["held_gpus"] = held
+    _, md_path = write_report(report, out or Path("results") / config["dataset"]["name"])
+    print(render_markdown(report), end="")
+    if lease is not None:
+        lease.release()
+    require_passed(report, md_path)
+    return report
