@@ -72,13 +72,12 @@ wildcard_constraints:
 
 WINDOWS_FILES = [WINDOWS.format(split=s) for s in SPLITS]
 HAVE_WINDOWS = all(Path(p).is_file() for p in WINDOWS_FILES)
-# A known dataset whose CSV is absent is downloaded by get_data (resources.smk); results
-# copied without their CSV keep using their windows files instead.
+# A known dataset's CSV, when absent, is downloaded by get_data (resources.smk; a rule
+# also when the file is there, so that it can be named as a target); results copied
+# without their CSV keep using their windows files instead.
 KNOWN = KNOWN_DATASETS.get(NAME)
-GET_DATA = (
-    KNOWN is not None
-    and not Path(config["dataset"]["csv"]).is_file()
-    and not HAVE_WINDOWS
+GET_DATA = KNOWN is not None and (
+    Path(config["dataset"]["csv"]).is_file() or not HAVE_WINDOWS
 )
 
 
@@ -142,7 +141,7 @@ def plan_rows():
     windows = {s: WINDOWS.format(split=s) for s in SPLITS}
     try:
         rows = split_rows(
-            CSV, windows, config["seq_len"], layout, KNOWN["rows"] if GET_DATA else None
+            CSV, windows, config["seq_len"], layout, KNOWN["rows"] if KNOWN else None
         )
     except InputError as error:
         fail(error)
