@@ -12,6 +12,7 @@ from timekd_embed.fingerprint import (
     MODEL_RECORD,
     Sha256Cache,
     csv_fingerprint,
+    local_model,
     model_config_fingerprint,
     model_files,
     model_fingerprint,
@@ -122,10 +123,7 @@ if MODEL.hub:
     MODEL_CONFIG_INPUT.append(f"{MODEL.folder}/{MODEL_RECORD}")
     # Every job loads the files get_model put in resources/models/<id>/ ("./": a folder,
     # never looked up on the hub), and records the commit they come from.
-    config["model"] = {
-        "name_or_path": f"./{MODEL.folder}",
-        "revision": MODEL.revision,
-    }
+    config["model"] = local_model(config["model"])
 
 # Every config key that changes an embedding (settings.py); the extraction rules take them
 # as params, so that changing one reruns the extraction. Keys that change only the speed

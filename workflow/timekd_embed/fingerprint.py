@@ -133,6 +133,26 @@ def model_source(model: dict) -> ModelSource:
     return ModelSource(name, MODELS_DIR / name, True, revision)
 
 
+def local_model(model: dict) -> dict:
+    """Config key `model` as every job loads it: a hub id becomes the folder get_model fills.
+
+    Args:
+        model: config key model ({"name_or_path", "revision"}).
+
+    Returns:
+        For a hub id {"name_or_path": "./resources/models/<id>", "revision": <commit>}
+        ("./": lm.py takes it for a folder, never for a hub id, and the commit is what the
+        embeddings record); a local folder's config unchanged.
+
+    Raises:
+        InputError: as model_source.
+    """
+    source = model_source(model)
+    if not source.hub:
+        return dict(model)
+    return {"name_or_path": f"./{source.folder}", "revision": source.revision}
+
+
 def model_files(source: ModelSource) -> list[Path]:
     """The files of the model that decide an embedding (inputs of sca and extraction).
 
