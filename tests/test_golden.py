@@ -19,7 +19,8 @@ from timekd_embed import __version__
 from timekd_embed.extract import extract_split, save_sca
 from timekd_embed.settings import Settings
 from timekd_embed.store import read_tensors
-from timekd_embed.windows import load_csv, write_windows
+from timekd_embed.table import load_csv
+from timekd_embed.windows import write_windows
 
 GOLDEN_VERSION = "0.2.0"
 # Window 0 of the train split of the case below, shape (1, 3 variables, 64), fp32 on the CPU.

@@ -225,7 +225,8 @@ def test_the_plan_follows_the_csv_not_older_windows_files(tmp_path, weather_csv)
     """1,500 rows planned as 127 val windows at P = 24 (test_a_csv_that_grew_needs_one_rerun); windows files
     of another CSV beside it do not count while the CSV is there, and are read from their footers when it is not."""
     from timekd_embed.shards import planned_windows, split_rows
-    from timekd_embed.windows import load_csv, write_windows
+    from timekd_embed.table import load_csv
+    from timekd_embed.windows import write_windows
 
     old = weather_rows(tmp_path / "old.csv", 1600, columns=[0, 21])
     windows = {s: str(tmp_path / f"{s}.parquet") for s in ("train", "val", "test")}
