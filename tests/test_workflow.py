@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from safetensors import safe_open
 
@@ -87,7 +86,8 @@ def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_m
             assert f.get_tensor("embeddings").shape == (3, 21, 64)
             assert f.get_tensor("window_start").tolist() == [0, 1, 2]
             meta = f.metadata()
-        assert (meta["pred_len"], meta["split"], meta["precision"], meta["fidelity"]) == ("24", split, "bf16", "reference")
+        assert (meta["pred_len"], meta["split"], meta["precision"], meta["fidelity"]) == (
+            "24", split, "bf16", "reference")
         assert meta["input_sha256"] == "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63"
         stats = json.loads((results / "embeddings" / "24" / f"{split}.json").read_text())
         assert stats["windows"] == 3 and stats["shards"] == 2 and stats["peak_memory_bytes"]["cpu_rss"] > 0
