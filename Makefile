@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE_ARGS ?= --cores 8 --resources gpu=2
 
-.PHONY: run test lint format bench bootstrap preflight
+.PHONY: run test lint format bench bootstrap preflight demo demo-run
 
 bootstrap: $(VENV)/.installed
 
@@ -12,7 +12,7 @@ bootstrap: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,export]'
+	$(BIN)/python -m pip install --quiet -e '.[test,export,demo]'
 	touch $@
 
 # Before `make run`: speed, memory, ETA and fp32 parity on a few windows per horizon, on this
@@ -23,6 +23,26 @@ preflight: bootstrap
 
 run: bootstrap
 	$(BIN)/snakemake $(SNAKEMAKE_ARGS)
+
+# The whole workflow offline on .test/config.yaml (a synthetic CSV, a tiny random GPT-2 built by a
+# rule, the real tokenizer): windows, two horizons, bf16 with its fp32 parity, the report, the manifest.
+# DEMO_DIR: the working directory (results/ and resources/ go there; it needs .test/data/demo.csv).
+DEMO_DIR ?= .
+DEMO_ARGS ?= --cores 2 --resources gpu=1
+DEMO_SNAKEMAKE = HF_HUB_OFFLINE=1 $(BIN)/snakemake -s $(CURDIR)/Snakefile -d $(DEMO_DIR) --configfile $(CURDIR)/.test/config.yaml
+
+demo: bootstrap
+	$(MAKE) demo-run
+
+demo-run:
+	$(DEMO_SNAKEMAKE) $(DEMO_ARGS)
+	$(DEMO_SNAKEMAKE) --report report.html
+	@echo
+	@echo "Demo finished. Look at, under $(DEMO_DIR):"
+	@echo "  report.html                                the report: open it in a browser"
+	@echo "  results/demo/embeddings/<P>/<split>.safetensors   the embeddings (P = 24, 48; train, val)"
+	@echo "  results/demo/validation/                   shapes.json, parity_<P>.json, summary.html"
+	@echo "  results/demo/MANIFEST.json                 every artifact's sha256: timekd-embed verify results/demo"
 
 test: bootstrap lint
 	$(BIN)/python -m pytest

@@ -12,8 +12,9 @@ import yaml
 from conftest import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-# What the rules import at run time: the dependencies and the [export] extra (rule export_h5).
-RUNTIME_EXTRAS = ("export",)
+# What the rules import at run time: the dependencies, the [export] extra (rule export_h5) and the
+# [demo] extra (rule demo_model).
+RUNTIME_EXTRAS = ("export", "demo")
 PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;#]+)$")
 
 

@@ -35,14 +35,14 @@ EXPECTED = {
     "windows/train.parquet": "windows", "windows/val.parquet": "windows", "windows/test.parquet": "windows",
     "sca.safetensors": "sca",
     "embeddings/24/train.safetensors": "gather",
-    "validation/parity_24.json": "parity",
+    # fp32: no parity job and no histogram (nothing to compare)
     "validation/shapes.json": "validate",
-    "validation/cosine_histogram.png": "validate",
 }
 # The run records outside logs/ and benchmarks/: they hold wall times, speeds and host names.
-RECORDS = {"embeddings/24/train.json": "gather", "validation/report.md": "validate"}
+RECORDS = {"embeddings/24/train.json": "gather", "validation/summary.html": "validate",
+           "validation/report/24_train.html": "validate"}
 # One log and one benchmark per job but the manifest's own (written while and after it is made).
-JOBS = ["windows", "sca", "extract_24_train_0-8", "gather_24_train", "parity_24", "validate"]
+JOBS = ["windows", "sca", "extract_24_train_0-8", "gather_24_train", "validate"]  # fp32: no parity job
 LOGS_AND_BENCHMARKS = {f"logs/{job}.log" for job in JOBS} | {f"benchmarks/{job}.tsv" for job in JOBS}
 
 
@@ -139,9 +139,9 @@ def test_verify_passes_on_a_fresh_run(work):
 
 def test_two_identical_fp32_runs_have_byte_identical_artifacts_and_verify_against_each_other(work, second_work,
                                                                                           tmp_path):
-    """Issue #13.4: verify against the other run's MANIFEST.json failed on the stats and report.md."""
+    """Issue #13.4: verify against the other run's MANIFEST.json failed on the stats and the report's timings."""
     first, second = work / "results" / NAME, second_work / "results" / NAME
-    for relative in EXPECTED:  # embeddings, Parquet, SCA, parity, shapes and the PNG: the same bytes
+    for relative in EXPECTED:  # embeddings, Parquet, SCA and shapes (fp32: no parity, no PNG): the same bytes
         assert sha256(first / relative) == sha256(second / relative), relative
     # The run records hold wall times: two runs never write the same stats file.
     assert json.loads((first / "embeddings/24/train.json").read_text())["wall_s"] \
@@ -156,14 +156,14 @@ def test_two_identical_fp32_runs_have_byte_identical_artifacts_and_verify_agains
     assert errors(result) == []
     assert result.stdout.startswith(f"{copy}: all {len(EXPECTED)} artifacts match {copy / MANIFEST}; ")
     notes = [line for line in result.stderr.splitlines() if "run record(s) differ" in line]
-    assert len(notes) == 1 and "embeddings/24/train.json" in notes[0] and "validation/report.md" in notes[0]
+    assert len(notes) == 1 and "embeddings/24/train.json" in notes[0] and "validation/summary.html" in notes[0]
     assert "not a problem" in notes[0] and "in logs/" in notes[0] and "in benchmarks/" in notes[0]
 
     # The same with --manifest naming the other run's file where it lies.
     other = verify_cli(first, "--manifest", str(second / MANIFEST))
     assert other.returncode == 0 and errors(other) == [], other.stderr
     assert other.stdout.startswith(f"{first}: all {len(EXPECTED)} artifacts match {second / MANIFEST}; ")
-    assert "embeddings/24/train.json" in other.stderr and "validation/report.md" in other.stderr
+    assert "embeddings/24/train.json" in other.stderr and "validation/summary.html" in other.stderr
     assert "was made with" not in other.stderr  # the same config and versions
 
 
@@ -191,11 +191,11 @@ def test_a_changed_run_record_is_a_note_and_a_missing_one_a_problem(work, tmp_pa
     assert result.returncode == 0 and errors(result) == [], result.stderr
     assert "1 run record(s) differ" in result.stderr and "embeddings/24/train.json" in result.stderr
 
-    (copy / "validation" / "report.md").unlink()
+    (copy / "validation" / "summary.html").unlink()
     (copy / "logs" / "windows.log").unlink()  # a log may be cleaned away: not a problem
     result = verify_cli(copy)
     assert result.returncode == 1
-    assert errors(result) == [(f"Error: {copy / 'validation' / 'report.md'}: missing (a run record of rule "
+    assert errors(result) == [(f"Error: {copy / 'validation' / 'summary.html'}: missing (a run record of rule "
                                "validate); restore it or rerun the workflow.")]
 
 
@@ -206,7 +206,7 @@ def test_verify_names_every_changed_missing_and_unlisted_file(work, tmp_path):
     data = bytearray(embeddings.read_bytes())
     data[-1] ^= 1                                         # one flipped bit in the last float
     embeddings.write_bytes(bytes(data))
-    (copy / "validation" / "parity_24.json").unlink()
+    (copy / "validation" / "shapes.json").unlink()
     (copy / "windows" / "extra.parquet").write_bytes(b"not from this run")
     (copy / "windows" / ".train.parquet.abc123.tmp").write_bytes(b"half")  # an interrupted write
     (copy / "logs" / "anything.log").write_text("a later job's log is no artifact\n")
@@ -216,7 +216,7 @@ def test_verify_names_every_changed_missing_and_unlisted_file(work, tmp_path):
     found = errors(result)
     assert len(found) == 3, result.stderr
     assert any(str(embeddings) in e and "differ from the manifest" in e and "rule gather" in e for e in found)
-    assert any(str(copy / "validation" / "parity_24.json") in e and "missing" in e for e in found)
+    assert any(str(copy / "validation" / "shapes.json") in e and "missing" in e for e in found)
     assert any(str(copy / "windows" / "extra.parquet") in e and "not in the manifest" in e for e in found)
     assert "leftover of an interrupted write" in result.stderr and "Traceback" not in result.stderr
     assert "3 problem(s)" in result.stderr

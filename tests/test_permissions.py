@@ -26,7 +26,7 @@ def test_a_full_run_gives_every_output_the_umask_mode(tmp_path, weather_csv, tin
     results = tmp_path / "results" / "weather"
     modes = {str(p.relative_to(results)): stat.S_IMODE(p.stat().st_mode) for p in results.rglob("*")}
     assert {"sca.safetensors", "embeddings/24/train.safetensors", "embeddings/24/val.json", "MANIFEST.json",
-            "windows/train.parquet", "validation/parity_24.json", "validation/report.md",
-            "validation/cosine_histogram.png", "logs/windows.log"} <= set(modes)
+            "windows/train.parquet", "validation/parity_24.json", "validation/summary.html",
+            "validation/report/24_train.html", "validation/cosine_24.png", "logs/windows.log"} <= set(modes)
     want = {path: (0o777 if (results / path).is_dir() else 0o666) & ~umask for path in modes}
     assert modes == want

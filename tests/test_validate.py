@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import subprocess
 
 import numpy as np
 import pytest
 from safetensors.torch import save_file
 
 from plain_teacher import plain_teacher
+from test_manifest import SNAKEMAKE, finished_run
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import extract_split, load_sca, save_sca
 from timekd_embed.parity import compare, parity_report, require_parity, sample_windows
-from timekd_embed.report import histogram, markdown
+from timekd_embed.report import NOT_APPLICABLE, answer, histogram, item_html, summary_html
 from timekd_embed.settings import Settings
 from timekd_embed.store import read_tensors
-from timekd_embed.validate import check_all
 from timekd_embed.table import load_csv
+from timekd_embed.validate import check_all
 from timekd_embed.windows import read_windows, write_windows
 
 P, LIMIT = 24, 3
@@ -103,7 +107,8 @@ def test_parity_statistics_equal_a_direct_computation():
     assert np.allclose(cos, direct)
     assert stats["cosine_min"] == pytest.approx(direct.min()) and stats["cosine_mean"] == pytest.approx(direct.mean())
     assert stats["max_abs_error"] == pytest.approx(np.abs(prod.astype(np.float64) - ref).max())
-    assert stats["relative_l2_error"] == pytest.approx(np.sqrt(((prod.astype(np.float64) - ref) ** 2).sum() / (ref.astype(np.float64) ** 2).sum()))
+    squared_error = ((prod.astype(np.float64) - ref) ** 2).sum()
+    assert stats["relative_l2_error"] == pytest.approx(np.sqrt(squared_error / (ref.astype(np.float64) ** 2).sum()))
     def nn(x):
         f = x.reshape(5, -1) / np.linalg.norm(x.reshape(5, -1), axis=1, keepdims=True)
         return [max((j for j in range(5) if j != i), key=lambda j: f[i] @ f[j]) for i in range(5)]
@@ -144,16 +149,65 @@ def test_bf16_parity_against_the_plain_fp32_oracle(results, weather_csv, tokeniz
         require_parity(strict)
 
 
-def test_the_report_renders(results, tmp_path):
+def _parity_json(by_split: bool = True) -> dict:
+    stats = {"windows": 4, "cosine_min": 0.9991, "cosine_p01": 0.9992, "cosine_mean": 0.9998,
+             "max_abs_error": 0.05, "relative_l2_error": 0.01, "nn_agreement": 1.0}
+    report = {"pred_len": P, "precision": "bf16", "layer_split": "not applicable: one device",
+              "fp32_parity": stats, "cosines": [0.9991, 0.9995, 0.9999]}
+    if by_split:
+        report["fp32_parity_by_split"] = {"train": stats | {"windows": 2, "cosine_min": 0.9993}}
+    return report
+
+
+def test_the_report_pages_render(results, tmp_path):
     shapes = check(results, results["files"])
     stats = {k: json.loads((results["root"] / f"{k[0]}_{k[1]}.json").read_text()) for k in results["files"]}
-    parity = {P: {"pred_len": P, "precision": "bf16", "layer_split": "not applicable: one device",
-                  "fp32_parity": {"windows": 4, "cosine_min": 0.9991, "cosine_p01": 0.9992, "cosine_mean": 0.9998,
-                                  "max_abs_error": 0.05, "relative_l2_error": 0.01, "nn_agreement": 1.0},
-                  "cosines": [0.9991, 0.9995, 0.9999]}}
-    text = markdown("weather", shapes, stats, parity)
-    assert "| 24 | train | 3 | (3, 21, 64) |" in text
-    assert "| 24 | bf16 | 4 | 0.999100 | 0.999200 | 0.999800 | 0.05 | 0.01 | 100% | n/a |" in text
-    assert "bf16 changed the embeddings by at most 0.05" in text and "not measured" in text
-    histogram(parity, tmp_path / "h.png")
+    parity = {P: _parity_json()}
+    train = item_html(P, "train", shapes, stats[(P, "train")], parity[P], "bf16")
+    assert "<td>24</td><td>train</td><td>3</td><td>(3, 21, 64)</td>" in train
+    assert "<td>24</td><td>train</td><td>bf16</td><td>2</td><td>0.999300</td>" in train   # this split's parity
+    val = item_html(P, "val", shapes, stats[(P, "val")], parity[P], "bf16")
+    assert "no window of split val was sampled" in val
+    histogram(P, parity[P]["cosines"], "bf16", tmp_path / "h.png")
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = summary_html("weather", shapes, stats, parity, "bf16", {P: tmp_path / "h.png"})
+    assert "<td>24</td><td>all sampled</td><td>bf16</td><td>4</td><td>0.999100</td><td>0.999200</td>" in page
+    assert "bf16 changed the embeddings by at most 0.05" in page and "not measured" in page
+    assert page.count('<img alt="1 - cosine similarity, P = 24" src="data:image/png;base64,') == 1
+
+
+def test_fp32_pages_say_parity_is_not_applicable(results):
+    shapes = check(results, results["files"])
+    stats = {k: json.loads((results["root"] / f"{k[0]}_{k[1]}.json").read_text()) for k in results["files"]}
+    for page in (item_html(P, "train", shapes, stats[(P, "train")], None, "fp32"),
+                 summary_html("weather", shapes, stats, {}, "fp32", {})):
+        assert "Parity with fp32: not applicable, the production precision is fp32" in page
+        assert "<img" not in page and "cosine min" not in page
+    assert answer({}, "fp32") == NOT_APPLICABLE
+
+
+def report_results(html) -> dict:
+    """The `results` object Snakemake's report embeds: {path: name, labels, caption, mime_type, data_uri}."""
+    text = html.read_text()
+    start = re.search(r"var results = \{", text).end() - 1
+    return json.JSONDecoder().raw_decode(text, start)[0]
+
+
+def test_an_fp32_run_has_no_parity_job_and_its_report_says_so(tmp_path_factory, tiny_model_dir, weather_csv):
+    # The finished fp32 run of tests/test_manifest.py (made once per session): P = 24, train, 8 windows.
+    work = finished_run(tmp_path_factory, tiny_model_dir, weather_csv)
+    assert not list((work / "results" / "weather" / "logs").glob("parity*"))
+    assert not list((work / "results" / "weather" / "validation").glob("*.png"))
+    html = work / "report.html"
+    run = subprocess.run(SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml"), "--report",
+                                      str(html)], check=False, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = report_results(html)
+    assert sorted(e["name"] for e in results.values()) == ["24_train.html", "summary.html"]
+    page = next(e for e in results.values() if e["name"] == "24_train.html")
+    assert page["labels"] == {"horizon": 24, "split": "train"} and page["mime_type"] == "text/html"
+    text = base64.b64decode(page["data_uri"].split("base64,", 1)[1]).decode()
+    assert "<td>24</td><td>train</td><td>8</td><td>(8, 21, 64)</td>" in text and "not applicable" in text
+    for entry in results.values():
+        assert "not applicable" in entry["caption"] and "sampled" not in entry["caption"]
+    assert "64" not in next(e for e in results.values() if e["name"] == "summary.html")["caption"]

@@ -1,4 +1,5 @@
 # Config validation, paths and helpers shared by every stage.
+import os
 import sys
 from pathlib import Path
 
@@ -7,9 +8,11 @@ sys.path.insert(
 )  # the package, even before `pip install -e .`
 
 from timekd_embed.config import config_origins, validate_config
+from timekd_embed.demo import DEMO_MODEL, DEMO_SEED, DEMO_SHAPE
 from timekd_embed.errors import InputError
 from timekd_embed.fingerprint import (
     MODEL_RECORD,
+    ModelSource,
     Sha256Cache,
     csv_fingerprint,
     local_model,
@@ -20,6 +23,15 @@ from timekd_embed.fingerprint import (
     package_version,
 )
 from timekd_embed.resources import KNOWN_DATASETS
+from timekd_embed.planning import (
+    cpu_hint,
+    extraction_threads,
+    job_device,
+    model_dims,
+    seconds_per_window,
+    shard_size,
+    visible_gpus,
+)
 from timekd_embed.settings import embedding_settings
 from timekd_embed.shards import planned_windows, ranges, split_rows
 from timekd_embed.windows import SPLITS, resolve_layout
@@ -102,25 +114,36 @@ CSV = input_csv()
 # so a changed file reruns exactly its downstream and a touched one (same bytes) nothing.
 # The CSV and model files are `ancient` inputs: their timestamps never rerun anything.
 _sha256 = Sha256Cache()
+# The demo's model is built by rule demo_model (demo.smk) from its shape and seed, which
+# then identify it; its files are that rule's outputs (demo.smk sets MODEL_INPUTS).
+IS_DEMO = Path(config["model"]["name_or_path"]) == Path(DEMO_MODEL)
 try:
-    MODEL = model_source(config["model"])
+    MODEL = (
+        ModelSource(DEMO_MODEL, Path(DEMO_MODEL), False, None)
+        if IS_DEMO
+        else model_source(config["model"])
+    )
     INPUT_SHA256 = csv_fingerprint(
         CSV, WINDOWS_FILES, KNOWN["sha256"] if KNOWN else None, _sha256
     )
-    MODEL_TRACKED = model_fingerprint(MODEL, _sha256)
-    MODEL_CONFIG_TRACKED = model_config_fingerprint(MODEL, _sha256)
+    MODEL_TRACKED = (
+        {"demo_model": DEMO_SHAPE, "seed": DEMO_SEED}
+        if IS_DEMO
+        else model_fingerprint(MODEL, _sha256)
+    )
+    MODEL_CONFIG_TRACKED = (
+        MODEL_TRACKED if IS_DEMO else model_config_fingerprint(MODEL, _sha256)
+    )
 except InputError as error:
     fail(error)
 _sha256.save()
 PACKAGE = package_version()
-MODEL_INPUTS = [ancient(str(p)) for p in model_files(MODEL)]
-MODEL_CONFIG_INPUT = [p for p in MODEL_INPUTS if Path(p).name == "config.json"]
+MODEL_INPUTS = [] if IS_DEMO else [ancient(str(p)) for p in model_files(MODEL)]
 if MODEL.hub:
     # get_model's record as a plain input: when get_model reruns (another commit), the jobs
     # after it rerun too; Snakemake never reruns a job for an upstream job whose outputs
     # it reads only as `ancient` inputs, whatever its params say.
     MODEL_INPUTS.append(f"{MODEL.folder}/{MODEL_RECORD}")
-    MODEL_CONFIG_INPUT.append(f"{MODEL.folder}/{MODEL_RECORD}")
     # Every job loads the files get_model put in resources/models/<id>/ ("./": a folder,
     # never looked up on the hub), and records the commit they come from.
     config["model"] = local_model(config["model"])
@@ -156,6 +179,65 @@ def plan_rows():
 ROWS = plan_rows()
 
 
+def count_variables():
+    """Variables N of the dataset: the CSV's header (or the windows' metadata), for the estimates."""
+    if Path(CSV).is_file():
+        with open(CSV, encoding="utf-8", errors="replace") as f:
+            return max(1, len(f.readline().split(",")) - 1)
+    from timekd_embed.windows import read_windows
+
+    return len(read_windows(WINDOWS.format(split="train")).variables)
+
+
+# Where the extraction jobs run (planning.py; `device: auto` follows the GPUs visible here),
+# and so their threads and, for `shard_windows: auto`, their window ranges.
+JOB_DEVICE = job_device(config["device"], visible_gpus())
+N_VARS = count_variables()
+# The model's size before it exists, for the demo's model (rule demo_model builds it).
+MODEL_DIMS = (
+    (DEMO_SHAPE["n_layer"], DEMO_SHAPE["n_embd"])
+    if Path(config["model"]["name_or_path"]) == Path(DEMO_MODEL)
+    else model_dims(config["model"]["name_or_path"])
+)
+EXTRACT_THREADS = extraction_threads(
+    JOB_DEVICE, config["gpus_per_job"], os.cpu_count() or 1
+)
+
+
+def shard_windows(pred_len):
+    """Windows per extraction job of horizon `pred_len` (config key shard_windows)."""
+    seconds = seconds_per_window(
+        JOB_DEVICE,
+        pred_len,
+        N_VARS,
+        MODEL_DIMS,
+        config["precision"],
+        config["gpus_per_job"],
+    )
+    return shard_size(config["shard_windows"], seconds)
+
+
+if config["device"] == "auto" and JOB_DEVICE == "cpu" and workflow.is_main_process:
+    print(
+        cpu_hint(
+            {
+                P: sum(
+                    planned_windows(
+                        ROWS[s], config["seq_len"], P, config["limit_windows"]
+                    )
+                    for s in config["splits"]
+                )
+                for P in config["pred_lens"]
+            },
+            N_VARS,
+            config["model"]["name_or_path"],
+            MODEL_DIMS,
+            config["precision"],
+        ),
+        file=sys.stderr,
+    )
+
+
 def shard_ranges(wildcards):
     n = planned_windows(
         ROWS[wildcards.split],
@@ -163,7 +245,7 @@ def shard_ranges(wildcards):
         int(wildcards.pred_len),
         config["limit_windows"],
     )
-    return ranges(n, config["shard_windows"])
+    return ranges(n, shard_windows(int(wildcards.pred_len)))
 
 
 def shard_files(pattern):

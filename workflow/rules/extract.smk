@@ -9,7 +9,7 @@
 rule sca:
     input:
         windows=WINDOWS.format(split="train"),
-        model=MODEL_CONFIG_INPUT,
+        model=MODEL_INPUTS,
     output:
         SCA,
     log:
@@ -42,7 +42,7 @@ rule extract:
         f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.tsv"
     conda:
         ENV
-    threads: 8  # capped at --cores; CPU runs use them all
+    threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
     resources:
         gpu=config["gpus_per_job"],
     params:

@@ -16,14 +16,14 @@ rule manifest:
         # expand() of path patterns, not of rules.<name>.output: with a default storage
         # provider (the kubernetes profile) those carry storage flags expand() refuses.
         gather=expand(EMBEDDINGS, pred_len=config["pred_lens"], split=config["splits"]),
-        parity=expand(PARITY, pred_len=config["pred_lens"]),
-        validate=[rules.validate.output.shapes, rules.validate.output.histogram],
+        parity=PARITY_FILES,  # none in fp32
+        validate=[rules.validate.output.shapes, *HISTOGRAM_FILES],
         # wall time, speed, peak memory and host of each extraction
         gather_records=expand(
             EMBEDDING_STATS, pred_len=config["pred_lens"], split=config["splits"]
         ),
-        # the report's table of times and speeds
-        validate_records=rules.validate.output.report,
+        # the report's pages: tables of times and speeds
+        validate_records=[SUMMARY, *REPORT_PAGES],
     output:
         f"{RESULTS}/MANIFEST.json",
     log:

@@ -12,9 +12,11 @@ rule preflight:
         md=f"{RESULTS}/preflight.md",
     log:
         f"{LOGS}/preflight.log",
+    benchmark:
+        f"{BENCHMARKS}/preflight.tsv"
     conda:
         ENV
-    threads: 8  # capped at --cores
+    threads: EXTRACT_THREADS
     resources:
         gpu=config["gpus_per_job"],
     params:

@@ -1,6 +1,33 @@
 # Stage 3: validation. `parity` recomputes a sample of each horizon in fp32 (so it holds
-# GPUs like an extraction job); `validate` checks every file and writes the report.
+# GPUs like an extraction job); with fp32 production there is nothing to compare and no
+# parity job. `validate` checks every file and writes the report items: one page per
+# (horizon, split), a histogram per horizon, a summary (labels: horizon, split).
 # Changing only the `parity` settings reruns these rules, never an extraction.
+from timekd_embed.sampling import sample_sizes
+
+MEASURE_PARITY = config["precision"] != "fp32"
+REPORT_ITEM = f"{RESULTS}/validation/report/{{pred_len}}_{{split}}.html"
+HISTOGRAM = f"{RESULTS}/validation/cosine_{{pred_len}}.png"
+SUMMARY = f"{RESULTS}/validation/summary.html"
+REPORT_PAGES = expand(REPORT_ITEM, pred_len=config["pred_lens"], split=config["splits"])
+HISTOGRAM_FILES = (
+    expand(HISTOGRAM, pred_len=config["pred_lens"]) if MEASURE_PARITY else []
+)
+
+
+# The parity files of every horizon; none when production runs in fp32.
+PARITY_FILES = expand(PARITY, pred_len=config["pred_lens"]) if MEASURE_PARITY else []
+# {P: {split: windows}} the parity jobs sample, known at plan time (for the captions).
+PARITY_SAMPLE = {
+    P: sample_sizes(
+        {
+            s: planned_windows(ROWS[s], config["seq_len"], P, config["limit_windows"])
+            for s in config["splits"]
+        },
+        config["parity"]["windows"],
+    )
+    for P in (config["pred_lens"] if MEASURE_PARITY else [])
+}
 
 
 rule parity:
@@ -16,7 +43,7 @@ rule parity:
         f"{BENCHMARKS}/parity_{{pred_len}}.tsv"
     conda:
         ENV
-    threads: 8  # capped at --cores; CPU runs use them all
+    threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
     resources:
         gpu=config["gpus_per_job"],
     params:
@@ -32,21 +59,35 @@ rule validate:
         stats=expand(
             EMBEDDING_STATS, pred_len=config["pred_lens"], split=config["splits"]
         ),
-        parity=expand(PARITY, pred_len=config["pred_lens"]),
+        parity=PARITY_FILES,
         windows=expand(WINDOWS, split=config["splits"]),
         sca=SCA,
     output:
         shapes=f"{RESULTS}/validation/shapes.json",
-        report=report(
-            f"{RESULTS}/validation/report.md",
-            caption="../report/validation.rst",
-            category="Validation",
+        summary=report(
+            SUMMARY,
+            caption="../report/summary.rst",
+            category="Summary",
         ),
-        histogram=report(
-            f"{RESULTS}/validation/cosine_histogram.png",
-            caption="../report/histogram.rst",
-            category="Validation",
-        ),
+        pages=[
+            report(
+                REPORT_ITEM.format(pred_len=P, split=s),
+                caption="../report/item.rst",
+                category="Embeddings",
+                labels={"horizon": P, "split": s},
+            )
+            for P in config["pred_lens"]
+            for s in config["splits"]
+        ],
+        histograms=[
+            report(
+                HISTOGRAM.format(pred_len=P),
+                caption="../report/histogram.rst",
+                category="Parity with fp32",
+                labels={"horizon": P, "split": ", ".join(config["splits"])},
+            )
+            for P in (config["pred_lens"] if MEASURE_PARITY else [])
+        ],
     log:
         f"{LOGS}/validate.log",
     benchmark:
@@ -58,5 +99,9 @@ rule validate:
         pred_lens=config["pred_lens"],
         splits=config["splits"],
         limit_windows=config["limit_windows"],
+        precision=config["precision"],
+        # What the parity jobs sample, for the captions: {P: {split: windows}}.
+        parity_sample=PARITY_SAMPLE,
+        min_cosine=config["parity"]["min_cosine"],
     script:
         "../scripts/validate.py"

@@ -1,19 +1,22 @@
+"""Rule validate: check every embeddings file, write shapes.json and the report items (timekd_embed.report)."""
+
 import json
 import sys
+from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
 from timekd_embed.jobs import job
-from timekd_embed.report import histogram, write_report
+from timekd_embed.report import write_report
 from timekd_embed.store import write_json
 from timekd_embed.validate import check_all
 
 with job(snakemake.log[0]):
-    p, inp = snakemake.params, snakemake.input
-    keys = [(P, s) for P in p.pred_lens for s in p.splits]  # the order of expand() in the rule
+    p, inp, out = snakemake.params, snakemake.input, snakemake.output
+    keys = [(P, s) for P in p.pred_lens for s in p.splits]  # the order of expand() and of the items in the rule
     shapes = check_all(dict(zip(keys, inp.embeddings)), dict(zip(p.splits, inp.windows)), inp.sca, p.limit_windows)
-    stats = {k: json.loads(open(path).read()) for k, path in zip(keys, inp.stats)}
-    parity = {P: json.loads(open(path).read()) for P, path in zip(p.pred_lens, inp.parity)}
-    write_json(snakemake.output.shapes, shapes)
-    histogram(parity, snakemake.output.histogram)
-    write_report(snakemake.output.report, p.name, shapes, stats, parity)
+    stats = {k: json.loads(Path(path).read_text()) for k, path in zip(keys, inp.stats)}
+    parity = {P: json.loads(Path(path).read_text()) for P, path in zip(p.pred_lens, inp.parity)}  # empty in fp32
+    write_json(out.shapes, shapes)
+    write_report(out.summary, dict(zip(keys, out.pages)), dict(zip(p.pred_lens, out.histograms)), p.name, shapes,
+                 stats, parity, p.precision)

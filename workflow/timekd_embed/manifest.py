@@ -4,11 +4,12 @@ The manifest lets a reader of a paper check that the results/ folder that came w
 the one the workflow wrote: `timekd-embed verify results/<name>` recomputes every hash.
 It keeps two lists apart:
 
-- artifacts: the results (windows, SCA weights, embeddings, parity, shapes, histogram).
+- artifacts: the results (windows, SCA weights, embeddings, parity, shapes, histograms).
   The same inputs, config and versions on the same machine give the same bytes, so any
   difference is a problem, also against another run's manifest;
 - run records: what a run measured about itself (the stats beside each embeddings file,
-  validation/report.md with its timing table, logs/, benchmarks/). They hold wall times,
+  the report's pages validation/summary.html and report/*.html with their timing tables,
+  logs/, benchmarks/). They hold wall times,
   speeds, peak memory and host names, so they differ between two runs of the same
   science; verify says which differ, as a note, never as a problem.
 

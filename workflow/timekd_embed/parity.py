@@ -15,17 +15,10 @@ from .devices import resolve_devices, token_budget
 from .errors import InputError
 from .extract import embed_windows, load_teacher, out_of_memory_hint
 from .prompts import SplitPrompts
+from .sampling import sample_windows
 from .settings import Settings
 from .store import read_tensors
 from .windows import read_windows
-
-
-def sample_windows(available: dict[str, int], total: int) -> dict[str, np.ndarray]:
-    """`total` window indices spread evenly over the splits and, within each, over its windows."""
-    splits = list(available)
-    share = {s: total // len(splits) + (k < total % len(splits)) for k, s in enumerate(splits)}
-    return {s: np.unique(np.linspace(0, available[s] - 1, min(share[s], available[s])).round().astype(np.int64))
-            for s in splits}
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -114,6 +107,9 @@ def parity_report(settings: Settings, embedding_paths: dict[str, str], windows_p
     del fp32
     stats, cos = compare(np.concatenate(production), np.concatenate(reference))
     report["fp32_parity"] = stats
+    # The same statistics per split, for the report's per-(horizon, split) items.
+    report["fp32_parity_by_split"] = {s: compare(prod, ref)[0] for s, prod, ref in zip(sample, production, reference)
+                                      if len(prod)}
     report["passed"] = stats["cosine_min"] >= min_cosine
     report["layer_split"] = layer_split_check(settings, sca_path, splits, sample)
     return report, cos.ravel()

@@ -1,30 +1,54 @@
-"""results/<name>/validation/report.md and its figure, from the validation and job JSON files."""
+"""The validation report: one HTML item per (horizon, split), a histogram per horizon, a summary.
+
+Snakemake's HTML report (`snakemake --report report.html`) shows HTML and PNG results in
+place, so every item is a self-contained HTML page (tables, no links to other files) or a
+PNG; the summary embeds the histograms as data URIs. The rule `validate` marks them for the
+report with labels (horizon, split); the captions in workflow/report/ are templates filled
+from the config and the rule's params, so they say what ran.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
-from .store import atomic_path
+from .store import atomic_path, write_text
+
+NOT_APPLICABLE = "Parity with fp32: not applicable, the production precision is fp32 (nothing to compare)."
+STYLE = ("body{font-family:sans-serif;font-size:14px;margin:1em}table{border-collapse:collapse;margin:.5em 0}"
+         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+         "td:first-child,th:first-child{text-align:left}")
 
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def answer(parity: dict[int, dict]) -> str:
-    """Two sentences answering: do reduced precision and the layer split change the embeddings?"""
-    measured = {P: r["fp32_parity"] for P, r in parity.items() if isinstance(r.get("fp32_parity"), dict)}
-    if not measured:
-        first = "Production ran in fp32, so reduced precision cannot have changed these embeddings."
-    else:
-        precision = next(iter(parity.values()))["precision"]
-        windows = sum(m["windows"] for m in measured.values())
-        nn = [m["nn_agreement"] for m in measured.values() if m["nn_agreement"] is not None]
-        first = (f"Against an fp32 recomputation of {windows} sampled windows over {len(measured)} horizon(s), "
-                 f"{precision} changed the embeddings by at most {max(m['max_abs_error'] for m in measured.values()):.3g} "
-                 f"(relative L2 error at most {max(m['relative_l2_error'] for m in measured.values()):.3g}), with a lowest "
-                 f"cosine similarity of {min(m['cosine_min'] for m in measured.values()):.6f}"
-                 + (f" and nearest-neighbour agreement of at least {min(nn):.0%}." if nn else "."))
+def _measured(parity: dict[int, dict]) -> dict[int, dict]:
+    return {P: r["fp32_parity"] for P, r in parity.items() if isinstance(r.get("fp32_parity"), dict)}
+
+
+def answer(parity: dict[int, dict], precision: str) -> str:
+    """Two sentences: do reduced precision and the layer split change the embeddings?
+
+    Args:
+        parity: {P: parity_<P>.json}; empty when the production precision is fp32 (no parity job ran).
+        precision: the production precision (config key).
+
+    Returns:
+        Plain text.
+    """
+    measured = _measured(parity)
+    if precision == "fp32" or not measured:
+        return NOT_APPLICABLE
+    windows = sum(m["windows"] for m in measured.values())
+    nn = [m["nn_agreement"] for m in measured.values() if m["nn_agreement"] is not None]
+    first = (f"Against an fp32 recomputation of {windows} sampled windows over {len(measured)} horizon(s), "
+             f"{precision} changed the embeddings by at most {max(m['max_abs_error'] for m in measured.values()):.3g} "
+             f"(relative L2 error at most {max(m['relative_l2_error'] for m in measured.values()):.3g}), with a lowest "
+             f"cosine similarity of {min(m['cosine_min'] for m in measured.values()):.6f}"
+             + (f" and nearest-neighbour agreement of at least {min(nn):.0%}." if nn else "."))
     splits = [r["layer_split"] for r in parity.values() if isinstance(r.get("layer_split"), dict)]
     if splits:
         second = (f"Splitting the layers over {', '.join(splits[0]['devices'])} changed them by at most "
@@ -34,67 +58,139 @@ def answer(parity: dict[int, dict]) -> str:
     return f"{first} {second}"
 
 
-def histogram(parity: dict[int, dict], path: str | Path) -> None:
-    """1 - cosine similarity per (window, variable), one colour per horizon, log scale."""
+def histogram(pred_len: int, cosines: list[float], precision: str, path: str | Path) -> None:
+    """PNG of 1 - cosine similarity per sampled (window, variable) of one horizon, log x axis.
+
+    Args:
+        pred_len: the horizon P (title).
+        cosines: the parity job's cosine similarities (parity_<P>.json "cosines"), at least one.
+        precision: the production precision (axis label).
+        path: the PNG, written atomically.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    gaps = {P: np.clip(1.0 - np.asarray(r.get("cosines", []), dtype=np.float64), 1e-12, None)
-            for P, r in sorted(parity.items())}
-    gaps = {P: g for P, g in gaps.items() if g.size}
-    drawn = bool(gaps)
-    if drawn:
-        low = np.floor(np.log10(min(g.min() for g in gaps.values())))
-        high = np.ceil(np.log10(max(g.max() for g in gaps.values())))
-        bins = np.logspace(low, max(high, low + 1), 41)
-        for P, gap in gaps.items():
-            ax.hist(gap, bins=bins, histtype="step", label=f"P = {P}")
+    gap = np.clip(1.0 - np.asarray(cosines, dtype=np.float64), 1e-12, None)
+    low, high = np.floor(np.log10(gap.min())), np.ceil(np.log10(gap.max()))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.hist(gap, bins=np.logspace(low, max(high, low + 1), 41))
     ax.set_xscale("log")
-    ax.set_xlabel("1 - cosine similarity to fp32 (per window and variable)")
+    ax.set_xlabel(f"1 - cosine similarity, {precision} vs fp32 (per window and variable)")
     ax.set_ylabel("count")
-    if drawn:
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "fp32 production: nothing to compare", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("Reduced precision vs fp32")
+    ax.set_title(f"P = {pred_len}: {len(gap)} sampled (window, variable) pairs")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Software": None})  # no version string: same bytes on rerun
     plt.close(fig)
 
 
-def markdown(name: str, shapes: dict, stats: dict[tuple[int, str], dict], parity: dict[int, dict]) -> str:
-    lines = [f"# Validation of results/{name}", "", answer(parity), "",
-             "## Embeddings", "",
-             "| P | split | windows | shape | time (s) | windows/s | tokens/s | peak memory |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (P, split), st in sorted(stats.items()):
-        shape = shapes["files"][f"{P}/{split}"]["shape"]
-        peaks = ", ".join(f"{k}: {_gib(v)}" for k, v in st["peak_memory_bytes"].items())
-        lines.append(f"| {P} | {split} | {st['windows']} | {tuple(shape)} | {st['wall_s']:.1f} | "
-                     f"{st['windows_per_s']:.2f} | {st['tokens_per_s']:.0f} | {peaks} |")
-    lines += ["", "All files: float32, window_start 0..n-1, every value finite, metadata consistent "
-              f"({', '.join(f'{k} {v}' for k, v in shapes['shared_metadata'].items() if k in ('model', 'precision', 'fidelity'))}).",
-              "", "## Parity with fp32", "",
-              "| P | precision | sampled windows | cosine min | cosine 1st pct | cosine mean | max abs error | rel. L2 error | NN agreement | layer split |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for P, r in sorted(parity.items()):
-        split_txt = (f"max diff {r['layer_split']['max_abs_difference']:.3g}" if isinstance(r.get("layer_split"), dict)
-                     else "n/a")
-        m = r["fp32_parity"]
-        if isinstance(m, dict):
-            nn = "n/a" if m["nn_agreement"] is None else f"{m['nn_agreement']:.0%}"
-            lines.append(f"| {P} | {r['precision']} | {m['windows']} | {m['cosine_min']:.6f} | {m['cosine_p01']:.6f} | "
-                         f"{m['cosine_mean']:.6f} | {m['max_abs_error']:.3g} | {m['relative_l2_error']:.3g} | {nn} | {split_txt} |")
-        else:
-            lines.append(f"| {P} | {r['precision']} | - | - | - | - | - | - | - | {split_txt} |")
-    lines += ["", "![1 - cosine similarity histogram](cosine_histogram.png)", ""]
-    return "\n".join(lines)
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(path: str | Path, name: str, shapes: dict, stats: dict, parity: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(markdown(name, shapes, stats, parity))
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h3>{html.escape(title)}</h3>\n{body}\n</body></html>\n")
+
+
+EMBEDDING_HEADER = ["P", "split", "windows", "shape", "time (s)", "windows/s", "tokens/s", "peak memory", "devices"]
+PARITY_HEADER = ["P", "split", "precision", "sampled windows", "cosine min", "cosine 1st pct", "cosine mean",
+                 "max abs error", "rel. L2 error", "NN agreement"]
+
+
+def _embedding_row(pred_len: int, split: str, shape: list[int], stats: dict) -> list[str]:
+    peaks = ", ".join(f"{k}: {_gib(v)}" for k, v in stats["peak_memory_bytes"].items())
+    return [str(pred_len), split, str(stats["windows"]), str(tuple(shape)), f"{stats['wall_s']:.1f}",
+            f"{stats['windows_per_s']:.2f}", f"{stats['tokens_per_s']:.0f}", peaks, ", ".join(stats["devices"])]
+
+
+def _parity_row(pred_len: int, split: str, precision: str, m: dict) -> list[str]:
+    nn = "n/a" if m["nn_agreement"] is None else f"{m['nn_agreement']:.0%}"
+    return [str(pred_len), split, precision, str(m["windows"]), f"{m['cosine_min']:.6f}", f"{m['cosine_p01']:.6f}",
+            f"{m['cosine_mean']:.6f}", f"{m['max_abs_error']:.3g}", f"{m['relative_l2_error']:.3g}", nn]
+
+
+def item_html(pred_len: int, split: str, shapes: dict, stats: dict, parity: dict | None, precision: str) -> str:
+    """The report item of one (horizon, split): its file, its job, its parity with fp32.
+
+    Args:
+        pred_len, split: the item.
+        shapes: shapes.json (validate.check_all).
+        stats: embeddings/<P>/<split>.json.
+        parity: parity_<P>.json, or None when no parity job ran (fp32).
+        precision: the production precision.
+
+    Returns:
+        A complete HTML page.
+    """
+    shape = shapes["files"][f"{pred_len}/{split}"]["shape"]
+    body = [_table(EMBEDDING_HEADER, [_embedding_row(pred_len, split, shape, stats)]),
+            (f"<p>float32, window_start 0..{shape[0] - 1}, every value finite, metadata consistent with the "
+             f"other files ({html.escape(_shared(shapes))}).</p>")]
+    by_split = (parity or {}).get("fp32_parity_by_split", {})
+    if parity is None or precision == "fp32":
+        body.append(f"<p>{NOT_APPLICABLE}</p>")
+    elif split in by_split:
+        body.append(_table(PARITY_HEADER, [_parity_row(pred_len, split, precision, by_split[split])]))
+    else:
+        body.append(f"<p>Parity with fp32: no window of split {html.escape(split)} was sampled at this horizon "
+                    f"(parity.windows is shared out over the splits).</p>")
+    return _page(f"Embeddings, P = {pred_len}, {split}", "\n".join(body))
+
+
+def _shared(shapes: dict) -> str:
+    keys = ("model", "precision", "fidelity")
+    return ", ".join(f"{k} {v}" for k, v in shapes["shared_metadata"].items() if k in keys)
+
+
+def summary_html(name: str, shapes: dict, stats: dict[tuple[int, str], dict], parity: dict[int, dict],
+                 precision: str, histograms: dict[int, str | Path]) -> str:
+    """The whole validation on one page: the answer, every file, every horizon's parity, the histograms.
+
+    Args:
+        name: dataset.name; shapes: shapes.json; stats: {(P, split): stats JSON};
+        parity: {P: parity_<P>.json} (empty for fp32); precision: the production precision;
+        histograms: {P: PNG path}, embedded as data URIs so that the page stands alone.
+
+    Returns:
+        A complete HTML page.
+    """
+    rows = [_embedding_row(P, s, shapes["files"][f"{P}/{s}"]["shape"], st) for (P, s), st in sorted(stats.items())]
+    body = [f"<p>{html.escape(answer(parity, precision))}</p>", "<h4>Embeddings</h4>", _table(EMBEDDING_HEADER, rows),
+            (f"<p>All files: float32, window_start 0..n-1, every value finite, metadata consistent "
+             f"({html.escape(_shared(shapes))}).</p>"), "<h4>Parity with fp32</h4>"]
+    measured = _measured(parity)
+    if precision == "fp32" or not measured:
+        body.append(f"<p>{NOT_APPLICABLE}</p>")
+    else:
+        body.append(_table(PARITY_HEADER, [_parity_row(P, "all sampled", parity[P]["precision"], m)
+                                           for P, m in sorted(measured.items())]))
+        for P, path in sorted(histograms.items()):
+            data = base64.b64encode(Path(path).read_bytes()).decode()
+            body.append(f'<img alt="1 - cosine similarity, P = {P}" src="data:image/png;base64,{data}">')
+    return _page(f"Validation of results/{name}", "\n".join(body))
+
+
+def write_report(summary: str | Path, items: dict[tuple[int, str], str | Path], histograms: dict[int, str | Path],
+                 name: str, shapes: dict, stats: dict[tuple[int, str], dict], parity: dict[int, dict],
+                 precision: str) -> None:
+    """Every report file, each written atomically (the paths are the rule validate's outputs).
+
+    Args:
+        summary: the summary page; items: {(P, split): its page}; histograms: {P: PNG}, empty for fp32.
+        name, shapes, stats, parity, precision: as for `summary_html`.
+
+    Raises:
+        ValueError: a histogram is asked for a horizon without parity cosines.
+    """
+    for P, path in histograms.items():
+        if not parity.get(P, {}).get("cosines"):
+            raise ValueError(f"no parity cosines for P = {P}: nothing to draw in {path}")
+        histogram(P, parity[P]["cosines"], precision, path)
+    for (P, split), path in items.items():
+        write_text(path, item_html(P, split, shapes, stats[(P, split)], parity.get(P), precision))
+    write_text(summary, summary_html(name, shapes, stats, parity, precision, histograms))

@@ -1,0 +1,95 @@
+"""Fixed start-up of one extraction job, stage by stage, on this machine (config/README.md, `shard_windows`).
+
+Each stage is what `workflow/scripts/extract.py` does before its first forward pass:
+  imports   python start + `import timekd_embed.extract` (torch, transformers, the package)
+  windows   read the split's Parquet
+  prompts   tokenizer + `SplitPrompts` for the whole split (extract_split checks every prompt's length)
+  model     `load_teacher`: config, tokenizer, weights from model.safetensors, the SCA, placement
+Every figure is wall time of a fresh process (`--repeats` of them, all printed). The model is a
+GPT-2-small-shaped folder (12 layers, d = 768) with random weights: loading time depends on the size,
+not the values. Run from the repository root:
+
+    PYTHONPATH=workflow python benchmarks/startup.py --csv ../shared/data/weather/weather.csv \
+        --tokenizer ../shared/data/gpt2-tokenizer --pred-len 24 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+began = time.perf_counter()
+from timekd_embed.extract import Settings, load_teacher
+from timekd_embed.lm import load_tokenizer
+from timekd_embed.prompts import SplitPrompts
+from timekd_embed.windows import read_windows
+imported = time.perf_counter()
+windows, sca, model, pred_len = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+split = read_windows(windows)
+read = time.perf_counter()
+tokenizer = load_tokenizer(model)
+prompts = SplitPrompts(tokenizer, split.raw, split.stamps(), "weather", pred_len, split.meta["seq_len"])
+prompts.lengths(list(range(prompts.n_windows)))
+built = time.perf_counter()
+settings = Settings(name="weather", template=None, pred_len=pred_len, split="train", model=model, revision=None,
+                    precision="fp32", fidelity="reference", limit_windows=None, device="cpu")
+load_teacher(settings, sca)
+loaded = time.perf_counter()
+print(json.dumps({"imports_in_process": imported - began, "windows": read - imported, "prompts": built - read,
+                  "model": loaded - built, "windows_in_split": prompts.n_windows}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", required=True, help="weather.csv")
+    parser.add_argument("--tokenizer", required=True, help="folder with vocab.json and merges.txt")
+    parser.add_argument("--pred-len", type=int, default=24, help="horizon P")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes to time")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    from timekd_embed.extract import save_sca
+    from timekd_embed.windows import load_csv, write_windows
+
+    work = Path(tempfile.mkdtemp(prefix="startup-"))
+    try:
+        model = work / "gpt2-small-shape"
+        torch.manual_seed(0)
+        GPT2Model(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)).save_pretrained(model)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(Path(args.tokenizer) / name, model / name)
+        windows = {s: str(work / f"{s}.parquet") for s in ("train", "val", "test")}
+        write_windows(load_csv(args.csv), "custom", 96, [args.pred_len], windows)
+        save_sca(work / "sca.safetensors", 21, 768, seed=2024)
+        runs = []
+        for _ in range(args.repeats):
+            began = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", CHILD, windows["train"], str(work / "sca.safetensors"),
+                                  str(model), str(args.pred_len)], capture_output=True, text=True, check=True,
+                                 env=os.environ | {"HF_HUB_OFFLINE": "1"})
+            total = time.perf_counter() - began
+            stages = json.loads(out.stdout.strip().splitlines()[-1])
+            stages["total"] = total
+            stages["imports"] = total - stages["windows"] - stages["prompts"] - stages["model"]
+            runs.append(stages)
+        load = os.getloadavg()
+        print(json.dumps({"cpu_count": os.cpu_count(), "load_average": load, "pred_len": args.pred_len,
+                          "runs": runs}, indent=1))
+    finally:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""`make demo`: the whole workflow offline on .test/config.yaml, and the HTML report it renders.
+
+One run of the real `make demo-run` target (the command `make demo` runs after its bootstrap)
+in a temporary working directory: the rule-built tiny GPT-2 with the real tokenizer files,
+windows, two horizons in bf16, fp32 parity, validation, the manifest and `snakemake --report`.
+The expected counts are worked out from the demo's CSV (560 rows; custom layout 70/10/20 %:
+train 392 rows, val 56 + seq_len 48 rows) and config (seq_len 48, P = 24 and 48, 16 parity
+windows shared by train and val, shard_windows 200).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from conftest import ROOT
+from timekd_embed.demo import tokenizer_files
+
+BIN = Path(sys.executable).parent
+WINDOWS = {(24, "train"): 392 - 48 - 24 + 1, (48, "train"): 392 - 48 - 48 + 1,
+           (24, "val"): 104 - 48 - 24 + 1, (48, "val"): 104 - 48 - 48 + 1}
+# OpenAI's GPT-2 tokenizer files (../shared/data/README.md)
+TOKENIZER_SHA256 = {"vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+                    "merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"}
+
+
+def report_results(html: Path) -> dict:
+    """The `results` object Snakemake's report embeds: {path: name, labels, caption, mime_type, data_uri}."""
+    text = html.read_text()
+    start = re.search(r"var results = \{", text).end() - 1
+    return json.JSONDecoder().raw_decode(text, start)[0]
+
+
+def decoded(entry: dict) -> str:
+    return base64.b64decode(entry["data_uri"].split("base64,", 1)[1]).decode()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("demo")
+    shutil.copytree(ROOT / ".test", work / ".test")
+    run = subprocess.run(["make", "-C", str(ROOT), "demo-run", f"BIN={BIN}", f"DEMO_DIR={work}"],
+                         check=False, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return work, run
+
+
+def test_the_committed_csv_is_what_the_script_writes():
+    rows = runpy.run_path(str(ROOT / ".test" / "make_data.py"))["rows"]()
+    assert (ROOT / ".test" / "data" / "demo.csv").read_text() == "\n".join(rows) + "\n"
+    assert len(rows) == 561 and rows[0] == "date,temperature,humidity,wind,load,OT"
+
+
+def test_the_tokenizer_files_come_from_the_pinned_package():
+    files = tokenizer_files()
+    assert {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in files.items()} == TOKENIZER_SHA256
+    assert files["vocab.json"].name == "encoder.json" and files["merges.txt"].name == "vocab.bpe"
+
+
+def test_demo_runs_the_whole_workflow_and_says_where_to_look(demo):
+    work, run = demo
+    assert "Demo finished" in run.stdout and "report.html" in run.stdout and "MANIFEST.json" in run.stdout
+    assert "Shell command: None" not in run.stdout + run.stderr
+    results = work / "results" / "demo"
+    for (P, split), n in WINDOWS.items():
+        with safe_open(str(results / "embeddings" / str(P) / f"{split}.safetensors"), "pt") as f:
+            assert f.get_tensor("embeddings").shape == (n, 5, 64)
+            assert f.metadata()["precision"] == "bf16"
+    assert json.loads((results / "embeddings" / "24" / "train.json").read_text())["shards"] == 2  # 0-200, 200-321
+    for P in (24, 48):
+        parity = json.loads((results / "validation" / f"parity_{P}.json").read_text())
+        assert parity["passed"] and 0.99 < parity["fp32_parity"]["cosine_min"] < 1.0   # bf16 differs, a little
+    for name, digest in TOKENIZER_SHA256.items():
+        assert hashlib.sha256((work / "resources" / "demo-gpt2" / name).read_bytes()).hexdigest() == digest
+    verify = subprocess.run([str(BIN / "timekd-embed"), "verify", str(results)], check=False,
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_report_shows_every_horizon_and_split_with_its_parity(demo):
+    work, _ = demo
+    results = report_results(work / "report.html")
+    pages = {(int(e["labels"]["horizon"]), e["labels"]["split"]): e for e in results.values()
+             if e["name"].endswith(".html") and e["labels"] and "," not in str(e["labels"]["split"])}
+    assert set(pages) == set(WINDOWS)
+    for (P, split), entry in pages.items():
+        assert entry["mime_type"] == "text/html"           # shown in the report, not only a download
+        page = decoded(entry)
+        assert f"<td>{P}</td><td>{split}</td><td>{WINDOWS[(P, split)]}</td><td>({WINDOWS[(P, split)]}, 5, 64)</td>" \
+            in page
+        assert "<th>cosine min</th>" in page and "<td>bf16</td>" in page
+    # 16 parity windows: 8 per split, but P = 48's val split has only 9 windows, P = 24's 33: 8 each.
+    histograms = [e for e in results.values() if e["mime_type"] == "image/png"]
+    assert sorted(int(e["labels"]["horizon"]) for e in histograms) == [24, 48]
+    assert all(e["labels"]["split"] == "train, val" for e in histograms)
+    assert "P = 24: 16, P = 48: 16" in histograms[0]["caption"]
+    summary = next(e for e in results.values() if e["name"] == "summary.html")
+    text = decoded(summary)
+    assert "bf16 changed the embeddings by at most" in text and "data:image/png;base64," in text
+    assert "not applicable" not in text and "not applicable" not in summary["caption"]
+    assert "bf16" in summary["caption"] and "16 windows at P = 24" in summary["caption"]

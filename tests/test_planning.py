@@ -1,0 +1,138 @@
+"""Plan-time sizing (planning.py): shard sizes from the device and the horizon, threads, the CPU note.
+
+The expected values are worked out by hand from the figures documented in planning.py and
+config/README.md (`shard_windows`): CPU seconds per window of GPT-2 small, fp32, 21 variables
+8.37 at P = 24, 8.4 at 36, 19.3 at 192; GPU targets 200 windows/s per GPU at P = 24, 60 at
+192; fp16 on the CPU 6x; 300 s of work per job.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, WEATHER_CSV
+from timekd_embed.planning import (
+    cpu_hint,
+    extraction_threads,
+    job_device,
+    model_dims,
+    seconds_per_window,
+    shard_size,
+    visible_gpus,
+)
+
+SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
+GPT2 = (12, 768)
+
+
+@pytest.mark.parametrize("device,pred_len,precision,gpus,expected", [
+    ("cpu", 24, "fp32", 1, 35),        # 300 / 8.37 = 35.8
+    ("cpu", 30, "fp32", 1, 35),        # 300 / (8.37 + 0.03 / 2) = 35.8
+    ("cpu", 192, "fp32", 1, 15),       # 300 / 19.3 = 15.5
+    ("cpu", 24, "fp16", 1, 5),         # 300 / (8.37 * 6) = 5.97
+    ("cuda", 24, "fp16", 2, 120_000),  # 300 * 200 * 2
+    ("cuda", 192, "fp16", 1, 18_000),  # 300 * 60
+])
+def test_auto_shard_size_follows_device_and_horizon(device, pred_len, precision, gpus, expected):
+    seconds = seconds_per_window(device, pred_len, 21, GPT2, precision, gpus)
+    assert shard_size("auto", seconds) == expected
+
+
+def test_configured_shard_sizes_are_kept():
+    assert shard_size(4096, 1.0) == 4096 and shard_size(None, 1.0) is None
+
+
+def test_cost_scales_with_variables_and_model_size():
+    base = seconds_per_window("cpu", 24, 21, GPT2, "fp32")
+    assert seconds_per_window("cpu", 24, 7, GPT2, "fp32") == pytest.approx(base / 3)
+    # gpt2-medium: 24 layers of width 1024 -> 2 * (1024 / 768)^2 = 3.56x the weight matmuls
+    assert seconds_per_window("cpu", 24, 21, model_dims("gpt2-medium"), "fp32") == pytest.approx(base * 32 / 9)
+
+
+def test_model_dims_from_a_folder_or_a_hub_id(tiny_model_dir):
+    assert model_dims(str(tiny_model_dir)) == (2, 64)
+    assert model_dims("gpt2-xl") == (48, 1600) and model_dims("someone/unknown") == GPT2
+
+
+def test_visible_gpus_reads_the_driver_folder_and_cuda_visible_devices(tmp_path):
+    for i in range(4):
+        (tmp_path / f"0000:0{i}:00.0").mkdir()
+    assert visible_gpus({}, tmp_path) == 4
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,3"}, tmp_path) == 2
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, tmp_path) == 0
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}, tmp_path) == 0
+    assert visible_gpus({}, tmp_path / "absent") == 0
+    assert job_device("auto", 0) == "cpu" and job_device("auto", 2) == "cuda" and job_device("cpu", 2) == "cpu"
+
+
+def test_threads_are_what_the_job_keeps_busy():
+    assert extraction_threads("cpu", 2, 16) == 16   # torch's intra-op threads on every core
+    assert extraction_threads("cuda", 2, 16) == 4   # per GPU: the thread driving it, the one preparing batches
+
+
+def test_cpu_note_estimates_the_whole_job():
+    text = cpu_hint({24: 100}, 21, "gpt2", GPT2, "fp32")
+    assert "runs on the CPU" in text and "100 windows" in text and "about 14 min" in text  # 100 * 8.37 s
+    assert "docs/benchmarks.md" in text and "make preflight" in text and "fp16" not in text
+    slow = cpu_hint({24: 100, 192: 50}, 21, "gpt2", GPT2, "fp16")
+    assert "about 3.0 h" in slow  # (100 * 8.37 + 50 * 19.3) * 6 = 10,812 s
+    assert "fp16 on a CPU is slow" in slow
+
+
+# --------------------------------------------------------------------------- the real snakemake CLI
+
+
+def dry_run(tmp_path: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump({"dataset": {"name": "weather", "csv": str(WEATHER_CSV)}} | config))
+    return subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(configfile), "-n", *args],
+                          check=False, capture_output=True, text=True, timeout=600)
+
+
+def extract_jobs(stdout: str) -> list[dict]:
+    jobs = []
+    for block in stdout.split("rule extract:\n")[1:]:
+        lines = []
+        for line in block.splitlines():
+            if not line.startswith("    "):
+                break               # the job's fields end where the next log entry starts
+            lines.append(line.strip())
+        jobs.append(dict(line.split(": ", 1) for line in lines if ": " in line))
+    return jobs
+
+
+def test_plan_on_the_cpu_cuts_small_ranges_uses_every_core_and_prints_no_shell_command(tmp_path, weather_csv):
+    result = dry_run(tmp_path, {"pred_lens": [24], "splits": ["train"], "limit_windows": 100, "device": "cpu",
+                                "precision": "fp32"}, "--cores", "8")
+    assert result.returncode == 0, result.stderr
+    jobs = extract_jobs(result.stdout)
+    ranges = sorted(tuple(int(v) for v in (j["wildcards"].split("start=")[1].split(", stop="))) for j in jobs)
+    assert ranges == [(0, 35), (35, 70), (70, 100)]
+    cores = min(os.cpu_count(), 8)
+    assert all(j.get("threads", "1") == str(cores) for j in jobs)
+    assert "Shell command: None" not in result.stdout + result.stderr
+    assert "No GPU is visible" not in result.stderr  # device: cpu was asked for, nothing to say
+
+
+def test_plan_for_gpus_holds_two_threads_per_gpu_and_one_range(tmp_path, weather_csv):
+    result = dry_run(tmp_path, {"pred_lens": [24], "splits": ["train"], "limit_windows": 100, "device": "cuda",
+                                "gpus_per_job": 2}, "--cores", "8", "--resources", "gpu=2")
+    assert result.returncode == 0, result.stderr
+    jobs = extract_jobs(result.stdout)
+    assert len(jobs) == 1 and "start=0, stop=100" in jobs[0]["wildcards"] and jobs[0]["threads"] == "4"
+
+
+@pytest.mark.skipif(visible_gpus() > 0, reason="this machine has a GPU: device auto plans for it")
+def test_auto_without_a_gpu_says_once_where_the_run_goes_and_how_long(tmp_path, weather_csv):
+    result = dry_run(tmp_path, {"pred_lens": [24], "splits": ["train"], "limit_windows": 100}, "--cores", "2")
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("No GPU is visible and device is auto") == 1
+    # 100 windows * 8.37 s * 6 (fp16, the default precision) = 5,022 s
+    assert "about 84 min" in result.stderr and "fp16 on a CPU is slow" in result.stderr
+    assert "make preflight" in result.stderr

@@ -1,0 +1,168 @@
+"""Plan-time sizing without torch: where the jobs will run, how long they take, how many windows each.
+
+Snakemake evaluates this on every invocation (and on every cluster job), so it reads only
+small files: the environment, `/proc/driver/nvidia/gpus`, a model folder's config.json.
+The figures below are measurements of this project (config/README.md, `shard_windows`, says
+where each comes from); `make preflight` measures the machine at hand instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+# CPU seconds per window, GPT-2-small shape (12 layers, d = 768) in fp32, weather.csv (21 variables),
+# 2 torch threads on a 2-core AMD EPYC: `make bench` of 2026-11-28 (docs/benchmarks.md, "Extraction per
+# horizon", s / window), keyed by horizon P.
+CPU_S_PER_WINDOW = {24: 8.37, 36: 8.4, 48: 9.38, 96: 11.5, 192: 19.3}
+CPU_RATE_SOURCE = ("make bench on a 2-core AMD EPYC, GPT-2-small shape, fp32, 21 variables "
+                   "(docs/benchmarks.md)")
+# GPU windows per second and GPU, GPT-2 small in fp16, weather: the project's targets (docs/benchmarks.md,
+# "Targets"); not yet measured on a GPU. Linear in P between them.
+GPU_WINDOWS_PER_S = {24: 200.0, 192: 60.0}
+# fp16 matmuls on that CPU: 12.8 GFLOP/s against 75.9 in fp32 (2048 x 768 @ 768 x 3072, best of 3):
+# about 6x slower; bf16 ran at 134.
+CPU_FP16_SLOWDOWN = 6.0
+REFERENCE_VARIABLES = 21
+REFERENCE_DIMS = (12, 768)
+# Fixed start-up of one extraction job: python + imports 7-8 s, the train split's prompts 4.6-7.4 s,
+# the weights 0.2-0.4 s; 11.9-16.0 s in all (benchmarks/startup.py, 3 fresh processes, P = 24, 2-core
+# AMD EPYC at load 3.7). The slowest is used.
+STARTUP_S = 16.0
+# Work per job that `shard_windows: auto` aims at: start-up stays under 10% of it while it runs at
+# least 9 x STARTUP_S = 144 s, and an interruption loses at most 10 minutes while the real rate is
+# no more than 2x slower than the figures above.
+JOB_SECONDS = 300.0
+# Known hub ids: (n_layer, n_embd).
+HUB_DIMS = {"gpt2": (12, 768), "distilgpt2": (6, 768), "gpt2-medium": (24, 1024), "gpt2-large": (36, 1280),
+            "gpt2-xl": (48, 1600)}
+
+
+def visible_gpus(environ: dict | None = None, proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """NVIDIA GPUs this process would see, without importing torch.
+
+    Args:
+        environ: the environment (default os.environ); CUDA_VISIBLE_DEVICES narrows the count.
+        proc: the NVIDIA driver's folder with one entry per GPU (Linux).
+
+    Returns:
+        The number of GPUs (0 without the driver or with CUDA_VISIBLE_DEVICES empty or -1).
+    """
+    environ = os.environ if environ is None else environ
+    present = len(list(proc.iterdir())) if proc.is_dir() else 0
+    chosen = environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is None:
+        return present
+    ids = [i for i in chosen.split(",") if i.strip()]
+    if not ids or ids[0].strip() == "-1":
+        return 0
+    return min(len(ids), present)
+
+
+def job_device(device: str, gpus: int, local: bool = True) -> str:
+    """`cpu` or `cuda`: where an extraction job will run.
+
+    Args:
+        device: the config key (auto, cuda, cpu).
+        gpus: GPUs visible here (`visible_gpus`).
+        local: False when jobs run elsewhere (a cluster): `auto` then means their GPUs.
+
+    Returns:
+        "cpu" or "cuda" ("auto" resolved).
+    """
+    if device == "auto":
+        return "cuda" if gpus or not local else "cpu"
+    return device
+
+
+def model_dims(name_or_path: str) -> tuple[int, int]:
+    """(n_layer, n_embd) of a local folder's config.json or a known hub id; GPT-2 small otherwise."""
+    config = Path(name_or_path) / "config.json"
+    if config.is_file():
+        try:
+            raw = json.loads(config.read_text())
+            return int(raw["n_layer"]), int(raw["n_embd"])
+        except (ValueError, KeyError, TypeError):
+            pass  # the model check names the problem when the first job runs
+    return HUB_DIMS.get(name_or_path, REFERENCE_DIMS)
+
+
+def _interpolate(table: dict[int, float], pred_len: int) -> float:
+    """Linear in P between the measured horizons, extended along the nearest segment."""
+    keys = sorted(table)
+    low, high = (keys[0], keys[1]) if pred_len <= keys[0] else (keys[-2], keys[-1])
+    for a, b in itertools.pairwise(keys):
+        if a <= pred_len <= b:
+            low, high = a, b
+    slope = (table[high] - table[low]) / (high - low)
+    return max(table[keys[0]] * 0.1, table[low] + slope * (pred_len - low))
+
+
+def seconds_per_window(device: str, pred_len: int, n_vars: int, dims: tuple[int, int], precision: str,
+                       gpus: int = 1) -> float:
+    """Estimated wall seconds per window of one job.
+
+    Args:
+        device: `cpu` or `cuda` (`job_device`).
+        pred_len: the horizon P.
+        n_vars: variables N of the dataset (2N prompts per window).
+        dims: (n_layer, n_embd) of the model; the cost scales with n_layer * n_embd^2 (the
+            weight matmuls, 24 d^2 per token and layer, dominate).
+        precision: fp16 on the CPU is CPU_FP16_SLOWDOWN times slower.
+        gpus: GPUs a job holds (data parallel over them).
+
+    Returns:
+        Seconds per window (float).
+    """
+    scale = n_vars / REFERENCE_VARIABLES * (dims[0] * dims[1] ** 2) / (REFERENCE_DIMS[0] * REFERENCE_DIMS[1] ** 2)
+    if device == "cpu":
+        return _interpolate(CPU_S_PER_WINDOW, pred_len) * scale * (CPU_FP16_SLOWDOWN if precision == "fp16" else 1.0)
+    return scale / (_interpolate(GPU_WINDOWS_PER_S, pred_len) * max(1, gpus))
+
+
+def shard_size(setting: int | str | None, seconds: float) -> int | None:
+    """Windows per extraction job: the configured number, None (whole split), or for `auto`
+    the windows of JOB_SECONDS at `seconds` per window (at least 1)."""
+    if setting != "auto":
+        return setting
+    return max(1, int(JOB_SECONDS / seconds))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def cpu_hint(windows: dict[int, int], n_vars: int, model: str, dims: tuple[int, int], precision: str) -> str:
+    """The plan-time note for `device: auto` without a GPU: the CPU, and how long.
+
+    Args:
+        windows: windows to embed per horizon P (all configured splits together).
+        n_vars: variables N; model: model.name_or_path; dims: its (n_layer, n_embd) (`model_dims`);
+        precision: the config key.
+
+    Returns:
+        A few sentences for stderr.
+    """
+    total = sum(n * seconds_per_window("cpu", P, n_vars, dims, precision) for P, n in windows.items())
+    text = (f"No GPU is visible and device is auto: the extraction runs on the CPU. Estimate for all "
+            f"{sum(windows.values()):,} windows ({len(windows)} horizon(s), {n_vars} variables, {model} with "
+            f"{dims[0]} layers, d = {dims[1]}, {precision}): about {_duration(total)}, from a rate measured by "
+            f"{CPU_RATE_SOURCE}, scaled to this model and dataset; more cores are faster.")
+    if precision == "fp16":
+        text += (f" fp16 on a CPU is slow (about {CPU_FP16_SLOWDOWN:.0f}x fp32 there, included above): set "
+                 "precision: fp32 (or bf16) for CPU runs.")
+    return text + " `make preflight` measures this machine for a real estimate."
+
+
+def extraction_threads(device: str, gpus_per_job: int, cores: int) -> int:
+    """Threads an extraction job keeps busy: on the CPU every core it gets (torch's intra-op
+    threads); on GPUs one thread driving each replica plus one preparing its batches."""
+    return max(1, cores) if device == "cpu" else 2 * gpus_per_job

@@ -1,0 +1,37 @@
+"""Which windows the fp32 parity check recomputes: a deterministic sample, known at plan time.
+
+Light on purpose (numpy only): the Snakefile plans the sample sizes for the report's
+captions, and parity.py draws the same sample when it runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_sizes(available: dict[str, int], total: int) -> dict[str, int]:
+    """Windows sampled per split.
+
+    Args:
+        available: windows per split, in the order of the configured splits.
+        total: config key parity.windows, shared out as evenly as possible (the first
+            splits get the remainder).
+
+    Returns:
+        {split: min(its share, its windows)}.
+    """
+    splits = list(available)
+    share = {s: total // len(splits) + (k < total % len(splits)) for k, s in enumerate(splits)}
+    return {s: min(share[s], available[s]) for s in splits}
+
+
+def sample_windows(available: dict[str, int], total: int) -> dict[str, np.ndarray]:
+    """`total` window indices spread evenly over the splits and, within each, over its windows.
+
+    Returns:
+        {split: int64 array of `sample_sizes(...)[split]` distinct, sorted indices}; the
+        first and last window of a split are always among them (when it gets two or more).
+    """
+    sizes = sample_sizes(available, total)
+    # Evenly spaced over 0..n-1: with at most n points the steps are >= 1, so rounding keeps them distinct.
+    return {s: np.linspace(0, available[s] - 1, sizes[s]).round().astype(np.int64) for s in available}
