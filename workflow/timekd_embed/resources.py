@@ -17,13 +17,13 @@ from .fingerprint import MODEL_FILES, MODEL_RECORD, ModelSource
 # The official copy of the Time-Series-Library datasets (THUML) on the Hugging Face hub.
 DATA_REPO = "thuml/Time-Series-Library"
 # name -> the file in DATA_REPO, the sha256 of the copy the forecasting literature uses,
-# and its data rows (to plan the window ranges before the download).
+# its data rows and variables (to plan the window ranges and estimates before the download).
 KNOWN_DATASETS = {
-    "weather": {"file": "weather/weather.csv", "rows": 52696,
+    "weather": {"file": "weather/weather.csv", "rows": 52696, "variables": 21,
                 "sha256": "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63"},
-    "ETTh1": {"file": "ETT-small/ETTh1.csv", "rows": 17420,
+    "ETTh1": {"file": "ETT-small/ETTh1.csv", "rows": 17420, "variables": 7,
               "sha256": "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066"},
-    "ETTm1": {"file": "ETT-small/ETTm1.csv", "rows": 69680,
+    "ETTm1": {"file": "ETT-small/ETTm1.csv", "rows": 69680, "variables": 7,
               "sha256": "6ce1759b1a18e3328421d5d75fadcb316c449fcd7cec32820c8dafda71986c9e"},
 }
 
