@@ -1,91 +1,98 @@
-"""Packing a GT and an HD prompt into one sequence, and the tree-shaped calibrated mask."""
+"""The trie of a window's prompts, its batches, and the calibrated mask of a trie level."""
 
-import dataclasses
 import numpy as np
 import torch
+from timekd_embed.lm import level_masks
+from timekd_embed.packing import Prompt, batches, build_trie, distinct_branches, leaf_buckets, type_codes
 
-from timekd_embed.lm import calibrated_mask
-from timekd_embed.packing import distinct, pack, pad, share_head, unpacked
-
-GT = np.array([10, 11, 12, 13, 14, 15])
-HD = np.array([10, 11, 12, 20, 21])
-TYPES_GT = np.array([0, 1, 1, 1, 0, 0], dtype=np.int8)
-TYPES_HD = np.array([0, 1, 1, 0, 0], dtype=np.int8)
+MIN = torch.finfo(torch.float32).min
 
 
-def test_the_shared_prefix_is_stored_once_with_both_continuations():
-    p = pack(GT, HD, TYPES_GT, TYPES_HD)
-    assert p.ids.tolist() == [10, 11, 12, 13, 14, 15, 20, 21]
-    assert p.positions.tolist() == [0, 1, 2, 3, 4, 5, 3, 4]
-    assert p.segments.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
-    assert p.codes.tolist() == [0, 1, 1, 1, 0, 0, 0, 0]
-    assert p.last == (5, 7)
+def prompt(ids, codes=None) -> Prompt:
+    ids = np.array(ids, dtype=np.int64)
+    return Prompt(ids, np.zeros(len(ids), np.int8) if codes is None else np.array(codes, dtype=np.int8))
 
 
-def test_borrowed_types_that_disagree_end_the_shared_prefix():
-    # Reference fidelity: same tokens, but the masks read different type lists from position 1.
-    p = pack(GT, HD, TYPES_GT, np.array([0, 0, 1], dtype=np.int8))
-    assert p.segments.tolist() == [0, 1, 1, 1, 1, 1, 2, 2, 2, 2]
-    assert p.positions.tolist() == [0, 1, 2, 3, 4, 5, 1, 2, 3, 4]
-    assert p.codes.tolist() == [0, 1, 1, 1, 0, 0, 0, 1, -1, -1]   # beyond the borrowed list: untyped
+# One window, two variables, two horizons: [GT_24, HD_24, GT_36, HD_36] per variable.
+# Every prompt starts with the head 10 11; variable A's values are 20 21, B's 30; then the tails.
+A = [prompt([10, 11, 20, 21, 5, 24, 7, 8]), prompt([10, 11, 20, 21, 6, 24]),
+     prompt([10, 11, 20, 21, 5, 36, 7, 8, 9]), prompt([10, 11, 20, 21, 6, 36])]
+B = [prompt([10, 11, 30, 5, 24, 7]), prompt([10, 11, 30, 6, 24]),
+     prompt([10, 11, 30, 5, 36, 7, 9]), prompt([10, 11, 30, 6, 36])]
 
 
-def test_each_continuation_sees_the_prefix_and_itself_only():
-    batch = pad([pack(GT, HD, TYPES_GT, TYPES_HD)])
-    mask = calibrated_mask(batch["codes"], batch["segments"], torch.float32)[0, 0]
-    visible = (mask > torch.finfo(torch.float32).min).int()
-    expected = torch.tensor([
-        [1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 1, 1, 0, 0],
-        [1, 1, 1, 0, 0, 0, 1, 0],   # HD continuation: prefix + itself, never the GT continuation
-        [1, 1, 1, 0, 0, 0, 1, 1],
-    ])
-    assert torch.equal(visible, expected)
-    assert mask[1, 0] == -100 and mask[6, 1] == -100 and mask[6, 0] == 0   # language <-> time-series only
+def test_a_window_is_one_head_then_a_stem_per_variable_then_a_leaf_per_prompt():
+    trie = build_trie([A, B])
+    assert trie.head.ids.tolist() == [10, 11] and trie.head.start == 0
+    a, b = trie.branches
+    assert a.stem.ids.tolist() == [20, 21] and a.stem.start == 2
+    assert b.stem.ids.tolist() == [30] and b.stem.start == 2
+    assert [leaf.ids.tolist() for leaf in a.leaves] == [[5, 24, 7, 8], [6, 24], [5, 36, 7, 8, 9], [6, 36]]
+    assert [leaf.start for leaf in a.leaves] == [4] * 4 and [leaf.start for leaf in b.leaves] == [3] * 4
+    # Every token is in exactly one node: head + stem + leaf rebuilds each prompt.
+    for branch, prompts in zip(trie.branches, (A, B)):
+        for leaf, p in zip(branch.leaves, prompts):
+            assert np.concatenate([trie.head.ids, branch.stem.ids, leaf.ids]).tolist() == p.ids.tolist()
 
 
-# Two variables of one window: the same 3 head tokens, then their own values.
-GT_B = np.array([10, 11, 12, 16, 14, 15])
-HD_B = np.array([10, 11, 12, 16, 21])
+def test_borrowed_codes_that_disagree_end_the_shared_part_where_they_disagree():
+    # Reference fidelity: same tokens, but the second prompt's mask reads another type from position 3 on.
+    codes = [0, 0, 1, 1, 0, 0, 0, 0]
+    other = [0, 0, 1, 0, 0, 0]
+    trie = build_trie([[prompt(A[0].ids, codes), prompt(A[1].ids, other)]])
+    assert trie.head.ids.tolist() == [10, 11, 20]           # ids and codes agree up to position 2
+    assert trie.branches[0].stem.ids.tolist() == []
+    assert trie.branches[0].leaves[1].codes.tolist() == [0, 0, 0]
 
 
-def test_the_tokens_all_sequences_begin_with_become_one_head():
-    a, b = share_head([pack(GT, HD, TYPES_GT, TYPES_HD), pack(GT_B, HD_B, TYPES_GT, TYPES_HD)])
-    assert a.head_ids is b.head_ids and a.head_ids.tolist() == [10, 11, 12]
-    assert a.head_codes.tolist() == [0, 1, 1]
-    assert a.ids.tolist() == [13, 14, 15, 20, 21] and a.positions.tolist() == [3, 4, 5, 3, 4]
-    assert a.last == (2, 4)                              # indices move with the tokens
-    assert b.ids.tolist() == [16, 14, 15, 16, 21] and b.segments.tolist() == [1, 1, 1, 2, 2]
+def test_a_prompt_that_is_a_prefix_of_another_keeps_its_last_token_as_its_leaf():
+    trie = build_trie([[prompt([1, 2, 3]), prompt([1, 2, 3, 4])]])
+    assert trie.head.ids.tolist() == [1, 2]
+    assert [leaf.ids.tolist() for leaf in trie.branches[0].leaves] == [[3], [3, 4]]
+    alone = build_trie([[prompt([1, 2, 3])]], share_head=False)
+    assert alone.head.ids.tolist() == [] and alone.branches[0].stem.ids.tolist() == [1, 2]
 
 
-def test_a_head_stops_where_codes_differ_and_leaves_every_last_token():
-    other_types = np.array([0, 1, 0, 1, 0, 0], dtype=np.int8)
-    a, _ = share_head([pack(GT, HD, TYPES_GT, TYPES_HD), pack(GT_B, HD_B, other_types, other_types)])
-    assert a.head_ids.tolist() == [10, 11]
-    single = share_head([unpacked(GT, TYPES_GT)])[0]
-    assert single.head_ids.tolist() == [10, 11, 12, 13, 14] and single.ids.tolist() == [15]
-    assert single.last == (0, 0)
+def test_type_codes_beyond_the_borrowed_list_are_untyped():
+    assert type_codes(np.array([1, 0], np.int8), 4).tolist() == [1, 0, -1, -1]
 
 
-def test_identical_sequences_are_computed_once_but_not_across_heads():
-    one = share_head([pack(GT, HD, TYPES_GT, TYPES_HD)] * 2)
-    other_head = [dataclasses.replace(s, head_ids=s.head_ids + 1) for s in one]   # another window's head
-    unique, inverse = distinct(one + other_head)
-    assert len(unique) == 2 and inverse.tolist() == [0, 0, 1, 1]
+def test_identical_variables_are_one_branch():
+    first, inverse = distinct_branches(build_trie([A, B, A]))
+    assert first == [0, 1] and inverse.tolist() == [0, 1, 0]
 
 
-def test_a_sequence_sees_its_whole_head_with_calibration():
-    a, b = share_head([pack(GT, HD, TYPES_GT, TYPES_HD), pack(GT_B, HD_B, TYPES_GT, TYPES_HD)])
-    batch = pad([a, b])
-    assert batch["head_of"].tolist() == [0, 0] and batch["head_ids"].tolist() == [[10, 11, 12]]
-    of = batch["head_of"]
-    mask = calibrated_mask(batch["codes"], batch["segments"], torch.float32,
-                           torch.cat([batch["head_codes"][of], batch["codes"]], 1),
-                           torch.cat([batch["head_segments"][of], batch["segments"]], 1))[0, 0]
-    full = calibrated_mask(*(pad([pack(GT, HD, TYPES_GT, TYPES_HD)])[k] for k in ("codes", "segments")),
-                           torch.float32)[0, 0]
-    assert torch.equal(mask, full[3:])                 # the rows after the head, all keys: as before
+def test_leaf_buckets_keep_padding_below_a_quarter():
+    lengths = [10, 600, 11, 9, 150, 580, 140, 12]
+    buckets = leaf_buckets(lengths)
+    assert buckets == [[1, 5], [4, 6], [7, 2, 0, 3]]
+
+
+def test_batches_respect_the_budget_and_name_every_kept_state():
+    tries = [build_trie([A, B]), build_trie([B, A])]
+    items = [(t, b) for t in range(2) for b in range(2)]
+    one = batches(tries, items, token_budget=10_000)
+    assert len(one) == 1 and len(one[0].kept) == 16
+    assert sorted(map(tuple, one[0].kept.tolist())) == [(k, j) for k in range(4) for j in range(4)]
+    small = batches(tries, items, token_budget=40)
+    assert len(small) > 1 and all(b.padded_positions() <= 40 for b in small)
+    # Split batches hold the same nodes, but a head once in every batch its window appears in (2 tokens each).
+    heads = sum(len(b.levels[0].ids) for b in small)
+    assert sum(b.real_positions() for b in small) == one[0].real_positions() + 2 * (heads - 2)
+    # The real positions: two heads of 2, stems 2 + 1 + 1 + 2, leaves (4+2+5+2) x 2 + (3+2+4+2) x 2.
+    assert one[0].real_positions() == 4 + 6 + 26 + 22
+
+
+def test_a_leaf_sees_its_ancestors_and_itself_with_calibration_and_never_padding():
+    # Head [L, T, T] (0 language, 1 time-series), an empty stem (one padding column), leaves [T, L, L] and [L].
+    trie = build_trie([[prompt([1, 2, 3, 4, 5, 6], [0, 1, 1, 1, 0, 0]), prompt([1, 2, 3, 9], [0, 1, 1, 0])]])
+    batch = batches([trie], [(0, 0)], 1000)[0]
+    head, stem, *leaves = level_masks(batch, torch.float32)
+    assert head[0, 0].tolist() == [[0, MIN, MIN], [-100, 0, MIN], [-100, 0, 0]]
+    assert stem[0, 0].tolist() == [[0, 0, 0, MIN]]
+    long_leaf = next(m for m in leaves if m.shape[2] == 3)[0, 0]   # keys: 3 head, 1 stem (padding), 3 own
+    assert long_leaf.tolist() == [
+        [-100, 0, 0, MIN, 0, MIN, MIN],
+        [0, -100, -100, MIN, -100, 0, MIN],     # a language query: -100 to every time-series key
+        [0, -100, -100, MIN, -100, 0, 0],
+    ]

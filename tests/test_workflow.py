@@ -42,8 +42,10 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 def test_dry_run_of_the_default_config_plans_sharded_extraction_jobs_holding_two_gpus(tmp_path, weather_csv):
-    # shard_windows as a number (the default, auto, depends on the device: tests/test_planning.py)
-    result = snakemake(tmp_path, weather_config(shard_windows=4096), "-n", "--cores", "8", "--resources", "gpu=2")
+    # One job per (horizon, split, range) (share_horizons: tests/test_share_horizons.py), shard_windows as a
+    # number (the default, auto, depends on the device: tests/test_planning.py)
+    result = snakemake(tmp_path, weather_config(shard_windows=4096, share_horizons=False), "-n", "--cores", "8",
+                       "--resources", "gpu=2")
     assert result.returncode == 0, result.stderr
     # Windows per split (spec): train 36,792 - P, val 5,271 - P; ranges of 4,096 windows.
     shards = {(P, s): math.ceil((rows - P) / 4096) for P in (24, 36, 48, 96, 192)
@@ -78,7 +80,8 @@ def test_missing_csv_of_a_known_dataset_is_fetched_by_get_data(tmp_path):
 
 def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_model_dir):
     config = weather_config(pred_lens=[24], model={"name_or_path": str(tiny_model_dir)}, precision="bf16",
-                            limit_windows=3, shard_windows=2, parity={"windows": 2, "min_cosine": 0.99})
+                            limit_windows=3, shard_windows=2, parity={"windows": 2, "min_cosine": 0.99},
+                            share_horizons=False)   # so that a horizon added later plans only its own jobs
     run = snakemake(tmp_path, config, "--cores", "2", "--resources", "gpu=2")
     assert run.returncode == 0, run.stderr[-3000:]
     results = tmp_path / "results" / "weather"

@@ -240,14 +240,51 @@ if config["device"] == "auto" and JOB_DEVICE == "cpu" and workflow.is_main_proce
     )
 
 
-def shard_ranges(wildcards):
-    n = planned_windows(
-        ROWS[wildcards.split],
-        config["seq_len"],
-        int(wildcards.pred_len),
-        config["limit_windows"],
+def horizon_windows(split, pred_len):
+    """Windows of one (pred_len, split): rows - seq_len - pred_len + 1, at most limit_windows."""
+    return planned_windows(
+        ROWS[split], config["seq_len"], int(pred_len), config["limit_windows"]
     )
-    return ranges(n, shard_windows(int(wildcards.pred_len)))
+
+
+def job_ranges(split):
+    """Window ranges of the shared extraction jobs of a split (share_horizons: true).
+
+    The longest horizon has the fewest windows (n_min), the shortest the most (n_max). The
+    ranges cut 0..n_min-1 in `shard_windows` steps and the last one is stretched to n_max,
+    so every range holds at least one window of every horizon. The job of range [a, b)
+    writes, for horizon P, windows a..min(b, n_P)-1: each P's shards cover exactly
+    0..n_P-1. The last job is longer by at most max(pred_lens) - min(pred_lens) windows.
+    """
+    counts = [horizon_windows(split, P) for P in config["pred_lens"]]
+    planned = ranges(min(counts), job_shard_windows())
+    return planned[:-1] + [(planned[-1][0], max(counts))]
+
+
+def job_shard_windows():
+    """Windows per shared extraction job: every horizon's work per window counted (the shared
+    prefix makes a job shorter than the sum, so `auto` errs towards shorter jobs)."""
+    seconds = sum(
+        seconds_per_window(
+            JOB_DEVICE,
+            P,
+            N_VARS,
+            MODEL_DIMS,
+            config["precision"],
+            config["gpus_per_job"],
+        )
+        for P in config["pred_lens"]
+    )
+    return shard_size(config["shard_windows"], seconds)
+
+
+def shard_ranges(wildcards):
+    if config["share_horizons"]:
+        return job_ranges(wildcards.split)
+    return ranges(
+        horizon_windows(wildcards.split, wildcards.pred_len),
+        shard_windows(int(wildcards.pred_len)),
+    )
 
 
 def shard_files(pattern):

@@ -1,5 +1,7 @@
-# Stage 2: per-horizon extraction. Each (horizon, split) is cut into window ranges of
-# `shard_windows`; every range is a job holding `gpus_per_job` GPUs (default 2), so
+# Stage 2: extraction. Each split is cut into window ranges of `shard_windows`; with
+# share_horizons (default) one job per range computes every horizon and writes one shard
+# per horizon, else each (horizon, split) has its own ranges and jobs. Every job holds
+# `gpus_per_job` GPUs (default 2), so
 # `snakemake --cores 8 --resources gpu=2` runs them one after another with both GPUs.
 # `gather` joins a horizon's ranges into its final file. The params (EMBEDDING_SETTINGS,
 # common.smk) are the config keys that change an embedding; EMBEDDING_TRACKED the content
@@ -28,28 +30,62 @@ rule sca:
         "../scripts/sca.py"
 
 
-rule extract:
-    input:
-        windows=WINDOWS,
-        sca=SCA,
-        model=MODEL_INPUTS,
-    output:
-        embeddings=temp(SHARD),
-        stats=temp(SHARD_STATS),
-    log:
-        f"{LOGS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.log",
-    benchmark:
-        f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.tsv"
-    conda:
-        ENV
-    threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
-    resources:
-        gpu=config["gpus_per_job"],
-    params:
-        settings=EMBEDDING_SETTINGS,
-        tracked=EMBEDDING_TRACKED,
-    script:
-        "../scripts/extract.py"
+if config["share_horizons"]:
+
+    # One job per (split, range) for every pred_len: their common prompt prefixes run
+    # once (packing.py); one shard per pred_len, ranges from job_ranges (common.smk).
+    rule extract:
+        input:
+            windows=WINDOWS,
+            sca=SCA,
+            model=MODEL_INPUTS,
+        output:
+            embeddings=temp(
+                expand(SHARD, pred_len=config["pred_lens"], allow_missing=True)
+            ),
+            stats=temp(
+                expand(SHARD_STATS, pred_len=config["pred_lens"], allow_missing=True)
+            ),
+        log:
+            f"{LOGS}/extract_{{split}}_{{start}}-{{stop}}.log",
+        benchmark:
+            f"{BENCHMARKS}/extract_{{split}}_{{start}}-{{stop}}.tsv"
+        conda:
+            ENV
+        threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
+        resources:
+            gpu=config["gpus_per_job"],
+        params:
+            settings=EMBEDDING_SETTINGS,
+            tracked=EMBEDDING_TRACKED,
+            pred_lens=config["pred_lens"],
+        script:
+            "../scripts/extract.py"
+
+else:
+
+    rule extract:
+        input:
+            windows=WINDOWS,
+            sca=SCA,
+            model=MODEL_INPUTS,
+        output:
+            embeddings=temp(SHARD),
+            stats=temp(SHARD_STATS),
+        log:
+            f"{LOGS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.log",
+        benchmark:
+            f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.tsv"
+        conda:
+            ENV
+        threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
+        resources:
+            gpu=config["gpus_per_job"],
+        params:
+            settings=EMBEDDING_SETTINGS,
+            tracked=EMBEDDING_TRACKED,
+        script:
+            "../scripts/extract.py"
 
 
 rule gather:

@@ -2,13 +2,22 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
-from timekd_embed.extract import extract_split
+from timekd_embed.extract import extract_horizons
 from timekd_embed.jobs import job
 from timekd_embed.settings import Settings
 
 wildcards = snakemake.wildcards
 gpus = 0 if snakemake.config["device"] == "cpu" else snakemake.resources.gpu
+# One job per (pred_len, split, range), or with share_horizons one per (split, range) for every pred_len.
+if hasattr(wildcards, "pred_len"):
+    pred_lens = [int(wildcards.pred_len)]
+else:
+    pred_lens = [int(P) for P in snakemake.params.pred_lens]
 with job(snakemake.log[0], snakemake.threads, gpus) as log_file:
-    settings = Settings.from_config(snakemake.config, int(wildcards.pred_len), wildcards.split)
-    extract_split(settings, snakemake.input.windows, snakemake.input.sca, snakemake.output.embeddings,
-                  snakemake.output.stats, log_file, shard=(int(wildcards.start), int(wildcards.stop)))
+    settings = Settings.from_config(snakemake.config, pred_lens[0], wildcards.split)
+    embeddings, stats = snakemake.output.embeddings, snakemake.output.stats
+    if isinstance(embeddings, str):  # one horizon: plain paths, not lists
+        embeddings, stats = [embeddings], [stats]
+    outputs = dict(zip(pred_lens, zip(embeddings, stats)))
+    extract_horizons(settings, pred_lens, snakemake.input.windows, snakemake.input.sca, outputs, log_file,
+                     shard=(int(wildcards.start), int(wildcards.stop)))

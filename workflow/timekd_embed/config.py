@@ -236,15 +236,68 @@ def validate_config(config: dict, source: str = "config", origins: list | None =
     return config
 
 
-def load_config_file(path: str | Path) -> dict:
-    path = Path(path)
+DEFAULT_CONFIG = "config/config.yaml"  # the Snakefile's `configfile:`, relative to the working directory
+
+
+def read_config_file(path: Path) -> dict:
+    """The raw mapping of one YAML config file; InputError when it is missing or no mapping."""
     if not path.is_file():
         raise InputError(f"{path}: config file not found; pass an existing --configfile.")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax.") from None
-    return validate_config(raw, str(path))
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a config file holds keys and values (a YAML mapping), not a "
+                         f"{type(raw).__name__}; see config/README.md.")
+    return raw
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, nested mappings merged key by key, anything else replaced
+    (what Snakemake's update_config does with --configfile)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT_CONFIG) -> dict:
+    """The config a `snakemake --configfile ...` run in the current directory would use.
+
+    Snakemake reads the Snakefile's `configfile:` (config/config.yaml, relative to the
+    working directory) when it exists, then each --configfile on top of it; a file that
+    sets only a few keys keeps the others. The schema's defaults fill the rest.
+
+    Args:
+        configfiles: the --configfile paths, in order; None or [] for the default alone.
+        default: the Snakefile's config file.
+
+    Returns:
+        The validated config (config.validate_config), defaults filled in.
+
+    Raises:
+        InputError: a file is missing or not YAML, there is no config at all, or a key is
+            invalid (naming the files it came from).
+    """
+    paths = ([Path(default)] if Path(default).is_file() else []) + [Path(p) for p in configfiles or []]
+    if not paths:
+        raise InputError(f"{default} is not in {Path.cwd()}; run from the workflow's folder or pass --configfile.")
+    merged: dict = {}
+    origins = []  # so that an invalid value names the file that set it
+    for path in paths:
+        loaded = read_config_file(path)
+        origins.append((str(path), loaded))
+        merged = _merge(merged, loaded)
+    return validate_config(merged, " + ".join(map(str, paths)), origins)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """One config file on its own (no config/config.yaml beneath it), validated."""
+    return validate_config(read_config_file(Path(path)), str(path))
 
 
 def config_hash(config: dict, keys: list[str] | None = None) -> str:

@@ -1,11 +1,13 @@
-"""Batches of windows -> teacher embeddings (uses prompts, lm, sca, devices, store).
+"""Batches of windows -> teacher embeddings (uses prompts, packing, lm, sca, devices, store).
 
-For each window: 2N prompts (GT and HD per variable) through the frozen GPT-2 with the
-calibrated mask, the last real token's state kept, then the SCA over the variables:
-(N, d) per window. Each variable's GT and HD prompt run as one packed sequence behind the
-window's common head, identical sequences once (packing.py); the sequences of many windows
-share one forward pass, sorted by length so that padding stays small, bounded by a token
-budget (sequences x padded length). A worker thread prepares the next batches meanwhile.
+For each window and horizon: 2N prompts (GT and HD per variable) through the frozen GPT-2
+with the calibrated mask, the last real token's state kept, then the SCA over the variables:
+(N, d) per window (TimeKD, Liu et al. ICDE 2025; the published store_emb.py). A window's
+prompts of every horizon form one trie (packing.py): the window's head once, each variable's
+prefix shared by all its prompts once, then one leaf per prompt; identical variables once. The
+nodes of many windows share one forward pass, stems sorted by length and leaves in length
+buckets so that padding stays small, bounded by a token budget (padded positions). A worker
+thread prepares the next batches meanwhile.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import logging
 import math
 import platform
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +30,18 @@ from tqdm import tqdm
 from . import __version__
 from .devices import choose_placement, input_device, peak_memory, place_model, resolve_devices, token_budget
 from .errors import InputError
-from .lm import DTYPES, check_model, keep_layers, last_token_states, load_config, load_lm, load_tokenizer, weights_file
-from .packing import batches, distinct, pack, pad, share_head
+from .lm import (
+    DTYPES,
+    NonFiniteState,
+    check_model,
+    keep_layers,
+    last_token_states,
+    load_config,
+    load_lm,
+    load_tokenizer,
+    weights_file,
+)
+from .packing import Prompt, Trie, TrieBatch, batches, build_trie, distinct_branches, type_codes
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
 from .settings import Settings
@@ -111,92 +123,219 @@ def check_context(prompts: SplitPrompts, n_positions: int, split: str, windows: 
 
 def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
                   batch_tokens: int, progress: tqdm | None = None) -> tuple[np.ndarray, dict]:
-    """Embeddings (len(windows), N, d) float32 of the given window indices, and token counts.
+    """Embeddings of the given windows at one horizon (`embed_horizons` with one pred_len).
 
-    The counts: `tokens`, every token of every prompt (what the published code computes);
-    `computed`, the positions that ran through the model (packing.py), padding excluded. With several
-    replicas (data parallel) each takes a contiguous share of the windows, in a thread:
-    the GPUs work at once while Python waits on them.
+    Args:
+        teacher: load_teacher's result.
+        prompts: the split's prompts at one horizon.
+        windows: (W,) window indices, each < prompts.n_windows.
+        fidelity: "reference" or "corrected".
+        batch_tokens: token budget of one forward pass (padded positions).
+        progress: a tqdm bar advanced by one per window.
+    Returns:
+        (W, N, d) float32 embeddings; counts {"tokens": every token of every prompt (what the
+        published store_emb.py computes), "computed": the positions that ran through the model}.
+    Raises:
+        InputError: a hidden state became inf or NaN (precision overflow).
+    """
+    out, counts = embed_horizons(teacher, {prompts.pred_len: prompts}, windows, fidelity, batch_tokens, progress)
+    return out[prompts.pred_len], {"tokens": counts["tokens"], "computed": counts["computed"]}
+
+
+def embed_horizons(teacher: Teacher, prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray,
+                   fidelity: str, batch_tokens: int, progress: tqdm | None = None,
+                   variables: list[str] | None = None) -> tuple[dict[int, np.ndarray], dict]:
+    """Embeddings of the given windows at every horizon, each window's prompts as one trie.
+
+    A window's prompts of all horizons share the head and, per variable, everything up to the
+    end of the input values; those run once (packing.py). Window i exists at horizon P when
+    i < prompts_by_pred_len[P].n_windows, so longer horizons may get fewer windows. With
+    several replicas (data parallel) each takes a contiguous share of the windows, in a
+    thread: the GPUs work at once while Python waits on them.
+
+    Args:
+        teacher: load_teacher's result.
+        prompts_by_pred_len: the split's prompts per horizon P (all of the same split).
+        windows: (W,) ascending window indices.
+        fidelity: "reference" or "corrected".
+        batch_tokens: token budget of one forward pass (padded positions over the trie's levels).
+        progress: a tqdm bar advanced by one per (window, horizon).
+        variables: the variables' names, for error messages.
+    Returns:
+        {P: (W_P, N, d) float32} for the W_P given windows that exist at P; counts {"tokens":
+        every prompt token of every horizon, "tokens_per_pred_len": {P: tokens}, "computed":
+        the positions that ran through the model, padding excluded}.
+    Raises:
+        InputError: a hidden state became inf or NaN (precision overflow): precision, block,
+            window and variable named.
     """
     windows = np.asarray(windows, dtype=np.int64)
     parts = np.array_split(windows, len(teacher.replicas))
     if len(parts) == 1:
-        return _embed_on(teacher.replicas[0], prompts, windows, fidelity, batch_tokens, progress)
+        return _embed_on(teacher.replicas[0], prompts_by_pred_len, windows, fidelity, batch_tokens, progress,
+                         variables)
     with ThreadPoolExecutor(len(parts)) as pool:
-        results = list(pool.map(lambda rp: _embed_on(rp[0], prompts, rp[1], fidelity, batch_tokens, progress),
-                                zip(teacher.replicas, parts)))
-    counts = {k: sum(c[k] for _, c in results) for k in ("tokens", "computed")}
-    return np.concatenate([out for out, _ in results]), counts
+        results = list(pool.map(_embed_on, teacher.replicas, [prompts_by_pred_len] * len(parts), parts,
+                                [fidelity] * len(parts), [batch_tokens] * len(parts), [progress] * len(parts),
+                                [variables] * len(parts)))
+    counts = {"tokens": sum(c["tokens"] for _, c in results), "computed": sum(c["computed"] for _, c in results),
+              "tokens_per_pred_len": {P: sum(c["tokens_per_pred_len"][P] for _, c in results)
+                                      for P in prompts_by_pred_len}}
+    return {P: np.concatenate([out[P] for out, _ in results]) for P in prompts_by_pred_len}, counts
 
 
-def _embed_on(replica: Replica, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
-              batch_tokens: int, progress: tqdm | None) -> tuple[np.ndarray, dict]:
-    N, d = prompts.n_vars, replica.model.config.n_embd
-    gt_len, hd_len = prompts.lengths(windows)
-    mean_len = float((gt_len.sum() + hd_len.sum()) / max(1, gt_len.size))
+def _prompt_tokens(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray) -> dict[int, np.ndarray]:
+    """Per horizon, (W,) tokens of each window's GT and HD prompts together; 0 where it does not exist."""
+    tokens = {}
+    for P, prompts in prompts_by_pred_len.items():
+        exists = windows[windows < prompts.n_windows]
+        gt, hd = prompts.lengths(exists)
+        tokens[P] = np.zeros(len(windows), np.int64)
+        tokens[P][:len(exists)] = gt.sum(1) + hd.sum(1)
+    return tokens
+
+
+def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray, fidelity: str,
+              batch_tokens: int, progress: tqdm | None, variables: list[str] | None) -> tuple[dict, dict]:
+    first = next(iter(prompts_by_pred_len.values()))
+    N, d = first.n_vars, replica.model.config.n_embd
+    exists = {P: int((windows < p.n_windows).sum()) for P, p in prompts_by_pred_len.items()}  # a prefix of windows
+    tokens = _prompt_tokens(prompts_by_pred_len, windows)
+    per_window = sum(tokens.values())                                       # (W,)
     # Enough windows per chunk for several full batches, so that sorting by length pays off.
-    chunk = max(1, math.ceil(8 * batch_tokens / (N * max(mean_len, 1.0))))
+    mean = float(per_window.mean()) if len(windows) else 1.0
+    chunk = max(1, math.ceil(8 * batch_tokens / max(mean, 1.0)))
     parts = [windows[a:a + chunk] for a in range(0, len(windows), chunk)]
-    out = np.empty((len(windows), N, d), dtype=np.float32)
+    out = {P: np.empty((n, N, d), dtype=np.float32) for P, n in exists.items()}
     dev = input_device(replica.model)
-    counts = {"tokens": int(gt_len.sum() + hd_len.sum()), "computed": 0}
-    prepare = lambda part: _model_inputs(prompts, part, fidelity, batch_tokens, pin=dev.type == "cuda")
+    counts = {"tokens": int(per_window.sum()), "computed": 0,
+              "tokens_per_pred_len": {P: int(t.sum()) for P, t in tokens.items()}}
     # A worker thread builds the next chunk's batches while the device runs this one's.
     with ThreadPoolExecutor(1) as pool:
-        upcoming = pool.submit(prepare, parts[0]) if parts else None
+        upcoming = pool.submit(_model_inputs, prompts_by_pred_len, parts[0], fidelity, batch_tokens,
+                               dev.type == "cuda") if parts else None
         for k, part in enumerate(parts):
-            inputs, inverse, computed = upcoming.result()
+            inputs, rows_of, computed, items = upcoming.result()
             if k + 1 < len(parts):
-                upcoming = pool.submit(prepare, parts[k + 1])
+                upcoming = pool.submit(_model_inputs, prompts_by_pred_len, parts[k + 1], fidelity, batch_tokens,
+                                       dev.type == "cuda")
             a = k * chunk
             counts["computed"] += computed
-            states = torch.cat([last_token_states(replica.model, batch, dev) for batch in inputs])  # (sequences, 2, d)
+            states = torch.cat([_states(replica.model, batch, dev, part, items, variables)
+                                for batch in inputs])  # (kept, d)
             with torch.inference_mode():
-                states = states[torch.from_numpy(inverse).to(states.device)].view(len(part), N, 2, d)
-                gt = states[:, :, 0].transpose(1, 2).to(replica.device)      # (windows, d, N)
-                hd = states[:, :, 1].transpose(1, 2).to(replica.device)
-                out[a:a + len(part)] = replica.sca(gt, hd).transpose(1, 2).cpu().numpy()  # (windows, N, d)
+                for p, (P, n) in enumerate(exists.items()):
+                    here = max(0, min(len(part), n - a))                   # this chunk's windows that exist at P
+                    if here == 0:
+                        continue
+                    gt = states[torch.from_numpy(rows_of[:here, :, 2 * p]).to(states.device)]   # (here, N, d)
+                    hd = states[torch.from_numpy(rows_of[:here, :, 2 * p + 1]).to(states.device)]
+                    sca_in = [t.transpose(1, 2).to(replica.device) for t in (gt, hd)]             # (here, d, N)
+                    out[P][a:a + here] = replica.sca(*sca_in).transpose(1, 2).cpu().numpy()       # (here, N, d)
             if progress is not None:  # shared by the replicas' threads; a display, so no lock
-                progress.tokens = getattr(progress, "tokens", 0) + int(gt_len[a:a + chunk].sum() + hd_len[a:a + chunk].sum())
+                done = sum(max(0, min(len(part), n - a)) for n in exists.values())
+                progress.tokens = getattr(progress, "tokens", 0) + int(per_window[a:a + chunk].sum())
                 progress.set_postfix(tokens_per_s=f"{progress.tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}",
                                      refresh=False)
-                progress.update(len(part))
+                progress.update(done)
     return out, counts
 
 
-def _model_inputs(prompts: SplitPrompts, windows: np.ndarray, fidelity: str, batch_tokens: int,
-                  pin: bool) -> tuple[list[dict], np.ndarray, int]:
-    """The windows' distinct packed sequences as padded batches (in batch order), the index
-    of each (window, variable) among them, and the token positions they hold."""
-    seqs, inverse = distinct([p for i in windows for p in packed_window(prompts, int(i), fidelity)])
-    lengths = np.array([len(s.ids) for s in seqs])
-    order = batches(lengths, batch_tokens)
-    inputs = [pad([seqs[k] for k in idx]) for idx in order]
-    if pin:  # page-locked host memory: the copies to the GPU run asynchronously
-        inputs = [{k: v.pin_memory() for k, v in batch.items()} for batch in inputs]
-    position = np.empty(len(seqs), np.int64)                # where each sequence lands in batch order
-    position[np.concatenate(order)] = np.arange(len(seqs))
-    heads = {id(s.head_ids): len(s.head_ids) for s in seqs}     # one head per window, run once
-    return inputs, position[inverse], int(lengths.sum()) + sum(heads.values())
+def _states(model, batch: TrieBatch, device: torch.device, windows: np.ndarray, items: list[tuple[int, int]],
+            variables: list[str] | None) -> torch.Tensor:
+    """last_token_states, with a non-finite state turned into one sentence naming where it arose."""
+    try:
+        return last_token_states(model, batch, device)
+    except NonFiniteState as bad:
+        item = int(batch.kept[bad.row, 0] if bad.level < 0 else batch.owners[bad.level][bad.row])
+        window, variable = items[item]
+        name = f"{variables[variable]!r}" if variables else f"number {variable}"
+        precision = next((k for k, v in DTYPES.items() if v == model.dtype), str(model.dtype))
+        where = "the final layer norm" if bad.block >= len(model.h) else f"block {bad.block} of {len(model.h)} (from 0)"
+        raise InputError(f"precision {precision}: a hidden state became inf or NaN in {where}, window "
+                         f"{int(windows[window])}, variable {name}: {precision} cannot hold this model's activations "
+                         f"(beyond 65,504 in fp16); set config key precision to bf16 (fp32's range at half the "
+                         f"memory) or fp32 and rerun.") from None
+
+
+def _model_inputs(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray, fidelity: str,
+                  batch_tokens: int, pin: bool) -> tuple[list[TrieBatch], np.ndarray, int, list[tuple[int, int]]]:
+    """The windows' tries as batches, where each prompt's state lands, and the positions computed.
+
+    Returns:
+        batches; rows_of
+        (W, N, 2 x |pred_lens|) int64: the row of the concatenated kept states holding the GT
+        (2p) and HD (2p + 1) prompt of horizon number p, -1 where the window does not exist at
+        that horizon; the real (unpadded) positions the batches hold; the branch items the
+        batches' owners index: (window index into `windows`, variable) of each distinct branch.
+    """
+    tries, items, branch_item, slots = [], [], [], []
+    for w, i in enumerate(windows):
+        trie, window_slots = packed_window(prompts_by_pred_len, int(i), fidelity)
+        first, inverse = distinct_branches(trie)
+        branch_item.append(len(items) + inverse)                # (N,) each variable's item
+        items += [(w, b) for b in first]
+        tries.append(trie)
+        slots.append(window_slots)
+    out = batches(tries, items, batch_tokens)
+    n_slots = 2 * len(prompts_by_pred_len)
+    row_of_leaf = np.full((len(items), n_slots), -1, np.int64)   # by (item, leaf index) first
+    offset = 0
+    for batch in out:
+        row_of_leaf[batch.kept[:, 0], batch.kept[:, 1]] = offset + np.arange(len(batch.kept))
+        offset += len(batch.kept)
+    rows_of = np.full((len(windows), len(branch_item[0]) if branch_item else 0, n_slots), -1, np.int64)
+    for w, (its, window_slots) in enumerate(zip(branch_item, slots)):
+        rows_of[w][:, window_slots] = row_of_leaf[its][:, :len(window_slots)]
+    computed = sum(b.real_positions() for b in out)
+    if pin:
+        out = [b.pin_memory() for b in out]
+    return out, rows_of, computed, items
 
 
 def prompt_pairs(prompts: SplitPrompts, i: int, fidelity: str) -> list[tuple[np.ndarray, ...]]:
-    """(GT ids, HD ids, GT type list, HD type list) per variable of window i: the type
-    lists are those the prompts' masks read."""
+    """(GT ids, HD ids, GT type list, HD type list) per variable of window i at one horizon:
+    the type lists are those the prompts' masks read."""
     w = prompts.window_ids(i)
-    types = lambda ids: prompts.types(ids).astype(np.int8)
     if fidelity == "reference":
-        # The published defect: every GT (HD) prompt's mask uses the token types of the
-        # last variable's GT (HD) prompt.
-        gt_types, hd_types = [types(w.gt[-1])] * len(w.gt), [types(w.hd[-1])] * len(w.hd)
+        # The published defect (store_emb.py): every GT (HD) prompt's mask uses the token types
+        # of the last variable's GT (HD) prompt.
+        last_gt, last_hd = (prompts.types(s[-1]).astype(np.int8) for s in (w.gt, w.hd))
+        gt_types, hd_types = [last_gt] * len(w.gt), [last_hd] * len(w.hd)
     else:
-        gt_types, hd_types = [types(s) for s in w.gt], [types(s) for s in w.hd]
+        gt_types = [prompts.types(s).astype(np.int8) for s in w.gt]
+        hd_types = [prompts.types(s).astype(np.int8) for s in w.hd]
     return list(zip(w.gt, w.hd, gt_types, hd_types))
 
 
-def packed_window(prompts: SplitPrompts, i: int, fidelity: str) -> list:
-    """The N packed (GT, HD) sequences of window i behind their common head (packing.py)."""
-    return share_head([pack(*pair) for pair in prompt_pairs(prompts, i, fidelity)])
+def window_prompts(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelity: str) -> tuple[list, list[int]]:
+    """Per variable, its prompts at every horizon where window i exists: GT then HD per horizon.
+
+    Returns:
+        (groups, slots): groups[c] the list of packing.Prompt of variable c; slots the
+        positions 2p (GT) and 2p + 1 (HD), p the horizon's number in prompts_by_pred_len,
+        of each prompt in a group.
+    """
+    groups: list[list[Prompt]] | None = None
+    slots: list[int] = []
+    for p, prompts in enumerate(prompts_by_pred_len.values()):
+        if i >= prompts.n_windows:
+            continue
+        pairs = prompt_pairs(prompts, i, fidelity)
+        groups = groups or [[] for _ in pairs]
+        for group, (gt, hd, gt_types, hd_types) in zip(groups, pairs):
+            group += [Prompt(gt, type_codes(gt_types, len(gt))), Prompt(hd, type_codes(hd_types, len(hd)))]
+        slots += [2 * p, 2 * p + 1]
+    if groups is None:
+        raise ValueError(f"window {i} exists at none of the horizons {list(prompts_by_pred_len)}")
+    return groups, slots
+
+
+def packed_window(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelity: str) -> tuple[Trie, list[int]]:
+    """Window i's prompts at all its horizons as one trie (packing.py), and the prompts' slots
+    (window_prompts)."""
+    groups, slots = window_prompts(prompts_by_pred_len, i, fidelity)
+    return build_trie(groups), slots
 
 
 def window_range(n_windows: int, limit_windows: int | None) -> tuple[int, int]:
@@ -204,7 +343,7 @@ def window_range(n_windows: int, limit_windows: int | None) -> tuple[int, int]:
 
 
 @contextmanager
-def out_of_memory_hint(settings: Settings, devices: list[str]):
+def out_of_memory_hint(settings: Settings, devices: list[str], pred_lens: list[int] | None = None):
     """A device out of memory: the budget to lower, in one sentence instead of a CUDA stack dump."""
     try:
         yield
@@ -214,55 +353,106 @@ def out_of_memory_hint(settings: Settings, devices: list[str]):
         lower = max(floor, settings.batch_tokens // 2)
         fix = (f"lower config key batch_tokens (e.g. to {lower})" if lower < settings.batch_tokens
                else "raise gpus_per_job or use a GPU with more memory")
-        raise InputError(f"pred_len {settings.pred_len}, split {settings.split}: {', '.join(devices)} ran out of "
+        horizons = ", ".join(map(str, pred_lens or [settings.pred_len]))
+        raise InputError(f"pred_len {horizons}, split {settings.split}: {', '.join(devices)} ran out of "
                          f"memory with batch_tokens = {settings.batch_tokens}; {fix} and rerun.") from None
 
 
 def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | Path, out_path: str | Path,
                   stats_path: str | Path, log_file=None, shard: tuple[int, int] | None = None) -> dict:
-    """The extraction job: one (horizon, split), or the window range `shard` of it, to an embeddings file."""
+    """The extraction job of one (horizon, split), or of the window range `shard` of it
+    (`extract_horizons` with settings.pred_len alone). Returns its stats."""
+    return extract_horizons(settings, [settings.pred_len], windows_path, sca_path,
+                            {settings.pred_len: (out_path, stats_path)}, log_file, shard)[settings.pred_len]
+
+
+def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str | Path, sca_path: str | Path,
+                     outputs: dict[int, tuple[str | Path, str | Path]], log_file=None,
+                     shard: tuple[int, int] | None = None) -> dict[int, dict]:
+    """The extraction job: every horizon of one split, or of the window range `shard` of it.
+
+    Window i exists at horizon P when i < n_P = rows - seq_len - P + 1 (at most limit_windows).
+    The range [start, stop) covers, at horizon P, windows start..min(stop, n_P) - 1; a range
+    must hold at least one window of every horizon (common.smk plans them so).
+
+    Args:
+        settings: the job's settings (settings.pred_len is replaced by each P in the outputs).
+        pred_lens: the horizons to compute, each a key of `outputs`.
+        windows_path, sca_path: the split's windows file and the SCA weights.
+        outputs: per P, (embeddings file, stats file) to write.
+        log_file: where the progress bar goes (windows x horizons).
+        shard: the window range [start, stop); None: the whole split.
+    Returns:
+        Per P, the stats written (wall_s and tokens_computed are the whole job's: the horizons
+        share their work).
+    Raises:
+        InputError: no window at some horizon, a prompt longer than the model's context, a
+            range outside the split, out of memory, a non-finite hidden state. Nothing is written then.
+    """
     split = read_windows(windows_path)
     tokenizer = load_tokenizer(settings.model, settings.revision)
-    prompts = SplitPrompts(tokenizer, split.raw, split.stamps(), settings.name, settings.pred_len,
-                           split.meta["seq_len"], settings.template)
-    start, stop = window_range(prompts.n_windows, settings.limit_windows)
-    if stop == 0:
-        raise InputError(f"{windows_path}: split {settings.split} has no window of {split.meta['seq_len']} + "
-                         f"{settings.pred_len} rows; use a smaller pred_len or seq_len.")
     n_positions = load_config(settings.model, settings.revision).n_positions
-    # The whole split is checked (it is cheap), so that no shard starts when another must fail.
-    longest = check_context(prompts, n_positions, settings.split, np.arange(start, stop), split.variables)
+    prompts, stops, longest = {}, {}, {}
+    for P in pred_lens:
+        prompts[P] = SplitPrompts(tokenizer, split.raw, split.stamps(), settings.name, P, split.meta["seq_len"],
+                                  settings.template)
+        _, stops[P] = window_range(prompts[P].n_windows, settings.limit_windows)
+        if stops[P] == 0:
+            raise InputError(f"{windows_path}: split {settings.split} has no window of {split.meta['seq_len']} + "
+                             f"{P} rows; use a smaller pred_len or seq_len.")
+        # The whole split is checked (it is cheap), so that no shard starts when another must fail.
+        longest[P] = check_context(prompts[P], n_positions, settings.split, np.arange(stops[P]), split.variables)
+    start, stop = 0, max(stops.values())
     if shard is not None:
-        if not 0 <= shard[0] < shard[1] <= stop:
-            raise InputError(f"window range {shard[0]}-{shard[1]} is outside split {settings.split}'s 0-{stop}; "
-                             "the CSV changed since the plan was made: rerun snakemake.")
+        if not 0 <= shard[0] < shard[1] <= stop or shard[0] >= min(stops.values()):
+            raise InputError(f"window range {shard[0]}-{shard[1]} is outside split {settings.split}'s "
+                             f"0-{min(stops.values())} (pred_len {', '.join(map(str, pred_lens))}); the CSV changed "
+                             "since the plan was made: rerun snakemake.")
         start, stop = shard
     windows = np.arange(start, stop)
+    for P in pred_lens:                       # limit_windows may end a horizon before prompts[P].n_windows
+        prompts[P] = _capped(prompts[P], stops[P])
+    ranges = {P: (start, min(stop, stops[P])) for P in pred_lens}
 
     teacher = load_teacher(settings, sca_path)
     settings = dataclasses.replace(settings, batch_tokens=settings.batch_tokens or token_budget(teacher.devices))
-    gt, hd = prompts.lengths(windows)
-    log.info("pred_len %d, split %s: %d windows x %d variables, %d prompts, %d tokens (longest prompt %d) on %s in %s;"
-             " the progress bar's ETA is the time estimate", settings.pred_len, settings.split, stop - start,
-             prompts.n_vars, 2 * gt.size, gt.sum() + hd.sum(), longest, ", ".join(teacher.devices), settings.precision)
+    jobs = sum(b - a for a, b in ranges.values())
+    log.info("split %s, pred_len %s: windows %d-%d x %d variables, %d (window, horizon) pairs, longest prompt %d, "
+             "on %s in %s; the progress bar's ETA is the time estimate", settings.split,
+             ", ".join(map(str, pred_lens)), start, stop, prompts[pred_lens[0]].n_vars, jobs, max(longest.values()),
+             ", ".join(teacher.devices), settings.precision)
     began = time.perf_counter()
-    with tqdm(total=stop - start, unit="win", file=log_file, mininterval=5.0, dynamic_ncols=False,
-              desc=f"P={settings.pred_len} {settings.split}") as bar, out_of_memory_hint(settings, teacher.devices):
-        embeddings, counts = embed_windows(teacher, prompts, windows, settings.fidelity,
-                                           settings.batch_tokens, bar)
+    with tqdm(total=jobs, unit="win", file=log_file, mininterval=5.0, dynamic_ncols=False,
+              desc=f"P={','.join(map(str, pred_lens))} {settings.split}") as bar, \
+            out_of_memory_hint(settings, teacher.devices, pred_lens):
+        embeddings, counts = embed_horizons(teacher, prompts, windows, settings.fidelity, settings.batch_tokens, bar,
+                                            split.variables)
     wall = time.perf_counter() - began
 
-    metadata = provenance(settings, split.meta, sca_path, teacher) | {"window_range": [start, stop]}
-    write_tensors(out_path, {"embeddings": torch.from_numpy(embeddings),
-                             "window_start": torch.arange(start, stop, dtype=torch.int64)}, metadata)
-    stats = {"pred_len": settings.pred_len, "split": settings.split, "windows": stop - start,
-             "tokens": counts["tokens"], "tokens_computed": counts["computed"], "wall_s": round(wall, 3),
-             "windows_per_s": (stop - start) / wall, "tokens_per_s": counts["tokens"] / wall,
-             "peak_memory_bytes": peak_memory(teacher.devices), "devices": teacher.devices,
-             "placement": teacher.placement, "precision": settings.precision, "batch_tokens": settings.batch_tokens,
-             "longest_prompt": longest, "host": platform.node()}
-    write_json(stats_path, stats)
-    return stats
+    every = {}
+    for P in pred_lens:
+        a, b = ranges[P]
+        own = dataclasses.replace(settings, pred_len=P)
+        metadata = provenance(own, split.meta, sca_path, teacher) | {"window_range": [a, b]}
+        write_tensors(outputs[P][0], {"embeddings": torch.from_numpy(embeddings[P]),
+                                      "window_start": torch.arange(a, b, dtype=torch.int64)}, metadata)
+        tokens = counts["tokens_per_pred_len"][P]
+        every[P] = {"pred_len": P, "split": settings.split, "windows": b - a, "tokens": tokens,
+                    "tokens_computed": counts["computed"], "wall_s": round(wall, 3), "windows_per_s": (b - a) / wall,
+                    "tokens_per_s": tokens / wall, "peak_memory_bytes": peak_memory(teacher.devices),
+                    "devices": teacher.devices, "placement": teacher.placement, "precision": settings.precision,
+                    "batch_tokens": settings.batch_tokens, "longest_prompt": longest[P], "host": platform.node(),
+                    "job_pred_lens": list(pred_lens)}
+        write_json(outputs[P][1], every[P])
+    return every
+
+
+def _capped(prompts: SplitPrompts, n_windows: int) -> SplitPrompts:
+    """The same prompts with windows from n_windows on treated as absent (limit_windows)."""
+    if n_windows < prompts.n_windows:
+        prompts = copy.copy(prompts)
+        prompts.n_windows = n_windows
+    return prompts
 
 
 def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, teacher: Teacher) -> dict:

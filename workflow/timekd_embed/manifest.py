@@ -210,7 +210,7 @@ def verify(folder: str | Path, manifest_path: str | Path | None = None, config: 
         manifest_path: the manifest to compare with; default folder/MANIFEST.json. Another
             run's manifest passes when every artifact has the same bytes: its run records
             (timings, host names) are expected to differ and only noted.
-        config: the config as it is now (cli.load_run_config), whose CSV and model the
+        config: the config as it is now (config.load_run_config), whose CSV and model the
             embeddings must have been made from; default the run's own config and CSV
             location from the manifest, relative paths taken from the folder above results/.
 

@@ -1,41 +1,73 @@
-"""Prompts -> padded model inputs: GT and HD of one variable packed into one sequence.
+"""Prompts -> one trie of shared prefixes per window -> padded model inputs.
 
-The GT and HD prompts of a (window, variable) share everything up to the end of the input
-values (about 260 of their 280-400 and 230-330 tokens). Packing computes that prefix
-once: one sequence [shared prefix | GT continuation | HD continuation] with explicit
-position ids and a tree-shaped causal mask (each continuation sees the prefix and itself,
-never the other continuation). This is exact, not an approximation: every query sees the
-same keys, at the same positions, with the same calibration, as in its own prompt.
+A window's prompts (GT and HD of every variable, for every configured horizon P) agree on
+long prefixes. Every prompt of the window begins with the same head ("From <t1> to <t2>,
+the values were <", about 26 tokens). After it, the prompts of one variable agree for all
+horizons up to the end of its input values ("... <v1, ..., v96> every hour.", about 250
+tokens); only the tails differ (GT: "The values for the next P hours are <...>", HD:
+"Forecast the values for the next P hours"). So one window is a trie of three levels:
+
+    head                     once per window, shared by every variable
+    stem (one per variable)  what all 2 x |pred_lens| prompts of the variable share after the head
+    leaf (one per prompt)    the rest of the prompt, at least its last token (whose state is kept)
+
+Every node's keys and values are computed once, and each node attends to its ancestors'
+keys and values at their true positions. This is exact, not an approximation: every query
+sees the same keys, at the same positions, with the same calibration, as in its own prompt
+(TimeKD, Liu et al., ICDE 2025; the published store_emb.py / clm.py run each prompt alone).
 
 Calibration: each token carries the type code its prompt's mask reads at its position
-(1 time-series, 0 language, -1 none). In `reference` fidelity those codes are borrowed
-from another variable's prompts, so the prefix is shared only as far as the GT and HD
-codes agree as well as the tokens.
+(1 time-series, 0 language, -1 none). In `reference` fidelity those codes are borrowed from
+another variable's prompts (per horizon), so a node is shared only as far as the codes agree
+as well as the tokens: checked here, never assumed.
 
-One level up, the N sequences of a window all begin with the same head ("From <t1> to
-<t2>, the values were <", about 26 tokens): `share_head` moves it out, so that the model
-computes it once per window and every sequence of the window attends to its keys.
+Batching: the nodes of several (window, variable) branches go through the model together
+as one `TrieBatch`, one padded tensor per level; leaves are very unequal (HD tails about 10
+tokens, GT tails up to about 600), so they are cut into length buckets. The token budget
+bounds the padded positions of one batch, summed over its tensors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-SHARED, GT, HD = 0, 1, 2  # segment ids; -1 marks padding
+BUCKET_RATIO = 0.75  # a leaf joins a bucket while it is at least this fraction of the bucket's longest
+STEM_STEP = 16       # stems within this many tokens of each other count as equally long when batching
 
 
 @dataclass(frozen=True)
-class Packed:
-    ids: np.ndarray        # (T,) int64, the tokens after the head
-    codes: np.ndarray      # (T,) int8, type code per token
-    segments: np.ndarray   # (T,) int8
-    positions: np.ndarray  # (T,) int64, counted from the head's first token
-    last: tuple[int, int]  # indices of the GT and HD prompts' last tokens
-    head_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (h,) tokens in front, shared
-    head_codes: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))  # (h,) their type codes
+class Prompt:
+    """One prompt as the model reads it."""
+    ids: np.ndarray    # (L,) int64 token ids
+    codes: np.ndarray  # (L,) int8 type code per token (what its mask reads)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A run of tokens of the trie, at positions start..start+len-1 of its prompts."""
+    ids: np.ndarray    # (n,) int64
+    codes: np.ndarray  # (n,) int8
+    start: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One variable: its stem and one leaf per prompt, in the order the prompts were given."""
+    stem: Node
+    leaves: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Trie:
+    """One window: the head every branch follows, then one branch per variable."""
+    head: Node
+    branches: tuple[Branch, ...]
 
 
 def type_codes(source: np.ndarray, length: int) -> np.ndarray:
@@ -46,89 +78,176 @@ def type_codes(source: np.ndarray, length: int) -> np.ndarray:
     return codes
 
 
-def pack(gt: np.ndarray, hd: np.ndarray, gt_types: np.ndarray, hd_types: np.ndarray) -> Packed:
-    """One sequence for a GT and an HD prompt; *_types are the type lists their masks use."""
-    g_codes, h_codes = type_codes(gt_types, len(gt)), type_codes(hd_types, len(hd))
-    n = min(len(gt), len(hd)) - 1          # each continuation keeps at least its last token
-    same = (gt[:n] == hd[:n]) & (g_codes[:n] == h_codes[:n])
-    k = n if same.all() else int(np.argmin(same))
-    return Packed(
-        ids=np.concatenate([gt, hd[k:]]),
-        codes=np.concatenate([g_codes, h_codes[k:]]),
-        segments=np.concatenate([np.full(k, SHARED), np.full(len(gt) - k, GT), np.full(len(hd) - k, HD)]).astype(np.int8),
-        positions=np.concatenate([np.arange(len(gt)), np.arange(k, len(hd))]),
-        last=(len(gt) - 1, len(gt) + len(hd) - k - 1),
-    )
-
-
-def unpacked(ids: np.ndarray, types: np.ndarray) -> Packed:
-    """A single prompt as a Packed sequence (used by tests to compare with packing)."""
-    n = len(ids)
-    return Packed(ids, type_codes(types, n), np.zeros(n, np.int8), np.arange(n), (n - 1, n - 1))
-
-
-def share_head(seqs: list[Packed]) -> list[Packed]:
-    """Move the leading tokens all `seqs` agree on (ids and codes, inside each one's shared
-    prefix) into one head object they reference; each keeps its continuations."""
-    branch = lambda s: np.append(np.flatnonzero(s.segments != SHARED), len(s.ids) - 1)[0]  # or keep the last token
-    n = min(int(branch(s)) for s in seqs)
-    ids, codes = np.stack([s.ids[:n] for s in seqs]), np.stack([s.codes[:n] for s in seqs])
+def _shared_length(prompts: list[Prompt], start: int, cap: int) -> int:
+    """How many tokens from `start` on all `prompts` agree on, ids and codes, at most `cap`."""
+    if cap <= 0 or len(prompts) == 1:
+        return max(cap, 0)
+    ids = np.stack([p.ids[start:start + cap] for p in prompts])        # (prompts, cap)
+    codes = np.stack([p.codes[start:start + cap] for p in prompts])
     agree = ((ids == ids[0]) & (codes == codes[0])).all(axis=0)
-    h = n if agree.all() else int(np.argmin(agree))
-    head_ids, head_codes = seqs[0].ids[:h], seqs[0].codes[:h]
-    return [Packed(s.ids[h:], s.codes[h:], s.segments[h:], s.positions[h:], (s.last[0] - h, s.last[1] - h),
-                   head_ids, head_codes) for s in seqs]
+    return cap if agree.all() else int(np.argmin(agree))
 
 
-def distinct(seqs: list[Packed]) -> tuple[list[Packed], np.ndarray]:
-    """The distinct sequences, and for each input its index among them.
+def build_trie(groups: list[list[Prompt]], share_head: bool = True) -> Trie:
+    """The trie of one window: `groups` holds each variable's prompts.
+
+    Args:
+        groups: per variable, its prompts (e.g. GT and HD for each horizon), each >= 1 token.
+        share_head: move the tokens all prompts share into one head; without it the head is
+            empty and each variable's stem starts at position 0.
+    Returns:
+        The trie; every leaf keeps at least its prompt's last token.
+    """
+    everything = [p for group in groups for p in group]
+    shortest = min(len(p.ids) for p in everything)
+    h = _shared_length(everything, 0, shortest - 1) if share_head else 0
+    head = Node(everything[0].ids[:h], everything[0].codes[:h], 0)
+    branches = []
+    for group in groups:
+        s = _shared_length(group, h, min(len(p.ids) for p in group) - 1 - h)
+        stem = Node(group[0].ids[h:h + s], group[0].codes[h:h + s], h)
+        branches.append(Branch(stem, tuple(Node(p.ids[h + s:], p.codes[h + s:], h + s) for p in group)))
+    return Trie(head, tuple(branches))
+
+
+def distinct_branches(trie: Trie) -> tuple[list[int], np.ndarray]:
+    """The indices of the trie's distinct branches, and for each branch its index among them.
 
     Variables whose truncated values agree over the whole window (rain gauges at 0, say)
-    give identical sequences, hence identical states: about 3% of the weather sequences.
+    give identical branches, hence identical states: about 3% of the weather branches.
     """
     index: dict[tuple, int] = {}
-    key = lambda s: tuple(a.tobytes() for a in (s.head_ids, s.head_codes, s.ids, s.codes, s.segments))
-    inverse = np.array([index.setdefault(key(s), len(index)) for s in seqs], dtype=np.int64)
-    first = np.unique(inverse, return_index=True)[1]
-    return [seqs[k] for k in first], inverse
+    first: list[int] = []
+    inverse = np.empty(len(trie.branches), dtype=np.int64)
+    for b, branch in enumerate(trie.branches):
+        nodes = (branch.stem, *branch.leaves)
+        key = tuple(a.tobytes() for node in nodes for a in (node.ids, node.codes))
+        if key not in index:
+            index[key] = len(first)
+            first.append(b)
+        inverse[b] = index[key]
+    return first, inverse
 
 
-def batches(lengths: np.ndarray, token_budget: int) -> list[np.ndarray]:
-    """Sequence indices grouped longest-first so that each batch's count x padded length <= budget."""
-    order = np.argsort(-lengths, kind="stable")
-    groups, k = [], 0
-    while k < len(order):
-        size = max(1, token_budget // int(lengths[order[k]]))
-        groups.append(order[k:k + size])
-        k += size
-    return groups
+@dataclass(frozen=True)
+class Level:
+    """One padded tensor of trie nodes; each row continues a row of its parent level."""
+    ids: torch.Tensor          # (R, T) int64, 0 in padding
+    positions: torch.Tensor    # (R, T) int64 position ids, 0 in padding
+    codes: torch.Tensor        # (R, T) int8 type codes, -1 in padding
+    valid: torch.Tensor        # (R, T) bool, False in padding
+    parent: int                # index of the parent level in TrieBatch.levels; -1: none
+    parent_rows: torch.Tensor  # (R,) int64 the parent row of each row (empty without a parent)
+    last: torch.Tensor | None  # (R,) int64 leaves: index of the kept (last) token; None: inner nodes
+
+    def to(self, device, pin: bool = False) -> Level:
+        """The same level on `device` (or, with pin, in page-locked host memory)."""
+        names = ("ids", "positions", "codes", "valid", "parent_rows") + (("last",) if self.last is not None else ())
+        moved = {name: getattr(self, name).pin_memory() if pin else getattr(self, name).to(device, non_blocking=True)
+                 for name in names}
+        return replace(self, **moved)
 
 
-def pad(seqs: list[Packed]) -> dict[str, torch.Tensor]:
-    """Right-pad packed sequences into (B, T) tensors, their distinct heads into (H, h) ones.
+@dataclass(frozen=True)
+class TrieBatch:
+    """The model inputs of one forward pass: levels in order, parents before children.
 
-    `last` is (B, 2); `head_of` (B,) says which head row each sequence follows. Heads have
-    segment 0 (shared) and positions from 0; padding has segment -1. At least one head
-    column, so that shapes never become empty.
+    owners[k][r]: the branch item (index into the list given to `batches`) of row r of level k
+    (for a head row, the first item that follows it). kept (n, 2): per kept state, in output
+    order (leaf levels in order, their rows in order), its (item, leaf index in the branch).
     """
-    T = max(len(s.ids) for s in seqs)
-    out = {"ids": np.zeros((len(seqs), T), np.int64), "codes": np.full((len(seqs), T), -1, np.int8),
-           "segments": np.full((len(seqs), T), -1, np.int8), "positions": np.zeros((len(seqs), T), np.int64)}
-    for b, s in enumerate(seqs):
-        n = len(s.ids)
-        out["ids"][b, :n], out["codes"][b, :n] = s.ids, s.codes
-        out["segments"][b, :n], out["positions"][b, :n] = s.segments, s.positions
-    rows: dict[tuple, int] = {}
-    head_of = [rows.setdefault((s.head_ids.tobytes(), s.head_codes.tobytes()), len(rows)) for s in seqs]
-    heads = [seqs[head_of.index(k)] for k in range(len(rows))]
-    h = max(1, max(len(s.head_ids) for s in heads))
-    out |= {"head_ids": np.zeros((len(heads), h), np.int64), "head_codes": np.full((len(heads), h), -1, np.int8),
-            "head_segments": np.full((len(heads), h), -1, np.int8),
-            "head_positions": np.broadcast_to(np.arange(h), (len(heads), h)).copy()}
-    for k, s in enumerate(heads):
-        n = len(s.head_ids)
-        out["head_ids"][k, :n], out["head_codes"][k, :n], out["head_segments"][k, :n] = s.head_ids, s.head_codes, SHARED
-    tensors = {k: torch.from_numpy(v) for k, v in out.items()}
-    tensors["last"] = torch.tensor([s.last for s in seqs], dtype=torch.int64)
-    tensors["head_of"] = torch.tensor(head_of, dtype=torch.int64)
-    return tensors
+    levels: list[Level]
+    owners: list[np.ndarray]
+    kept: np.ndarray
+
+    def to(self, device) -> TrieBatch:
+        """The same batch with every tensor on `device` (a no-op where it is there already)."""
+        return replace(self, levels=[level.to(device) for level in self.levels])
+
+    def pin_memory(self) -> TrieBatch:
+        """Page-locked host copies, so that the copies to a GPU run asynchronously."""
+        return replace(self, levels=[level.to(None, pin=True) for level in self.levels])
+
+    def padded_positions(self) -> int:
+        return sum(int(level.ids.numel()) for level in self.levels)
+
+    def real_positions(self) -> int:
+        return sum(int(level.valid.sum()) for level in self.levels)
+
+
+def _level(nodes: list[Node], parent: int, parent_rows: list[int], leaves: bool) -> Level:
+    R, T = len(nodes), max(1, max(len(n) for n in nodes))  # at least one column: shapes never empty
+    ids, positions = np.zeros((R, T), np.int64), np.zeros((R, T), np.int64)
+    codes, valid = np.full((R, T), -1, np.int8), np.zeros((R, T), bool)
+    for r, node in enumerate(nodes):
+        n = len(node)
+        ids[r, :n], codes[r, :n], valid[r, :n] = node.ids, node.codes, True
+        positions[r, :n] = np.arange(node.start, node.start + n)
+    last = torch.tensor([len(n) - 1 for n in nodes], dtype=torch.int64) if leaves else None
+    return Level(torch.from_numpy(ids), torch.from_numpy(positions), torch.from_numpy(codes), torch.from_numpy(valid),
+                 parent, torch.tensor(parent_rows, dtype=torch.int64), last)
+
+
+def leaf_buckets(lengths: list[int], ratio: float = BUCKET_RATIO) -> list[list[int]]:
+    """Leaf indices grouped longest first; a bucket takes leaves down to `ratio` of its longest,
+    so that padding stays below 1 - ratio of each bucket."""
+    order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+    buckets: list[list[int]] = []
+    for k in order:
+        if buckets and lengths[k] >= ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(k)
+        else:
+            buckets.append([k])
+    return buckets
+
+
+def _padded_cost(tries: list[Trie], items: list[tuple[int, int]]) -> int:
+    """Padded positions of one batch of branch items (rows x padded length, summed over tensors)."""
+    heads = {t for t, _ in items}
+    cost = len(heads) * max(1, max(len(tries[t].head) for t in heads))
+    cost += len(items) * max(1, max(len(tries[t].branches[b].stem) for t, b in items))
+    lengths = [len(leaf) for t, b in items for leaf in tries[t].branches[b].leaves]
+    return cost + sum(len(bucket) * lengths[bucket[0]] for bucket in leaf_buckets(lengths))
+
+
+def batches(tries: list[Trie], items: list[tuple[int, int]], token_budget: int) -> list[TrieBatch]:
+    """The branch items (trie index, branch index) as batches of at most `token_budget` padded positions.
+
+    Items are taken longest stem first (in steps of STEM_STEP tokens, and within a step window by
+    window), so that stems of similar lengths share a batch and a window's items stay together (its
+    head runs once per batch it appears in); an item larger than the budget on its own gets a
+    batch of its own. A batch holds the heads its items follow (once each), their stems, and
+    their leaves in length buckets.
+    """
+    def stem_step(k: int) -> tuple[int, int, int]:
+        return -(len(tries[items[k][0]].branches[items[k][1]].stem) // STEM_STEP), items[k][0], k
+
+    order = sorted(range(len(items)), key=stem_step)
+    groups: list[list[int]] = []
+    for k in order:
+        if groups and _padded_cost(tries, [items[j] for j in groups[-1] + [k]]) <= token_budget:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return [_batch(tries, items, group) for group in groups]
+
+
+def _batch(tries: list[Trie], items: list[tuple[int, int]], group: list[int]) -> TrieBatch:
+    head_row: dict[int, int] = {}      # trie index -> its head's row
+    for k in group:
+        head_row.setdefault(items[k][0], len(head_row))
+    head_owner: dict[int, int] = {}
+    for k in group:
+        head_owner.setdefault(items[k][0], k)
+    heads = _level([tries[t].head for t in head_row], -1, [], leaves=False)
+    stems = _level([tries[items[k][0]].branches[items[k][1]].stem for k in group], 0,
+                   [head_row[items[k][0]] for k in group], leaves=False)
+    leaves = [(row, j, leaf) for row, k in enumerate(group)
+              for j, leaf in enumerate(tries[items[k][0]].branches[items[k][1]].leaves)]
+    levels, owners, kept = [heads, stems], [np.array([head_owner[t] for t in head_row]), np.array(group)], []
+    for bucket in leaf_buckets([len(leaf) for _, _, leaf in leaves]):
+        chosen = [leaves[k] for k in bucket]
+        levels.append(_level([leaf for _, _, leaf in chosen], 1, [row for row, _, _ in chosen], leaves=True))
+        owners.append(np.array([group[row] for row, _, _ in chosen]))
+        kept += [(group[row], j) for row, j, _ in chosen]
+    return TrieBatch(levels, owners, np.array(kept, dtype=np.int64).reshape(-1, 2))

@@ -32,7 +32,8 @@ from safetensors import safe_open
 from .devices import peak_memory, resolve_devices, token_budget
 from .errors import InputError
 from .extract import Teacher, _model_inputs, check_context, embed_windows, load_teacher, save_sca
-from .lm import _qkv, calibrated_mask, last_token_states, load_config, load_tokenizer, weights_file
+from .lm import NonFiniteState, first_block_attention, last_token_states, load_config, load_tokenizer, weights_file
+from .packing import TrieBatch
 from .parity import compare, sample_windows
 from .prompts import SplitPrompts
 from .settings import Settings
@@ -270,13 +271,14 @@ def within_rounding(a: np.ndarray, b: np.ndarray, precision: str) -> dict:
 
 # --------------------------------------------------------------------------- GPU checks (#17.3)
 
-def one_batch(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> dict[str, torch.Tensor]:
-    """The first real batch the extraction builds for the sample windows (packing.pad output)."""
-    inputs, _, _ = _model_inputs(horizon.prompts, horizon.sample, fidelity, batch_tokens, pin=False)
+def one_batch(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> TrieBatch:
+    """The first real batch the extraction builds for the sample windows (packing.batches output)."""
+    inputs, _, _, _ = _model_inputs({horizon.prompts.pred_len: horizon.prompts}, horizon.sample, fidelity,
+                                    batch_tokens, pin=False)
     return inputs[0]
 
 
-def attention_backends(model: torch.nn.Module, batch: dict, device: str, precision: str) -> dict:
+def attention_backends(model: torch.nn.Module, batch: TrieBatch, device: str, precision: str) -> dict:
     """One real batch through the default SDPA backend and through each explicit one, against the
     math backend: the largest difference must be float rounding (cuDNN attention, the default on
     Hopper, has had wrong results with float masks). Backends that refuse the batch are listed."""
@@ -297,7 +299,7 @@ def attention_backends(model: torch.nn.Module, batch: dict, device: str, precisi
     return result
 
 
-def key_padding(model: torch.nn.Module, batch: dict, device: str) -> dict:
+def key_padding(model: torch.nn.Module, batch: TrieBatch, device: str) -> dict:
     """The first block's attention over one real batch, with the key length as it is and padded to
     a multiple of 8 (padded keys masked out): the memory-efficient kernel copies and pads an
     unaligned float mask on every call. Time, peak memory, the kernel's warnings, and whether
@@ -305,16 +307,8 @@ def key_padding(model: torch.nn.Module, batch: dict, device: str) -> dict:
     """
     dev = torch.device(device)
     block = model.h[0]
-    b = {k: v.to(dev) for k, v in batch.items()}
-    of = b["head_of"]
-    with torch.inference_mode():      # the sequences' keys follow their head's, as in lm.last_token_states
-        head = model.wte(b["head_ids"]) + model.wpe(b["head_positions"])
-        seq = model.wte(b["ids"]) + model.wpe(b["positions"])
-        _, head_k, head_v = _qkv(block.attn, block.ln_1(head))
-        q, k, v = _qkv(block.attn, block.ln_1(seq))
-        k, v = torch.cat([head_k[of], k], 2), torch.cat([head_v[of], v], 2)         # (B, H, h + T, hd)
-        mask = calibrated_mask(b["codes"], b["segments"], q.dtype, torch.cat([b["head_codes"][of], b["codes"]], 1),
-                               torch.cat([b["head_segments"][of], b["segments"]], 1))   # (B, 1, T, h + T)
+    # The widest leaf level's queries, its ancestors' keys then its own, as lm.block_forward builds them.
+    q, k, v, mask = first_block_attention(model, batch, dev)                      # mask (R, 1, T, K)
     pad = -mask.shape[-1] % 8
     padded = (torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.nn.functional.pad(v, (0, 0, 0, pad)),
               torch.nn.functional.pad(mask, (0, pad), value=torch.finfo(q.dtype).min))
@@ -371,8 +365,8 @@ def prefetch_pinning(horizon: Horizon, fidelity: str, batch_tokens: int, threads
     for pin in pins:
         began = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(partial(_model_inputs, horizon.prompts, fidelity=fidelity, batch_tokens=batch_tokens,
-                                  pin=pin), parts))
+            list(pool.map(partial(_model_inputs, {horizon.prompts.pred_len: horizon.prompts}, fidelity=fidelity,
+                                  batch_tokens=batch_tokens, pin=pin), parts))
         timings["pinned_s" if pin else "pageable_s"] = time.perf_counter() - began
     return timings | {"threads": threads, "windows": len(horizon.sample)}
 
@@ -508,6 +502,8 @@ def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget
             continue
         try:
             checks[name] = run()
+        except (NonFiniteState, InputError) as error:  # the extraction's own finding, already a failure above
+            checks[name] = f"not run: {error}"
         except (RuntimeError, ValueError) as error:    # torch's errors for kernels and devices
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             checks[name] = f"failed: {first}"
@@ -653,7 +649,7 @@ def main(config: dict, n_windows: int = 8, out: str | Path | None = None) -> dic
     """`timekd-embed preflight`: run, print the Markdown report, write results/<name>/preflight.{json,md}.
 
     Args:
-        config: the validated config (cli.load_run_config), defaults filled in.
+        config: the validated config (config.load_run_config), defaults filled in.
         n_windows: sample windows per horizon.
         out: the report's folder; None for results/<dataset.name>.
     Returns:
