@@ -41,3 +41,14 @@ if MODEL.hub:
             revision=MODEL.revision,
         script:
             "../scripts/get_model.py"
+
+
+localrules:
+    fetch,
+
+
+# `snakemake --cores 1 fetch`: the CSV and the model, and nothing else (make preflight runs it).
+rule fetch:
+    input:
+        CSV,
+        MODEL_INPUTS,

@@ -140,7 +140,7 @@ def local_model(model: dict) -> dict:
         model: config key model ({"name_or_path", "revision"}).
 
     Returns:
-        For a hub id {"name_or_path": "./resources/models/<id>", "revision": <commit>}
+        For a hub id, the key with {"name_or_path": "./resources/models/<id>", "revision": <commit>}
         ("./": lm.py takes it for a folder, never for a hub id, and the commit is what the
         embeddings record); a local folder's config unchanged.
 
@@ -150,7 +150,7 @@ def local_model(model: dict) -> dict:
     source = model_source(model)
     if not source.hub:
         return dict(model)
-    return {"name_or_path": f"./{source.folder}", "revision": source.revision}
+    return dict(model) | {"name_or_path": f"./{source.folder}", "revision": source.revision}  # layers kept
 
 
 def model_files(source: ModelSource) -> list[Path]:
