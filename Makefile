@@ -49,6 +49,7 @@ test: bootstrap lint
 	$(BIN)/python -m pytest
 
 lint: bootstrap
+	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint --configfile tests/data/lint-config.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
