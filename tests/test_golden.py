@@ -22,7 +22,7 @@ from timekd_embed.store import read_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.windows import write_windows
 
-GOLDEN_VERSION = "0.2.0"
+GOLDEN_VERSION = "0.3.0"
 # Window 0 of the train split of the case below, shape (1, 3 variables, 64), fp32 on the CPU.
 GOLDEN_VALUES = {(0, 0, 0): 0.30365729331970215, (0, 0, 63): 0.9354958534240723, (0, 1, 10): 1.281636118888855,
                  (0, 2, 31): 0.5012220144271851, (0, 2, 63): -1.6338948011398315}

@@ -45,7 +45,7 @@ def package_version() -> str:
     """The version of the package that computes the outputs (numerics changes bump it).
 
     Returns:
-        e.g. "timekd-embed 0.2.0"; tests/test_golden.py ties the numerics to it.
+        e.g. "timekd-embed 0.3.0"; tests/test_golden.py ties the numerics to it.
     """
     return f"timekd-embed {__version__}"
 
