@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make run` and `make test` (README "Quick start").
+# On a fresh machine, in order: make demo (offline), make preflight, make run, make test (README "Quick start").
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 # machine's GPUs (README "Quick start"); results/<name>/preflight.{json,md}. CONFIG=my.yaml for another.
 CONFIG ?= config/config.yaml
 preflight: bootstrap
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) fetch
 	$(BIN)/timekd-embed preflight --configfile $(CONFIG)
 
 run: bootstrap
@@ -48,6 +49,7 @@ test: bootstrap lint
 	$(BIN)/python -m pytest
 
 lint: bootstrap
+	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint --configfile tests/data/lint-config.yaml
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 

@@ -143,7 +143,8 @@ def test_sca_weights_use_the_published_names_and_the_seed(sca_path, tmp_path):
     assert state["layers.0.self_attn.sdp_attn.scale"].item() == pytest.approx(21 ** -0.5)
     save_sca(tmp_path / "again.safetensors", 21, 64, 2024)
     save_sca(tmp_path / "other.safetensors", 21, 64, 7)
-    again, other = load_sca(tmp_path / "again.safetensors").state_dict(), load_sca(tmp_path / "other.safetensors").state_dict()
+    again = load_sca(tmp_path / "again.safetensors").state_dict()
+    other = load_sca(tmp_path / "other.safetensors").state_dict()
     assert all(torch.equal(state[k], again[k]) for k in state)
     assert not torch.equal(state["layers.0.self_attn.W_Q.weight"], other["layers.0.self_attn.W_Q.weight"])
 

@@ -9,7 +9,7 @@ from conftest import make_model_dir
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.lm import calibrated_mask, keep_layers, last_token_states, load_lm
-from timekd_embed.packing import pad, type_codes, unpacked
+from timekd_embed.packing import Prompt, batches, build_trie
 from timekd_embed.prompts import SplitPrompts
 
 P = 24
@@ -26,11 +26,11 @@ def test_truncation_equals_gpt2_cut_after_block_l_then_ln_f(train_split, tokeniz
     _, raw, stamps = train_split
     ids = SplitPrompts(tokenizer, raw, stamps, "weather", P).window_ids(0).gt[0]
     types = SplitPrompts(tokenizer, raw, stamps, "weather", P).types(ids).astype(np.int8)
-    batch = pad([unpacked(ids, types)])
+    (batch,) = batches([build_trie([[Prompt(ids, types)]])], [(0, 0)], 1 << 20)  # the prompt alone
 
     reference = GPT2Model.from_pretrained(four_block_model_dir).eval()
-    codes = torch.from_numpy(type_codes(types, len(ids)))[None]
-    mask = calibrated_mask(codes, torch.zeros_like(codes), torch.float32)
+    codes, valid = torch.from_numpy(types)[None], torch.ones(1, len(ids), dtype=torch.bool)
+    mask = calibrated_mask(codes, valid, codes, valid, torch.float32)
     with torch.inference_mode():
         hidden = reference(input_ids=torch.from_numpy(ids)[None], attention_mask=mask,
                            output_hidden_states=True).hidden_states            # embeddings, then after each block
@@ -38,10 +38,10 @@ def test_truncation_equals_gpt2_cut_after_block_l_then_ln_f(train_split, tokeniz
 
     model = keep_layers(load_lm(str(four_block_model_dir), None, torch.float32), 2)
     assert len(model.h) == 2 and model.config.n_layer == 2
-    got = last_token_states(model, batch, torch.device("cpu"))[0, 0]
+    got = last_token_states(model, batch, torch.device("cpu"))[0]
     assert (got - want).abs().max() < 1e-5
     everything = last_token_states(load_lm(str(four_block_model_dir), None, torch.float32), batch,
-                                   torch.device("cpu"))[0, 0]
+                                   torch.device("cpu"))[0]
     assert (everything - want).abs().max() > 1e-2         # the cut really changes the states
 
 

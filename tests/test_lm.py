@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from transformers import GPT2Model
+from transformers.activations import NewGELUActivation
+
 from timekd_embed.extract import window_prompts
 from timekd_embed.lm import _attend, calibrated_mask, last_token_states, load_lm
 from timekd_embed.packing import Prompt, batches, build_trie
 from timekd_embed.prompts import SplitPrompts
-from transformers import GPT2Model
-from transformers.activations import NewGELUActivation
 
 CPU = torch.device("cpu")
 PRED_LENS = (24, 36, 192)

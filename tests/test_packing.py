@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+
 from timekd_embed.lm import level_masks
 from timekd_embed.packing import Prompt, batches, build_trie, distinct_branches, leaf_buckets, type_codes
 

@@ -80,7 +80,8 @@ def test_token_types_worked_by_hand(tokenizer):
     assert flags.tolist() == [f for _, f in expected]
 
 
-@pytest.mark.parametrize("name,P", [("weather", 24), ("weather", 192), ("ETTh1", 36), ("Exchange", 48), ("Weather", 96)])
+@pytest.mark.parametrize("name,P",
+                         [("weather", 24), ("weather", 192), ("ETTh1", 36), ("Exchange", 48), ("Weather", 96)])
 def test_assembled_ids_equal_the_tokenizer(weather, tokenizer, name, P):
     prompts = train(weather, P, name)(tokenizer)
     gt_len, hd_len = prompts.lengths()

@@ -8,8 +8,21 @@ sys.path.insert(
 )  # the package, even before `pip install -e .`
 
 from timekd_embed.config import config_origins, validate_config
-from timekd_embed.demo import DEMO_MODEL, DEMO_SHAPE
+from timekd_embed.demo import DEMO_MODEL, DEMO_SEED, DEMO_SHAPE
 from timekd_embed.errors import InputError
+from timekd_embed.fingerprint import (
+    MODEL_RECORD,
+    ModelSource,
+    Sha256Cache,
+    csv_fingerprint,
+    local_model,
+    model_config_fingerprint,
+    model_files,
+    model_fingerprint,
+    model_source,
+    package_version,
+)
+from timekd_embed.resources import KNOWN_DATASETS
 from timekd_embed.planning import (
     cpu_hint,
     extraction_threads,
@@ -70,18 +83,24 @@ wildcard_constraints:
     stop=r"\d+",
 
 
+WINDOWS_FILES = [WINDOWS.format(split=s) for s in SPLITS]
+HAVE_WINDOWS = all(Path(p).is_file() for p in WINDOWS_FILES)
+# A known dataset's CSV, when absent, is downloaded by get_data (resources.smk; a rule
+# also when the file is there, so that it can be named as a target); results copied
+# without their CSV keep using their windows files instead.
+KNOWN = KNOWN_DATASETS.get(NAME)
+GET_DATA = KNOWN is not None and (
+    Path(config["dataset"]["csv"]).is_file() or not HAVE_WINDOWS
+)
+
+
 def input_csv():
-    """The CSV, or one clear sentence when it is missing and the windows must be made."""
+    """The CSV, or one clear sentence when it is missing, cannot be fetched and the windows must be made."""
     csv = config["dataset"]["csv"]
-    have_windows = all(Path(WINDOWS.format(split=s)).exists() for s in SPLITS)
-    if not Path(csv).is_file() and not have_windows:
-        source = (
-            "weather.csv there (from the Autoformer / Time-Series-Library dataset collection, sha256 "
-            "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63)"
-            if NAME == "weather"
-            else f"the {NAME} CSV there"
+    if not Path(csv).is_file() and not HAVE_WINDOWS and KNOWN is None:
+        fail(
+            f"{csv} not found: put the {NAME} CSV there or set dataset.csv in the config."
         )
-        fail(f"{csv} not found: put {source} or set dataset.csv in the config.")
     return csv
 
 
@@ -91,10 +110,50 @@ def all_embeddings():
 
 CSV = input_csv()
 
+# What decides an output, by content (fingerprint.py): the rules carry these as params,
+# so a changed file reruns exactly its downstream and a touched one (same bytes) nothing.
+# The CSV and model files are `ancient` inputs: their timestamps never rerun anything.
+_sha256 = Sha256Cache()
+# The demo's model is built by rule demo_model (demo.smk) from its shape and seed, which
+# then identify it; its files are that rule's outputs (demo.smk sets MODEL_INPUTS).
+IS_DEMO = Path(config["model"]["name_or_path"]) == Path(DEMO_MODEL)
+try:
+    MODEL = (
+        ModelSource(DEMO_MODEL, Path(DEMO_MODEL), False, None)
+        if IS_DEMO
+        else model_source(config["model"])
+    )
+    INPUT_SHA256 = csv_fingerprint(
+        CSV, WINDOWS_FILES, KNOWN["sha256"] if KNOWN else None, _sha256
+    )
+    MODEL_TRACKED = (
+        {"demo_model": DEMO_SHAPE, "seed": DEMO_SEED}
+        if IS_DEMO
+        else model_fingerprint(MODEL, _sha256)
+    )
+    MODEL_CONFIG_TRACKED = (
+        MODEL_TRACKED if IS_DEMO else model_config_fingerprint(MODEL, _sha256)
+    )
+except InputError as error:
+    fail(error)
+_sha256.save()
+PACKAGE = package_version()
+MODEL_INPUTS = [] if IS_DEMO else [ancient(str(p)) for p in model_files(MODEL)]
+if MODEL.hub:
+    # get_model's record as a plain input: when get_model reruns (another commit), the jobs
+    # after it rerun too; Snakemake never reruns a job for an upstream job whose outputs
+    # it reads only as `ancient` inputs, whatever its params say.
+    MODEL_INPUTS.append(f"{MODEL.folder}/{MODEL_RECORD}")
+    # Every job loads the files get_model put in resources/models/<id>/ ("./": a folder,
+    # never looked up on the hub), and records the commit they come from.
+    config["model"] = local_model(config["model"])
+
 # Every config key that changes an embedding (settings.py); the extraction rules take them
 # as params, so that changing one reruns the extraction. Keys that change only the speed
 # (device, gpus_per_job, placement, batch_tokens) are read by the scripts instead.
 EMBEDDING_SETTINGS = embedding_settings(config)
+# What else decides an embedding: the model's bytes and the code that computed it.
+EMBEDDING_TRACKED = {"model": MODEL_TRACKED, "package": PACKAGE}
 
 
 def plan_rows():
@@ -102,7 +161,9 @@ def plan_rows():
     layout = resolve_layout(config["dataset"]["layout"], NAME)
     windows = {s: WINDOWS.format(split=s) for s in SPLITS}
     try:
-        rows = split_rows(CSV, windows, config["seq_len"], layout)
+        rows = split_rows(
+            CSV, windows, config["seq_len"], layout, KNOWN["rows"] if KNOWN else None
+        )
     except InputError as error:
         fail(error)
     for P in config["pred_lens"]:
@@ -123,6 +184,8 @@ def count_variables():
     if Path(CSV).is_file():
         with open(CSV, encoding="utf-8", errors="replace") as f:
             return max(1, len(f.readline().split(",")) - 1)
+    if not HAVE_WINDOWS:  # a known dataset that get_data downloads
+        return KNOWN["variables"]
     from timekd_embed.windows import read_windows
 
     return len(read_windows(WINDOWS.format(split="train")).variables)

@@ -3,12 +3,10 @@
 # sha256). Built only when model.name_or_path is DEMO_MODEL; no network is needed.
 from timekd_embed.demo import DEMO_MODEL, DEMO_SEED, DEMO_SHAPE, MODEL_FILES
 
-# The model folder's files when rule demo_model builds them, so the jobs that read the model wait for it.
-MODEL_INPUTS = (
-    [f"{DEMO_MODEL}/{name}" for name in MODEL_FILES]
-    if Path(config["model"]["name_or_path"]) == Path(DEMO_MODEL)
-    else []
-)
+# The model folder's files when rule demo_model builds them, so the jobs that read the model
+# wait for it (common.smk's MODEL_INPUTS otherwise: a local folder's files or get_model's).
+if IS_DEMO:
+    MODEL_INPUTS = [f"{DEMO_MODEL}/{name}" for name in MODEL_FILES]
 
 
 localrules:

@@ -4,12 +4,13 @@
 # `gpus_per_job` GPUs (default 2), so
 # `snakemake --cores 8 --resources gpu=2` runs them one after another with both GPUs.
 # `gather` joins a horizon's ranges into its final file. The params (EMBEDDING_SETTINGS,
-# common.smk) are the config keys that change an embedding.
+# common.smk) are the config keys that change an embedding; EMBEDDING_TRACKED the content
+# of the model files (ancient inputs: their timestamps do not count) and the package version.
 
 
 rule sca:
     input:
-        WINDOWS.format(split="train"),
+        windows=WINDOWS.format(split="train"),
         model=MODEL_INPUTS,
     output:
         SCA,
@@ -22,6 +23,9 @@ rule sca:
     params:
         seed=config["seed"],
         model=config["model"],
+        # The SCA's shape comes from the model's config.json (its width).
+        model_config=MODEL_CONFIG_TRACKED,
+        package=PACKAGE,
     script:
         "../scripts/sca.py"
 
@@ -53,6 +57,7 @@ if config["share_horizons"]:
             gpu=config["gpus_per_job"],
         params:
             settings=EMBEDDING_SETTINGS,
+            tracked=EMBEDDING_TRACKED,
             pred_lens=config["pred_lens"],
         script:
             "../scripts/extract.py"
@@ -78,6 +83,7 @@ else:
             gpu=config["gpus_per_job"],
         params:
             settings=EMBEDDING_SETTINGS,
+            tracked=EMBEDDING_TRACKED,
         script:
             "../scripts/extract.py"
 
@@ -86,6 +92,8 @@ rule gather:
     input:
         embeddings=shard_files(SHARD),
         stats=shard_files(SHARD_STATS),
+        # To check the gathered count against the current windows file.
+        windows=WINDOWS,
     output:
         embeddings=EMBEDDINGS,
         stats=EMBEDDING_STATS,
@@ -98,5 +106,6 @@ rule gather:
     params:
         # The shards are temporary: the params here let a changed setting rerun them.
         settings=EMBEDDING_SETTINGS,
+        tracked=EMBEDDING_TRACKED,
     script:
         "../scripts/gather.py"

@@ -7,6 +7,7 @@
 rule preflight:
     input:
         csv=CSV,
+        model=MODEL_INPUTS,
     output:
         json=f"{RESULTS}/preflight.json",
         md=f"{RESULTS}/preflight.md",

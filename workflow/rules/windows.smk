@@ -6,7 +6,7 @@
 
 rule windows:
     input:
-        CSV,
+        ancient(CSV),  # tracked by content (params.input_sha256), not by its timestamp
     output:
         expand(WINDOWS, split=SPLITS),
     log:
@@ -23,5 +23,7 @@ rule windows:
         sha256=config["dataset"]["sha256"],
         date_format=config["dataset"]["date_format"],
         template=config["dataset"]["template"],
+        input_sha256=INPUT_SHA256,
+        package=PACKAGE,
     script:
         "../scripts/windows.py"

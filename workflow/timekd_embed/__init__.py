@@ -1,6 +1,6 @@
 """TimeKD teacher embeddings: windows, prompts, calibrated GPT-2, subtractive cross attention."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # The training API, imported on first use: `import timekd_embed` stays light (no torch).
 _LAZY = {"load_embeddings": "loader", "TeacherDataset": "loader"}

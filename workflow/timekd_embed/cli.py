@@ -34,6 +34,14 @@ class Subcommand:
     run: Callable[[argparse.Namespace], int]
 
 
+def with_local_model(config: dict) -> dict:
+    """The config with its model as every workflow job loads it: a hub id becomes the folder the
+    get_model rule fills (`snakemake --cores 1 fetch`; `make preflight` runs it first)."""
+    from .fingerprint import local_model
+
+    return config | {"model": local_model(config["model"])}
+
+
 # --------------------------------------------------------------------------- inspect
 
 
@@ -60,7 +68,7 @@ def inspect(args: argparse.Namespace) -> list[dict]:
     from .table import load_csv, stamps
     from .windows import split_borders
 
-    config = load_run_config(args.configfile)
+    config = with_local_model(load_run_config(args.configfile))
     data = config["dataset"]
     _, tokenizer = check_model(config["model"]["name_or_path"], config["model"]["revision"])
     layout = data["layout"]  # concrete: validate_config resolves "auto"
@@ -158,7 +166,7 @@ def _run_preflight(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.captureWarnings(True)
     from .preflight import main as preflight_main
-    preflight_main(load_run_config(args.configfile), args.windows, args.out)
+    preflight_main(with_local_model(load_run_config(args.configfile)), args.windows, args.out)
     return 0
 
 

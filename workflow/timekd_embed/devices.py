@@ -23,7 +23,8 @@ def resolve_devices(device: str, gpus_per_job: int) -> list[str]:
             log.warning("no CUDA device visible: running on the CPU (expect hours per horizon with GPT-2 small)")
         return ["cpu"]
     if visible == 0:
-        raise InputError("config key device = 'cuda' but no CUDA device is visible; set device: auto or cpu, or run on a GPU node.")
+        raise InputError("config key device = 'cuda' but no CUDA device is visible; set device: auto or cpu, "
+                         "or run on a GPU node.")
     if visible < gpus_per_job:
         log.warning("gpus_per_job = %d but only %d CUDA device(s) visible: using %d", gpus_per_job, visible, visible)
     return [f"cuda:{i}" for i in range(min(visible, gpus_per_job))]

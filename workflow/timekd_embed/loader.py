@@ -90,14 +90,15 @@ class TeacherDataset(Dataset):
         emb = self.embeddings
         n_vars = len(self.variables)
         if meta.get("input_sha256") != windows_meta["input_sha256"]:
-            raise InputError(f"{self.path}: made from another input file than {source}; rerun the workflow so both match.")
+            raise InputError(f"{self.path}: made from another input file than {source}; rerun the workflow so "
+                             "both match.")
         if meta.get("pred_len") != str(self.pred_len) or meta.get("seq_len") != str(self.seq_len):
             raise InputError(f"{self.path}: its metadata says pred_len {meta.get('pred_len')}, seq_len "
                              f"{meta.get('seq_len')}, but pred_len {self.pred_len}, seq_len {self.seq_len} were asked; "
                              "the file was moved or renamed, rerun its extraction.")
         if emb.ndim != 3 or emb.shape[0] != len(self.window_start) or emb.shape[1] != n_vars:
-            raise InputError(f"{self.path}: embeddings of shape {emb.shape} do not fit {len(self.window_start)} windows "
-                             f"of {n_vars} variables ({source}); rerun its extraction.")
+            raise InputError(f"{self.path}: embeddings of shape {emb.shape} do not fit {len(self.window_start)} "
+                             f"windows of {n_vars} variables ({source}); rerun its extraction.")
         last = int(self.window_start.max(initial=-1)) + self.seq_len + self.pred_len
         if last > len(self.zscore):
             raise InputError(f"{self.path}: window_start reaches past the {len(self.zscore)} rows of {source}; "

@@ -58,7 +58,8 @@ def template_key(dataset_name: str, template: str | None = None) -> str:
     """The template a dataset gets: the configured one, else exact lookup with fallback."""
     if template is not None:
         if template not in TEMPLATES:
-            raise InputError(f"config key dataset.template = {template!r} is unknown; use one of {', '.join(TEMPLATES)} or null.")
+            raise InputError(f"config key dataset.template = {template!r} is unknown; use one of "
+                             f"{', '.join(TEMPLATES)} or null.")
         return template
     return dataset_name if dataset_name in TEMPLATES else FALLBACK_TEMPLATE
 
@@ -154,9 +155,12 @@ class SplitPrompts:
         mid, close = gt_rest.split(f" <{FUTURE}")  # close is the final ">"
         hd_tail = hd.split(f" <{VALUES}")[1]
         stamps_text = [stamp_text(s, dataset_name) for s in stamps]
-        self._head_a = _Pieces(tokenizer, [head_a.replace("t1", s) for s in stamps_text])          # per row: stamp as t1
-        self._head_b = _Pieces(tokenizer, [f" to <{s}>{head_b}" for s in stamps_text])          # per row: stamp as t2
-        encode = lambda text: np.array(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        self._head_a = _Pieces(tokenizer, [head_a.replace("t1", s) for s in stamps_text])  # per row: stamp as t1
+        self._head_b = _Pieces(tokenizer, [f" to <{s}>{head_b}" for s in stamps_text])  # per row: stamp as t2
+
+        def encode(text: str) -> np.ndarray:
+            return np.array(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
         self._gt_mid, self._hd_tail, self._close = encode(mid), encode(hd_tail), encode(close)
         # Per variable: each row's value as the first of a list (" <v") and as a later one (", v").
         cells = [[value_text(v) for v in raw[:, c]] for c in range(n_vars)]

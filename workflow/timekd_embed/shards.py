@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .errors import InputError
-from .windows import read_windows, split_borders, window_count
+from .windows import split_borders, window_count
 
 
 def csv_rows(path: str | Path) -> int:
@@ -21,12 +21,49 @@ def csv_rows(path: str | Path) -> int:
     return max(0, len(lines) - 1)
 
 
-def split_rows(csv: str | Path, windows: dict[str, str], seq_len: int, layout: str) -> dict[str, int]:
-    """Rows per split: from the windows files when they exist (results copied without the CSV), else the CSV."""
-    if all(Path(p).exists() for p in windows.values()):
-        return {s: len(read_windows(p).rows) for s, p in windows.items()}
-    borders = split_borders(csv_rows(csv), seq_len, layout, str(csv))
+def split_rows(csv: str | Path, windows: dict[str, str], seq_len: int, layout: str,
+               known_rows: int | None = None) -> dict[str, int]:
+    """Rows per split of the current input, to plan the window ranges before the windows stage runs.
+
+    The plan always follows the input that the windows stage will read, never an older
+    windows file: the CSV when it exists (a CSV that grew plans the new ranges, and its
+    changed sha256 remakes the windows); the windows files only when the CSV is absent
+    (results copied without it), read from their Parquet footers; else `known_rows`,
+    the row count of a known dataset that get_data will download and verify.
+
+    Args:
+        csv: config key dataset.csv.
+        windows: split -> windows Parquet path.
+        seq_len: config key seq_len (input window length, in rows).
+        layout: the resolved layout (windows.resolve_layout).
+        known_rows: data rows of the file get_data fetches, or None.
+
+    Returns:
+        split -> number of rows of that split (its windows need seq_len + P of them).
+
+    Raises:
+        InputError: none of the three is available, or a windows file is unreadable.
+    """
+    if Path(csv).is_file():
+        n_rows = csv_rows(csv)
+    elif all(Path(p).is_file() for p in windows.values()):
+        return {s: parquet_rows(p) for s, p in windows.items()}
+    elif known_rows is not None:
+        n_rows = known_rows
+    else:
+        raise InputError(f"{csv} not found; put the CSV there or set dataset.csv in the config.")
+    borders = split_borders(n_rows, seq_len, layout, str(csv))
     return {s: end - start for s, (start, end) in borders.items()}
+
+
+def parquet_rows(path: str | Path) -> int:
+    """Rows of a Parquet file, from its footer (the row groups are not read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:  # pyarrow's own errors for a damaged file
+        raise InputError(f"{path} is not a readable Parquet file; delete it and rerun the workflow.") from None
 
 
 def ranges(n_windows: int, shard_windows: int | None) -> list[tuple[int, int]]:
@@ -36,12 +73,34 @@ def ranges(n_windows: int, shard_windows: int | None) -> list[tuple[int, int]]:
 
 
 def planned_windows(rows: int, seq_len: int, pred_len: int, limit_windows: int | None) -> int:
+    """Windows of one (horizon, split): the one place that counts them for planning and gathering.
+
+    Args:
+        rows: rows of the split (split_rows).
+        seq_len: input window length, in rows.
+        pred_len: the horizon P, in rows.
+        limit_windows: config key limit_windows (the first windows only), or None.
+
+    Returns:
+        The number of windows, 0 when the split is shorter than seq_len + pred_len.
+    """
     n = window_count(rows, seq_len, pred_len)
     return n if limit_windows is None else min(n, limit_windows)
 
 
-def gather(shards: list[str], stats: list[str], out: str, stats_out: str) -> None:
-    """One embeddings file from its shards (in window order) and one stats file."""
+def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expected: int | None = None) -> None:
+    """One embeddings file from its shards (in window order) and one stats file.
+
+    Args:
+        shards, stats: the range files, in window order.
+        out, stats_out: the final files (written only when everything checks out).
+        expected: the number of windows the current windows file holds for this horizon
+            (planned_windows); a plan made from other data gives another count, and then
+            no final file is written.
+
+    Raises:
+        InputError: shards made with other settings, not covering 0..n-1, or not `expected` windows.
+    """
     import torch  # here, not at the top: the Snakefile imports this module to plan, and torch is slow to load
 
     from .store import read_tensors, write_json, write_tensors
@@ -58,6 +117,9 @@ def gather(shards: list[str], stats: list[str], out: str, stats_out: str) -> Non
     starts = torch.cat([t["window_start"] for t, _ in parts])
     if not torch.equal(starts, torch.arange(len(starts), dtype=starts.dtype)):
         raise InputError(f"{Path(out).parent}: the shards do not cover windows 0..{len(starts) - 1} in order; rerun.")
+    if expected is not None and len(starts) != expected:
+        raise InputError(f"{out}: the shards hold {len(starts)} windows but the windows file has {expected}; they "
+                         "were planned from other data: rerun the workflow (the plan follows the current CSV).")
     runtimes = list(dict.fromkeys(m.get("runtime", "{}") for _, m in parts))  # distinct, in shard order
     metadata = metas[0] | {"window_range": json.dumps([0, len(starts)]), "shards": str(len(shards)),
                            "runtime": runtimes[0] if len(runtimes) == 1 else "[" + ", ".join(runtimes) + "]"}

@@ -19,7 +19,8 @@ def check_file(path: str, expected_windows: int, n_vars: int, d_model: int) -> d
     """Shape (expected_windows, N, d), float32, window_start 0..n-1, all finite; else InputError."""
     tensors, meta = read_tensors(path)
     if set(tensors) != {"embeddings", "window_start"}:
-        raise InputError(f"{path}: holds tensors {sorted(tensors)}, expected embeddings and window_start; rerun its extraction.")
+        raise InputError(f"{path}: holds tensors {sorted(tensors)}, expected embeddings and window_start; "
+                         "rerun its extraction.")
     emb, starts = tensors["embeddings"], tensors["window_start"]
     if emb.dtype != torch.float32:
         raise InputError(f"{path}: embeddings are {emb.dtype}, expected float32; rerun its extraction.")

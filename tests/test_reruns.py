@@ -1,0 +1,253 @@
+"""What reruns, with the real snakemake CLI: content decides, timestamps alone never do.
+
+Each case runs in a copy of the project's files (new timestamps, like a fresh clone), on
+real weather rows and a tiny random GPT-2 with the real tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from conftest import ROOT, WEATHER_CSV, make_model_dir
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+# fp32 runs have no parity job (nothing to compare with fp32).
+EVERY_JOB = {"windows": 1, "sca": 1, "extract": 2, "gather": 1, "validate": 1}
+
+
+def fresh_copy(target: Path) -> Path:
+    """The project's files (tracked and not ignored) copied without their times: a fresh clone."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target / name)
+    return target
+
+
+def weather_rows(path: Path, rows: int, columns: list[int] | None = None, skip: int = 0) -> Path:
+    """The first `rows` data rows of weather.csv (after `skip`), header included; optionally some columns only."""
+    lines = WEATHER_CSV.read_bytes().splitlines(keepends=True)
+    picked = [lines[0]] + lines[1 + skip:1 + skip + rows]
+    if columns is not None:
+        picked = [b",".join(line.rstrip(b"\r\n").split(b",")[i] for i in columns) + b"\r\n" for line in picked]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(picked))
+    return path
+
+
+def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """The plain command in `project`: its own Snakefile, so its own profiles/default applies."""
+    return subprocess.run([SNAKEMAKE, *args, "-s", str(project / "Snakefile"), "-d", str(project), "--configfile",
+                           str(project / "config.yaml"), "--cores", "2", "--resources", "gpu=2"],
+                          capture_output=True, text=True, timeout=900)
+
+
+def planned(project: Path) -> dict[str, int]:
+    """Jobs `snakemake -n` plans, per rule ({} for "Nothing to be done"); the last two rules left out."""
+    result = snakemake(project, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "Job stats:" not in result.stdout:
+        assert "Nothing to be done" in result.stdout + result.stderr
+        return {}
+    counts = {}
+    for line in result.stdout.split("Job stats:")[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    for last in ("all", "manifest"):
+        counts.pop(last, None)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, weather_csv):
+    """A complete small run in a fresh copy: weather.csv, P = 24, train, 2 windows in 2 ranges."""
+    base = tmp_path_factory.mktemp("reruns")
+    project = fresh_copy(base / "a")
+    model = make_model_dir(base / "model")
+    # All of weather.csv (7.2 MB): above the 1 MB up to which Snakemake compares inputs by checksum itself.
+    (project / "resources").mkdir(exist_ok=True)
+    shutil.copyfile(WEATHER_CSV, project / "resources" / "weather.csv")
+    config = {"dataset": {"name": "weather", "csv": "resources/weather.csv"}, "pred_lens": [24],
+              "splits": ["train"], "model": {"name_or_path": str(model)}, "precision": "fp32",
+              "limit_windows": 2, "shard_windows": 1, "parity": {"windows": 1, "min_cosine": 0.99}}
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(project)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert planned(project) == {}
+    return base, project, model
+
+
+def test_touching_the_csv_and_the_model_plans_nothing(finished):
+    _, project, model = finished
+    for path in [project / "resources" / "weather.csv", *model.iterdir()]:
+        path.touch()                                     # same bytes, newer than every output
+    assert planned(project) == {}
+
+
+def test_a_comment_in_a_workflow_script_plans_nothing(finished):
+    _, project, _ = finished
+    for script in ("extract.py", "parity.py", "sca.py", "windows.py", "gather.py", "validate.py"):
+        path = project / "workflow" / "scripts" / script
+        path.write_text(path.read_text() + "# a comment\n")
+    assert planned(project) == {}
+
+
+def test_a_fresh_clone_that_receives_the_results_plans_nothing(finished):
+    base, project, _ = finished
+    clone = fresh_copy(base / "b")                       # every file of the workflow newer than the results
+    shutil.copy(project / "config.yaml", clone / "config.yaml")
+    # README "Copying results": results/ and .snakemake/metadata, times kept (rsync -a, cp -a).
+    (clone / ".snakemake").mkdir()
+    subprocess.run(["cp", "-a", str(project / "results" / "weather"), str(clone / "results")], check=True)
+    subprocess.run(["cp", "-a", str(project / ".snakemake" / "metadata"), str(clone / ".snakemake")], check=True)
+    assert planned(clone) == {}                          # without the CSV: the windows files stand in
+    shutil.copyfile(project / "resources" / "weather.csv", clone / "resources" / "weather.csv")  # new time
+    assert planned(clone) == {}
+
+
+def test_a_changed_csv_plans_everything(finished):
+    _, project, _ = finished
+    csv = project / "resources" / "weather.csv"
+    original = csv.read_bytes()
+    lines = original.split(b"\r\n")
+    fields = lines[5].split(b",")
+    fields[1] = b"999.99"                                # p (mbar) of data row 5, inside window 0
+    lines[5] = b",".join(fields)
+    csv.write_bytes(b"\r\n".join(lines))
+    try:
+        assert planned(project) == EVERY_JOB
+    finally:
+        csv.write_bytes(original)
+    assert planned(project) == {}
+
+
+def test_other_weights_in_the_model_folder_plan_the_extraction_onward(finished):
+    base, project, model = finished
+    weights = model / "model.safetensors"
+    original = weights.read_bytes()
+    other = make_model_dir(base / "other-model", seed=1)  # same shape, other values
+    shutil.copyfile(other / "model.safetensors", weights)
+    try:
+        assert planned(project) == {"extract": 2, "gather": 1, "validate": 1}
+    finally:
+        weights.write_bytes(original)
+    assert planned(project) == {}
+
+
+def test_another_width_plans_the_sca_too(finished):
+    base, project, model = finished
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    wider = make_model_dir(base / "wider-model", n_embd=128)
+    (project / "config.yaml").write_text(yaml.safe_dump(config | {"model": {"name_or_path": str(wider)}}))
+    try:
+        assert planned(project) == {"sca": 1, "extract": 2, "gather": 1, "validate": 1}
+    finally:
+        (project / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_package_version_bump_plans_the_extraction(finished):
+    _, project, _ = finished
+    init = project / "workflow" / "timekd_embed" / "__init__.py"
+    original = init.read_text()
+    version = original.split('__version__ = "')[1].split('"')[0]
+    init.write_text(original.replace(f'__version__ = "{version}"', '__version__ = "99.0.0"'))
+    try:
+        # The windows and the SCA are the package's output too: all of it is recomputed.
+        assert planned(project) == EVERY_JOB
+    finally:
+        init.write_text(original)
+    assert planned(project) == {}
+
+
+def test_a_csv_that_grew_needs_one_rerun(tmp_path, weather_csv, tiny_model_dir):
+    """Issue case: 1,500 rows, then 100 more. Split rule (70/10/20 %, val starts seq_len rows early):
+    1,500 rows: train int(1050.0) = 1050, test int(300.0) = 300, val 150 -> 150 + 96 = 246 rows,
+    246 - 96 - 24 + 1 = 127 windows at P = 24; 1,600 rows: train 1120, test 320, val 160 ->
+    256 rows, 137 windows."""
+    project = fresh_copy(tmp_path / "project")
+    csv = project / "resources" / "weather.csv"
+    weather_rows(csv, 1500, columns=[0, 21])           # date, OT: one variable keeps it quick
+    config = {"dataset": {"name": "weather", "csv": "resources/weather.csv"}, "pred_lens": [24], "splits": ["val"],
+              "model": {"name_or_path": str(tiny_model_dir)}, "precision": "fp32", "shard_windows": 64}
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/weather/embeddings/24/val.safetensors"
+
+    def windows_in_final_file() -> tuple[int, int, int]:
+        with safe_open(str(project / target), "pt") as f:
+            return tuple(f.get_slice("embeddings").get_shape())
+
+    first = snakemake(project, target)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert windows_in_final_file() == (127, 1, 64)
+
+    grown = weather_rows(tmp_path / "grown.csv", 1600, columns=[0, 21])
+    shutil.copyfile(grown, csv)
+    rerun = snakemake(project, target)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert windows_in_final_file() == (137, 1, 64)
+    assert "start=128, stop=137" in rerun.stdout + rerun.stderr   # the ranges come from the grown CSV
+
+
+def test_the_sha256_cache_rehashes_only_when_size_or_mtime_change(tmp_path):
+    from timekd_embed.fingerprint import Sha256Cache
+
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"date,OT\n2020-01-01 00:10:00,1.0\n")
+    real = hashlib.sha256(data.read_bytes()).hexdigest()
+    cache = Sha256Cache(tmp_path / "cache.json")
+    assert cache.sha256(data) == real
+    cache.save()
+    # A digest planted under the same (path, size, mtime_ns) is returned as is: nothing was read again.
+    entries = json.loads((tmp_path / "cache.json").read_text())
+    entries[str(data.resolve())]["sha256"] = "0" * 64
+    (tmp_path / "cache.json").write_text(json.dumps(entries))
+    assert Sha256Cache(tmp_path / "cache.json").sha256(data) == "0" * 64
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched: hashed again
+    assert Sha256Cache(tmp_path / "cache.json").sha256(data) == real
+
+
+def test_the_plan_follows_the_csv_not_older_windows_files(tmp_path, weather_csv):
+    """1,500 rows planned as 127 val windows at P = 24 (test_a_csv_that_grew_needs_one_rerun); windows files
+    of another CSV beside it do not count while the CSV is there, and are read from their footers when it is not."""
+    from timekd_embed.shards import planned_windows, split_rows
+    from timekd_embed.table import load_csv
+    from timekd_embed.windows import write_windows
+
+    old = weather_rows(tmp_path / "old.csv", 1600, columns=[0, 21])
+    windows = {s: str(tmp_path / f"{s}.parquet") for s in ("train", "val", "test")}
+    write_windows(load_csv(old, target="OT", layout="custom"), "custom", 96, [24], windows)
+    csv = weather_rows(tmp_path / "weather.csv", 1500, columns=[0, 21])
+    assert planned_windows(split_rows(csv, windows, 96, "custom")["val"], 96, 24, None) == 127
+    csv.unlink()
+    assert planned_windows(split_rows(csv, windows, 96, "custom")["val"], 96, 24, None) == 137
+
+
+def test_current_fingerprints_name_what_the_config_points_at_now(tmp_path, tiny_model_dir):
+    from timekd_embed.fingerprint import current_fingerprints
+
+    csv = weather_rows(tmp_path / "weather.csv", 200)
+    config = {"dataset": {"csv": str(csv)}, "model": {"name_or_path": str(tiny_model_dir), "revision": None}}
+    found = current_fingerprints(config, tmp_path / "cache.json")
+    assert found["input_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert found["weights_sha256"] == hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert found["revision"] is None and found["package"].startswith("timekd-embed ")
+    hub = current_fingerprints({"dataset": {"csv": str(tmp_path / "absent.csv")},
+                                "model": {"name_or_path": "gpt2", "revision": None}}, None)
+    assert hub["input_sha256"] is None and hub["weights_sha256"] is None   # nothing there yet to compare
+    assert hub["revision"] == "607a30d783dfa663caf39e06633721c8d4cfcd7e"

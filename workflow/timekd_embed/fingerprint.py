@@ -1,0 +1,257 @@
+"""Content fingerprints of everything that decides an embedding, cheap enough for every dry run.
+
+What decides an embedding: the CSV's bytes, the model's weights, config and tokenizer
+files (a local folder's bytes, or a hub repository at a pinned commit), the package
+version that computed it, and the output-affecting config keys (settings.py). The rules
+carry these as params, so Snakemake reruns exactly the jobs whose fingerprint changed,
+whatever the files' timestamps say (the workflow profile turns Snakemake's script-mtime
+"code" trigger off, and the CSV and model files are `ancient` inputs).
+
+sha256 of a large file costs seconds (a 500 MB model: about 1-2 s of disk and CPU), so
+every digest is cached in `.snakemake/timekd-embed/sha256.json`, keyed on the file's
+absolute path, size and mtime in nanoseconds, and recomputed only when one of those
+changes: a `touch` costs one rehash, after which the params are the same as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+
+CACHE_PATH = Path(".snakemake") / "timekd-embed" / "sha256.json"
+MODELS_DIR = Path("resources") / "models"
+
+# The files a GPT-2 folder needs (lm.py) and the optional tokenizer files that
+# GPT2TokenizerFast.from_pretrained reads when present: all of them decide the embeddings.
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
+OPTIONAL_MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# The record get_model writes beside the files it downloads.
+MODEL_RECORD = "download.json"
+
+# Hub commits used when model.revision is null. gpt2: the main branch's commit that holds
+# model.safetensors (huggingface.co/openai-community/gpt2, also reachable as "gpt2").
+PINNED_REVISIONS = {"gpt2": "607a30d783dfa663caf39e06633721c8d4cfcd7e",
+                    "openai-community/gpt2": "607a30d783dfa663caf39e06633721c8d4cfcd7e"}
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def package_version() -> str:
+    """The version of the package that computes the outputs (numerics changes bump it).
+
+    Returns:
+        e.g. "timekd-embed 0.3.0"; tests/test_golden.py ties the numerics to it.
+    """
+    return f"timekd-embed {__version__}"
+
+
+class Sha256Cache:
+    """sha256 of files, remembered by (absolute path, size, mtime_ns) across Snakemake runs.
+
+    Args:
+        path: the cache file, relative to the working directory (Snakemake's --directory).
+    """
+
+    def __init__(self, path: str | os.PathLike = CACHE_PATH):
+        self.path = Path(path)
+        self._changed = False
+        try:
+            self.entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # absent or damaged: start empty, it is only a cache
+            self.entries = {}
+
+    def sha256(self, path: str | os.PathLike) -> str:
+        """Hex sha256 of the file's bytes; hashed only when its size or mtime changed.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+        """
+        from .store import sha256_file
+
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = str(path)
+        entry = self.entries.get(key)
+        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+            return entry["sha256"]
+        digest = sha256_file(path)
+        self.entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Write the cache (atomically) if a digest was computed since it was read."""
+        if self._changed:
+            from .store import write_json
+
+            write_json(self.path, self.entries)
+            self._changed = False
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from.
+
+    Attributes:
+        name: model.name_or_path as configured (a folder or a hub id).
+        folder: the folder the files are read from: the configured one, or
+            resources/models/<hub id>/ where get_model puts a hub model's files.
+        hub: True for a hub id (get_model downloads it), False for a local folder.
+        revision: for a hub id, the 40-hex commit the files come from; else None.
+    """
+
+    name: str
+    folder: Path
+    hub: bool
+    revision: str | None
+
+
+def model_source(model: dict) -> ModelSource:
+    """The model's source from config key `model` ({"name_or_path", "revision"}).
+
+    A path that exists, is absolute or starts with "." is a local folder; anything else is
+    a hub id, pinned to model.revision (a commit) or to PINNED_REVISIONS.
+
+    Raises:
+        InputError: a hub id with a revision that is not a commit and no pin.
+    """
+    name, revision = model["name_or_path"], model.get("revision")
+    path = Path(name)
+    if path.exists() or path.is_absolute() or name.startswith("."):
+        return ModelSource(name, path, False, None)
+    revision = revision or PINNED_REVISIONS.get(name)
+    if revision is None or not _COMMIT.match(revision):
+        raise InputError(f"model {name!r} (config key model.name_or_path) is a hub id, so config key "
+                         f"model.revision must be a commit (40 hex digits, from the model page's history), "
+                         f"not {revision!r}: the files are downloaded once at that commit, so that every run "
+                         "uses the same weights.")
+    return ModelSource(name, MODELS_DIR / name, True, revision)
+
+
+def local_model(model: dict) -> dict:
+    """Config key `model` as every job loads it: a hub id becomes the folder get_model fills.
+
+    Args:
+        model: config key model ({"name_or_path", "revision"}).
+
+    Returns:
+        For a hub id, the key with {"name_or_path": "./resources/models/<id>", "revision": <commit>}
+        ("./": lm.py takes it for a folder, never for a hub id, and the commit is what the
+        embeddings record); a local folder's config unchanged.
+
+    Raises:
+        InputError: as model_source.
+    """
+    source = model_source(model)
+    if not source.hub:
+        return dict(model)
+    return dict(model) | {"name_or_path": f"./{source.folder}", "revision": source.revision}  # layers kept
+
+
+def model_files(source: ModelSource) -> list[Path]:
+    """The files of the model that decide an embedding (inputs of sca and extraction).
+
+    Returns:
+        For a hub id, the files get_model writes (they may not exist yet); for a local
+        folder, those of MODEL_FILES and OPTIONAL_MODEL_FILES that are there (a missing
+        one is the extraction's error to report, in lm.py's words).
+    """
+    if source.hub:
+        return [source.folder / name for name in MODEL_FILES]
+    return [source.folder / name for name in MODEL_FILES + OPTIONAL_MODEL_FILES if (source.folder / name).is_file()]
+
+
+def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
+    """What identifies the model's content, for the rules' params.
+
+    Returns:
+        A hub id: {"repo": id, "revision": commit} (a commit fixes every file's bytes).
+        A local folder: {"files": {file name: sha256}} of model_files (no path: moving
+        the folder changes nothing; the input file names are tracked by Snakemake itself).
+    """
+    if source.hub:
+        return {"repo": source.name, "revision": source.revision}
+    return {"files": {p.name: cache.sha256(p) for p in model_files(source)}}
+
+
+def model_config_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
+    """What the SCA stage reads from the model (its width, from config.json)."""
+    if source.hub:
+        return {"repo": source.name, "revision": source.revision}
+    config = source.folder / "config.json"
+    return {"config.json": cache.sha256(config) if config.is_file() else None}
+
+
+def recorded_windows_metadata(path: str | os.PathLike) -> dict:
+    """The timekd_embed metadata of a windows Parquet file, read from its footer only.
+
+    Raises:
+        InputError: the file is not a readable windows file.
+    """
+    import pyarrow.parquet as pq
+
+    from .windows import METADATA_KEY
+
+    try:
+        blob = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+        return json.loads(blob)
+    except Exception:  # pyarrow's own errors for a damaged file, or no metadata
+        raise InputError(f"{path} is not a readable windows file; delete it and rerun the workflow.") from None
+
+
+def csv_fingerprint(csv: str | os.PathLike, windows: list[str], pinned: str | None, cache: Sha256Cache) -> str | None:
+    """sha256 of the CSV the windows are (to be) made from.
+
+    Args:
+        csv: config key dataset.csv.
+        windows: the windows Parquet files; when the CSV is absent (results copied without
+            it) their recorded input_sha256 stands in for it.
+        pinned: the sha256 get_data verifies for a known dataset, used when neither exists.
+        cache: the sha256 cache.
+
+    Returns:
+        The hex sha256, or None when nothing says what the CSV holds.
+    """
+    if Path(csv).is_file():
+        return cache.sha256(csv)
+    if windows and all(Path(p).is_file() for p in windows):
+        return recorded_windows_metadata(windows[0])["input_sha256"]
+    return pinned
+
+
+def current_fingerprints(config: dict, cache_path: str | os.PathLike | None = CACHE_PATH) -> dict:
+    """What the config points at now, to compare with what an embeddings file recorded.
+
+    For `timekd-embed verify`: an embeddings file whose metadata input_sha256 or
+    weights_sha256 differs from these was made from other data or weights than the config
+    names today. Run from the directory the workflow runs in (paths in the config are
+    relative to it).
+
+    Args:
+        config: the validated config (config.validate_config).
+        cache_path: the sha256 cache to use and update (None: hash without a cache).
+
+    Returns:
+        {"input_sha256": str | None, "weights_sha256": str | None, "model": str,
+        "revision": str | None, "package": str}; a None sha256 means the file is not
+        there (a CSV not copied, a hub model not downloaded yet): nothing to compare.
+    """
+    cache = Sha256Cache(cache_path) if cache_path is not None else Sha256Cache(os.devnull)
+    csv = Path(config["dataset"]["csv"])
+    source = model_source(config["model"])
+    weights = source.folder / "model.safetensors"
+    found = {
+        "input_sha256": cache.sha256(csv) if csv.is_file() else None,
+        "weights_sha256": cache.sha256(weights) if weights.is_file() else None,
+        "model": source.name,
+        "revision": source.revision,
+        "package": package_version(),
+    }
+    if cache_path is not None:
+        cache.save()
+    return found
