@@ -147,7 +147,7 @@ def md_baseline(r: dict) -> str | None:
         f"Window {base['window']} at P = {BASELINE_P} computed the published way, in fp32: one prompt per "
         "forward, eager attention returning every layer's attention probabilities, the mask written element "
         "by element in a Python double loop, inside `torch.no_grad()` (the published code itself runs "
-        "without it and needs far more memory; TIMEKD_TEACHER.md section 6). Then `embed_windows` on the "
+        "without it and needs far more memory; [teacher.md](teacher.md) section 6). Then `embed_windows` on the "
         "same window in the same process.",
         "",
         table(["", "published way (fp32)", f"embed_windows ({base['embed_windows_precision']})"], [

@@ -57,7 +57,7 @@ def test_one_horizon_counts_the_prompt_tokens_of_window_0(monkeypatch, tmp_path,
     make_model_dir(tmp_path / "model-1layer", n_layer=1, n_embd=64, n_head=4)
     got = worker(monkeypatch, tmp_path, weather_csv, "horizon", "--windows", "1", "--batch-tokens", "2048",
                  "--probe-batch-tokens", "8192", probe=True)
-    # Weather train window 0 at P = 24: GT prompts 280-400 GPT-2 tokens, HD 232-328 (the teacher's spec, section 7).
+    # Weather train window 0 at P = 24: GT prompts 280-400 GPT-2 tokens, HD 232-328 (docs/teacher.md section 7).
     assert got["window_indices"] == [0]
     assert got["prompt_tokens_gt"] == [280, 400] and got["prompt_tokens_hd"] == [232, 328]
     # Shared prefixes and heads: fewer positions through the model than prompt tokens, padding included.
