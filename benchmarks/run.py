@@ -252,8 +252,10 @@ def measure(args) -> dict:
 def measure_whole_only(args, json_path: Path) -> dict:
     """The whole-job section alone, merged into the report of an earlier full run (its JSON)."""
     from timekd_embed.extract import save_sca
-    report = json.loads(json_path.read_text()) if json_path.exists() else {
-        "settings": run_settings(args), "machine": machine(args.device), "horizons": []}
+    if not json_path.exists():             # the targets and the Markdown need the full run's figures
+        sys.exit(f"bench: --only whole adds its section to an earlier full run's {json_path}, which does not "
+                 f"exist; run without --only first (make bench).")
+    report = json.loads(json_path.read_text())
     with tempfile.TemporaryDirectory(prefix="timekd-bench-") as tmp:
         workdir = Path(tmp)
         make_model_dir(workdir / "model", args.tokenizer)

@@ -2,7 +2,9 @@
 interpreter as benchmarks/run.py spawns them: every step runs, and the figures that are exact (model
 positions, prompt lengths, the differences between paths that compute the same function) are checked."""
 
-from benchmarks.run import parse_args, spawn
+import pytest
+
+from benchmarks.run import main, parse_args, spawn
 from benchmarks.workers import SAVINGS_ROUNDS, TIMED_REPEATS, WHOLE_ROUNDS
 from conftest import TOKENIZER_DIR, make_model_dir
 from timekd_embed.extract import save_sca
@@ -67,3 +69,12 @@ def test_one_horizon_counts_the_prompt_tokens_of_window_0(monkeypatch, tmp_path,
     # The memory probe fills a batch at its own budget with the 1-layer model, and never exceeds that budget.
     probe = got["probe"]
     assert probe["batch_tokens"] == 8192 and 4096 < probe["largest_batch_tokens"] <= 8192
+
+
+def test_only_whole_without_an_earlier_report_says_so(tmp_path, weather_csv):
+    # Once a KeyError ('roofline') after minutes of work: the section merges into a full run's JSON.
+    out = tmp_path / "benchmarks.md"
+    with pytest.raises(SystemExit, match=r"benchmarks\.json, which does not exist; run without --only first"):
+        main(["--only", "whole", "--out", str(out), "--csv", str(weather_csv), "--tokenizer", str(TOKENIZER_DIR),
+              "--device", "cpu"])
+    assert not out.exists()
