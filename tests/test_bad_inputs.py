@@ -465,7 +465,7 @@ def test_documented_command_line_forms_work_with_the_real_cli(tmp_path, weather_
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": "weather", "csv": "weather.csv"}}))
     base = SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "-n", "--cores", "2"]
     forms = ["pred_lens=[24, 48]", "splits=[train]", "limit_windows=4", "dataset={name: demo}",
-             "parity={windows: 8, min_cosine: 0.99}", "model={name_or_path: gpt2, revision: main}", "seed=7"]
+             "parity={windows: 8, min_cosine: 0.99}", "model={name_or_path: gpt2, layers: 6}", "seed=7"]
     result = subprocess.run(base + ["--config", *forms], capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     planned = sorted(set(re.findall(r"results/demo/embeddings/(\d+)/(\w+)\.safetensors", result.stdout)))

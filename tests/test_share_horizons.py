@@ -16,7 +16,8 @@ def test_dry_run_plans_one_job_per_split_range_for_every_horizon(tmp_path, weath
     # Windows per split: train 36,792 - P + ... (36,768 at P = 24, 36,600 at P = 192), val 5,247 and 5,079.
     # Ranges of 4,096 over the longest horizon's windows, the last stretched to the shortest horizon's:
     # train 9 ranges, the last 32,768-36,768; val 0-4,096 and 4,096-5,247.
-    assert planned_jobs(result) == {"windows": 1, "sca": 1, "extract": 11, "gather": 10, "parity": 5, "validate": 1}
+    assert planned_jobs(result) == {"get_model": 1, "windows": 1, "sca": 1, "extract": 11, "gather": 10, "parity": 5,
+                                    "validate": 1}
     jobs = result.stdout.split("rule extract:")[1:]
     planned = {}
     for job in jobs:

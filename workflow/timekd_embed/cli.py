@@ -37,8 +37,14 @@ class Subcommand:
 def with_local_model(config: dict) -> dict:
     """The config with its model as every workflow job loads it: a hub id becomes the folder the
     get_model rule fills (`snakemake --cores 1 fetch`; `make preflight` runs it first)."""
-    from .fingerprint import local_model
+    from .fingerprint import local_model, model_source
 
+    source = model_source(config["model"])
+    if source.hub and not source.folder.is_dir():
+        raise InputError(f"model {source.name!r} (config key model.name_or_path) is a hub id whose files the "
+                         f"workflow fetches into {source.folder}, which is not there yet; run `snakemake --cores 1 "
+                         "fetch` once with network access (make preflight does), or point model.name_or_path at a "
+                         "local GPT-2 folder.")
     return config | {"model": local_model(config["model"])}
 
 
