@@ -270,7 +270,6 @@ def measure_whole_only(args, json_path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """`make bench`: measure, then write --out and its JSON; with --worker, run that one worker instead."""
-    quiet_libraries()
     args = parse_args(argv)
     if args.worker:
         worker_main(args)
@@ -288,4 +287,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    quiet_libraries()  # process-wide logging levels: only when this is the bench's own process
     main()
