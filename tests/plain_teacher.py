@@ -1,6 +1,6 @@
 """A deliberately plain re-implementation of the TimeKD teacher, used by the tests as an oracle.
 
-Semantics: /work/shared/TIMEKD_TEACHER.md (sections 2-5).  Everything here is done the slow,
+Semantics: docs/teacher.md (sections 2-5).  Everything here is done the slow,
 obvious way: one prompt at a time, batch of one, no padding, explicit Python loops for the
 calibrated mask, and GPT-2's attention written out from the block weights.  It must not
 import the project package (`timekd_embed`): it is the independent side of the comparison.
@@ -221,7 +221,7 @@ def plain_last_hidden(model, ids: list[int], mask: torch.Tensor) -> torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------
-# Subtractive cross attention (spec section 5).  Module nesting only mirrors the published
+# Subtractive cross attention (docs/teacher.md section 5).  Module nesting only mirrors the published
 # parameter names; the arithmetic is all in PlainSCA.forward.
 
 

@@ -1,5 +1,5 @@
 """Tests of the plain oracle (tests/plain_teacher.py) against hand-worked values from the spec
-(/work/shared/TIMEKD_TEACHER.md), so that the oracle can be trusted when the project is
+(docs/teacher.md), so that the oracle can be trusted when the project is
 compared with it."""
 
 from __future__ import annotations
@@ -7,16 +7,14 @@ from __future__ import annotations
 import csv
 import datetime
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import transformers
 
-# Import the oracle from next to this file, whatever pytest's import mode / package layout.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plain_teacher import (  # noqa: E402
+from conftest import TOKENIZER_DIR, WEATHER_CSV, need
+from plain_teacher import (
     TEMPLATES,
     PlainSCA,
     plain_last_hidden,
@@ -28,13 +26,9 @@ from plain_teacher import (  # noqa: E402
     template_pair,
 )
 
-transformers = pytest.importorskip("transformers")
+# The shared data as conftest finds it (../shared/data beside the clone); missing in CI fails, never skips.
 
-DATA = Path("/work/shared/data")
-TOKENIZER_DIR = DATA / "gpt2-tokenizer"
-WEATHER_CSV = DATA / "weather" / "weather.csv"
-
-# Published parameter names of the SCA module (spec section 5), shapes for N vars, LM width d.
+# Published parameter names of the SCA module (docs/teacher.md section 5), shapes for N vars, LM width d.
 SCA_SHAPES = {
     "layers.0.self_attn.W_Q.weight": lambda n, f: (n, n),
     "layers.0.self_attn.W_Q.bias": lambda n, f: (n,),
@@ -70,9 +64,7 @@ def published_style_sca_state(n_vars: int, d_ff: int, seed: int) -> dict[str, to
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    if not TOKENIZER_DIR.is_dir():
-        pytest.skip(f"GPT-2 tokenizer files not found at {TOKENIZER_DIR}")
-    tok = transformers.GPT2TokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    tok = transformers.GPT2TokenizerFast.from_pretrained(str(need(TOKENIZER_DIR)))
     assert tok.encode("Hello world") == [15496, 995]
     return tok
 
@@ -179,8 +171,7 @@ def test_prompts_weather_capitalised_and_exchange():
 
 def _weather_head(n_rows: int):
     """First n_rows of weather.csv: raw (n_rows, 21) float64, stamps (n_rows, 6)."""
-    if not WEATHER_CSV.is_file():
-        pytest.skip(f"{WEATHER_CSV} not found")
+    need(WEATHER_CSV)
     rows = []
     with open(WEATHER_CSV, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)

@@ -1,4 +1,4 @@
-"""The frozen GPT-2 teacher: loading, the calibrated mask, last-token states (spec sections 3-4)."""
+"""The frozen GPT-2 teacher: loading, the calibrated mask, last-token states (docs/teacher.md sections 3-4)."""
 
 from __future__ import annotations
 
