@@ -19,6 +19,7 @@ import yaml
 from safetensors import safe_open
 
 from conftest import ROOT, WEATHER_CSV, make_model_dir
+from test_workflow import planned_jobs
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 # fp32 runs have no parity job (nothing to compare with fp32).
@@ -62,15 +63,7 @@ def planned(project: Path) -> dict[str, int]:
     if "Job stats:" not in result.stdout:
         assert "Nothing to be done" in result.stdout + result.stderr
         return {}
-    counts = {}
-    for line in result.stdout.split("Job stats:")[1].splitlines()[3:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    for last in ("all", "manifest"):
-        counts.pop(last, None)
-    return counts
+    return planned_jobs(result)
 
 
 @pytest.fixture(scope="module")
