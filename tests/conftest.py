@@ -61,3 +61,18 @@ def train_split(weather_csv):
     df = pd.read_csv(weather_csv, nrows=TRAIN_ROWS)
     from timekd_embed.table import stamps
     return df.columns[1:].tolist(), df.iloc[:, 1:].to_numpy(), stamps(pd.to_datetime(df["date"]))
+
+
+@pytest.fixture(scope="session")
+def train_prompts(train_split, tokenizer):
+    """`train_prompts(pred_len, name="weather")`: SplitPrompts of the whole weather train split,
+    each built once per session (seconds apiece)."""
+    from timekd_embed.prompts import SplitPrompts
+    _, raw, stamps = train_split
+    built = {}
+
+    def get(pred_len: int, name: str = "weather") -> SplitPrompts:
+        if (pred_len, name) not in built:
+            built[pred_len, name] = SplitPrompts(tokenizer, raw, stamps, name, pred_len)
+        return built[pred_len, name]
+    return get

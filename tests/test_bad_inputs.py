@@ -17,7 +17,6 @@ import runpy
 import shutil
 import socket
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2Model
 
 from conftest import ROOT, SHARED_DATA, make_model_dir, need
+from helpers import snakemake
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import Settings, extract_split, load_teacher, save_sca
@@ -38,7 +38,6 @@ from timekd_embed.prompts import SplitPrompts
 from timekd_embed.table import load_csv
 from timekd_embed.windows import SPLITS, read_windows, write_windows
 
-SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
 SCRIPTS = ROOT / "workflow" / "scripts"
 ROWS = 400          # enough for every split at seq_len 96 and P = 24 (custom layout: 280 / 40 / 80 + 96)
 
@@ -85,12 +84,6 @@ def artifacts(work: Path) -> list[str]:
     return sorted(p.relative_to(results).as_posix() for p in results.rglob("*")
                   if p.is_file() and not {"logs", "benchmarks"} & set(p.relative_to(results).parts)
                   and not p.name.endswith(".tmp"))
-
-
-def snakemake(work: Path, config: dict) -> subprocess.CompletedProcess:
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
-    return subprocess.run(SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml"), "--cores", "2"],
-                          capture_output=True, text=True, timeout=600)
 
 
 def small_config(csv: Path, model_dir: Path, **overrides) -> dict:
@@ -173,13 +166,18 @@ def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple
     return {name: (root / name, config) for name, config in cases.items()}
 
 
+def run_case(case: tuple[Path, dict]) -> subprocess.CompletedProcess:
+    work, config = case
+    return snakemake(work, config, "--cores", "2")
+
+
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory, lines, tiny_model_dir) -> dict[str, tuple[Path, dict, subprocess.CompletedProcess]]:
     """Every CLI case, two at a time: each pays seconds of start-up, mostly imports."""
     root = tmp_path_factory.mktemp("bad_inputs_cli")
     cases = _e2e_cases(root, lines, tiny_model_dir)
     with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(cases, pool.map(lambda case: snakemake(*case), cases.values())))
+        results = dict(zip(cases, pool.map(run_case, cases.values())))
     return {name: (work, config, results[name]) for name, (work, config) in cases.items()}
 
 
@@ -463,21 +461,19 @@ def test_documented_command_line_forms_work_with_the_real_cli(tmp_path, weather_
     with open(weather_csv, encoding="utf-8") as f:
         write(tmp_path / "weather.csv", [next(f).rstrip("\n") for _ in range(2001)])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"dataset": {"name": "weather", "csv": "weather.csv"}}))
-    base = SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "-n", "--cores", "2"]
+    base = ("-n", "--cores", "2")
     forms = ["pred_lens=[24, 48]", "splits=[train]", "limit_windows=4", "dataset={name: demo}",
              "parity={windows: 8, min_cosine: 0.99}", "model={name_or_path: gpt2, layers: 6}", "seed=7"]
-    result = subprocess.run(base + ["--config", *forms], capture_output=True, text=True, timeout=600, check=False)
+    result = snakemake(tmp_path, None, *base, "--config", *forms)
     assert result.returncode == 0, result.stderr[-3000:]
     planned = sorted(set(re.findall(r"results/demo/embeddings/(\d+)/(\w+)\.safetensors", result.stdout)))
     assert planned == [("24", "train"), ("48", "train")]  # the horizons and split of the command line, name demo
     assert "results/weather" not in result.stdout
     for null in ("limit_windows=", "limit_windows=null"):
-        result = subprocess.run(base + ["--config", null, "pred_lens=[96]"], capture_output=True, text=True,
-                                timeout=600, check=False)
+        result = snakemake(tmp_path, None, *base, "--config", null, "pred_lens=[96]")
         assert result.returncode == 0, result.stderr[-3000:]
         assert "results/weather/embeddings/96/val.safetensors" in result.stdout
-    bad = subprocess.run(base + ["--config", "pred_lens=[24, x]"], capture_output=True, text=True, timeout=600,
-                         check=False)
+    bad = snakemake(tmp_path, None, *base, "--config", "pred_lens=[24, x]")
     sentence = assert_fails_cleanly(bad, "--config: config key pred_lens[1] = 'x' is invalid")
     assert "config.yaml" not in sentence
 

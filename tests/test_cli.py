@@ -19,21 +19,13 @@ import yaml
 from huggingface_hub import constants
 
 from conftest import ROOT
+from helpers import PACKAGE_ENV, snakemake, timekd_embed
 from timekd_embed.cli import parser
 from timekd_embed.config import validate_config
 from timekd_embed.manifest import MANIFEST, build, weights_file_here, write
 from timekd_embed.store import sha256_file, write_tensors
 
-EXE = str(Path(sys.executable).parent / "timekd-embed")
-SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
-# This checkout's package, also when a command runs in another folder.
-PACKAGE_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))}
 WINDOW = ["--pred-len", "24", "--split", "train", "--window", "0"]
-
-
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([EXE, *args], check=False, capture_output=True, text=True, timeout=300,
-                          cwd=cwd, env=os.environ | PACKAGE_ENV | (env or {}))
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -54,7 +46,7 @@ def test_inspect_with_the_hub_unreachable_fails_in_one_sentence(tmp_path, weathe
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": "gpt2"}})
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
-    result = cli("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path, env=offline)
+    result = timekd_embed("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path, env=offline)
     assert result.returncode == 1
     assert result.stdout == "" and "Traceback" not in result.stderr
     assert len(errors(result)) == 1, result.stderr
@@ -71,7 +63,7 @@ def test_inspect_refuses_a_model_folder_the_extraction_refuses(tmp_path, weather
     (folder / "model.safetensors").unlink()  # config and tokenizer only: the extraction stops here
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": str(folder)}})
-    result = cli("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
+    result = timekd_embed("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     assert errors(result) == [(f"Error: model folder {folder} has no model.safetensors; only safetensors weights "
                                "are loaded (no pickle).")]
@@ -90,17 +82,16 @@ def test_inspect_reads_an_override_only_config_on_top_of_config_yaml_as_snakemak
     # Only two keys, one of them nested: dataset.name and dataset.csv come from config/config.yaml.
     write_config(tmp_path / "override.yaml", {"seq_len": 48, "dataset": {"target": "OT"}})
 
-    dry = subprocess.run(SNAKEMAKE + ["-n", "-d", str(tmp_path), "--configfile", "override.yaml", "--cores", "1"],
-                         check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    dry = snakemake(tmp_path, None, "-n", "--cores", "1", configfile="override.yaml")
     assert dry.returncode == 0, dry.stderr[-2000:]
-    result = cli("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
+    result = timekd_embed("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)[-1]["gt_prompt"].split("the values were <")[1].split(">")[0].split(", ")
     assert len(seen) == 48   # seq_len of the override; 96 in config/config.yaml
 
     # Without config/config.yaml (as in a folder of its own) the override alone is incomplete, for both.
     (tmp_path / "config" / "config.yaml").unlink()
-    alone = cli("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
+    alone = timekd_embed("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
     assert alone.returncode == 1
     assert errors(alone) == [("Error: override.yaml: config key dataset is missing 'name'; add it (see "
                               "config/README.md).")]
@@ -113,7 +104,7 @@ def test_inspect_prints_each_token_list_on_one_line_and_one_variable_on_request(
     """Issue #13.5: one window was 23,453 lines of JSON."""
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": str(tiny_model_dir)}})
-    every = cli("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
+    every = timekd_embed("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
     assert every.returncode == 0, every.stderr
     # "[" and "]", and per variable "{", its 7 keys one line each, "}": 2 + 21 x 9 lines.
     assert len(every.stdout.splitlines()) == 191
@@ -121,11 +112,11 @@ def test_inspect_prints_each_token_list_on_one_line_and_one_variable_on_request(
     assert len(variables) == 21 and variables[-1]["variable"] == "OT"
     assert all(len(v["gt_ids"]) == len(v["gt_types"]) > 100 for v in variables)  # never empty
 
-    one = cli("inspect", "--configfile", str(config), *WINDOW, "--variable", "OT", cwd=tmp_path)
+    one = timekd_embed("inspect", "--configfile", str(config), *WINDOW, "--variable", "OT", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     assert len(one.stdout.splitlines()) == 11 and json.loads(one.stdout) == [variables[-1]]
 
-    unknown = cli("inspect", "--configfile", str(config), *WINDOW, "--variable", "ot", cwd=tmp_path)
+    unknown = timekd_embed("inspect", "--configfile", str(config), *WINDOW, "--variable", "ot", cwd=tmp_path)
     assert unknown.returncode == 1 and unknown.stdout == ""
     assert errors(unknown)[0].startswith(f"Error: --variable 'ot' is not a column of {weather_csv}; its variables "
                                          "are 'p (mbar)', 'T (degC)',")
@@ -148,7 +139,7 @@ def test_every_option_has_help_text_and_version_prints_the_package_version():
     assert all(choice.help for choice in subcommands._choices_actions)
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    version = cli("--version")
+    version = timekd_embed("--version")
     assert version.returncode == 0 and version.stdout == f"timekd-embed {pyproject['project']['version']}\n"
 
 

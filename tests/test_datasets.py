@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from conftest import ROOT, SHARED_DATA, need
+from helpers import job_counts, snakemake
 from timekd_embed.cadence import check_cadence
 from timekd_embed.config import load_config_file, validate_config
 from timekd_embed.prompts import TEMPLATES, SplitPrompts, template_key
@@ -19,16 +19,9 @@ from timekd_embed.table import load_csv
 from timekd_embed.windows import read_windows, write_windows
 
 EXAMPLES = ROOT / "config" / "examples"
-SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
 SEQ_LEN = 96
 HOUR, QUARTER = 24, 24 * 4  # rows per day
 MONTH = 30  # days in an ETT "month"
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """rule -> number of jobs, from the first "Job stats" table Snakemake prints."""
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {rule: int(n) for rule, n in (line.split() for line in table.splitlines()[3:] if line.strip())}
 
 
 def example(name: str) -> dict:
@@ -78,7 +71,12 @@ def test_etth1_has_the_fixed_hourly_borders(etth1):
         assert {s: w.n_windows(P) for s, w in etth1.items()} == ett_counts(HOUR, P)
         assert {s: w.meta["windows_per_horizon"][str(P)] for s, w in etth1.items()} == ett_counts(HOUR, P)
     train = etth1["train"]
-    assert train.meta["layout"] == "ett_hour" and train.meta["borders"]["test"] == [11424, 14400]
+    assert train.meta["layout"] == "ett_hour"
+    assert train.meta["borders"] == {"train": [0, 8640], "val": [8544, 11520], "test": [11424, 14400]}
+    # The scaler is fit on the train rows only (data_loader_save.py), here recomputed with pandas.
+    fit = pd.read_csv(SHARED_DATA / "ETT-small" / "ETTh1.csv", nrows=8640).iloc[:, 1:].to_numpy()
+    np.testing.assert_allclose(train.meta["scaler"]["mean"], fit.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(train.meta["scaler"]["std"], fit.std(axis=0), rtol=1e-12)
     assert train.variables == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]  # file order, as ETT loaders
     assert str(etth1["val"].dates[0]) == "2017-06-22 00:00:00"  # row 8544 = 356 days after 2016-07-01
 
@@ -90,7 +88,7 @@ def test_ettm1_has_the_fixed_quarter_hour_borders(ettm1):
     for P in (24, 96):
         assert {s: w.n_windows(P) for s, w in ettm1.items()} == ett_counts(QUARTER, P)
     assert ettm1["train"].meta["layout"] == "ett_minute"
-    assert ettm1["test"].meta["borders"]["test"] == [46080 - 96, 57600]
+    assert ettm1["test"].meta["borders"] == {"train": [0, 34560], "val": [34464, 46080], "test": [45984, 57600]}
 
 
 # The HUFL column of ETTh1.csv, rows 0-95 and 96-119, each value truncated toward zero.
@@ -124,9 +122,8 @@ def test_a_dry_run_plans_etth1_from_its_example_config_alone(tmp_path):
     csv = need(SHARED_DATA / "ETT-small" / "ETTh1.csv")
     override = tmp_path / "csv.yaml"
     override.write_text(yaml.safe_dump({"dataset": {"csv": str(csv)}}))
-    result = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(EXAMPLES / "ETTh1.yaml"),
-                                         str(override), "-n", "--cores", "8", "--resources", "gpu=2"],
-                            capture_output=True, text=True, timeout=600)
+    result = snakemake(tmp_path, None, str(override), "-n", "--cores", "8", "--resources", "gpu=2",
+                       configfile=str(EXAMPLES / "ETTh1.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = job_counts(result.stdout)
     assert jobs["windows"] == jobs["sca"] == jobs["all"] == 1 and "export_h5" not in jobs  # the export is opt-in

@@ -17,16 +17,15 @@ import re
 import runpy
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
 from conftest import ROOT
+from helpers import BIN
 from timekd_embed.demo import tokenizer_files
 
-BIN = Path(sys.executable).parent
 WINDOWS = {(24, "train"): 392 - 48 - 24 + 1, (48, "train"): 392 - 48 - 48 + 1,
            (24, "val"): 104 - 48 - 24 + 1, (48, "val"): 104 - 48 - 48 + 1}
 # OpenAI's GPT-2 tokenizer files (../shared/data/README.md)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import h5py
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors import safe_open
 
 import timekd_embed.export as export
 from conftest import SHARED_DATA, need
-from test_datasets import SNAKEMAKE, job_counts
+from helpers import job_counts, snakemake
 from timekd_embed import TeacherDataset
 from timekd_embed.store import write_tensors
 
@@ -105,10 +103,7 @@ def test_export_timekd_end_to_end_with_the_snakemake_cli(tmp_path, tiny_model_di
     csv = need(SHARED_DATA / "ETT-small" / "ETTh1.csv")
     config = {"dataset": {"name": "ETTh1", "csv": str(csv)}, "pred_lens": [24], "limit_windows": 3,
               "model": {"name_or_path": str(tiny_model_dir)}, "precision": "fp32", "export_root": "for-train"}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run(SNAKEMAKE + ["export_timekd", "-d", str(tmp_path), "--configfile",
-                                      str(tmp_path / "config.yaml"), "--cores", "2", "--resources", "gpu=2"],
-                         capture_output=True, text=True, timeout=900)
+    run = snakemake(tmp_path, config, "export_timekd", "--cores", "2", "--resources", "gpu=2")
     assert run.returncode == 0, run.stderr[-3000:]
     # Opt-in: only what the export needs, no parity or validation.
     jobs = job_counts(run.stdout + run.stderr)  # a real run prints its job table on stderr

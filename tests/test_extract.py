@@ -76,19 +76,17 @@ def test_horizons_with_fewer_windows_get_their_own_prefix_of_the_windows(train_s
         assert counts["tokens_per_pred_len"][P] == alone_counts["tokens"]
 
 
-def test_fidelities_differ_where_the_published_defect_bites(train_split, tokenizer, tiny_model_dir, sca_path):
-    _, raw, stamps = train_split
+def test_fidelities_differ_where_the_published_defect_bites(train_prompts, tiny_model_dir, sca_path):
     teacher = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
-    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+    prompts = train_prompts(P)
     ref, _ = embed_windows(teacher, prompts, [0], "reference", 8192)
     cor, _ = embed_windows(teacher, prompts, [0], "corrected", 8192)
     assert np.abs(ref - cor).max() > 1e-3
 
 
-def test_batch_size_and_window_ranges_do_not_change_results(train_split, tokenizer, tiny_model_dir, sca_path):
-    _, raw, stamps = train_split
+def test_batch_size_and_window_ranges_do_not_change_results(train_prompts, tiny_model_dir, sca_path):
     teacher = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
-    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+    prompts = train_prompts(P)
     one_by_one = np.concatenate([embed_windows(teacher, prompts, [i], "reference", 1024)[0] for i in range(3)])
     together, counts = embed_windows(teacher, prompts, [0, 1, 2], "reference", 1 << 16)
     assert np.abs(one_by_one - together).max() < 1e-5
@@ -97,11 +95,10 @@ def test_batch_size_and_window_ranges_do_not_change_results(train_split, tokeniz
     assert counts["computed"] < 0.7 * counts["tokens"]     # the shared GT/HD prefix runs once
 
 
-def test_layers_split_over_two_devices_equal_one_device(train_split, tokenizer, tiny_model_dir, sca_path):
+def test_layers_split_over_two_devices_equal_one_device(train_prompts, tiny_model_dir, sca_path):
     """A device map with the two blocks on two devices, dispatched by accelerate (last_token_states
     moves the activations to each block's device)."""
-    _, raw, stamps = train_split
-    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+    prompts = train_prompts(P)
     plain = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
     split_map = {"wte": "cpu", "wpe": "cpu", "drop": "cpu", "h.0": "cpu", "h.1": "cpu", "ln_f": "cpu"}
     split = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu", "cpu"], device_map=split_map)
@@ -111,10 +108,9 @@ def test_layers_split_over_two_devices_equal_one_device(train_split, tokenizer, 
     assert np.array_equal(a, b)
 
 
-def test_one_replica_per_device_equals_one_device(train_split, tokenizer, tiny_model_dir, sca_path):
+def test_one_replica_per_device_equals_one_device(train_prompts, tiny_model_dir, sca_path):
     """Data parallel over two (CPU) devices: the windows are shared out, the results unchanged."""
-    _, raw, stamps = train_split
-    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+    prompts = train_prompts(P)
     plain = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
     replicated = load_teacher(settings(tiny_model_dir, placement="data_parallel"), sca_path, devices=["cpu", "cpu"])
     assert replicated.placement == "data_parallel" and len(replicated.replicas) == 2

@@ -20,7 +20,8 @@ import torch
 import yaml
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
-from test_manifest import NAME, SNAKEMAKE, tiny_config
+from helpers import SNAKEMAKE, snakemake
+from test_manifest import NAME, tiny_config
 from timekd_embed import store
 from timekd_embed.extract import Settings, extract_split, save_sca
 from timekd_embed.jobs import job
@@ -209,9 +210,8 @@ def interrupted(tmp_path_factory, tiny_model_dir, weather_csv) -> dict:
                                   for p in shards.glob("*.safetensors")}}
 
     # The rerun README documents: after kill -9, unlock, then the same command.
-    base = SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml")]
-    seen["unlock"] = subprocess.run(base + ["--unlock"], capture_output=True, text=True, timeout=300)
-    seen["rerun"] = subprocess.run(base + ["--cores", "1", EMBEDDINGS], capture_output=True, text=True, timeout=600)
+    seen["unlock"] = snakemake(work, None, "--unlock")
+    seen["rerun"] = snakemake(work, None, "--cores", "1", EMBEDDINGS)
 
     clean = _new_work(tmp_path_factory, tiny_model_dir, weather_csv, "uninterrupted")
     seen["uninterrupted"] = _start(clean, subprocess.DEVNULL).wait(timeout=600)

@@ -10,7 +10,6 @@ from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.lm import calibrated_mask, keep_layers, last_token_states, load_lm
 from timekd_embed.packing import Prompt, batches, build_trie
-from timekd_embed.prompts import SplitPrompts
 
 P = 24
 
@@ -20,12 +19,12 @@ def four_block_model_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("gpt2-4-blocks"), n_layer=4)
 
 
-def test_truncation_equals_gpt2_cut_after_block_l_then_ln_f(train_split, tokenizer, four_block_model_dir):
+def test_truncation_equals_gpt2_cut_after_block_l_then_ln_f(train_prompts, four_block_model_dir):
     """On a real GT prompt (window 0, first variable): our forward with the first 2 of 4 blocks
     against GPT2Model's own forward, its hidden state after block 2 put through ln_f."""
-    _, raw, stamps = train_split
-    ids = SplitPrompts(tokenizer, raw, stamps, "weather", P).window_ids(0).gt[0]
-    types = SplitPrompts(tokenizer, raw, stamps, "weather", P).types(ids).astype(np.int8)
+    prompts = train_prompts(P)
+    ids = prompts.window_ids(0).gt[0]
+    types = prompts.types(ids).astype(np.int8)
     (batch,) = batches([build_trie([[Prompt(ids, types)]])], [(0, 0)], 1 << 20)  # the prompt alone
 
     reference = GPT2Model.from_pretrained(four_block_model_dir).eval()

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, make_model_dir
+from conftest import make_model_dir
+from helpers import snakemake, timekd_embed
 from timekd_embed.config import config_hash
 from timekd_embed.errors import InputError
-from timekd_embed.manifest import MANIFEST, recorded_config, verify
+from timekd_embed.manifest import MANIFEST, verify
 
-BIN = Path(sys.executable).parent
-SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile")]
 NAME = "weather"
 MODEL = "resources/gpt2"  # relative, like the CSV: both runs record the same model path
 
@@ -44,13 +41,6 @@ RECORDS = {"embeddings/24/train.json": "gather", "validation/summary.html": "val
 # One log and one benchmark per job but the manifest's own (written while and after it is made).
 JOBS = ["windows", "sca", "extract_train_0-8", "gather_24_train", "validate"]  # fp32: no parity job
 LOGS_AND_BENCHMARKS = {f"logs/{job}.log" for job in JOBS} | {f"benchmarks/{job}.tsv" for job in JOBS}
-
-
-def snakemake(workdir: Path, config: dict, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    configfile = workdir / "config.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-    return subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--configfile", str(configfile), *args],
-                          check=False, capture_output=True, text=True, timeout=900, env=os.environ | (env or {}))
 
 
 def tiny_config(model_dir: Path | str) -> dict:
@@ -100,11 +90,7 @@ def sha256(path: Path) -> str:
 
 
 def verify_cli(folder: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    # This checkout's package, also when the command runs in another folder.
-    package = os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([str(BIN / "timekd-embed"), "verify", str(folder), *args], check=False,
-                          capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env=os.environ | {"PYTHONPATH": package})
+    return timekd_embed("verify", str(folder), *args, cwd=cwd)
 
 
 def errors(result: subprocess.CompletedProcess) -> list[str]:
@@ -120,9 +106,13 @@ def test_an_offline_run_with_a_local_model_lists_artifacts_and_run_records_apart
         path = results / entry["path"]
         assert entry["sha256"] == sha256(path) and entry["size"] == path.stat().st_size
     config = manifest["config"]
-    assert manifest["config_hash"] == config_hash(config)
-    # Only the keys that decide the artifacts: not the runtime ones, not where the CSV lies.
-    assert config == recorded_config(config) and "device" not in config and "csv" not in config["dataset"]
+    # The documented hash: sha256 of the config as sorted JSON, its first 16 hex digits.
+    assert manifest["config_hash"] == hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    # Only the keys that decide the artifacts: not the runtime ones (device, gpus_per_job, placement,
+    # batch_tokens, export_root), not where the CSV lies.
+    assert set(config) == {"dataset", "seq_len", "pred_lens", "splits", "model", "precision", "fidelity", "seed",
+                           "limit_windows", "shard_windows", "share_horizons", "parity"}
+    assert "csv" not in config["dataset"] and config["limit_windows"] == 8 and config["precision"] == "fp32"
     assert manifest["inputs"] == {"csv": "resources/weather.csv"}
     assert config["model"]["name_or_path"] == MODEL and config["pred_lens"] == [24]
     assert manifest["versions"]["torch"] == torch.__version__

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import os
 import stat
-import subprocess
 
 import pytest
-import yaml
 
-from test_workflow import SNAKEMAKE, weather_config
+from helpers import snakemake, weather_config
 
 
 @pytest.mark.parametrize("umask", [0o002, 0o027])
@@ -18,10 +14,7 @@ def test_a_full_run_gives_every_output_the_umask_mode(tmp_path, weather_csv, tin
     # bf16, so that the parity recomputation, its histogram and the report's numbers are all written
     config = weather_config(pred_lens=[24], model={"name_or_path": str(tiny_model_dir)}, precision="bf16",
                             limit_windows=2, parity={"windows": 2, "min_cosine": 0.9})
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
-                                      "--cores", "2"],
-                         capture_output=True, text=True, timeout=900, preexec_fn=functools.partial(os.umask, umask))
+    run = snakemake(tmp_path, config, "--cores", "2", umask=umask)
     assert run.returncode == 0, run.stderr[-3000:]
     results = tmp_path / "results" / "weather"
     modes = {str(p.relative_to(results)): stat.S_IMODE(p.stat().st_mode) for p in results.rglob("*")}

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT, WEATHER_CSV
+from helpers import snakemake, weather_config
 from timekd_embed.planning import (
     cpu_hint,
     extraction_threads,
@@ -27,7 +25,6 @@ from timekd_embed.planning import (
     visible_gpus,
 )
 
-SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
 GPT2 = (12, 768)
 
 
@@ -89,10 +86,7 @@ def test_cpu_note_estimates_the_whole_job():
 
 
 def dry_run(tmp_path: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    configfile = tmp_path / "config.yaml"
-    configfile.write_text(yaml.safe_dump({"dataset": {"name": "weather", "csv": str(WEATHER_CSV)}} | config))
-    return subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(configfile), "-n", *args],
-                          check=False, capture_output=True, text=True, timeout=600)
+    return snakemake(tmp_path, weather_config(**config), "-n", *args)
 
 
 def extract_jobs(stdout: str) -> list[dict]:

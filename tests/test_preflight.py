@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, make_model_dir
+from helpers import snakemake, weather_config
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import packed_window
@@ -33,7 +34,6 @@ from timekd_embed.preflight import (
     run_preflight,
     write_report,
 )
-from timekd_embed.prompts import SplitPrompts
 
 P = 24
 TRAIN_WINDOWS_AT_24 = 36768      # weather train: 36,887 rows - 96 - 24 + 1 (README "Results layout")
@@ -147,10 +147,9 @@ def test_a_device_that_cannot_run_is_named(weather_csv, tiny_model_dir):
     assert report["failures"][0].startswith("device cuda:0 is visible but unusable (")
 
 
-def test_key_padding_to_a_multiple_of_8_keeps_the_attention_output(train_split, tokenizer, tiny_model_dir):
+def test_key_padding_to_a_multiple_of_8_keeps_the_attention_output(train_prompts, tiny_model_dir):
     """The GPU check's own code on the CPU: the padded keys are masked out, so the output is the same."""
-    _, raw, stamps = train_split
-    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+    prompts = train_prompts(P)
     trie, _ = packed_window({P: prompts}, 0, "reference")
     batch = batches([trie], [(0, b) for b in range(len(trie.branches))], 1 << 20)[0]
     model = load_lm(str(tiny_model_dir), None, torch.float32)
@@ -162,9 +161,8 @@ def test_key_padding_to_a_multiple_of_8_keeps_the_attention_output(train_split, 
     assert result["max_abs_difference"] < 1e-6
 
 
-def test_prefetch_timing_runs_the_extractions_batch_preparation(train_split, tokenizer):
-    _, raw, stamps = train_split
-    prompts = SplitPrompts(tokenizer, raw, stamps, "weather", P)
+def test_prefetch_timing_runs_the_extractions_batch_preparation(train_prompts):
+    prompts = train_prompts(P)
     horizon = Horizon(P, prompts, np.array([0, 3]), planned={"train": 4}, longest_prompt=0)
     result = prefetch_pinning(horizon, "reference", 8192, threads=2, pins=(False,))
     assert result["pageable_s"] > 0 and result["threads"] == 2 and "pinned_s" not in result
@@ -175,16 +173,12 @@ def test_prefetch_timing_runs_the_extractions_batch_preparation(train_split, tok
 
 
 def test_snakemake_target_writes_the_report_and_is_not_part_of_all(weather_csv, tiny_model_dir, tmp_path):
-    config = tmp_path / "config.yaml"
-    config.write_text(f"dataset: {{name: weather, csv: {weather_csv}}}\npred_lens: [24]\nsplits: [train]\n"
-                      f"model: {{name_or_path: {tiny_model_dir}}}\nprecision: fp32\ndevice: cpu\n")
-    snakemake = [os.path.join(os.path.dirname(sys.executable), "snakemake"), "-s", str(ROOT / "Snakefile"),
-                 "-d", str(tmp_path), "--configfile", str(config), "--cores", "2"]
-    result = subprocess.run([*snakemake, "preflight"], capture_output=True, text=True, timeout=900, check=False,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    config = weather_config(pred_lens=[24], splits=["train"], model={"name_or_path": str(tiny_model_dir)},
+                            precision="fp32", device="cpu")
+    result = snakemake(tmp_path, config, "--cores", "2", "preflight", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "results" / "weather" / "preflight.json").read_text())
     assert report["passed"] and report["windows_per_horizon"] == 8
     assert (tmp_path / "results" / "weather" / "preflight.md").read_text().startswith("# Preflight")
-    planned = subprocess.run([*snakemake, "-n"], capture_output=True, text=True, timeout=300, check=False)
+    planned = snakemake(tmp_path, None, "--cores", "2", "-n")
     assert planned.returncode == 0 and "rule preflight" not in planned.stdout

@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, make_model_dir
-from test_reruns import weather_rows
+from conftest import make_model_dir
+from helpers import snakemake, weather_rows
 
-SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
 WEATHER_SHA256 = "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -40,10 +38,7 @@ def fill_cache(cache: Path, repo_folder: str, files: dict[str, Path], commit: st
 
 
 def offline_snakemake(workdir: Path, cache: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
-    return subprocess.run(SNAKEMAKE + [*args, "-d", str(workdir), "--configfile", str(workdir / "config.yaml"),
-                                       "--cores", "1"], capture_output=True, text=True, timeout=600, env=env)
+    return snakemake(workdir, config, *args, "--cores", "1", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
 
 
 def sha256(path: Path) -> str:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from safetensors import safe_open
 
-from test_workflow import planned_jobs, snakemake, weather_config
+from helpers import planned_jobs, snakemake, weather_config
 
 
 def test_dry_run_plans_one_job_per_split_range_for_every_horizon(tmp_path, weather_csv):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-import subprocess
 
 import numpy as np
 import pytest
 from safetensors.torch import save_file
 
+from helpers import snakemake
 from plain_teacher import plain_teacher
-from test_manifest import SNAKEMAKE, finished_run
+from test_manifest import finished_run
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import extract_split, load_sca, save_sca
@@ -199,8 +199,7 @@ def test_an_fp32_run_has_no_parity_job_and_its_report_says_so(tmp_path_factory, 
     assert not list((work / "results" / "weather" / "logs").glob("parity*"))
     assert not list((work / "results" / "weather" / "validation").glob("*.png"))
     html = work / "report.html"
-    run = subprocess.run(SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml"), "--report",
-                                      str(html)], check=False, capture_output=True, text=True, timeout=600)
+    run = snakemake(work, None, "--report", str(html))
     assert run.returncode == 0, run.stderr[-2000:]
     results = report_results(html)
     assert sorted(e["name"] for e in results.values()) == ["24_train.html", "summary.html"]

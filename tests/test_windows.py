@@ -29,8 +29,6 @@ from timekd_embed.windows import SPLITS, read_windows, split_borders, window_cou
 
 DATA = SHARED_DATA
 WEATHER = DATA / "weather" / "weather.csv"
-ETTH1 = DATA / "ETT-small" / "ETTh1.csv"
-ETTM1 = DATA / "ETT-small" / "ETTm1.csv"
 
 # Real-data tests run whenever the shared folder exists (always in CI: conftest.need); a missing file there fails.
 real_data = pytest.mark.skipif(not DATA.exists() and os.environ.get("CI") != "true",
@@ -213,36 +211,6 @@ def test_stamps_fields_by_hand():
 
 
 # --------------------------------------------------------------------------- ETT files
-
-
-@real_data
-@pytest.mark.parametrize(
-    "path, layout, n_rows, month",
-    [(ETTH1, "ett_hour", 17_420, 720), (ETTM1, "ett_minute", 69_680, 2_880)],
-)
-def test_ett_borders_and_windows(path, layout, n_rows, month, tmp_path):
-    table = load_csv(path, layout=layout)
-    assert table.variables == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]  # file order
-    assert table.values.shape == (n_rows, 7)
-    borders = split_borders(n_rows, 96, layout)
-    # hour: train [0, 8640), val [8640-96, 11520), test [11520-96, 14400); minute: x4.
-    assert borders == {
-        "train": (0, 12 * month),
-        "val": (12 * month - 96, 16 * month),
-        "test": (16 * month - 96, 20 * month),
-    }
-    if layout == "ett_hour":
-        assert borders == {"train": (0, 8640), "val": (8544, 11520), "test": (11424, 14400)}
-        expected = {"train": 8545, "val": 2881, "test": 2881}  # minus P; P=96: 8449 / 2785 / 2785
-    else:
-        assert borders == {"train": (0, 34560), "val": (34464, 46080), "test": (45984, 57600)}
-        expected = {"train": 34465, "val": 11521, "test": 11521}  # P=96: 34369 / 11425 / 11425
-    meta = write_windows(table, layout, 96, list(HORIZONS), out_paths(tmp_path))
-    for split in SPLITS:
-        assert meta[split]["windows_per_horizon"] == {str(p): expected[split] - p for p in HORIZONS}
-    raw = pd.read_csv(path).iloc[: 12 * month, 1:].to_numpy()  # fit rows: train only
-    np.testing.assert_allclose(meta["val"]["scaler"]["mean"], raw.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(meta["val"]["scaler"]["std"], raw.std(axis=0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("layout, enough", [("ett_hour", 14_400), ("ett_minute", 57_600)])

@@ -4,41 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import yaml
 from safetensors import safe_open
 
-from conftest import ROOT, WEATHER_CSV
-
-SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile")]
-
-
-def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    configfile = workdir / "config.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-    return subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--configfile", str(configfile), *args],
-                          capture_output=True, text=True, timeout=900)
-
-
-def weather_config(**overrides) -> dict:
-    return {"dataset": {"name": "weather", "csv": str(WEATHER_CSV)}} | overrides
-
-
-def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts from the dry run's "Job stats" table (the final rules that always rerun left out)."""
-    lines = result.stdout.split("Job stats:")[1].splitlines()[3:]
-    counts = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    for last in ("all", "manifest"):
-        counts.pop(last, None)
-    return counts
+from helpers import planned_jobs, snakemake, timekd_embed, weather_config
 
 
 def test_dry_run_of_the_default_config_plans_sharded_extraction_jobs_holding_two_gpus(tmp_path, weather_csv):
@@ -104,8 +74,7 @@ def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_m
     assert parity["passed"] and 0.99 < parity["fp32_parity"]["cosine_min"] < 1
     assert "bf16 changed the embeddings by at most" in (validation / "summary.html").read_text()
     html = tmp_path / "report.html"
-    report = subprocess.run(SNAKEMAKE + ["-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
-                                         "--report", str(html)], capture_output=True, text=True)
+    report = snakemake(tmp_path, None, "--report", str(html))
     assert report.returncode == 0 and html.stat().st_size > 0, report.stderr[-2000:]
 
     # Nothing changed: nothing to do.
@@ -131,15 +100,15 @@ def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_m
 def test_inspect_prints_what_the_teacher_reads(tmp_path, weather_csv, tiny_model_dir):
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(weather_config(model={"name_or_path": str(tiny_model_dir)})))
-    exe = str(Path(sys.executable).parent / "timekd-embed")
-    out = subprocess.run([exe, "inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "train",
-                          "--window", "0"], capture_output=True, text=True, check=True).stdout
-    variables = json.loads(out)
+    shown = timekd_embed("inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "train",
+                         "--window", "0")
+    assert shown.returncode == 0, shown.stderr
+    variables = json.loads(shown.stdout)
     assert len(variables) == 21 and variables[0]["variable"] == "p (mbar)" and variables[-1]["variable"] == "OT"
     first = variables[0]
     assert first["gt_prompt"].startswith("From <01/01/2020 00:10> to <01/01/2020 16:00>, the values were <1008, 1008,")
     assert first["hd_prompt"].endswith("every hour. Forecast the values for the next <24> hours")
     assert len(first["gt_ids"]) == len(first["gt_types"]) and set(first["gt_types"]) == {"language", "time_series"}
-    bad = subprocess.run([exe, "inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "val",
-                          "--window", "99999"], capture_output=True, text=True)
+    bad = timekd_embed("inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "val",
+                       "--window", "99999")
     assert bad.returncode == 1 and "--window 99999 is outside split val, which has 5247 windows" in bad.stderr

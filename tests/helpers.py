@@ -1,0 +1,77 @@
+"""What the end-to-end tests share: the real `snakemake` and `timekd-embed` commands on this
+checkout, a config on and cuts of the real weather.csv, and the one parser of Snakemake's job table."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT, WEATHER_CSV
+
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile")]
+TIMEKD_EMBED = str(BIN / "timekd-embed")
+# This checkout's package, also when a command runs in another folder.
+PACKAGE_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "workflow"), os.environ.get("PYTHONPATH")]))}
+FINAL_RULES = ("all", "manifest")  # they rerun whenever anything does
+
+
+def snakemake(workdir: Path, config: dict | None, *args: str, configfile: str = "config.yaml", env: dict | None = None,
+              umask: int | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """This checkout's Snakefile run by the real CLI in `workdir` with the config file `workdir/configfile`.
+
+    `config` is written there first; None runs the file as it is. `umask` is set in the child.
+    """
+    configfile = workdir / configfile
+    if config is not None:
+        configfile.write_text(yaml.safe_dump(config))
+    return subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--configfile", str(configfile), *args],
+                          capture_output=True, text=True, timeout=timeout, env=os.environ | (env or {}),
+                          preexec_fn=None if umask is None else functools.partial(os.umask, umask))
+
+
+def timekd_embed(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed `timekd-embed` command, importing this checkout's package."""
+    return subprocess.run([TIMEKD_EMBED, *args], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=os.environ | PACKAGE_ENV | (env or {}))
+
+
+def weather_config(**overrides) -> dict:
+    """The default config on the real weather.csv, with `overrides` as top-level keys."""
+    return {"dataset": {"name": "weather", "csv": str(WEATHER_CSV)}} | overrides
+
+
+def weather_rows(path: Path, rows: int, columns: list[int] | None = None, skip: int = 0) -> Path:
+    """The first `rows` data rows of weather.csv (after `skip`), header included; optionally some columns only."""
+    lines = WEATHER_CSV.read_bytes().splitlines(keepends=True)
+    picked = [lines[0]] + lines[1 + skip:1 + skip + rows]
+    if columns is not None:
+        picked = [b",".join(line.rstrip(b"\r\n").split(b",")[i] for i in columns) + b"\r\n" for line in picked]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(picked))
+    return path
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """rule -> jobs, from the first "Job stats" table in `output` (a dry run prints it on stdout,
+    a real run on stderr)."""
+    counts = {}
+    for line in output.split("Job stats:")[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """A dry run's jobs per rule, the final rules left out; {} for "Nothing to be done"."""
+    if "Job stats:" not in result.stdout:
+        assert "Nothing to be done" in result.stdout + result.stderr, result.stderr[-3000:]
+        return {}
+    return {rule: n for rule, n in job_counts(result.stdout).items() if rule not in FINAL_RULES}
