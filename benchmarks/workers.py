@@ -266,11 +266,31 @@ def run_savings(args) -> dict:
 # ----------------------------------------------------------------------------- the whole job
 
 
+class StateRecorder(torch.nn.Module):
+    """The teacher's own SCA, keeping a CPU copy of the language model's states it is given: what
+    the trie computes, before the SCA (the same code on both ways) amplifies their last-bit
+    differences."""
+
+    def __init__(self, sca: torch.nn.Module):
+        super().__init__()
+        self.sca = sca
+        self.calls: list[torch.Tensor] = []
+
+    def forward(self, gt: torch.Tensor, hd: torch.Tensor) -> torch.Tensor:   # (W, d, N) each
+        self.calls.append(torch.stack([gt, hd]).float().cpu())                 # (2, W, d, N)
+        return self.sca(gt, hd)
+
+    def states(self, calls: list[torch.Tensor]) -> np.ndarray:
+        """(2, W, d, N) float32: the given calls' states, concatenated over windows."""
+        return torch.cat(calls, dim=1).numpy()
+
+
 def run_whole(args) -> dict:
     """The same windows through (a) one job per horizon (embed_windows per P, summed) and (b) the
     shared trie (embed_horizons), in this process, interleaved: exact model positions (padding
     included, counted at the token embedding), seconds per window for all horizons together, peak
-    RSS after each, and the largest difference between the two (per horizon, same precision)."""
+    RSS after each, and the largest differences between the two (per horizon, same precision) of
+    the language model's last-token states and of the embeddings after the SCA."""
     from timekd_embed.extract import embed_horizons, embed_windows, load_teacher
     from timekd_embed.lm import load_tokenizer
     from timekd_embed.prompts import SplitPrompts
@@ -284,31 +304,53 @@ def run_whole(args) -> dict:
                            devices=devices_for(args.device))
     budget = args.probe_batch_tokens or workflow_batch_tokens(args.device)     # the workflow's default budget
     embed_windows(teacher, prompts[args.pred_lens[0]], windows[:1], FIDELITY, budget)       # warm-up
+    recorder = StateRecorder(teacher.replicas[0].sca)       # the bench runs one replica
+    teacher.replicas[0].sca = recorder
     runs = {"per_horizon": [], "trie": []}
-    out = {}
+    out, states = {}, {}
     for round_ in range(WHOLE_ROUNDS):
         for way in ("trie", "per_horizon"):          # the trie first: the RSS after it is its own peak
             progress(f"whole job, round {round_ + 1}: {way}")
             with count_model_tokens(teacher.model) as counts:
                 synchronize(args.device)
                 t = time.perf_counter()
+                recorder.calls.clear()
                 if way == "trie":
                     got, c = embed_horizons(teacher, prompts, windows, FIDELITY, budget)
                     computed = c["computed"]
+                    # one SCA call per (chunk, P), P fastest: every window exists at every horizon
+                    calls = {P: recorder.calls[p::len(args.pred_lens)] for p, P in enumerate(args.pred_lens)}
                 else:
-                    got, computed = {}, 0
+                    got, computed, calls = {}, 0, {}
                     for P in args.pred_lens:
+                        first_call = len(recorder.calls)
                         got[P], c = embed_windows(teacher, prompts[P], windows, FIDELITY, budget)
                         computed += c["computed"]
+                        calls[P] = recorder.calls[first_call:]
                 synchronize(args.device)
                 wall = time.perf_counter() - t
             runs[way].append({"seconds": wall, "model_positions": counts["model_tokens"],
                               "real_positions": computed, "peak_rss_bytes_after": peak_rss_bytes()})
             out[way] = got
+            states[way] = {P: recorder.states(calls[P]) for P in args.pred_lens}
+    # The rounding floor: (a) itself with other batches (a quarter of the budget), once, untimed.
+    progress("whole job: one job per horizon again at a quarter of the token budget (the rounding floor)")
+    floor, floor_states = {}, {}
+    for P in args.pred_lens:
+        recorder.calls.clear()
+        floor[P], _ = embed_windows(teacher, prompts[P], windows, FIDELITY, budget // 4)
+        floor_states[P] = recorder.states(recorder.calls)
     diff = max(float(np.abs(out["trie"][P] - out["per_horizon"][P]).max()) for P in args.pred_lens)
+    states_diff = max(float(np.abs(states["trie"][P] - states["per_horizon"][P]).max()) for P in args.pred_lens)
     result = {"windows": [int(w) for w in windows], "pred_lens": args.pred_lens, "precision": args.precision,
               "batch_tokens": budget, "rounds": WHOLE_ROUNDS, "max_abs_diff": diff,
-              "largest_value": max(float(np.abs(out["trie"][P]).max()) for P in args.pred_lens)}
+              "largest_value": max(float(np.abs(out["trie"][P]).max()) for P in args.pred_lens),
+              "max_abs_diff_states": states_diff,
+              "largest_state": max(float(np.abs(states["trie"][P]).max()) for P in args.pred_lens),
+              "floor_batch_tokens": budget // 4,
+              "floor_max_abs_diff": max(float(np.abs(floor[P] - out["per_horizon"][P]).max()) for P in args.pred_lens),
+              "floor_max_abs_diff_states": max(float(np.abs(floor_states[P] - states["per_horizon"][P]).max())
+                                               for P in args.pred_lens)}
     for way, rs in runs.items():
         fastest = min(r["seconds"] for r in rs)
         result[way] = {"s_per_window": fastest / len(windows), "seconds_all_rounds": [r["seconds"] for r in rs],

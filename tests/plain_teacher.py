@@ -1,8 +1,8 @@
 """A deliberately plain re-implementation of the TimeKD teacher, used by the tests as an oracle.
 
 Semantics: docs/teacher.md (sections 2-5).  Everything here is done the slow,
-obvious way: one prompt at a time, batch of one, no padding, explicit Python loops for the
-calibrated mask, and GPT-2's attention written out from the block weights.  It must not
+obvious way: one prompt at a time, batch of one, no padding, the calibrated mask as the plain
+statement "every language/time-series pair", and GPT-2's attention written out from the block weights.  It must not
 import the project package (`timekd_embed`): it is the independent side of the comparison.
 """
 
@@ -142,14 +142,11 @@ def plain_mask(types: list[str], length: int) -> torch.Tensor:
     Indices of `types` at or beyond `length` are ignored; positions that `types` does not
     cover (when it is shorter than `length`) get no -100 entries.
     """
-    mask = torch.zeros((length, length), dtype=torch.float32)
-    language = [i for i, t in enumerate(types) if t == "language" and i < length]
-    series = [j for j, t in enumerate(types) if t == "time_series" and j < length]
-    for i in language:
-        for j in series:
-            mask[i, j] = -100.0
-            mask[j, i] = -100.0
-    return mask
+    covered = list(types[:length]) + [None] * max(0, length - len(types))
+    language = torch.tensor([t == "language" for t in covered])        # (length,) bool
+    series = torch.tensor([t == "time_series" for t in covered])
+    pair = language[:, None] & series[None, :]                          # query language, key series
+    return torch.where(pair | pair.T, -100.0, 0.0).to(torch.float32)
 
 
 def _layer_norm(h: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:

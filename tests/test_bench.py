@@ -40,7 +40,9 @@ def test_the_whole_job_runs_fewer_positions_with_the_trie_and_agrees(monkeypatch
     # The parent's --pred-lens and --whole-windows reach the worker (spawn once left --pred-lens out: all five ran).
     whole = worker(monkeypatch, tmp_path, weather_csv, "whole", "--pred-lens", "24", "96", "--whole-windows", "2")
     assert len(whole["windows"]) == 2 and whole["pred_lens"] == [24, 96]
-    assert whole["positions_ratio"] > 1.3 and whole["max_abs_diff"] < 1e-5
+    assert whole["positions_ratio"] > 1.3 and whole["max_abs_diff"] < 1e-5 and whole["max_abs_diff_states"] < 1e-5
+    # the rounding floor: one job per horizon against itself at a quarter of the budget
+    assert whole["floor_batch_tokens"] == whole["batch_tokens"] // 4 and whole["floor_max_abs_diff"] < 1e-5
     assert len(whole["trie"]["seconds_all_rounds"]) == WHOLE_ROUNDS
 
 
