@@ -1,3 +1,11 @@
+"""Rule parity (rules/validate.smk): one horizon's stored embeddings against an fp32 recomputation.
+
+Inputs: embeddings and windows (one per configured split), sca. Output:
+results/<name>/validation/parity_<P>.json (timekd_embed.parity.parity_report, plus every cosine).
+Params: parity (the config's parity section: windows, min_cosine), splits. Resources: gpu.
+Raises InputError (through require_parity) when the cosine falls below min_cosine.
+"""
+
 import logging
 import sys
 
