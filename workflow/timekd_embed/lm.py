@@ -1,4 +1,9 @@
-"""The frozen GPT-2 teacher: loading, the calibrated mask, last-token states (docs/teacher.md sections 3-4)."""
+"""The frozen GPT-2 teacher: loading, the calibrated mask, last-token states (docs/teacher.md sections 3-4).
+
+References: Liu et al., "TimeKD", ICDE 2025 (the calibrated language model); the published
+clm.py (the -100 calibration between language and time-series tokens) and store_emb.py
+(the last token's final-layer-norm state of every prompt).
+"""
 
 from __future__ import annotations
 
@@ -130,14 +135,28 @@ SHOWN = 3  # names quoted per kind of difference
 
 
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor GPT2Model(config) loads, built on the meta device (no memory, no init cost)."""
+    """Name -> shape of every tensor GPT2Model(config) loads, built on the meta device (no memory, no init cost).
+
+    Args:
+        config: the model's GPT2Config.
+    Returns:
+        {tensor name: shape}.
+    """
     with torch.device("meta"):
         model = GPT2Model(config)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in a safetensors file, from its header alone (store.read_header)."""
+    """Name -> shape of every tensor in a safetensors file, from its header alone (store.read_header).
+
+    Args:
+        path: a .safetensors file.
+    Returns:
+        {tensor name: shape}.
+    Raises:
+        InputError: the file is missing or its header is damaged.
+    """
     header, _ = read_header(path)
     return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 
@@ -297,6 +316,13 @@ def _mismatch_entry(entry) -> tuple[str, tuple, tuple]:
 
 
 def check_vocab(tokenizer, config: GPT2Config, name_or_path: str) -> None:
+    """Fail when the tokenizer does not belong to the model.
+
+    Args:
+        tokenizer: the loaded tokenizer; config: the model's GPT2Config; name_or_path: named in the message.
+    Raises:
+        InputError: the tokenizer's size differs from config.vocab_size.
+    """
     # A different size means a tokenizer from another model: its ids would index the wrong embeddings.
     if len(tokenizer) != config.vocab_size:
         raise InputError(f"model {name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model "
@@ -338,7 +364,14 @@ def calibrated_mask(codes: torch.Tensor, valid: torch.Tensor, key_codes: torch.T
 
 
 def level_masks(batch: TrieBatch, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Each level's mask (R, 1, T, K), its keys being its ancestors' tokens then its own."""
+    """Each level's mask, its keys being its ancestors' tokens then its own (calibrated_mask).
+
+    Args:
+        batch: a packing.TrieBatch, parents before children.
+        dtype: the model's dtype.
+    Returns:
+        Per level, (R, 1, T, K) of `dtype`.
+    """
     key_codes, key_valid, masks = [], [], []
     for level in batch.levels:
         codes, valid = level.codes, level.valid
@@ -412,6 +445,8 @@ def first_block_attention(model: GPT2Model, batch: TrieBatch, device: torch.devi
     """The first block's attention inputs of the batch's widest leaf level (most query x key pairs),
     exactly as block_forward builds them: for checks of the attention kernels (preflight).
 
+    Args:
+        model: GPT2Model in eval mode; batch: a packing.TrieBatch with a leaf level; device: model.wte's.
     Returns:
         q (R, H, T, hd), k and v (R, H, K, hd) (the ancestors' keys, then the level's own), the
         mask (R, 1, T, K) in the model's dtype.
@@ -442,8 +477,9 @@ def _forward(model: GPT2Model, batch: TrieBatch, check_each_block: bool) -> torc
     masks = level_masks(batch, model.dtype)                       # per level (R, 1, T, K)
     states = [model.wte(level.ids) + model.wpe(level.positions) for level in batch.levels]   # (R, T, d)
     for index, block in enumerate(model.h):
-        at = block.ln_1.weight.device                             # model_parallel: blocks on several devices
-        batch, masks, states = batch.to(at), [m.to(at) for m in masks], [x.to(at) for x in states]
+        here = block.ln_1.weight.device                           # model_parallel: blocks on several devices
+        batch, masks, states = batch.to(here), [mask.to(here) for mask in masks], [x.to(here) for x in states]
+
         states = block_forward(block, states, batch, masks, kept_only=index == len(model.h) - 1)
         if check_each_block:
             _first_non_finite(states, index)

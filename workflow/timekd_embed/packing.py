@@ -71,10 +71,18 @@ class Trie:
 
 
 def type_codes(source: np.ndarray, length: int) -> np.ndarray:
-    """The codes a prompt of `length` tokens reads from a (possibly borrowed) type list."""
+    """The codes a prompt of `length` tokens reads from a (possibly borrowed) type list.
+
+    Args:
+        source: (S,) int8 type flags (1 time series, 0 language), maybe another prompt's
+            (reference fidelity: the last variable's, as the published store_emb.py reads them).
+        length: the prompt's token count L.
+    Returns:
+        (L,) int8: source's first L codes, -1 past its end.
+    """
     codes = np.full(length, -1, dtype=np.int8)
-    n = min(length, len(source))
-    codes[:n] = source[:n]
+    copied = min(length, len(source))
+    codes[:copied] = source[:copied]
     return codes
 
 
@@ -98,15 +106,18 @@ def build_trie(groups: list[list[Prompt]], share_head: bool = True) -> Trie:
     Returns:
         The trie; every leaf keeps at least its prompt's last token.
     """
-    everything = [p for group in groups for p in group]
-    shortest = min(len(p.ids) for p in everything)
-    h = _shared_length(everything, 0, shortest - 1) if share_head else 0
-    head = Node(everything[0].ids[:h], everything[0].codes[:h], 0)
+    everything = [prompt for group in groups for prompt in group]
+    shortest = min(len(prompt.ids) for prompt in everything)
+    head_len = _shared_length(everything, 0, shortest - 1) if share_head else 0
+    head = Node(everything[0].ids[:head_len], everything[0].codes[:head_len], 0)
     branches = []
     for group in groups:
-        s = _shared_length(group, h, min(len(p.ids) for p in group) - 1 - h)
-        stem = Node(group[0].ids[h:h + s], group[0].codes[h:h + s], h)
-        branches.append(Branch(stem, tuple(Node(p.ids[h + s:], p.codes[h + s:], h + s) for p in group)))
+        stem_len = _shared_length(group, head_len, min(len(prompt.ids) for prompt in group) - 1 - head_len)
+        leaf_start = head_len + stem_len
+        stem = Node(group[0].ids[head_len:leaf_start], group[0].codes[head_len:leaf_start], head_len)
+        leaves = tuple(Node(prompt.ids[leaf_start:], prompt.codes[leaf_start:], leaf_start) for prompt in group)
+        branches.append(Branch(stem, leaves))
+
     return Trie(head, tuple(branches))
 
 
@@ -115,17 +126,23 @@ def distinct_branches(trie: Trie) -> tuple[list[int], np.ndarray]:
 
     Variables whose truncated values agree over the whole window (rain gauges at 0, say)
     give identical branches, hence identical states: about 3% of the weather branches.
+
+    Args:
+        trie: one window's trie (build_trie).
+    Returns:
+        (first, inverse): the index of the first branch of each distinct kind, in order; (branches,)
+        int64, each branch's position in `first`.
     """
     index: dict[tuple, int] = {}
     first: list[int] = []
     inverse = np.empty(len(trie.branches), dtype=np.int64)
-    for b, branch in enumerate(trie.branches):
+    for branch_index, branch in enumerate(trie.branches):
         nodes = (branch.stem, *branch.leaves)
-        key = tuple(a.tobytes() for node in nodes for a in (node.ids, node.codes))
+        key = tuple(array.tobytes() for node in nodes for array in (node.ids, node.codes))
         if key not in index:
             index[key] = len(first)
-            first.append(b)
-        inverse[b] = index[key]
+            first.append(branch_index)
+        inverse[branch_index] = index[key]
     return first, inverse
 
 
@@ -141,7 +158,13 @@ class Level:
     last: torch.Tensor | None  # (R,) int64 leaves: index of the kept (last) token; None: inner nodes
 
     def to(self, device, pin: bool = False) -> Level:
-        """The same level on `device` (or, with pin, in page-locked host memory)."""
+        """The same level on `device` (or, with pin, in page-locked host memory).
+
+        Args:
+            device: a torch device (ignored with pin); pin: copy to page-locked host memory instead.
+        Returns:
+            The moved Level (non-blocking copies).
+        """
         names = ("ids", "positions", "codes", "valid", "parent_rows") + (("last",) if self.last is not None else ())
         moved = {name: getattr(self, name).pin_memory() if pin else getattr(self, name).to(device, non_blocking=True)
                  for name in names}
@@ -161,7 +184,13 @@ class TrieBatch:
     kept: np.ndarray
 
     def to(self, device) -> TrieBatch:
-        """The same batch with every tensor on `device` (a no-op where it is there already)."""
+        """The same batch with every tensor on `device` (a no-op where it is there already).
+
+        Args:
+            device: a torch device.
+        Returns:
+            The moved TrieBatch.
+        """
         return replace(self, levels=[level.to(device) for level in self.levels])
 
     def pin_memory(self) -> TrieBatch:
@@ -169,9 +198,11 @@ class TrieBatch:
         return replace(self, levels=[level.to(None, pin=True) for level in self.levels])
 
     def padded_positions(self) -> int:
+        """Positions the forward computes, padding included (rows x columns, summed over levels)."""
         return sum(int(level.ids.numel()) for level in self.levels)
 
     def real_positions(self) -> int:
+        """Positions of real tokens, padding excluded."""
         return sum(int(level.valid.sum()) for level in self.levels)
 
 
@@ -190,14 +221,21 @@ def _level(nodes: list[Node], parent: int, parent_rows: list[int], leaves: bool)
 
 def leaf_buckets(lengths: list[int], ratio: float = BUCKET_RATIO) -> list[list[int]]:
     """Leaf indices grouped longest first; a bucket takes leaves down to `ratio` of its longest,
-    so that padding stays below 1 - ratio of each bucket."""
-    order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+    so that padding stays below 1 - ratio of each bucket.
+
+    Args:
+        lengths: the leaves' token counts.
+        ratio: the shortest leaf a bucket takes, as a fraction of its longest.
+    Returns:
+        Buckets of leaf indices, each longest first.
+    """
+    order = sorted(range(len(lengths)), key=lambda leaf: -lengths[leaf])
     buckets: list[list[int]] = []
-    for k in order:
-        if buckets and lengths[k] >= ratio * lengths[buckets[-1][0]]:
-            buckets[-1].append(k)
+    for leaf in order:
+        if buckets and lengths[leaf] >= ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(leaf)
         else:
-            buckets.append([k])
+            buckets.append([leaf])
     return buckets
 
 
@@ -218,8 +256,17 @@ def batches(tries: list[Trie], items: list[tuple[int, int]], token_budget: int) 
     head runs once per batch it appears in); an item larger than the budget on its own gets a
     batch of its own. A batch holds the heads its items follow (once each), their stems, and
     their leaves in length buckets.
+
+    Args:
+        tries: the windows' tries.
+        items: the branch items to run, (trie index, branch index) each.
+        token_budget: padded positions per batch (config key batch_tokens).
+    Returns:
+        The batches, on the CPU; their owners index `items`.
     """
     def stem_step(k: int) -> tuple[int, int, int]:
+        """Sort key of item k: its stem length in STEM_STEP steps (longest first), its trie, k."""
+
         return -(len(tries[items[k][0]].branches[items[k][1]].stem) // STEM_STEP), items[k][0], k
 
     order = sorted(range(len(items)), key=stem_step)
