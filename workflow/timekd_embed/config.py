@@ -50,6 +50,7 @@ def resolve_layout(layout: str, name: str) -> str:
 
 
 def load_schema() -> dict:
+    """The config's JSON schema (workflow/schemas/config.schema.yaml), as a dict."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
@@ -240,7 +241,15 @@ DEFAULT_CONFIG = "config/config.yaml"  # the Snakefile's `configfile:`, relative
 
 
 def read_config_file(path: Path) -> dict:
-    """The raw mapping of one YAML config file; InputError when it is missing or no mapping."""
+    """The raw mapping of one YAML config file.
+
+    Args:
+        path: the YAML file.
+    Returns:
+        Its mapping, unvalidated ({} for an empty file).
+    Raises:
+        InputError: the file is missing, not YAML, or not a mapping.
+    """
     if not path.is_file():
         raise InputError(f"{path}: config file not found; pass an existing --configfile.")
     try:
@@ -296,11 +305,26 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
 
 
 def load_config_file(path: str | Path) -> dict:
-    """One config file on its own (no config/config.yaml beneath it), validated."""
+    """One config file on its own (no config/config.yaml beneath it), validated.
+
+    Args:
+        path: the YAML file.
+    Returns:
+        The validated config, defaults filled in.
+    Raises:
+        InputError: as read_config_file and validate_config.
+    """
     return validate_config(read_config_file(Path(path)), str(path))
 
 
 def config_hash(config: dict, keys: list[str] | None = None) -> str:
-    """A short, stable hash of (a part of) the config, for metadata and manifests."""
-    part = {k: config[k] for k in keys} if keys else config
+    """A short, stable hash of (a part of) the config, for metadata and manifests.
+
+    Args:
+        config: a JSON-able config; keys: the top-level keys to hash (None or empty: all).
+    Returns:
+        The first 16 hex digits of the sha256 of its sorted JSON.
+    """
+    part = {key: config[key] for key in keys} if keys else config
+
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]

@@ -58,9 +58,14 @@ def recorded_config(config: dict) -> dict:
 
     The CSV's location is left out too: its content is pinned by the input sha256 in every
     artifact's metadata, and a copy of the results on another machine keeps its hash.
+
+    Args:
+        config: the validated config.
+    Returns:
+        The config without the NOT_RECORDED keys and without dataset.csv.
     """
-    recorded = {k: v for k, v in config.items() if k not in NOT_RECORDED}
-    recorded["dataset"] = {k: v for k, v in config.get("dataset", {}).items() if k != "csv"}
+    recorded = {key: value for key, value in config.items() if key not in NOT_RECORDED}
+    recorded["dataset"] = {key: value for key, value in config.get("dataset", {}).items() if key != "csv"}
     return recorded
 
 
@@ -153,6 +158,9 @@ def load(path: str | Path) -> dict:
 
     Args:
         path: a MANIFEST.json, or the results folder that holds one.
+
+    Returns:
+        The manifest dict.
 
     Raises:
         InputError: the file is missing, not JSON, of another format version, or lists a
@@ -317,6 +325,11 @@ def current_inputs(folder: Path, manifest: dict, config: dict | None) -> Inputs:
 
     Relative paths are taken from the current directory when `config` is given, as
     Snakemake reads them; otherwise from the folder above results/, the run's working folder.
+
+    Args:
+        folder: the results folder; manifest: its manifest (load); config: a validated config, or None.
+    Returns:
+        Inputs: the CSV and weights paths found on this machine (None where not), and a note for each missing one.
     """
     if config is None:
         csv = manifest.get("inputs", {}).get("csv")
@@ -345,6 +358,8 @@ def weights_file_here(name_or_path: str | None, revision: str | None, workdir: P
     A local folder's model.safetensors, or the hub cache's copy at `revision` (as
     lm.weights_file finds it, but never downloading: verify must not).
 
+    Args:
+        name_or_path, revision: config key model's; workdir: the run's working folder.
     Returns:
         (path, "") or (None, one sentence saying why the weights could not be rechecked).
     """
@@ -381,6 +396,8 @@ def stale_embeddings(folder: Path, entries: list[dict], inputs: Inputs) -> Verdi
     current: dict[Path, str] = {}  # each input hashed once
 
     def sha256_of(path: Path) -> str:
+        """The file's sha256, hashed once per verify."""
+
         if path not in current:
             current[path] = sha256_file(path)
         return current[path]
@@ -401,12 +418,25 @@ def stale_embeddings(folder: Path, entries: list[dict], inputs: Inputs) -> Verdi
 
 
 def write(path: str | Path, manifest: dict) -> None:
-    """Write the manifest atomically, with sorted keys (store.write_json)."""
+    """Write the manifest atomically, with sorted keys (store.write_json).
+
+    Args:
+        path: MANIFEST.json's path; manifest: build's result.
+    """
     write_json(path, manifest)
 
 
 def main_verify(folder: str | Path, manifest_path: str | Path | None = None, config: dict | None = None) -> int:
-    """`timekd-embed verify`: notes and problems on stderr, one line each; returns the exit status."""
+    """`timekd-embed verify`: notes and problems on stderr, one line each.
+
+    Args:
+        folder: the results folder; manifest_path: another run's manifest to compare against
+            (None: the folder's own); config: a validated config whose inputs to recheck, or None.
+    Returns:
+        The exit status: 0 when nothing is wrong, else 1.
+    Raises:
+        InputError: as load (a missing or unreadable manifest).
+    """
     against = Path(manifest_path) if manifest_path is not None else Path(folder) / MANIFEST
     verdict = verify(folder, manifest_path, config)
     for line in verdict.notes:

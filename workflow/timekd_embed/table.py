@@ -387,6 +387,7 @@ def _steps(dates: pd.DatetimeIndex) -> dict:
     usual = unique[np.argmax(counts)]
 
     def report(mask: np.ndarray) -> dict:
+        """How many steps `mask` marks, and the first of them (its dates and CSV line)."""
         where = np.flatnonzero(mask)
         if len(where) == 0:
             return dict(empty)
