@@ -65,8 +65,8 @@ def _fill_defaults(config: dict, schema: dict) -> None:
 
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = ""
-    for p in error.absolute_path:
-        parts += f"[{p}]" if isinstance(p, int) else (f".{p}" if parts else str(p))
+    for step in error.absolute_path:
+        parts += f"[{step}]" if isinstance(step, int) else (f".{step}" if parts else str(step))
     return parts or "(top level)"
 
 
@@ -146,8 +146,8 @@ def config_origins(configfiles: Iterable, cli_configfiles: Iterable, command_lin
     Returns:
         [(label, loaded values)], lowest precedence first; the label is a path or "--config".
     """
-    cli = [Path(p).absolute() for p in cli_configfiles]
-    files = [p for p in configfiles if Path(p).absolute() not in cli] + list(cli_configfiles)
+    cli = [Path(path).absolute() for path in cli_configfiles]
+    files = [path for path in configfiles if Path(path).absolute() not in cli] + list(cli_configfiles)
     origins = []
     for path in files:
         try:
@@ -194,9 +194,9 @@ def _check_date_format(config: dict, source: str) -> None:
     if pattern is None:
         return
     codes = re.findall(r"%(.)", pattern.replace("%%", ""))
-    unknown = sorted({c for c in codes if c not in DATE_DIRECTIVES})
+    unknown = sorted({code for code in codes if code not in DATE_DIRECTIVES})
     if unknown or not {"Y", "y"} & set(codes) or not {"m", "b", "B"} & set(codes):
-        problem = (f"has the unknown code(s) {', '.join('%' + c for c in unknown)}" if unknown
+        problem = (f"has the unknown code(s) {', '.join('%' + code for code in unknown)}" if unknown
                    else "needs a year (%Y) and a month (%m, %b or %B)")
         raise InputError(f"{source}: config key dataset.date_format = {pattern!r} {problem}; write the dates' "
                          "format as a strftime pattern, such as '%d/%m/%Y %H:%M' (see config/README.md).")
@@ -225,7 +225,9 @@ def validate_config(config: dict, source: str = "config", origins: list | None =
             _coerce(values, (), config, schema)
     _fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    errors = sorted(validator.iter_errors(config),
+                    key=lambda error: (len(error.absolute_path), str(error.absolute_path)))
+
     if errors:
         error = errors[0]
         path = tuple(error.absolute_path)
@@ -292,7 +294,7 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
         InputError: a file is missing or not YAML, there is no config at all, or a key is
             invalid (naming the files it came from).
     """
-    paths = ([Path(default)] if Path(default).is_file() else []) + [Path(p) for p in configfiles or []]
+    paths = ([Path(default)] if Path(default).is_file() else []) + [Path(path) for path in configfiles or []]
     if not paths:
         raise InputError(f"{default} is not in {Path.cwd()}; run from the workflow's folder or pass --configfile.")
     merged: dict = {}

@@ -50,7 +50,14 @@ def _h5py():
 
 
 def staging_dir(out_dir: Path) -> Path:
-    """The staging folder of `out_dir`: .<name>.partial beside it."""
+    """The staging folder of `out_dir`.
+
+    Args:
+        out_dir: the export's final folder.
+    Returns:
+        .<name>.partial beside it.
+    """
+
     return out_dir.parent / f".{out_dir.name}.partial"
 
 
@@ -71,8 +78,8 @@ def source_stamp(path: Path) -> dict:
 
 
 def _write_h5(h5py, path: Path, row: np.ndarray) -> None:
-    with atomic_path(path, durable=False) as tmp, h5py.File(tmp, "w") as f:  # fsync in bulk later
-        f.create_dataset(DATASET, data=row)  # contiguous, uncompressed: as the published store_emb.py
+    with atomic_path(path, durable=False) as tmp, h5py.File(tmp, "w") as h5_file:  # fsync in bulk later
+        h5_file.create_dataset(DATASET, data=row)  # contiguous, uncompressed: as the published store_emb.py
 
 
 def _file_size(h5py, folder: Path, shape: tuple[int, ...]) -> int:

@@ -188,7 +188,7 @@ def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
     """
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
-    return {"files": {p.name: cache.sha256(p) for p in model_files(source)}}
+    return {"files": {path.name: cache.sha256(path) for path in model_files(source)}}
 
 
 def model_config_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
@@ -242,7 +242,7 @@ def csv_fingerprint(csv: str | os.PathLike, windows: list[str], pinned: str | No
     """
     if Path(csv).is_file():
         return cache.sha256(csv)
-    if windows and all(Path(p).is_file() for p in windows):
+    if windows and all(Path(path).is_file() for path in windows):
         return recorded_windows_metadata(windows[0])["input_sha256"]
     return pinned
 

@@ -133,20 +133,20 @@ def build(folder: str | Path, outputs: dict[str, list[str]], config: dict,
     for name, paths in outputs.items():
         is_record = name.endswith(RECORDS_SUFFIX)
         rule = name.removesuffix(RECORDS_SUFFIX)
-        (records if is_record else artifacts).extend(_entry(folder, p, rule) for p in paths)
-    leave_out = {Path(p).resolve() for p in own_files}
-    records += [_entry(folder, p, None) for p in _record_folder_files(folder, leave_out)]
+        (records if is_record else artifacts).extend(_entry(folder, path, rule) for path in paths)
+    leave_out = {Path(path).resolve() for path in own_files}
+    records += [_entry(folder, path, None) for path in _record_folder_files(folder, leave_out)]
     recorded = recorded_config(config)
     return {"format_version": FORMAT_VERSION, "config_hash": config_hash(recorded), "config": recorded,
             "versions": versions(), "inputs": {"csv": str(config["dataset"]["csv"])},
-            "artifacts": sorted(artifacts, key=lambda e: e["path"]),
-            "run_records": sorted(records, key=lambda e: e["path"])}
+            "artifacts": sorted(artifacts, key=lambda entry: entry["path"]),
+            "run_records": sorted(records, key=lambda entry: entry["path"])}
 
 
 def _folder_files(folder: Path) -> set[str]:
     """Every file of the results folder, relative to it, but for the manifest itself."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-            if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST}
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*")
+            if path.is_file() and path.relative_to(folder).as_posix() != MANIFEST}
 
 
 def _in_record_folder(relative: str) -> bool:
@@ -263,7 +263,7 @@ def verify(folder: str | Path, manifest_path: str | Path | None = None, config: 
             verdict.records_differ.append(entry["path"])
     if verdict.records_differ:
         verdict.notes.append(_records_note(folder, manifest_path, verdict.records_differ))
-    listed = {e["path"] for e in manifest["artifacts"] + manifest["run_records"]}
+    listed = {entry["path"] for entry in manifest["artifacts"] + manifest["run_records"]}
     for relative in sorted(_folder_files(folder) - listed):
         if _is_temporary(relative):
             verdict.notes.append(f"{folder / relative}: a leftover of an interrupted write, not an artifact; "
@@ -279,9 +279,9 @@ def verify(folder: str | Path, manifest_path: str | Path | None = None, config: 
 
 
 def _records_note(folder: Path, manifest_path: Path, differ: list[str]) -> str:
-    named = [p for p in differ if not _in_record_folder(p)]
-    counted = [f"{sum(p.split('/', 1)[0] == name for p in differ)} file(s) in {name}/" for name in RECORD_FOLDERS
-               if any(p.split("/", 1)[0] == name for p in differ)]
+    named = [path for path in differ if not _in_record_folder(path)]
+    counted = [f"{sum(path.split('/', 1)[0] == name for path in differ)} file(s) in {name}/" for name in RECORD_FOLDERS
+               if any(path.split("/", 1)[0] == name for path in differ)]
     return (f"{folder}: {len(differ)} run record(s) differ from {manifest_path}: {', '.join(named + counted)}; "
             "they hold timings and host names, which differ between runs, so this is not a problem.")
 

@@ -90,7 +90,13 @@ def stamp_text(stamp, dataset_name: str) -> str:
 
 
 def value_text(value: float) -> str:
-    """A value as the prompts write it: truncated toward zero, as the published code does ("-2.7" -> "-2")."""
+    """A value as the prompts write it: truncated toward zero, as the published code does.
+
+    Args:
+        value: a raw value.
+    Returns:
+        Its integer part as text: -2.7 -> "-2".
+    """
     return str(int(value))
 
 
@@ -250,7 +256,13 @@ class SplitPrompts:
 
     # -- text (for inspection and the self-check) --------------------------------------
     def window_texts(self, i: int) -> list[tuple[str, str]]:
-        """Window i's prompts as text, the published way (prompt_texts): N (GT, HD) pairs."""
+        """Window i's prompts as text, the published way (prompt_texts).
+
+        Args:
+            i: the window's index, 0 <= i < n_windows.
+        Returns:
+            N (GT text, HD text) pairs, in variable order.
+        """
         L, P = self.seq_len, self.pred_len
         t1, t2 = stamp_text(self.stamps[i], self.name), stamp_text(self.stamps[i + L - 1], self.name)
         return [prompt_texts(self.raw[i:i + L, variable], self.raw[i + L:i + L + P, variable], t1, t2, P,
@@ -258,7 +270,14 @@ class SplitPrompts:
                 for variable in range(self.n_vars)]
 
     def types(self, ids: np.ndarray) -> np.ndarray:
-        """Token types of one prompt's (L,) ids: (L,) bool, True for time series (time_series_flags)."""
+        """Token types of one prompt (time_series_flags).
+
+        Args:
+            ids: (L,) int token ids.
+        Returns:
+            (L,) bool, True for time series.
+        """
+
         return time_series_flags(ids, self.open_id, self.close_id)
 
     def _check_against_tokenizer(self) -> None:

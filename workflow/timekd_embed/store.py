@@ -184,14 +184,15 @@ def _sort_header(path: Path) -> None:
     The sorted header holds the same keys and values, so it has the same length; the
     header's trailing-space padding absorbs any difference in escaping.
     """
-    with open(path, "r+b") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
+    with open(path, "r+b") as stream:
+        size = int.from_bytes(stream.read(8), "little")
+        header = json.loads(stream.read(size))
         text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         if len(text) > size:  # cannot happen for the str -> str metadata written above
             raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
-        f.seek(8)
-        f.write(text.ljust(size))
+        stream.seek(8)
+        stream.write(text.ljust(size))
+
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:
