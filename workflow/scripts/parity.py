@@ -20,10 +20,10 @@ gpus = 0 if snakemake.config["device"] == "cpu" else snakemake.resources.gpu
 with job(snakemake.log[0], snakemake.threads, gpus):
     params = snakemake.params
     settings = Settings.from_config(snakemake.config, int(snakemake.wildcards.pred_len), params.splits[0])
-    embeddings = dict(zip(params.splits, snakemake.input.embeddings))
-    windows = dict(zip(params.splits, snakemake.input.windows))
-    report, cosines = parity_report(settings, embeddings, windows, snakemake.input.sca, params.parity["windows"],
-                                    params.parity["min_cosine"])
+    embedding_paths = dict(zip(params.splits, snakemake.input.embeddings))
+    windows_paths = dict(zip(params.splits, snakemake.input.windows))
+    report, cosines = parity_report(settings, embedding_paths, windows_paths, snakemake.input.sca,
+                                    params.parity["windows"], params.parity["min_cosine"])
     logging.getLogger("timekd_embed.parity").info("fp32 parity: %s", report["fp32_parity"])
     require_parity(report)
     write_json(snakemake.output[0], report | {"cosines": cosines.tolist()})

@@ -227,12 +227,13 @@ def recorded_windows_metadata(path: str | os.PathLike) -> dict:
         raise InputError(f"{path} is not a readable windows file; delete it and rerun the workflow.") from None
 
 
-def csv_fingerprint(csv: str | os.PathLike, windows: list[str], pinned: str | None, cache: Sha256Cache) -> str | None:
+def csv_fingerprint(csv: str | os.PathLike, windows_paths: list[str], pinned: str | None,
+                    cache: Sha256Cache) -> str | None:
     """sha256 of the CSV the windows are (to be) made from.
 
     Args:
         csv: config key dataset.csv.
-        windows: the windows Parquet files; when the CSV is absent (results copied without
+        windows_paths: the windows Parquet files; when the CSV is absent (results copied without
             it) their recorded input_sha256 stands in for it.
         pinned: the sha256 get_data verifies for a known dataset, used when neither exists.
         cache: the sha256 cache.
@@ -242,8 +243,8 @@ def csv_fingerprint(csv: str | os.PathLike, windows: list[str], pinned: str | No
     """
     if Path(csv).is_file():
         return cache.sha256(csv)
-    if windows and all(Path(path).is_file() for path in windows):
-        return recorded_windows_metadata(windows[0])["input_sha256"]
+    if windows_paths and all(Path(path).is_file() for path in windows_paths):
+        return recorded_windows_metadata(windows_paths[0])["input_sha256"]
     return pinned
 
 
