@@ -70,7 +70,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2Tokeni
     """
     local = _local(name_or_path)
     if local is not None:
-        missing = [f for f in ("vocab.json", "merges.txt") if not (local / f).is_file()]
+        missing = [name for name in ("vocab.json", "merges.txt") if not (local / name).is_file()]
         if missing:
             raise InputError(f"model folder {local} lacks {', '.join(missing)}; put the GPT-2 tokenizer files there.")
     with _from_hub(name_or_path, revision):
@@ -112,7 +112,8 @@ def weights_file(name_or_path: str, revision: str | None = None) -> Path:
     if local is not None:
         path = local / "model.safetensors"
         if not path.is_file():
-            pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
+            pickled = (sorted(file.name for file in local.glob("*.bin"))
+                       + sorted(file.name for file in local.glob("*.pt")))
             if pickled:  # unpickling can run arbitrary code, so such weights are never loaded
                 raise InputError(f"model folder {local} has only pickle weights ({', '.join(pickled)}), which are "
                                  "never loaded because unpickling can run code; convert them to model.safetensors "
@@ -177,8 +178,8 @@ def _listed(names: list[str]) -> str:
 def _refuse_differences(where: str, config: GPT2Config, missing: list[str], unexpected: list[str],
                         reshaped: list[tuple[str, tuple, tuple]]) -> None:
     """One InputError naming every kind of difference between the file and the model, or nothing."""
-    missing = sorted(n for n in missing if not TOLERATED.fullmatch(n))
-    unexpected = sorted(n for n in unexpected if not TOLERATED.fullmatch(n))
+    missing = sorted(name for name in missing if not TOLERATED.fullmatch(name))
+    unexpected = sorted(name for name in unexpected if not TOLERATED.fullmatch(name))
     if not (missing or unexpected or reshaped):
         return
     parts = []

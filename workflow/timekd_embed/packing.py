@@ -90,8 +90,8 @@ def _shared_length(prompts: list[Prompt], start: int, cap: int) -> int:
     """How many tokens from `start` on all `prompts` agree on, ids and codes, at most `cap`."""
     if cap <= 0 or len(prompts) == 1:
         return max(cap, 0)
-    ids = np.stack([p.ids[start:start + cap] for p in prompts])        # (prompts, cap)
-    codes = np.stack([p.codes[start:start + cap] for p in prompts])
+    ids = np.stack([prompt.ids[start:start + cap] for prompt in prompts])        # (prompts, cap)
+    codes = np.stack([prompt.codes[start:start + cap] for prompt in prompts])
     agree = ((ids == ids[0]) & (codes == codes[0])).all(axis=0)
     return cap if agree.all() else int(np.argmin(agree))
 
@@ -207,14 +207,14 @@ class TrieBatch:
 
 
 def _level(nodes: list[Node], parent: int, parent_rows: list[int], leaves: bool) -> Level:
-    R, T = len(nodes), max(1, max(len(n) for n in nodes))  # at least one column: shapes never empty
+    R, T = len(nodes), max(1, max(len(node) for node in nodes))  # at least one column: shapes never empty
     ids, positions = np.zeros((R, T), np.int64), np.zeros((R, T), np.int64)
     codes, valid = np.full((R, T), -1, np.int8), np.zeros((R, T), bool)
-    for r, node in enumerate(nodes):
-        n = len(node)
-        ids[r, :n], codes[r, :n], valid[r, :n] = node.ids, node.codes, True
-        positions[r, :n] = np.arange(node.start, node.start + n)
-    last = torch.tensor([len(n) - 1 for n in nodes], dtype=torch.int64) if leaves else None
+    for row, node in enumerate(nodes):
+        length = len(node)
+        ids[row, :length], codes[row, :length], valid[row, :length] = node.ids, node.codes, True
+        positions[row, :length] = np.arange(node.start, node.start + length)
+    last = torch.tensor([len(node) - 1 for node in nodes], dtype=torch.int64) if leaves else None
     return Level(torch.from_numpy(ids), torch.from_numpy(positions), torch.from_numpy(codes), torch.from_numpy(valid),
                  parent, torch.tensor(parent_rows, dtype=torch.int64), last)
 
@@ -241,10 +241,10 @@ def leaf_buckets(lengths: list[int], ratio: float = BUCKET_RATIO) -> list[list[i
 
 def _padded_cost(tries: list[Trie], items: list[tuple[int, int]]) -> int:
     """Padded positions of one batch of branch items (rows x padded length, summed over tensors)."""
-    heads = {t for t, _ in items}
-    cost = len(heads) * max(1, max(len(tries[t].head) for t in heads))
-    cost += len(items) * max(1, max(len(tries[t].branches[b].stem) for t, b in items))
-    lengths = [len(leaf) for t, b in items for leaf in tries[t].branches[b].leaves]
+    heads = {trie for trie, _ in items}
+    cost = len(heads) * max(1, max(len(tries[trie].head) for trie in heads))
+    cost += len(items) * max(1, max(len(tries[trie].branches[branch].stem) for trie, branch in items))
+    lengths = [len(leaf) for trie, branch in items for leaf in tries[trie].branches[branch].leaves]
     return cost + sum(len(bucket) * lengths[bucket[0]] for bucket in leaf_buckets(lengths))
 
 

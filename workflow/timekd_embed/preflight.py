@@ -337,7 +337,7 @@ def one_batch(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: i
     """The first real batch the extraction builds for the sample windows (packing.batches output).
 
     Args:
-        teacher: unused but for symmetry with the checks that take it; horizon: its prompts and sample.
+        teacher: not read (the batch depends on the prompts alone); horizon: its prompts and sample.
         fidelity, batch_tokens: as the extraction.
     Returns:
         The packing.TrieBatch, on the CPU, not pinned.
