@@ -38,11 +38,23 @@ GPT2 = (12, 768)
 ])
 def test_auto_shard_size_follows_device_and_horizon(device, pred_len, precision, gpus, expected):
     seconds = seconds_per_window(device, pred_len, 21, GPT2, precision, gpus)
-    assert shard_size("auto", seconds) == expected
+    assert shard_size("auto", seconds, n_windows=100) == expected
 
 
 def test_configured_shard_sizes_are_kept():
-    assert shard_size(4096, 1.0) == 4096 and shard_size(None, 1.0) is None
+    assert shard_size(4096, 1.0, 10**6) == 4096 and shard_size(None, 1.0, 10**6) is None
+
+
+def test_auto_plans_at_most_100_jobs_per_split(tmp_path, weather_csv):
+    """The default config on a CPU: fp16 there costs 342 s per window for the five horizons, so
+    `auto` gave one window per job, 41,679 jobs, and the dry run took 4 minutes."""
+    result = dry_run(tmp_path, {"device": "cpu"}, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # train: 36,600 windows at P = 192 in ranges of 366; val: 5,079 in ranges of 51 (the last of 30).
+    wildcards = [dict(kv.split("=") for kv in job["wildcards"].split(", ")) for job in extract_jobs(result.stdout)]
+    assert len(wildcards) == 200 and sum(w["split"] == "train" for w in wildcards) == 100
+    val = sorted((int(w["start"]), int(w["stop"])) for w in wildcards if w["split"] == "val")
+    assert val[-2:] == [(4998, 5049), (5049, 5247)]
 
 
 def test_cost_scales_with_variables_and_model_size():

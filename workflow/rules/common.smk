@@ -206,8 +206,8 @@ EXTRACT_THREADS = extraction_threads(
 )
 
 
-def shard_windows(pred_len):
-    """Windows per extraction job of horizon `pred_len` (config key shard_windows)."""
+def shard_windows(split, pred_len):
+    """Windows per extraction job of one (horizon, split) (config key shard_windows)."""
     seconds = seconds_per_window(
         JOB_DEVICE,
         pred_len,
@@ -216,7 +216,9 @@ def shard_windows(pred_len):
         config["precision"],
         config["gpus_per_job"],
     )
-    return shard_size(config["shard_windows"], seconds)
+    return shard_size(
+        config["shard_windows"], seconds, horizon_windows(split, pred_len)
+    )
 
 
 if config["device"] == "auto" and JOB_DEVICE == "cpu" and workflow.is_main_process:
@@ -257,13 +259,14 @@ def job_ranges(split):
     0..n_P-1. The last job is longer by at most max(pred_lens) - min(pred_lens) windows.
     """
     counts = [horizon_windows(split, P) for P in config["pred_lens"]]
-    planned = ranges(min(counts), job_shard_windows())
+    planned = ranges(min(counts), job_shard_windows(min(counts)))
     return planned[:-1] + [(planned[-1][0], max(counts))]
 
 
-def job_shard_windows():
-    """Windows per shared extraction job: every horizon's work per window counted (the shared
-    prefix makes a job shorter than the sum, so `auto` errs towards shorter jobs)."""
+def job_shard_windows(n_windows):
+    """Windows per shared extraction job over `n_windows`: every horizon's work per window counted
+    (the shared prefix makes a job shorter than the sum, so `auto` errs towards shorter jobs).
+    """
     seconds = sum(
         seconds_per_window(
             JOB_DEVICE,
@@ -275,7 +278,7 @@ def job_shard_windows():
         )
         for P in config["pred_lens"]
     )
-    return shard_size(config["shard_windows"], seconds)
+    return shard_size(config["shard_windows"], seconds, n_windows)
 
 
 def shard_ranges(wildcards):
@@ -283,7 +286,7 @@ def shard_ranges(wildcards):
         return job_ranges(wildcards.split)
     return ranges(
         horizon_windows(wildcards.split, wildcards.pred_len),
-        shard_windows(int(wildcards.pred_len)),
+        shard_windows(wildcards.split, int(wildcards.pred_len)),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from pathlib import Path
 
@@ -35,6 +36,11 @@ STARTUP_S = 16.0
 # least 9 x STARTUP_S = 144 s, and an interruption loses at most 10 minutes while the real rate is
 # no more than 2x slower than the figures above.
 JOB_SECONDS = 300.0
+# `auto` plans at most this many extraction jobs per split (per horizon and split without
+# share_horizons): Snakemake plans thousands of jobs slowly (the default config on a CPU, fp16 at
+# 342 s per window for all five horizons, gave 41,679 one-window jobs and a 4-minute dry run on a
+# 2-core machine; capped, 200 jobs in 2.6 s), so there the jobs grow longer instead.
+MAX_AUTO_JOBS = 100
 # Known hub ids: (n_layer, n_embd).
 HUB_DIMS = {"gpt2": (12, 768), "distilgpt2": (6, 768), "gpt2-medium": (24, 1024), "gpt2-large": (36, 1280),
             "gpt2-xl": (48, 1600)}
@@ -128,19 +134,21 @@ def seconds_per_window(device: str, pred_len: int, n_vars: int, dims: tuple[int,
     return scale / (_interpolate(GPU_WINDOWS_PER_S, pred_len) * max(1, gpus))
 
 
-def shard_size(setting: int | str | None, seconds: float) -> int | None:
-    """Windows per extraction job: the configured number, None (whole split), or for `auto`
-    the windows of JOB_SECONDS at `seconds` per window (at least 1).
+def shard_size(setting: int | str | None, seconds: float, n_windows: int) -> int | None:
+    """Windows per extraction job (config key shard_windows).
 
     Args:
-        setting: config key shard_windows: a whole number, None or "auto".
-        seconds: estimated seconds per window (seconds_per_window).
+        setting: the configured number, None (one job for the whole split) or "auto".
+        seconds: estimated seconds per window of one job (seconds_per_window).
+        n_windows: the windows the jobs share out.
+
     Returns:
-        Windows per job, or None for one job per split.
+        The configured value; for "auto" the windows of JOB_SECONDS of work (at least 1), but
+        no fewer than n_windows / MAX_AUTO_JOBS.
     """
     if setting != "auto":
         return setting
-    return max(1, int(JOB_SECONDS / seconds))
+    return max(1, int(JOB_SECONDS / seconds), math.ceil(n_windows / MAX_AUTO_JOBS))
 
 
 def _duration(seconds: float) -> str:
