@@ -124,7 +124,8 @@ def format_objects(objects: list[dict]) -> str:
     """
     blocks = []
     for obj in objects:
-        fields = [f"  {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in obj.items()]
+        fields = [f"  {json.dumps(key, ensure_ascii=False)}: {json.dumps(value, ensure_ascii=False)}"
+                  for key, value in obj.items()]
         blocks.append(" {\n" + ",\n".join(fields) + "\n }")
     return "[\n" + ",\n".join(blocks) + "\n]\n" if blocks else "[]\n"
 

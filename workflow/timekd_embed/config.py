@@ -175,7 +175,7 @@ def _sentence(error: jsonschema.ValidationError, source: str) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         prefix = f"{where}." if where != "(top level)" else ""
-        return (f"{source}: unknown config key {', '.join(prefix + k for k in extra)}; "
+        return (f"{source}: unknown config key {', '.join(prefix + key for key in extra)}; "
                 f"allowed keys there are {', '.join(allowed)} (see config/README.md).")
     if error.validator == "required":
         missing = error.message.split(" is a required")[0]

@@ -146,7 +146,7 @@ def item_html(pred_len: int, split: str, shapes: dict, stats: dict, parity: dict
 
 def _shared(shapes: dict) -> str:
     keys = ("model", "precision", "fidelity")
-    return ", ".join(f"{k} {v}" for k, v in shapes["shared_metadata"].items() if k in keys)
+    return ", ".join(f"{key} {value}" for key, value in shapes["shared_metadata"].items() if key in keys)
 
 
 def summary_html(name: str, shapes: dict, stats: dict[tuple[int, str], dict], parity: dict[int, dict],

@@ -341,7 +341,7 @@ def _irregularities(
         "non_ascii_columns": [v for v in variables if not v.isascii()],
         "crlf_line_endings": b"\r\n" in data,
     }
-    dup, gaps, back, sent = (found[k] for k in ("duplicate_timestamps", "gaps", "backward_steps", "sentinel"))
+    dup, gaps, back, sent = (found[key] for key in ("duplicate_timestamps", "gaps", "backward_steps", "sentinel"))
     if dup["count"]:
         first = dup["first"]
         log.warning("%s: %d duplicated timestamp(s), first %s on lines %d and %d; kept as is",
