@@ -47,35 +47,36 @@ def published_window(model, tokenizer, sca, prompts, window: int, device: str) -
     plain_mask = plain_teacher().plain_mask       # the published double loop, -100 one element at a time
     n_vars, n_head = prompts.n_vars, model.config.n_head
     seconds = dict.fromkeys(("tokenize", "mask", "forward", "sca"), 0.0)
-    t = time.perf_counter()
+    start = time.perf_counter()
     texts = prompts.window_texts(window)
     ids = [[tokenizer.encode(gt), tokenizer.encode(hd)] for gt, hd in texts]
     # The published flag walk over token strings, as the package computes it (prompts.py).
-    types = [[["time_series" if flag else "language" for flag in prompts.types(np.array(x))] for x in pair]
+    types = [[["time_series" if flag else "language" for flag in prompts.types(np.array(prompt_ids))]
+              for prompt_ids in pair]
              for pair in ids]
-    seconds["tokenize"] = time.perf_counter() - t
+    seconds["tokenize"] = time.perf_counter() - start
     last = torch.zeros(2, model.config.n_embd, n_vars, device=device)      # (GT/HD, d, N)
-    for j in range(n_vars):
-        for k in range(2):
-            t = time.perf_counter()
-            L = len(ids[j][k])
+    for variable in range(n_vars):
+        for kind in range(2):                 # 0: the GT prompt, 1: the HD prompt
+            start = time.perf_counter()
+            L = len(ids[variable][kind])
             # The published defect: every prompt takes the last variable's token types.
-            mask = plain_mask(types[n_vars - 1][k], L).to(device)
+            mask = plain_mask(types[n_vars - 1][kind], L).to(device)
             future = torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
             mask = mask.masked_fill(future, torch.finfo(mask.dtype).min)  # the causal part, as GPT-2 adds it
             mask = mask[None, None].repeat(1, n_head, 1, 1)              # repeated per head, as published
             synchronize(device)
-            seconds["mask"] += time.perf_counter() - t
-            t = time.perf_counter()
-            out = model(input_ids=torch.tensor([ids[j][k]], device=device), attention_mask=mask,
+            seconds["mask"] += time.perf_counter() - start
+            start = time.perf_counter()
+            out = model(input_ids=torch.tensor([ids[variable][kind]], device=device), attention_mask=mask,
                         output_attentions=True, output_hidden_states=True, use_cache=False)
-            last[k, :, j] = out.last_hidden_state[0, -1]
+            last[kind, :, variable] = out.last_hidden_state[0, -1]
             synchronize(device)
-            seconds["forward"] += time.perf_counter() - t
-    t = time.perf_counter()
+            seconds["forward"] += time.perf_counter() - start
+    start = time.perf_counter()
     emb = sca(last[0][None], last[1][None])[0].T.cpu().numpy()          # (N, d)
-    seconds["sca"] = time.perf_counter() - t
-    tokens = sum(len(x) for pair in ids for x in pair)
+    seconds["sca"] = time.perf_counter() - start
+    tokens = sum(len(prompt_ids) for pair in ids for prompt_ids in pair)
     return emb, seconds | {"tokens": tokens}
 
 
@@ -90,7 +91,7 @@ def run_baseline(args) -> dict:
     window = int(spread_windows(prompts.n_windows, args.windows)[0])   # the horizon run's first window
     result, published = time_published(args, tokenizer, prompts, window)
     ours = time_embed_one(args, prompts, window)
-    result.update({k: v for k, v in ours.items() if k != "embeddings"})
+    result.update({key: value for key, value in ours.items() if key != "embeddings"})
     result["speedup"] = result["s_per_window"] / result["embed_windows_s"]
     result["speedup_cpu_time"] = result["cpu_s_per_window"] / result["embed_windows_cpu_s"]
     result["max_abs_diff_vs_embed_windows"] = float(np.abs(ours["embeddings"][0] - published).max())
@@ -108,9 +109,9 @@ def time_published(args, tokenizer, prompts, window: int) -> tuple[dict, np.ndar
     with torch.no_grad():
         model(input_ids=torch.tensor([[464, 3290]], device=args.device))   # warm-up
         progress(f"baseline: window {window} at P={BASELINE_P}, one prompt per forward, eager attention")
-        t, cpu = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), time.process_time()
         published, seconds = published_window(model, tokenizer, sca, prompts, window, args.device)
-        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     result = {"pred_len": BASELINE_P, "window": window, "precision": "fp32", "s_per_window": wall,
               "cpu_s_per_window": cpu, "tokens": seconds.pop("tokens"), "seconds": seconds,
               "cpu_peak_rss_bytes": peak_rss_bytes()}
@@ -131,10 +132,10 @@ def time_embed_one(args, prompts, window: int) -> dict:
     warm_up(teacher, prompts, np.array([window]), args.device, args.batch_tokens)
     progress(f"baseline: the same window through embed_windows ({args.precision})")
     synchronize(args.device)
-    t, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), time.process_time()
     embeddings, _ = embed_windows(teacher, prompts, np.array([window]), FIDELITY, args.batch_tokens)
     synchronize(args.device)
-    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     after = matmul_roofline(args.device, args.precision, (ROOFLINE_SIZE_NEARBY,))["flops_per_s"]
     return {"embeddings": embeddings, "embed_windows_s": wall, "embed_windows_cpu_s": cpu,
             "embed_windows_precision": args.precision, "matmul_flops_per_s_after_embed_windows": after}

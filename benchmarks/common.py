@@ -52,7 +52,7 @@ def bench_env() -> dict[str, str]:
     the parent imported first on the path (so `python -m benchmarks.run` works from any folder)."""
     import timekd_embed
     paths = [str(ROOT), str(Path(timekd_embed.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
-    return os.environ | {"TIMEKD_BENCH_T0": str(_T0), "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    return os.environ | {"TIMEKD_BENCH_T0": str(_T0), "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
 
 
 def quiet_libraries() -> None:
@@ -157,20 +157,20 @@ def matmul_roofline(device: str, precision: str, sizes: tuple[int, ...] = ROOFLI
     """Best dense matmul rate of this machine in the given precision (FLOP/s)."""
     from timekd_embed.lm import DTYPES
     dtype, per_size = DTYPES[precision], {}
-    for n in sizes:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        a @ b                                                  # warm-up: library init, kernel choice
+    for size in sizes:
+        left = torch.randn(size, size, device=device).to(dtype)
+        right = torch.randn(size, size, device=device).to(dtype)
+        left @ right                                           # warm-up: library init, kernel choice
         best = float("inf")
         for _ in range(3):
             synchronize(device)
-            t = time.perf_counter()
-            a @ b
+            start = time.perf_counter()
+            left @ right
             synchronize(device)
-            best = min(best, time.perf_counter() - t)
-        per_size[n] = 2.0 * n ** 3 / best
-        progress(f"roofline {n}x{n} {precision}: {per_size[n] / 1e9:.1f} GFLOP/s")
-    return {"sizes": list(sizes), "flops_per_s_by_size": {str(k): v for k, v in per_size.items()},
+            best = min(best, time.perf_counter() - start)
+        per_size[size] = 2.0 * size ** 3 / best
+        progress(f"roofline {size}x{size} {precision}: {per_size[size] / 1e9:.1f} GFLOP/s")
+    return {"sizes": list(sizes), "flops_per_s_by_size": {str(size): rate for size, rate in per_size.items()},
             "flops_per_s": max(per_size.values()), "repeats": 3, "precision": precision, "device": device}
 
 
@@ -202,11 +202,12 @@ def count_model_tokens(model: torch.nn.Module):
 def warm_up(teacher, prompts, windows: np.ndarray, device: str, batch_tokens: int) -> None:
     """First calls pay for library init and kernel selection; keep that out of the timing."""
     from timekd_embed.extract import embed_windows
-    model, n = teacher.model, 64
+    model, length = teacher.model, 64
     # A short real prompt with an additive float mask: the same attention path, cheap on a CPU.
-    ids = torch.from_numpy(prompts.window_ids(int(windows[0])).gt[0][:n])[None].to(model.wte.weight.device)
-    mask = torch.zeros(n, n, dtype=model.dtype, device=ids.device)
-    mask = mask.masked_fill(torch.ones(n, n, dtype=torch.bool, device=ids.device).triu(1), torch.finfo(model.dtype).min)
+    ids = torch.from_numpy(prompts.window_ids(int(windows[0])).gt[0][:length])[None].to(model.wte.weight.device)
+    mask = torch.zeros(length, length, dtype=model.dtype, device=ids.device)
+    future = torch.ones(length, length, dtype=torch.bool, device=ids.device).triu(1)
+    mask = mask.masked_fill(future, torch.finfo(model.dtype).min)
     with torch.inference_mode():
         model(input_ids=ids, attention_mask=mask[None, None], use_cache=False)
     if device == "cuda":                   # cheap there, and covers the shapes of full batches
@@ -219,10 +220,10 @@ def warm_up(teacher, prompts, windows: np.ndarray, device: str, batch_tokens: in
 
 def horizon(report: dict, pred_len: int) -> dict | None:
     """The report's figures of horizon `pred_len`, or None when it was not run."""
-    return next((h for h in report["horizons"] if h["pred_len"] == pred_len), None)
+    return next((result for result in report["horizons"] if result["pred_len"] == pred_len), None)
 
 
-def job_rss(h: dict) -> int:
+def job_rss(result: dict) -> int:
     """Peak RSS at the workflow's budget: the memory probe's figure where there is one."""
-    return h["probe"]["cpu_peak_rss_bytes"] if "probe" in h else h["cpu_peak_rss_bytes"]
+    return result["probe"]["cpu_peak_rss_bytes"] if "probe" in result else result["cpu_peak_rss_bytes"]
 

@@ -9,23 +9,23 @@ from benchmarks.common import BASELINE_P, FIDELITY, GB, GIB, ROOFLINE_SIZE_NEARB
 from benchmarks.workers import PLAIN_WINDOWS, PROMPT_WINDOWS, TIMED_REPEATS
 
 
-def fmt(x, digits=3) -> str:
+def fmt(value, digits=3) -> str:
     """A figure to `digits` significant digits (whole numbers from 100 on); '-' for none."""
-    if x is None:
+    if value is None:
         return "-"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.{digits}g}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
 
 
 def table(header: list[str], rows: list[list]) -> str:
     """A Markdown table: one header row, then one row per list (cells as str)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def render_markdown(r: dict, json_name: str) -> str:
+def render_markdown(report: dict, json_name: str) -> str:
     """The whole Markdown report of `report` (sections of workers that did not run are left out).
 
     Args:
@@ -35,18 +35,19 @@ def render_markdown(r: dict, json_name: str) -> str:
     Returns:
         The Markdown text, without a final newline (as docs/benchmarks.md has it).
     """
-    sections = [md_intro(r, json_name), md_machine(r), md_horizons(r), md_baseline(r), md_savings(r), md_whole(r),
-                md_prompts(r), md_targets(r)]
-    return "\n\n".join(x for x in sections if x)
+    sections = [md_intro(report, json_name), md_machine(report), md_horizons(report), md_baseline(report),
+                md_savings(report), md_whole(report), md_prompts(report), md_targets(report)]
+    return "\n\n".join(section for section in sections if section)
 
 
-def md_intro(r: dict, json_name: str) -> str:
+def md_intro(report: dict, json_name: str) -> str:
     """Title, the command that wrote the report, and what was measured how."""
-    s, roof = r["settings"], r["roofline"]
+    settings, roof = report["settings"], report["roofline"]
     return "\n".join([
         "# Benchmarks",
         "",
-        f"Written by `python -m benchmarks.run --out docs/benchmarks.md` (`make bench`) on {r['machine']['date']}. "
+        "Written by `python -m benchmarks.run --out docs/benchmarks.md` (`make bench`) on "
+        f"{report['machine']['date']}. "
         "Every figure below was measured by that run; all of them, unrounded, are in "
         f"[`{json_name}`]({json_name}). Rerunning rewrites both files. On a machine with a GPU:",
         "",
@@ -56,7 +57,7 @@ def md_intro(r: dict, json_name: str) -> str:
         "",
         "A GPT-2-small-shaped model (12 layers, d = 768, 12 heads, 1,024 positions) with random weights "
         "(speed and memory do not depend on the weight values) reads real windows of the weather.csv "
-        f"{SPLIT} split ({s['windows']} per horizon, spread evenly over the split) in fidelity `{FIDELITY}`. "
+        f"{SPLIT} split ({settings['windows']} per horizon, spread evenly over the split) in fidelity `{FIDELITY}`. "
         "`embed_windows` is timed after a warm-up, each horizon in a fresh process so that its peak memory "
         "is its own. The roofline is the best square matmul "
         f"({', '.join(map(str, roof['sizes']))}; best of {roof['repeats']}) in the same precision. "
@@ -70,46 +71,49 @@ def md_intro(r: dict, json_name: str) -> str:
     ])
 
 
-def md_machine(r: dict) -> str:
+def md_machine(report: dict) -> str:
     """The machine, library versions, settings and the load average at start and end."""
-    m, s = r["machine"], r["settings"]
-    load = " / ".join(", ".join(f"{x:.2f}" for x in m[k]) for k in ("load_average_at_start", "load_average_at_end"))
+    machine, settings = report["machine"], report["settings"]
+    load = " / ".join(", ".join(f"{average:.2f}" for average in machine[key])
+                      for key in ("load_average_at_start", "load_average_at_end"))
     return "## Machine and settings\n\n" + table(["", ""], [
-        ["CPU", m["cpu"]], ["cores (torch threads)", f"{m['cores']} ({m['torch_threads']})"],
-        ["RAM", f"{fmt(m['ram_bytes'] / GB)} GB"], ["GPU", m["gpu"] or "none"],
-        ["torch / transformers / tokenizers", f"{m['torch']} / {m['transformers']} / {m['tokenizers']}"],
-        ["python, OS", f"{m['python']}, {m['os']}"],
-        ["device, precision", f"{s['device']}, {s['precision']}"],
-        ["batch_tokens (timed runs)", fmt(s["batch_tokens"])], ["windows per horizon", s["windows"]],
+        ["CPU", machine["cpu"]], ["cores (torch threads)", f"{machine['cores']} ({machine['torch_threads']})"],
+        ["RAM", f"{fmt(machine['ram_bytes'] / GB)} GB"], ["GPU", machine["gpu"] or "none"],
+        ["torch / transformers / tokenizers",
+         f"{machine['torch']} / {machine['transformers']} / {machine['tokenizers']}"],
+        ["python, OS", f"{machine['python']}, {machine['os']}"],
+        ["device, precision", f"{settings['device']}, {settings['precision']}"],
+        ["batch_tokens (timed runs)", fmt(settings["batch_tokens"])], ["windows per horizon", settings["windows"]],
         ["load average (1, 5, 15 min) at start / end", load],
-        ["whole benchmark run (wall)", f"{fmt(r['total_wall_s'])} s"],
+        ["whole benchmark run (wall)", f"{fmt(report['total_wall_s'])} s"],
     ])
 
 
-def md_horizons(r: dict) -> str:
+def md_horizons(report: dict) -> str:
     """Per horizon: speed, model positions, prompt lengths, peak memory, FLOP rates and the roofline."""
-    s, roof = r["settings"], r["roofline"]
-    gpu = s["device"] == "cuda"
-    probed = any("probe" in h for h in r["horizons"])
+    settings, roof = report["settings"], report["roofline"]
+    gpu = settings["device"] == "cuda"
+    probed = any("probe" in result for result in report["horizons"])
     head = ["P", "windows", "s / window", "slowest run", "CPU s / window", "windows / s", "prompt tokens / s",
             "model / prompt tokens", "GT prompt tokens", "HD prompt tokens"]
     head += (["peak GPU memory (GiB)", "peak RSS (GB)"] if gpu else
-             ["peak RSS (GB)"] + ([f"peak RSS at {fmt(s['probe_batch_tokens'])} tokens (GB)"] if probed else []))
+             ["peak RSS (GB)"] + ([f"peak RSS at {fmt(settings['probe_batch_tokens'])} tokens (GB)"] if probed else []))
     head += ["naive GFLOP/s", "of roofline", "issued matmul GFLOP/s", "matmul GFLOP/s right after"]
     rows = []
-    for h in r["horizons"]:
-        row = [h["pred_len"], h["windows"], fmt(h["s_per_window"]),
-               fmt(max(h.get("wall_s_all_repeats", [h["wall_s"]])) / h["windows"]), fmt(h["cpu_s_per_window"]),
-               fmt(h["windows_per_s"]), fmt(h["tokens_per_s"]),
-               fmt(h["token_counts"]["model_tokens"] / h["tokens"]),
-               "{}-{}".format(*h["prompt_tokens_gt"]), "{}-{}".format(*h["prompt_tokens_hd"])]
+    for result in report["horizons"]:
+        row = [result["pred_len"], result["windows"], fmt(result["s_per_window"]),
+               fmt(max(result.get("wall_s_all_repeats", [result["wall_s"]])) / result["windows"]),
+               fmt(result["cpu_s_per_window"]),
+               fmt(result["windows_per_s"]), fmt(result["tokens_per_s"]),
+               fmt(result["token_counts"]["model_tokens"] / result["tokens"]),
+               "{}-{}".format(*result["prompt_tokens_gt"]), "{}-{}".format(*result["prompt_tokens_hd"])]
         if gpu:
-            row += [fmt(max(h["gpu_peak_allocated_bytes"].values()) / GIB), fmt(h["cpu_peak_rss_bytes"] / GB)]
+            row += [fmt(max(result["gpu_peak_allocated_bytes"].values()) / GIB), fmt(result["cpu_peak_rss_bytes"] / GB)]
         else:
-            row += [fmt(h["cpu_peak_rss_bytes"] / GB)]
-            row += [fmt(job_rss(h) / GB) if "probe" in h else "-"] if probed else []
-        row += [fmt(h["naive_flops_per_s"] / 1e9), f"{h['roofline_fraction']:.0%}",
-                fmt(h["issued_matmul_flops_per_s"] / 1e9), fmt(h["roofline_nearby_flops_per_s"] / 1e9)]
+            row += [fmt(result["cpu_peak_rss_bytes"] / GB)]
+            row += [fmt(job_rss(result) / GB) if "probe" in result else "-"] if probed else []
+        row += [fmt(result["naive_flops_per_s"] / 1e9), f"{result['roofline_fraction']:.0%}",
+                fmt(result["issued_matmul_flops_per_s"] / 1e9), fmt(result["roofline_nearby_flops_per_s"] / 1e9)]
         rows.append(row)
     notes = [
         f"s / window: the fastest of {TIMED_REPEATS} runs after the warm-up; slowest run: the other end, "
@@ -119,25 +123,26 @@ def md_horizons(r: dict) -> str:
         "(what the published code runs through the model). Model / prompt tokens: the positions that "
         "went through the model, padding included, per prompt token. Roofline: the best dense matmul "
         f"rate seen in this run, {fmt(roof['best_observed_flops_per_s'] / 1e9)} GFLOP/s (at the start "
-        + ", ".join(f"{n}x{n}: {fmt(v / 1e9)}" for n, v in roof["flops_per_s_by_size"].items())
+        + ", ".join(f"{size}x{size}: {fmt(rate / 1e9)}" for size, rate in roof["flops_per_s_by_size"].items())
         + f" GFLOP/s; then a {ROOFLINE_SIZE_NEARBY}x{ROOFLINE_SIZE_NEARBY} matmul right after each "
         "horizon, last column, which shows how much of the machine other work left). Issued matmul "
         "GFLOP/s: the weight matmuls the extraction really ran (`24 d^2` per model position in every block "
         "but the last, `6 d^2` there) over the same time."]
     if probed:
         notes.append(
-            f"Peak RSS is the timed run's (batch_tokens {fmt(s['batch_tokens'])}). Memory grows with the token "
+            f"Peak RSS is the timed run's (batch_tokens {fmt(settings['batch_tokens'])}). Memory grows with the token "
             "budget, so the longest horizon up to 192 (the highest peak: the mask and attention grow with the "
-            f"prompt length) also runs a memory probe at the workflow's budget ({fmt(s['probe_batch_tokens'])}): "
+            "prompt length) also runs a memory probe at the workflow's budget "
+            f"({fmt(settings['probe_batch_tokens'])}): "
             "`embed_windows` with a 1-layer model of the same width on enough windows to fill a batch, the "
             "full model still loaded. In inference mode a forward holds one layer's activations at a time, "
             "so depth adds only weights; the probe model's own weights are subtracted.")
     return "## Extraction per horizon (`embed_windows`)\n\n" + table(head, rows) + "\n\n" + "\n\n".join(notes)
 
 
-def md_baseline(r: dict) -> str | None:
+def md_baseline(report: dict) -> str | None:
     """The published way against `embed_windows` on one window; None when the baseline did not run."""
-    base, ours = r.get("baseline"), horizon(r, BASELINE_P)
+    base, ours = report.get("baseline"), horizon(report, BASELINE_P)
     if not base:
         return None
     sec = base["seconds"]
@@ -169,72 +174,76 @@ def md_baseline(r: dict) -> str | None:
     ])
 
 
-def md_savings(r: dict) -> str | None:
+def md_savings(report: dict) -> str | None:
     """The exact savings one at a time; None when that worker did not run."""
-    sv = r.get("savings")
-    if not sv:
+    savings = report.get("savings")
+    if not savings:
         return None
-    rows = [[x["step"], fmt(x["seconds"]), fmt(max(x["seconds_all_rounds"])), f"{fmt(x['speedup_vs_previous'])}x",
-             f"{fmt(x['speedup_vs_plain'])}x", fmt(x["model_tokens"]), f"{x['max_abs_diff_vs_plain']:.1e}"]
-            for x in sv["steps"]]
+    rows = [[step["step"], fmt(step["seconds"]), fmt(max(step["seconds_all_rounds"])),
+             f"{fmt(step['speedup_vs_previous'])}x", f"{fmt(step['speedup_vs_plain'])}x", fmt(step["model_tokens"]),
+             f"{step['max_abs_diff_vs_plain']:.1e}"]
+            for step in savings["steps"]]
     return "\n".join([
         "## Exact savings, one at a time",
         "",
-        f"Window {sv['window']} at P = {sv['pred_len']} ({fmt(sv['prompt_tokens'])} prompt tokens), "
-        f"{sv['precision']}, batches of at most {fmt(sv['batch_tokens'])} tokens sorted by length, in one process; "
-        f"each step timed {sv['rounds']} times, interleaved with the others, the fastest kept. Each step adds one "
+        f"Window {savings['window']} at P = {savings['pred_len']} ({fmt(savings['prompt_tokens'])} prompt tokens), "
+        f"{savings['precision']}, batches of at most {fmt(savings['batch_tokens'])} tokens sorted by length, "
+        "in one process; "
+        f"each step timed {savings['rounds']} times, interleaved with the others, the fastest kept. Each step adds one "
         "saving to the one above; the last is what `embed_windows` runs. The model positions are exact; the "
         "times carry this machine's noise (compare the slowest round with the fastest), so a ratio within that "
         "spread says nothing either way. The difference is the largest absolute "
         "difference of the GT and HD last-token states from the plain path's (largest state: "
-        f"{fmt(sv['largest_state'])}): float rounding, since every saving computes the same function.",
+        f"{fmt(savings['largest_state'])}): float rounding, since every saving computes the same function.",
         "",
         table(["step", "s / window (fastest)", "slowest round", "vs previous", "vs plain", "model positions",
                "max diff vs plain"], rows),
     ])
 
 
-def md_whole(r: dict) -> str | None:
+def md_whole(report: dict) -> str | None:
     """One job per horizon against the shared trie; None when that worker did not run."""
-    w = r.get("whole_job")
-    if not w:
+    whole = report.get("whole_job")
+    if not whole:
         return None
-    gb = 1e9
-    spread = max(max(x["seconds_all_rounds"]) / min(x["seconds_all_rounds"]) for x in (w["trie"], w["per_horizon"]))
-    rows = [[label, fmt(x["s_per_window"]), ", ".join(fmt(v) for v in x["seconds_all_rounds"]),
-             fmt(x["model_positions_per_window"]), fmt(x["real_positions_per_window"]),
-             ", ".join(fmt(v / gb) for v in x["peak_rss_bytes_after"])]
-            for label, x in (("(a) one job per horizon, summed", w["per_horizon"]),
-                             ("(b) one shared trie per window", w["trie"]))]
+    spread = max(max(way["seconds_all_rounds"]) / min(way["seconds_all_rounds"])
+                 for way in (whole["trie"], whole["per_horizon"]))
+    rows = [[label, fmt(way["s_per_window"]), ", ".join(fmt(value) for value in way["seconds_all_rounds"]),
+             fmt(way["model_positions_per_window"]), fmt(way["real_positions_per_window"]),
+             ", ".join(fmt(value / GB) for value in way["peak_rss_bytes_after"])]
+            for label, way in (("(a) one job per horizon, summed", whole["per_horizon"]),
+                               ("(b) one shared trie per window", whole["trie"]))]
     return "\n".join([
         "## Whole job: every horizon of a window at once",
         "",
-        f"Windows {', '.join(map(str, w['windows']))} of the {SPLIT} split (spread over it), pred_lens "
-        f"{', '.join(map(str, w['pred_lens']))}, {w['precision']}, batch_tokens {fmt(w['batch_tokens'])} (the "
+        f"Windows {', '.join(map(str, whole['windows']))} of the {SPLIT} split (spread over it), pred_lens "
+        f"{', '.join(map(str, whole['pred_lens']))}, {whole['precision']}, "
+        f"batch_tokens {fmt(whole['batch_tokens'])} (the "
         "workflow's default on this device), in one process: (a) `embed_windows` once per horizon, the sum over "
         "the horizons (what `share_horizons: false` runs), against (b) `embed_horizons`, one trie per window "
-        f"(the default). Each ran {w['rounds']} times, interleaved, (b) first; the fastest run counts. Model "
+        f"(the default). Each ran {whole['rounds']} times, interleaved, (b) first; the fastest run counts. Model "
         "positions are exact, counted at the token embedding (padding included); real positions leave the "
         "padding out. Peak RSS is the process's after each run; (b) ran first, so its first figure is its own "
-        f"peak, {fmt(w['trie_peak_rss_bytes'] / gb)} GB.",
+        f"peak, {fmt(whole['trie_peak_rss_bytes'] / GB)} GB.",
         "",
         table(["", "s / window, all horizons (fastest)", "every run (s)", "model positions / window",
                "real positions / window", "peak RSS after each run (GB)"], rows),
         "",
-        f"(b) runs {fmt(w['positions_ratio'])}x fewer model positions (exact) and is {fmt(w['speedup'])}x faster in "
+        f"(b) runs {fmt(whole['positions_ratio'])}x fewer model positions (exact) and is "
+        f"{fmt(whole['speedup'])}x faster in "
         "wall time (fastest against fastest). The runs of one way differ by up to "
         f"{fmt(spread)}x "
         "here: other work shared the machine, so a time ratio within that spread is no measurement of the saving; "
         "the positions are.",
         "",
         "Largest absolute differences over every horizon, (b) against (a), and (a) against itself at batch_tokens "
-        f"{fmt(w['floor_batch_tokens'])} (other batches, the same code: float rounding alone):",
+        f"{fmt(whole['floor_batch_tokens'])} (other batches, the same code: float rounding alone):",
         "",
         table(["", "language-model states (what the trie computes)", "embeddings (after the SCA)"], [
-            ["(b) against (a)", f"{w['max_abs_diff_states']:.2e}", f"{w['max_abs_diff']:.2e}"],
-            ["(a) against (a) at other batches", f"{w['floor_max_abs_diff_states']:.2e}",
-             f"{w['floor_max_abs_diff']:.2e}"],
-            ["largest value", fmt(w["largest_state"]), fmt(w["largest_value"])]]),
+            ["(b) against (a)", f"{whole['max_abs_diff_states']:.2e}", f"{whole['max_abs_diff']:.2e}"],
+            ["(a) against (a) at other batches", f"{whole['floor_max_abs_diff_states']:.2e}",
+             f"{whole['floor_max_abs_diff']:.2e}"],
+            ["largest value", fmt(whole["largest_state"]), fmt(whole["largest_value"])]]),
         "",
         "The SCA is the same code on both ways; it amplifies the last-bit differences of the states it is given "
         "(by the ratio of the two columns). Where (b) against (a) is no larger than (a) against itself, the trie "
@@ -242,12 +251,12 @@ def md_whole(r: dict) -> str | None:
     ])
 
 
-def md_prompts(r: dict) -> str:
+def md_prompts(report: dict) -> str:
     """Prompt building and tokenization per horizon, against the model's rate."""
-    rows = [[h["pred_len"], fmt(h["split_prompts_construct_s"]), fmt(b["window_ids_prompts_per_s"]),
-             fmt(b["plain_prompts_per_s"]), f"{fmt(b['window_ids_vs_plain'])}x", fmt(h["prompts_per_s_model"]),
-             f"{fmt(b['window_ids_vs_model'])}x"]
-            for h in r["horizons"] for b in [h["prompt_building"]]]
+    rows = [[result["pred_len"], fmt(result["split_prompts_construct_s"]), fmt(building["window_ids_prompts_per_s"]),
+             fmt(building["plain_prompts_per_s"]), f"{fmt(building['window_ids_vs_plain'])}x",
+             fmt(result["prompts_per_s_model"]), f"{fmt(building['window_ids_vs_model'])}x"]
+            for result in report["horizons"] for building in [result["prompt_building"]]]
     return "\n".join([
         "## Prompt building and tokenization",
         "",
@@ -260,9 +269,10 @@ def md_prompts(r: dict) -> str:
     ])
 
 
-def md_targets(r: dict) -> str:
+def md_targets(report: dict) -> str:
     """The targets table: each target, its measured figure, and met / not met / not measured (why)."""
-    rows = [[t["target"], "-" if t["measured"] is None else f"{fmt(t['measured'])} {t['unit']}"
-             + (f" ({t['note']})" if t.get("note") else ""), t["status"]] for t in r["targets"]]
+    rows = [[target["target"], "-" if target["measured"] is None else f"{fmt(target['measured'])} {target['unit']}"
+             + (f" ({target['note']})" if target.get("note") else ""), target["status"]]
+            for target in report["targets"]]
     return "## Targets\n\n" + table(["target", "measured", "status"], rows) + "\n"
 

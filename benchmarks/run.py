@@ -153,10 +153,10 @@ def resolve_device(device: str) -> str:
 
 def first_existing(candidates: tuple[str, ...], what: str, option: str) -> Path:
     """The first of `candidates` under the working folder or the repository root; else exit naming `option`."""
-    for c in candidates:
+    for candidate in candidates:
         for base in (Path.cwd(), ROOT):
-            if (base / c).exists():
-                return (base / c).resolve()
+            if (base / candidate).exists():
+                return (base / candidate).resolve()
     sys.exit(f"bench: {what} not found at {', '.join(candidates)}; pass {option}.")
 
 
@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         report = measure(args)
     write_text(json_path, json.dumps(report, indent=2) + "\n")
     write_text(args.out, render_markdown(report, json_path.name))
-    for t in report["targets"]:
-        progress(f"target: {t['target']}: {fmt(t['measured'])} {t['unit']} -> {t['status']}")
+    for target in report["targets"]:
+        progress(f"target: {target['target']}: {fmt(target['measured'])} {target['unit']} -> {target['status']}")
     progress(f"wrote {args.out} and {json_path} in {report['total_wall_s']:.0f} s")
 
 

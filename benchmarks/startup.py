@@ -33,11 +33,12 @@ from timekd_embed.lm import load_tokenizer
 from timekd_embed.prompts import SplitPrompts
 from timekd_embed.windows import read_windows
 imported = time.perf_counter()
-windows, sca, model, pred_len = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-split = read_windows(windows)
+windows_path, sca, model, pred_len = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+split_windows = read_windows(windows_path)
 read = time.perf_counter()
 tokenizer = load_tokenizer(model)
-prompts = SplitPrompts(tokenizer, split.raw, split.stamps(), "weather", pred_len, split.meta["seq_len"])
+prompts = SplitPrompts(tokenizer, split_windows.raw, split_windows.stamps(), "weather", pred_len,
+                       split_windows.meta["seq_len"])
 prompts.lengths(list(range(prompts.n_windows)))
 built = time.perf_counter()
 settings = Settings(name="weather", template=None, pred_len=pred_len, split="train", model=model, revision=None,
@@ -70,13 +71,13 @@ def main() -> None:
         GPT2Model(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)).save_pretrained(model)
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(Path(args.tokenizer) / name, model / name)
-        windows = {s: str(work / f"{s}.parquet") for s in ("train", "val", "test")}
-        write_windows(load_csv(args.csv), "custom", 96, [args.pred_len], windows)
+        windows_paths = {split: str(work / f"{split}.parquet") for split in ("train", "val", "test")}
+        write_windows(load_csv(args.csv), "custom", 96, [args.pred_len], windows_paths)
         save_sca(work / "sca.safetensors", 21, 768, seed=2024)
         runs = []
         for _ in range(args.repeats):
             began = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", CHILD, windows["train"], str(work / "sca.safetensors"),
+            out = subprocess.run([sys.executable, "-c", CHILD, windows_paths["train"], str(work / "sca.safetensors"),
                                   str(model), str(args.pred_len)], capture_output=True, text=True, check=True,
                                  env=os.environ | {"HF_HUB_OFFLINE": "1"})
             total = time.perf_counter() - began

@@ -21,55 +21,56 @@ def summarize(report: dict) -> None:
     roof = report["roofline"]
     # Contention only ever lowers a matmul rate, so the best one seen is the machine's.
     roof["best_observed_flops_per_s"] = max([roof["flops_per_s"]] +
-                                            [h["roofline_nearby_flops_per_s"] for h in report["horizons"]])
-    for h in report["horizons"]:
-        h["roofline_fraction"] = h["naive_flops_per_s"] / roof["best_observed_flops_per_s"]
-        b = h["prompt_building"]
-        b["window_ids_vs_plain"] = b["window_ids_prompts_per_s"] / b["plain_prompts_per_s"]
-        b["window_ids_vs_model"] = b["window_ids_prompts_per_s"] / h["prompts_per_s_model"]
-        b["plain_vs_model"] = b["plain_prompts_per_s"] / h["prompts_per_s_model"]
+                                            [result["roofline_nearby_flops_per_s"] for result in report["horizons"]])
+    for result in report["horizons"]:
+        result["roofline_fraction"] = result["naive_flops_per_s"] / roof["best_observed_flops_per_s"]
+        building = result["prompt_building"]
+        building["window_ids_vs_plain"] = building["window_ids_prompts_per_s"] / building["plain_prompts_per_s"]
+        building["window_ids_vs_model"] = building["window_ids_prompts_per_s"] / result["prompts_per_s_model"]
+        building["plain_vs_model"] = building["plain_prompts_per_s"] / result["prompts_per_s_model"]
     report["targets"] = targets(report)
 
 
 def targets(report: dict) -> list[dict]:
     """The issue's targets; a target this run cannot see says why instead of passing or failing."""
-    s = report["settings"]
-    on_cpu, rows = s["device"] == "cpu", []
+    settings = report["settings"]
+    on_cpu, rows = settings["device"] == "cpu", []
 
     def row(name, value, ok, unit, why=None, note=None):
         status = "met" if ok else "not met"
         rows.append({"target": name, "measured": value, "unit": unit, "note": note,
                      "status": status if why is None else f"not measured ({why})"})
 
-    h24 = horizon(report, 24)
-    why = ("ran on GPU" if not on_cpu else "precision " + s["precision"] if s["precision"] != "fp32"
-           else "P=24 not run" if h24 is None else None)
-    value = h24["s_per_window"] if why is None else None
+    result_24 = horizon(report, 24)
+    why = ("ran on GPU" if not on_cpu else "precision " + settings["precision"] if settings["precision"] != "fp32"
+           else "P=24 not run" if result_24 is None else None)
+    value = result_24["s_per_window"] if why is None else None
     # The weight matmuls still run, at the best matmul rate seen: no faster kernel goes below that.
     best_rate = report["roofline"]["best_observed_flops_per_s"]
-    floor = None if why else h24["issued_matmul_flops"] / h24["windows"] / best_rate
-    note = None if why else (f"process CPU time {fmt(h24['cpu_s_per_window'])} s on {h24['torch_threads']} threads; "
+    floor = None if why else result_24["issued_matmul_flops"] / result_24["windows"] / best_rate
+    note = None if why else (f"process CPU time {fmt(result_24['cpu_s_per_window'])} s on "
+                             f"{result_24['torch_threads']} threads; "
                              f"its weight matmuls alone take {fmt(floor)} s at the best matmul rate of this run")
     row(f"CPU fp32, P=24: at most {CPU_S_PER_WINDOW_P24} s per window", value,
         why is None and value <= CPU_S_PER_WINDOW_P24, "s/window", why, note)
 
-    upto = [h for h in report["horizons"] if h["pred_len"] <= 192]
+    upto = [result for result in report["horizons"] if result["pred_len"] <= 192]
     worst = max(upto, key=job_rss) if upto else None
-    budget = s["probe_batch_tokens"] if worst and "probe" in worst else s["batch_tokens"]
+    budget = settings["probe_batch_tokens"] if worst and "probe" in worst else settings["batch_tokens"]
     row(f"peak RSS at most {CPU_RSS_BYTES / GB:.0f} GB for every P up to 192 "
         f"(batch_tokens {budget}; worst: P={worst['pred_len'] if worst else '-'})",
         job_rss(worst) / GB if worst else None,
         bool(worst) and job_rss(worst) <= CPU_RSS_BYTES, "GB", None if worst else "no P up to 192 run")
 
     for P, want in GPU_WINDOWS_PER_S.items():
-        h = horizon(report, P)
-        why = "no GPU" if on_cpu else f"P={P} not run" if h is None else None
-        value = h["windows_per_s"] if why is None else None
+        result = horizon(report, P)
+        why = "no GPU" if on_cpu else f"P={P} not run" if result is None else None
+        value = result["windows_per_s"] if why is None else None
         row(f"GPU, P={P}: at least {want:.0f} windows/s", value, why is None and value >= want, "windows/s", why)
     whole_targets(report, row)
-    h = horizon(report, 192)
-    why = "no GPU" if on_cpu else "P=192 not run" if h is None else None
-    value = max(h["gpu_peak_allocated_bytes"].values()) / GIB if why is None else None
+    result = horizon(report, 192)
+    why = "no GPU" if on_cpu else "P=192 not run" if result is None else None
+    value = max(result["gpu_peak_allocated_bytes"].values()) / GIB if why is None else None
     row(f"GPU, P=192: peak GPU memory at most {GPU_PEAK_BYTES_P192 / GIB:.0f} GiB", value,
         why is None and value * GIB <= GPU_PEAK_BYTES_P192, "GiB", why)
     return rows
@@ -77,19 +78,19 @@ def targets(report: dict) -> list[dict]:
 
 def whole_targets(report: dict, row) -> None:
     """The horizons issue's targets for the shared trie (whole-job section)."""
-    w = report.get("whole_job")
-    why = None if w else "whole-job section not run"
-    fp32 = w is not None and w["precision"] == "fp32"
+    whole = report.get("whole_job")
+    why = None if whole else "whole-job section not run"
+    fp32 = whole is not None and whole["precision"] == "fp32"
     row(f"whole job: at least {WHOLE_POSITIONS_RATIO}x fewer model positions than one job per horizon",
-        w and w["positions_ratio"], bool(w) and w["positions_ratio"] >= WHOLE_POSITIONS_RATIO, "x", why)
+        whole and whole["positions_ratio"], bool(whole) and whole["positions_ratio"] >= WHOLE_POSITIONS_RATIO, "x", why)
     row(f"whole job: at least {WHOLE_SPEEDUP}x faster than one job per horizon (same run)",
-        w and w["speedup"], bool(w) and w["speedup"] >= WHOLE_SPEEDUP, "x", why)
+        whole and whole["speedup"], bool(whole) and whole["speedup"] >= WHOLE_SPEEDUP, "x", why)
     not_fp32 = why or (None if fp32 else "not fp32")
     row("whole job: the trie's language-model states equal one job per horizon within 1e-5 (fp32)",
-        w and w["max_abs_diff_states"], fp32 and w["max_abs_diff_states"] <= 1e-5, "", not_fp32)
+        whole and whole["max_abs_diff_states"], fp32 and whole["max_abs_diff_states"] <= 1e-5, "", not_fp32)
     row("whole job: the embeddings (after the SCA) equal one job per horizon within 1e-5 (fp32)",
-        w and w["max_abs_diff"], fp32 and w["max_abs_diff"] <= 1e-5, "", not_fp32)
+        whole and whole["max_abs_diff"], fp32 and whole["max_abs_diff"] <= 1e-5, "", not_fp32)
     row(f"whole job: peak RSS at most {CPU_RSS_BYTES / GB:.0f} GB (trie, batch_tokens "
-        f"{w['batch_tokens'] if w else '-'})", w and w["trie_peak_rss_bytes"] / GB,
-        bool(w) and w["trie_peak_rss_bytes"] <= CPU_RSS_BYTES, "GB", why)
+        f"{whole['batch_tokens'] if whole else '-'})", whole and whole["trie_peak_rss_bytes"] / GB,
+        bool(whole) and whole["trie_peak_rss_bytes"] <= CPU_RSS_BYTES, "GB", why)
 

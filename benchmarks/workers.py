@@ -56,18 +56,18 @@ def time_prompt_building(prompts, tokenizer, windows: np.ndarray) -> dict:
     """Prompts/s of SplitPrompts.window_ids against text + tokenizer, one prompt per call."""
     n_vars = prompts.n_vars
     ids_windows = spread_windows(prompts.n_windows, PROMPT_WINDOWS)
-    t = time.perf_counter()
-    for i in ids_windows:
-        prompts.window_ids(int(i))
-    ids_s = time.perf_counter() - t
+    start = time.perf_counter()
+    for window in ids_windows:
+        prompts.window_ids(int(window))
+    ids_s = time.perf_counter() - start
 
     plain_windows = spread_windows(prompts.n_windows, PLAIN_WINDOWS)
-    t = time.perf_counter()
-    for i in plain_windows:
-        for gt, hd in prompts.window_texts(int(i)):      # the published code encodes each prompt alone
+    start = time.perf_counter()
+    for window in plain_windows:
+        for gt, hd in prompts.window_texts(int(window)):      # the published code encodes each prompt alone
             tokenizer(gt, add_special_tokens=False)["input_ids"]
             tokenizer(hd, add_special_tokens=False)["input_ids"]
-    plain_s = time.perf_counter() - t
+    plain_s = time.perf_counter() - start
     return {"window_ids_prompts": int(2 * n_vars * len(ids_windows)), "window_ids_s": ids_s,
             "window_ids_prompts_per_s": 2 * n_vars * len(ids_windows) / ids_s,
             "plain_prompts": int(2 * n_vars * len(plain_windows)), "plain_s": plain_s,
@@ -89,7 +89,7 @@ def memory_probe(args, prompts, longest: int, timed_peak: int) -> dict:
     windows = spread_windows(prompts.n_windows, -(-budget // (longest * n_vars)) + 1)
     probe = load_teacher(settings_for(args, args.pred_len, args.workdir / "model-1layer"),
                          args.workdir / "sca.safetensors", devices=["cpu"])
-    own = sum(p.numel() * p.element_size() for p in probe.model.parameters())   # (its SCA copy: < 6 MB)
+    own = sum(weight.numel() * weight.element_size() for weight in probe.model.parameters())   # (its SCA copy: < 6 MB)
     progress(f"P={args.pred_len}: memory probe at batch_tokens {budget} ({len(windows)} windows, 1 layer)")
     with count_model_tokens(probe.model) as counts:
         embed_windows(probe, prompts, windows, FIDELITY, budget)
@@ -106,9 +106,9 @@ def run_horizon(args) -> dict:
     P, model_dir = args.pred_len, args.workdir / "model"
     variables, raw, stamps = train_split(args.csv)
     tokenizer = load_tokenizer(str(model_dir))
-    t = time.perf_counter()
+    start = time.perf_counter()
     prompts = SplitPrompts(tokenizer, raw, stamps, DATASET, P, SEQ_LEN)
-    construct_s = time.perf_counter() - t
+    construct_s = time.perf_counter() - start
     windows = spread_windows(prompts.n_windows, args.windows)
     longest = check_context(prompts, GPT2_SMALL["n_positions"], SPLIT, windows, variables)
     gt_len, hd_len = prompts.lengths(windows)
@@ -122,17 +122,17 @@ def run_horizon(args) -> dict:
     for _ in range(TIMED_REPEATS):
         with count_model_tokens(teacher.model) as model_counts:          # the same every repeat
             synchronize(args.device)
-            t, cpu = time.perf_counter(), time.process_time()
+            start, cpu = time.perf_counter(), time.process_time()
             embeddings, counts = embed_windows(teacher, prompts, windows, FIDELITY, args.batch_tokens)
             synchronize(args.device)
-            runs.append((time.perf_counter() - t, time.process_time() - cpu))
+            runs.append((time.perf_counter() - start, time.process_time() - cpu))
     wall, cpu = min(runs)
-    counts = {k: int(v) for k, v in counts.items()} | model_counts
+    counts = {key: int(value) for key, value in counts.items()} | model_counts
     tokens = counts["tokens"]
     # Peaks before the prompt-building timing below, so they belong to the extraction alone.
     memory = {"cpu_peak_rss_bytes": peak_rss_bytes()}
     if args.device == "cuda":
-        memory["gpu_peak_allocated_bytes"] = {d: torch.cuda.max_memory_allocated(d) for d in teacher.devices}
+        memory["gpu_peak_allocated_bytes"] = {gpu: torch.cuda.max_memory_allocated(gpu) for gpu in teacher.devices}
     if args.memory_probe:
         memory["probe"] = memory_probe(args, prompts, longest, memory["cpu_peak_rss_bytes"])
     nearby = matmul_roofline(args.device, args.precision, (ROOFLINE_SIZE_NEARBY,))["flops_per_s"]
@@ -143,7 +143,7 @@ def run_horizon(args) -> dict:
     building = time_prompt_building(prompts, tokenizer, windows)
     return {
         "pred_len": P, "windows": len(windows), "window_indices": windows.tolist(), "wall_s": wall,
-        "wall_s_all_repeats": [w for w, _ in runs],
+        "wall_s_all_repeats": [run_wall for run_wall, _ in runs],
         "s_per_window": wall / len(windows), "windows_per_s": len(windows) / wall,
         "cpu_s_per_window": cpu / len(windows), "torch_threads": torch.get_num_threads(),
         "tokens": tokens, "tokens_per_s": tokens / wall, "token_counts": counts,
@@ -164,45 +164,46 @@ def plain_states(model, prompts: list, batch_tokens: int, device: str) -> tuple[
     """GPT2Model's own forward on each whole prompt (length-sorted, right-padded batches) with
     its calibrated 4D mask: seconds and the last tokens' states (prompts, d), the plain path."""
     from timekd_embed.lm import calibrated_mask
-    lengths = np.array([len(p.ids) for p in prompts])
+    lengths = np.array([len(prompt.ids) for prompt in prompts])
     order = np.argsort(-lengths, kind="stable")
     out: list = [None] * len(prompts)
     synchronize(device)
-    t = time.perf_counter()
-    k = 0
-    while k < len(order):
-        idx = order[k:k + max(1, batch_tokens // int(lengths[order[k]]))]
-        k += len(idx)
+    start = time.perf_counter()
+    done = 0
+    while done < len(order):
+        idx = order[done:done + max(1, batch_tokens // int(lengths[order[done]]))]
+        done += len(idx)
         T = int(lengths[idx[0]])
         ids, codes = torch.zeros(len(idx), T, dtype=torch.int64), torch.full((len(idx), T), -1, dtype=torch.int8)
         valid = torch.zeros(len(idx), T, dtype=torch.bool)
-        for row, j in enumerate(idx):
-            n = len(prompts[j].ids)
-            ids[row, :n], codes[row, :n], valid[row, :n] = (torch.from_numpy(prompts[j].ids),
-                                                            torch.from_numpy(prompts[j].codes), True)
+        for row, prompt_index in enumerate(idx):
+            length = len(prompts[prompt_index].ids)
+            prompt = prompts[prompt_index]
+            ids[row, :length], codes[row, :length], valid[row, :length] = (torch.from_numpy(prompt.ids),
+                                                                           torch.from_numpy(prompt.codes), True)
         ids, codes, valid = ids.to(device), codes.to(device), valid.to(device)
         mask = calibrated_mask(codes, valid, codes, valid, model.dtype)                    # (B, 1, T, T)
         with torch.inference_mode():
             hidden = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state   # (B, T, d)
-        for row, j in enumerate(idx):
-            out[j] = hidden[row, len(prompts[j].ids) - 1].float().cpu()
+        for row, prompt_index in enumerate(idx):
+            out[prompt_index] = hidden[row, len(prompts[prompt_index].ids) - 1].float().cpu()
     synchronize(device)
-    return time.perf_counter() - t, torch.stack(out)
+    return time.perf_counter() - start, torch.stack(out)
 
 
 def trie_states(model, tries: list, items: list, batch_tokens: int, device: str) -> tuple[float, torch.Tensor]:
     """last_token_states over the tries' branch items: seconds and the states (items, leaves, d)."""
     from timekd_embed.lm import last_token_states
     from timekd_embed.packing import batches
-    n_leaves = max(len(tries[t].branches[b].leaves) for t, b in items)
+    n_leaves = max(len(tries[trie].branches[branch].leaves) for trie, branch in items)
     synchronize(device)
-    t = time.perf_counter()
+    start = time.perf_counter()
     out = torch.zeros(len(items), n_leaves, model.config.n_embd)
     for batch in batches(tries, items, batch_tokens):
         states = last_token_states(model, batch, torch.device(device)).cpu()
         out[torch.from_numpy(batch.kept[:, 0]), torch.from_numpy(batch.kept[:, 1])] = states
     synchronize(device)
-    return time.perf_counter() - t, out
+    return time.perf_counter() - start, out
 
 
 def run_savings(args) -> dict:
@@ -220,46 +221,46 @@ def run_savings(args) -> dict:
     prompts = SplitPrompts(load_tokenizer(str(model_dir)), raw, stamps, DATASET, BASELINE_P, SEQ_LEN)
     window = int(spread_windows(prompts.n_windows, args.windows)[0])
     groups, _ = window_prompts({BASELINE_P: prompts}, window, FIDELITY)       # per variable [GT, HD]
-    every = [p for group in groups for p in group]                             # GT, HD alternating
+    every = [prompt for group in groups for prompt in group]                   # GT, HD alternating
     published_gelu = GPT2Model.from_pretrained(model_dir, dtype=DTYPES[args.precision]).to(args.device).eval()
     fused_gelu = load_lm(str(model_dir), None, DTYPES[args.precision]).to(args.device)
-    alone = [build_trie([[p] for p in every], share_head=False)]               # each prompt its own branch
+    alone = [build_trie([[prompt] for prompt in every], share_head=False)]     # each prompt its own branch
     pairs = [build_trie(groups, share_head=False)]                             # GT and HD share their prefix
     headed = [build_trie(groups)]                                              # + the window's head once
     first, inverse = distinct_branches(headed[0])
-    all_alone, all_pairs = [(0, b) for b in range(len(every))], [(0, b) for b in range(len(groups))]
+    all_alone, all_pairs = [(0, branch) for branch in range(len(every))], [(0, branch) for branch in range(len(groups))]
     steps = [  # (what, model, tries, items, rows of the states back to per-variable order)
         ("plain: each prompt its own sequence, GPT2Model's forward", published_gelu, None, None, None),
         ("+ own forward: the last block on the kept positions only", published_gelu, alone, all_alone, None),
         ("+ fused tanh GELU", fused_gelu, alone, all_alone, None),
         ("+ GT and HD of a variable share their prefix", fused_gelu, pairs, all_pairs, None),
         ("+ the window's head once for all variables", fused_gelu, headed, all_pairs, None),
-        ("+ identical variables once", fused_gelu, headed, [(0, b) for b in first], inverse),
+        ("+ identical variables once", fused_gelu, headed, [(0, branch) for branch in first], inverse),
     ]
     trie_states(fused_gelu, headed, all_pairs[:2], args.batch_tokens, args.device)   # warm-up
     seconds: list[list[float]] = [[] for _ in steps]
     results: list[dict] = []
     for round_ in range(SAVINGS_ROUNDS):
-        for k, (what, model, tries, items, rows) in enumerate(steps):
+        for step, (what, model, tries, items, rows) in enumerate(steps):
             progress(f"savings, round {round_ + 1}: {what}")
             with count_model_tokens(model) as counts:
                 if tries is None:
                     wall, got = plain_states(model, every, args.batch_tokens, args.device)
                 else:
                     wall, got = trie_states(model, tries, items, args.batch_tokens, args.device)
-            seconds[k].append(wall)
+            seconds[step].append(wall)
             got = got[torch.from_numpy(rows)] if rows is not None else got
             got = got.reshape(-1, got.shape[-1])                    # (prompts, d): GT, HD per variable
             if round_ == 0:
                 results.append({"step": what, "model_tokens": counts["model_tokens"], "states": got})
-    plain_got, fastest = results[0]["states"], [min(x) for x in seconds]
-    for k, r in enumerate(results):
-        r["seconds"], r["seconds_all_rounds"] = fastest[k], seconds[k]
-        r["max_abs_diff_vs_plain"] = float((r.pop("states") - plain_got).abs().max())
-        r["speedup_vs_plain"] = fastest[0] / fastest[k]
-        r["speedup_vs_previous"] = fastest[k - 1] / fastest[k] if k else 1.0
+    plain_got, fastest = results[0]["states"], [min(step_seconds) for step_seconds in seconds]
+    for step, result in enumerate(results):
+        result["seconds"], result["seconds_all_rounds"] = fastest[step], seconds[step]
+        result["max_abs_diff_vs_plain"] = float((result.pop("states") - plain_got).abs().max())
+        result["speedup_vs_plain"] = fastest[0] / fastest[step]
+        result["speedup_vs_previous"] = fastest[step - 1] / fastest[step] if step else 1.0
     return {"pred_len": BASELINE_P, "window": window, "precision": args.precision, "rounds": SAVINGS_ROUNDS,
-            "batch_tokens": args.batch_tokens, "prompt_tokens": int(sum(len(p.ids) for p in every)),
+            "batch_tokens": args.batch_tokens, "prompt_tokens": int(sum(len(prompt.ids) for prompt in every)),
             "largest_state": float(plain_got.abs().max()), "steps": results}
 
 
@@ -298,7 +299,7 @@ def run_whole(args) -> dict:
     model_dir = args.workdir / "model"
     tokenizer = load_tokenizer(str(model_dir))
     prompts = {P: SplitPrompts(tokenizer, raw, stamps, DATASET, P, SEQ_LEN) for P in args.pred_lens}
-    n_windows = min(p.n_windows for p in prompts.values())      # every window exists at every horizon
+    n_windows = min(horizon_prompts.n_windows for horizon_prompts in prompts.values())  # every window at every horizon
     windows = spread_windows(n_windows, args.windows)
     teacher = load_teacher(settings_for(args, args.pred_lens[0], model_dir), args.workdir / "sca.safetensors",
                            devices=devices_for(args.device))
@@ -313,22 +314,22 @@ def run_whole(args) -> dict:
             progress(f"whole job, round {round_ + 1}: {way}")
             with count_model_tokens(teacher.model) as counts:
                 synchronize(args.device)
-                t = time.perf_counter()
+                start = time.perf_counter()
                 recorder.calls.clear()
                 if way == "trie":
-                    got, c = embed_horizons(teacher, prompts, windows, FIDELITY, budget)
-                    computed = c["computed"]
+                    got, job_counts = embed_horizons(teacher, prompts, windows, FIDELITY, budget)
+                    computed = job_counts["computed"]
                     # one SCA call per (chunk, P), P fastest: every window exists at every horizon
                     calls = {P: recorder.calls[p::len(args.pred_lens)] for p, P in enumerate(args.pred_lens)}
                 else:
                     got, computed, calls = {}, 0, {}
                     for P in args.pred_lens:
                         first_call = len(recorder.calls)
-                        got[P], c = embed_windows(teacher, prompts[P], windows, FIDELITY, budget)
-                        computed += c["computed"]
+                        got[P], job_counts = embed_windows(teacher, prompts[P], windows, FIDELITY, budget)
+                        computed += job_counts["computed"]
                         calls[P] = recorder.calls[first_call:]
                 synchronize(args.device)
-                wall = time.perf_counter() - t
+                wall = time.perf_counter() - start
             runs[way].append({"seconds": wall, "model_positions": counts["model_tokens"],
                               "real_positions": computed, "peak_rss_bytes_after": peak_rss_bytes()})
             out[way] = got
@@ -342,7 +343,8 @@ def run_whole(args) -> dict:
         floor_states[P] = recorder.states(recorder.calls)
     diff = max(float(np.abs(out["trie"][P] - out["per_horizon"][P]).max()) for P in args.pred_lens)
     states_diff = max(float(np.abs(states["trie"][P] - states["per_horizon"][P]).max()) for P in args.pred_lens)
-    result = {"windows": [int(w) for w in windows], "pred_lens": args.pred_lens, "precision": args.precision,
+    result = {"windows": [int(window) for window in windows], "pred_lens": args.pred_lens,
+              "precision": args.precision,
               "batch_tokens": budget, "rounds": WHOLE_ROUNDS, "max_abs_diff": diff,
               "largest_value": max(float(np.abs(out["trie"][P]).max()) for P in args.pred_lens),
               "max_abs_diff_states": states_diff,
@@ -351,12 +353,13 @@ def run_whole(args) -> dict:
               "floor_max_abs_diff": max(float(np.abs(floor[P] - out["per_horizon"][P]).max()) for P in args.pred_lens),
               "floor_max_abs_diff_states": max(float(np.abs(floor_states[P] - states["per_horizon"][P]).max())
                                                for P in args.pred_lens)}
-    for way, rs in runs.items():
-        fastest = min(r["seconds"] for r in rs)
-        result[way] = {"s_per_window": fastest / len(windows), "seconds_all_rounds": [r["seconds"] for r in rs],
-                       "model_positions_per_window": rs[0]["model_positions"] / len(windows),
-                       "real_positions_per_window": rs[0]["real_positions"] / len(windows),
-                       "peak_rss_bytes_after": [r["peak_rss_bytes_after"] for r in rs]}
+    for way, way_runs in runs.items():
+        fastest = min(run["seconds"] for run in way_runs)
+        result[way] = {"s_per_window": fastest / len(windows),
+                       "seconds_all_rounds": [run["seconds"] for run in way_runs],
+                       "model_positions_per_window": way_runs[0]["model_positions"] / len(windows),
+                       "real_positions_per_window": way_runs[0]["real_positions"] / len(windows),
+                       "peak_rss_bytes_after": [run["peak_rss_bytes_after"] for run in way_runs]}
     result["trie_peak_rss_bytes"] = runs["trie"][0]["peak_rss_bytes_after"]
     result["positions_ratio"] = (result["per_horizon"]["model_positions_per_window"]
                                  / result["trie"]["model_positions_per_window"])

@@ -30,7 +30,8 @@ def snakemake(workdir: Path, config: dict | None, *args: str, configfile: str = 
     configfile = workdir / configfile
     if config is not None:
         configfile.write_text(yaml.safe_dump(config))
-    return subprocess.run(SNAKEMAKE + ["-d", str(workdir), "--configfile", str(configfile), *args],
+    # The arguments first: --configfile takes every word after it up to the next option.
+    return subprocess.run(SNAKEMAKE + [*args, "-d", str(workdir), "--configfile", str(configfile)],
                           capture_output=True, text=True, timeout=timeout, env=os.environ | (env or {}),
                           preexec_fn=None if umask is None else functools.partial(os.umask, umask))
 

@@ -1,3 +1,10 @@
+"""Rule export_h5 (rules/export.smk): one horizon and split in the published training layout.
+
+Input: the gathered embeddings file results/<name>/embeddings/<P>/<split>.safetensors.
+Output: the folder <export_root>/<name>/<P>/<split>/ with one <i>.h5 per window (dataset `embeddings`,
+(N, d) float32), published whole (timekd_embed.export.export_split). Params: none.
+"""
+
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs

@@ -1,3 +1,13 @@
+"""Rule extract (rules/extract.smk): the teacher embeddings of one window range of a split.
+
+Inputs: windows (the split's Parquet), sca (sca.safetensors), model (the model files, tracked).
+Outputs: embeddings and stats: one temporary shard file and its JSON per horizon; with
+share_horizons, lists over every configured pred_len (one job embeds them all), otherwise one
+horizon (the {pred_len} wildcard). Wildcards: split, start, stop (the window range [start, stop)).
+Params: settings and tracked (rerun triggers only; the job reads its settings from the config
+through Settings.from_config), pred_lens (share_horizons only). Resources: gpu.
+"""
+
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs

@@ -1,3 +1,8 @@
+"""Rule get_data (rules/resources.smk): download a known dataset's CSV (timekd_embed.resources).
+
+Output: the CSV at the configured path. Params: name (the dataset's name in the known list).
+"""
+
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs

@@ -1,3 +1,10 @@
+"""Rule get_model (rules/resources.smk): download a hub model's files into the local cache folder.
+
+Outputs: the model's safetensors, config and tokenizer files under resources/models/<id>/, and its
+record (timekd_embed.resources.fetch_model).
+Params: repo (the hub id), revision (the commit).
+"""
+
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs

@@ -1,3 +1,11 @@
+"""Rule manifest (rules/manifest.smk): MANIFEST.json of a finished run (timekd_embed.manifest).
+
+Inputs: named by the rule that made them (windows, sca, gather, parity, validate) plus
+<rule>_records (their logs and benchmarks). Output: results/<name>/MANIFEST.json.
+Params: config_hash (rerun trigger), own_files (this job's own log and benchmark, listed
+although the benchmark is written after the job).
+"""
+
 import sys
 from pathlib import Path
 

@@ -1,3 +1,11 @@
+"""Rule parity (rules/validate.smk): one horizon's stored embeddings against an fp32 recomputation.
+
+Inputs: embeddings and windows (one per configured split), sca. Output:
+results/<name>/validation/parity_<P>.json (timekd_embed.parity.parity_report, plus every cosine).
+Params: parity (the config's parity section: windows, min_cosine), splits. Resources: gpu.
+Raises InputError (through require_parity) when the cosine falls below min_cosine.
+"""
+
 import logging
 import sys
 
@@ -12,10 +20,10 @@ gpus = 0 if snakemake.config["device"] == "cpu" else snakemake.resources.gpu
 with job(snakemake.log[0], snakemake.threads, gpus):
     params = snakemake.params
     settings = Settings.from_config(snakemake.config, int(snakemake.wildcards.pred_len), params.splits[0])
-    embeddings = dict(zip(params.splits, snakemake.input.embeddings))
-    windows = dict(zip(params.splits, snakemake.input.windows))
-    report, cosines = parity_report(settings, embeddings, windows, snakemake.input.sca, params.parity["windows"],
-                                    params.parity["min_cosine"])
+    embedding_paths = dict(zip(params.splits, snakemake.input.embeddings))
+    windows_paths = dict(zip(params.splits, snakemake.input.windows))
+    report, cosines = parity_report(settings, embedding_paths, windows_paths, snakemake.input.sca,
+                                    params.parity["windows"], params.parity["min_cosine"])
     logging.getLogger("timekd_embed.parity").info("fp32 parity: %s", report["fp32_parity"])
     require_parity(report)
     write_json(snakemake.output[0], report | {"cosines": cosines.tolist()})

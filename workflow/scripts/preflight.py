@@ -1,3 +1,10 @@
+"""Rule preflight (rules/preflight.smk): check the machine and the model before a long run.
+
+Inputs: csv, model (the model files). Outputs: json and md, results/<name>/preflight.{json,md}
+(timekd_embed.preflight). Params: windows (sample windows per horizon). Resources: gpu.
+Raises InputError (through require_passed) when a check failed; the report is written first.
+"""
+
 import sys
 from pathlib import Path
 

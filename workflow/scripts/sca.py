@@ -1,3 +1,10 @@
+"""Rule sca (rules/extract.smk): the seeded subtractive cross attention layer's weights.
+
+Inputs: windows (the train split's Parquet, for the variable count N), model (the model files:
+checked here first, for d_model). Output: results/<name>/sca.safetensors (extract.save_sca).
+Params: seed, model (the config's model section); model_config and package are rerun triggers.
+"""
+
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs

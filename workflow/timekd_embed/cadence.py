@@ -26,7 +26,14 @@ TEMPLATE_STEP_SECONDS = {"ETTh1": 3600, "ETTh2": 3600, "ETTm1": 900, "ETTm2": 90
 
 
 def step_text(seconds: float) -> str:
-    """A step in words: 900 -> '15 min', 3600 -> '1 h', 86400 -> '1 day'."""
+    """A step in words: 900 -> '15 min', 3600 -> '1 h', 86400 -> '1 day'.
+
+    Args:
+        seconds: the step, in seconds.
+    Returns:
+        The words.
+    """
+
     if seconds % 86400 == 0:
         days = int(seconds // 86400)
         return f"{days} day" + ("s" if days != 1 else "")

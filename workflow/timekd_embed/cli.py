@@ -36,7 +36,15 @@ class Subcommand:
 
 def with_local_model(config: dict) -> dict:
     """The config with its model as every workflow job loads it: a hub id becomes the folder the
-    get_model rule fills (`snakemake --cores 1 fetch`; `make preflight` runs it first)."""
+    get_model rule fills (`snakemake --cores 1 fetch`; `make preflight` runs it first).
+
+    Args:
+        config: the validated config.
+    Returns:
+        A copy with config["model"] as fingerprint.local_model gives it.
+    Raises:
+        InputError: a hub id whose folder get_model has not filled yet, or as model_source.
+    """
     from .fingerprint import local_model, model_source
 
     source = model_source(config["model"])
@@ -91,7 +99,8 @@ def inspect(args: argparse.Namespace) -> list[dict]:
                          f"{prompts.n_windows} windows at pred_len {args.pred_len} (0..{prompts.n_windows - 1}).")
 
     def kinds(ids: list[int]) -> list[str]:
-        return ["time_series" if t else "language" for t in prompts.types(ids)]
+        """Each token's type in words."""
+        return ["time_series" if flag else "language" for flag in prompts.types(ids)]
 
     result = []
     for variable, (gt, hd) in zip(table.variables, prompts.window_texts(args.window)):
@@ -107,10 +116,16 @@ def format_objects(objects: list[dict]) -> str:
     """JSON with one line per key: a list (token ids, token types) stays on its key's line.
 
     A window of weather at P = 24 is about 40 lines instead of 23,000, and stays valid JSON.
+
+    Args:
+        objects: JSON-able dicts (inspect's one per variable).
+    Returns:
+        The JSON text of the list.
     """
     blocks = []
     for obj in objects:
-        fields = [f"  {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in obj.items()]
+        fields = [f"  {json.dumps(key, ensure_ascii=False)}: {json.dumps(value, ensure_ascii=False)}"
+                  for key, value in obj.items()]
         blocks.append(" {\n" + ",\n".join(fields) + "\n }")
     return "[\n" + ",\n".join(blocks) + "\n]\n" if blocks else "[]\n"
 
@@ -206,7 +221,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script: exit status 0, 1 for bad input (one sentence on stderr), 130 on Ctrl-C."""
+    """The console script: exit status 0, 1 for bad input (one sentence on stderr), 130 on Ctrl-C.
+
+    Args:
+        argv: the arguments after the program name; None: sys.argv[1:].
+    Raises:
+        SystemExit: always, with the status.
+    """
+
     args = parser().parse_args(argv)
     try:
         status = args.subcommand.run(args)

@@ -50,6 +50,7 @@ def resolve_layout(layout: str, name: str) -> str:
 
 
 def load_schema() -> dict:
+    """The config's JSON schema (workflow/schemas/config.schema.yaml), as a dict."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
@@ -64,8 +65,8 @@ def _fill_defaults(config: dict, schema: dict) -> None:
 
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = ""
-    for p in error.absolute_path:
-        parts += f"[{p}]" if isinstance(p, int) else (f".{p}" if parts else str(p))
+    for step in error.absolute_path:
+        parts += f"[{step}]" if isinstance(step, int) else (f".{step}" if parts else str(step))
     return parts or "(top level)"
 
 
@@ -145,8 +146,8 @@ def config_origins(configfiles: Iterable, cli_configfiles: Iterable, command_lin
     Returns:
         [(label, loaded values)], lowest precedence first; the label is a path or "--config".
     """
-    cli = [Path(p).absolute() for p in cli_configfiles]
-    files = [p for p in configfiles if Path(p).absolute() not in cli] + list(cli_configfiles)
+    cli = [Path(path).absolute() for path in cli_configfiles]
+    files = [path for path in configfiles if Path(path).absolute() not in cli] + list(cli_configfiles)
     origins = []
     for path in files:
         try:
@@ -174,7 +175,7 @@ def _sentence(error: jsonschema.ValidationError, source: str) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         prefix = f"{where}." if where != "(top level)" else ""
-        return (f"{source}: unknown config key {', '.join(prefix + k for k in extra)}; "
+        return (f"{source}: unknown config key {', '.join(prefix + key for key in extra)}; "
                 f"allowed keys there are {', '.join(allowed)} (see config/README.md).")
     if error.validator == "required":
         missing = error.message.split(" is a required")[0]
@@ -193,9 +194,9 @@ def _check_date_format(config: dict, source: str) -> None:
     if pattern is None:
         return
     codes = re.findall(r"%(.)", pattern.replace("%%", ""))
-    unknown = sorted({c for c in codes if c not in DATE_DIRECTIVES})
+    unknown = sorted({code for code in codes if code not in DATE_DIRECTIVES})
     if unknown or not {"Y", "y"} & set(codes) or not {"m", "b", "B"} & set(codes):
-        problem = (f"has the unknown code(s) {', '.join('%' + c for c in unknown)}" if unknown
+        problem = (f"has the unknown code(s) {', '.join('%' + code for code in unknown)}" if unknown
                    else "needs a year (%Y) and a month (%m, %b or %B)")
         raise InputError(f"{source}: config key dataset.date_format = {pattern!r} {problem}; write the dates' "
                          "format as a strftime pattern, such as '%d/%m/%Y %H:%M' (see config/README.md).")
@@ -224,7 +225,9 @@ def validate_config(config: dict, source: str = "config", origins: list | None =
             _coerce(values, (), config, schema)
     _fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    errors = sorted(validator.iter_errors(config),
+                    key=lambda error: (len(error.absolute_path), str(error.absolute_path)))
+
     if errors:
         error = errors[0]
         path = tuple(error.absolute_path)
@@ -240,7 +243,15 @@ DEFAULT_CONFIG = "config/config.yaml"  # the Snakefile's `configfile:`, relative
 
 
 def read_config_file(path: Path) -> dict:
-    """The raw mapping of one YAML config file; InputError when it is missing or no mapping."""
+    """The raw mapping of one YAML config file.
+
+    Args:
+        path: the YAML file.
+    Returns:
+        Its mapping, unvalidated ({} for an empty file).
+    Raises:
+        InputError: the file is missing, not YAML, or not a mapping.
+    """
     if not path.is_file():
         raise InputError(f"{path}: config file not found; pass an existing --configfile.")
     try:
@@ -283,7 +294,7 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
         InputError: a file is missing or not YAML, there is no config at all, or a key is
             invalid (naming the files it came from).
     """
-    paths = ([Path(default)] if Path(default).is_file() else []) + [Path(p) for p in configfiles or []]
+    paths = ([Path(default)] if Path(default).is_file() else []) + [Path(path) for path in configfiles or []]
     if not paths:
         raise InputError(f"{default} is not in {Path.cwd()}; run from the workflow's folder or pass --configfile.")
     merged: dict = {}
@@ -296,11 +307,26 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
 
 
 def load_config_file(path: str | Path) -> dict:
-    """One config file on its own (no config/config.yaml beneath it), validated."""
+    """One config file on its own (no config/config.yaml beneath it), validated.
+
+    Args:
+        path: the YAML file.
+    Returns:
+        The validated config, defaults filled in.
+    Raises:
+        InputError: as read_config_file and validate_config.
+    """
     return validate_config(read_config_file(Path(path)), str(path))
 
 
 def config_hash(config: dict, keys: list[str] | None = None) -> str:
-    """A short, stable hash of (a part of) the config, for metadata and manifests."""
-    part = {k: config[k] for k in keys} if keys else config
+    """A short, stable hash of (a part of) the config, for metadata and manifests.
+
+    Args:
+        config: a JSON-able config; keys: the top-level keys to hash (None or empty: all).
+    Returns:
+        The first 16 hex digits of the sha256 of its sorted JSON.
+    """
+    part = {key: config[key] for key in keys} if keys else config
+
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]

@@ -16,7 +16,16 @@ BLOCK_CLASS = "GPT2Block"  # never split inside a transformer block
 
 
 def resolve_devices(device: str, gpus_per_job: int) -> list[str]:
-    """`auto`: the job's GPUs when CUDA is present, else the CPU. Says what it chose."""
+    """`auto`: the job's GPUs when CUDA is present, else the CPU. Says what it chose.
+
+    Args:
+        device: config key device: "auto", "cuda" or "cpu".
+        gpus_per_job: config key gpus_per_job (fewer when fewer are visible, with a warning).
+    Returns:
+        ["cpu"] or ["cuda:0", ..., "cuda:<n-1>"].
+    Raises:
+        InputError: device "cuda" but no CUDA device is visible.
+    """
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "cpu" or (device == "auto" and visible == 0):
         if device == "auto":
@@ -32,21 +41,36 @@ def resolve_devices(device: str, gpus_per_job: int) -> list[str]:
 
 def choose_placement(placement: str, model: torch.nn.Module, devices: list[str]) -> str:
     """`auto`: one replica per device when the model fits one device with room for
-    activations (half its memory), else the layers split over the devices."""
+    activations (half its memory), else the layers split over the devices.
+
+    Args:
+        placement: config key placement: "auto", "data_parallel" or "model_parallel".
+        model: the loaded language model (its weights' bytes count).
+        devices: the job's devices.
+    Returns:
+        "single" (one device), "data_parallel" or "model_parallel".
+    """
     if len(devices) == 1:
         return "single"
     if placement != "auto":
         return placement
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    smallest = min((torch.cuda.mem_get_info(torch.device(d))[1] for d in devices if d.startswith("cuda")),
+    model_bytes = sum(weight.numel() * weight.element_size() for weight in model.parameters())
+    smallest = min((torch.cuda.mem_get_info(torch.device(gpu))[1] for gpu in devices if gpu.startswith("cuda")),
                    default=float("inf"))
     return "data_parallel" if model_bytes <= smallest / 2 else "model_parallel"
 
 
 def plan_device_map(model: torch.nn.Module, devices: list[str]) -> dict[str, str | int]:
-    """Balanced layer-wise map of `model` over CUDA `devices`, blocks kept whole."""
-    gpu_ids = [torch.device(d).index for d in devices]
-    max_memory = get_balanced_memory(model, max_memory={i: torch.cuda.mem_get_info(i)[0] for i in gpu_ids},
+    """Balanced layer-wise map of `model` over CUDA `devices`, blocks kept whole.
+
+    Args:
+        model: the loaded language model.
+        devices: CUDA devices ("cuda:<i>").
+    Returns:
+        accelerate's device map: module name -> GPU index.
+    """
+    gpu_ids = [torch.device(device).index for device in devices]
+    max_memory = get_balanced_memory(model, max_memory={gpu: torch.cuda.mem_get_info(gpu)[0] for gpu in gpu_ids},
                                      no_split_module_classes=[BLOCK_CLASS], dtype=model.dtype)
     return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=[BLOCK_CLASS],
                                  dtype=model.dtype)
@@ -57,6 +81,13 @@ def place_model(model: torch.nn.Module, devices: list[str], device_map: dict | N
 
     `device_map` may be given explicitly (tests split the layers over two CPU entries
     this way, with hooks forced, to exercise the dispatched path without GPUs).
+
+    Args:
+        model: the loaded language model.
+        devices: the devices to place it on.
+        device_map: module name -> device; None: plan_device_map's (several devices).
+    Returns:
+        The placed model (the same object, moved or dispatched).
     """
     if device_map is None and len(devices) == 1:
         return model.to(devices[0])
@@ -71,20 +102,38 @@ def token_budget(devices: list[str]) -> int:
     On the CPU, peak memory grows with the budget much faster than on a GPU (measured
     at P = 192: 5.9 GB at 65,536 tokens, 1.8 GB at 8,192; docs/benchmarks.md), while the
     time per token stays the same from 2,048 tokens up, so the CPU gets the small budget.
+
+    Args:
+        devices: the job's devices.
+    Returns:
+        65,536 when every device is a GPU, else 8,192 (padded positions per forward).
     """
-    return 65536 if all(d.startswith("cuda") for d in devices) else 8192
+    return 65536 if all(device.startswith("cuda") for device in devices) else 8192
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
-    """Where the token ids must go: the device of the token embeddings."""
+    """Where the token ids must go: the device of the token embeddings.
+
+    Args:
+        model: a placed GPT2 model.
+    Returns:
+        The torch.device of model.wte.
+    """
     return model.wte.weight.device
 
 
 def peak_memory(devices: list[str]) -> dict[str, int]:
-    """Peak bytes per device: max allocated per GPU, peak RSS of the process for the CPU."""
+    """Peak bytes per device: max allocated per GPU, peak RSS of the process for the CPU.
+
+    Args:
+        devices: the job's devices.
+    Returns:
+        {"cpu_rss": bytes, "cuda:<i>": bytes for each GPU}.
+    """
     import resource
     peaks = {"cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    for d in devices:
-        if d.startswith("cuda"):
-            peaks[d] = torch.cuda.max_memory_allocated(torch.device(d))
+    for device in devices:
+        if device.startswith("cuda"):
+            peaks[device] = torch.cuda.max_memory_allocated(torch.device(device))
+
     return peaks

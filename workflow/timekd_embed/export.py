@@ -50,20 +50,36 @@ def _h5py():
 
 
 def staging_dir(out_dir: Path) -> Path:
+    """The staging folder of `out_dir`.
+
+    Args:
+        out_dir: the export's final folder.
+    Returns:
+        .<name>.partial beside it.
+    """
+
     return out_dir.parent / f".{out_dir.name}.partial"
 
 
 def source_stamp(path: Path) -> dict:
-    """Identifies one embeddings file cheaply: a rerun of its extraction changes mtime and header."""
+    """Identifies one embeddings file cheaply: a rerun of its extraction changes mtime and header.
+
+    Args:
+        path: the embeddings file.
+    Returns:
+        {"file", "size", "mtime_ns", "header_sha256"}.
+    Raises:
+        InputError: as store.read_header.
+    """
     header, data_start = read_header(path)
-    st = path.stat()
-    return {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+    file_stat = path.stat()
+    return {"file": path.name, "size": file_stat.st_size, "mtime_ns": file_stat.st_mtime_ns,
             "header_sha256": hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()}
 
 
 def _write_h5(h5py, path: Path, row: np.ndarray) -> None:
-    with atomic_path(path, durable=False) as tmp, h5py.File(tmp, "w") as f:  # fsync in bulk later
-        f.create_dataset(DATASET, data=row)  # contiguous, uncompressed: as the published store_emb.py
+    with atomic_path(path, durable=False) as tmp, h5py.File(tmp, "w") as h5_file:  # fsync in bulk later
+        h5_file.create_dataset(DATASET, data=row)  # contiguous, uncompressed: as the published store_emb.py
 
 
 def _file_size(h5py, folder: Path, shape: tuple[int, ...]) -> int:
@@ -94,34 +110,46 @@ def _prepare_staging(staging: Path, stamp: dict) -> bool:
 
 
 def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_file=None) -> dict:
-    """Write <out_dir>/<i>.h5 for every window i of one embeddings file; return counts and timing."""
+    """Write <out_dir>/<i>.h5 for every window i of one embeddings file, in the layout the
+    published data_provider/data_loader_emb.py reads.
+
+    Args:
+        embeddings: the gathered embeddings file of one (horizon, split).
+        out_dir: the split's folder, <export_root>/<name>/<P>/<split>; replaced whole.
+        log_file: where the progress bar goes.
+    Returns:
+        {"files", "written", "resumed" (kept from an interrupted run), "shape" [N, d], "wall_s"}.
+    Raises:
+        InputError: the file is not an extraction result (shape, dtype, window starts), or as map_tensor.
+    """
     h5py = _h5py()
     embeddings, out_dir = Path(embeddings), Path(out_dir)
-    emb = map_tensor(embeddings, "embeddings")  # (n, N, d) float32, mapped
+    stored = map_tensor(embeddings, "embeddings")  # (n, N, d) float32, mapped
+
     starts = np.asarray(map_tensor(embeddings, "window_start"))  # (n,)
-    if emb.ndim != 3 or emb.dtype != np.float32 or len(starts) != len(emb):
-        raise InputError(f"{embeddings}: embeddings of shape {emb.shape} and dtype {emb.dtype} with "
+    if stored.ndim != 3 or stored.dtype != np.float32 or len(starts) != len(stored):
+        raise InputError(f"{embeddings}: embeddings of shape {stored.shape} and dtype {stored.dtype} with "
                          f"{len(starts)} window starts are not an extraction result; rerun its extraction.")
     _warn_if_partial(embeddings, starts)
 
     began = time.perf_counter()
     staging = staging_dir(out_dir)
     resumed = _prepare_staging(staging, source_stamp(embeddings))
-    complete = _file_size(h5py, staging, emb.shape[1:])
+    complete = _file_size(h5py, staging, stored.shape[1:])
     written = skipped = 0
     names = [f"{int(i)}.h5" for i in starts]
     with tqdm(total=len(names), unit="file", file=log_file, mininterval=5.0, dynamic_ncols=False,
               desc=f"export {out_dir.parent.name}/{out_dir.name}") as bar:
-        for k, name in enumerate(names):
+        for row, name in enumerate(names):
             path = staging / name
             if resumed and path.is_file() and path.stat().st_size == complete:
                 skipped += 1
             else:
-                _write_h5(h5py, path, np.ascontiguousarray(emb[k]))
+                _write_h5(h5py, path, np.ascontiguousarray(stored[row]))
                 written += 1
             bar.update(1)
     with ThreadPoolExecutor(max_workers=16) as pool:  # fsync releases the GIL; the disk takes them in bulk
-        list(pool.map(fsync, [staging / n for n in names]))
+        list(pool.map(fsync, [staging / name for name in names]))
     expected = set(names)
     for path in staging.iterdir():  # the stamp and any temporary file a killed run left
         if path.name not in expected:
@@ -130,8 +158,8 @@ def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_
     publish_dir(staging, out_dir)
     wall = time.perf_counter() - began
     log.info("%s: %d files (%d written, %d kept from an interrupted run) of shape %s float32 in %.1f s",
-             out_dir, len(names), written, skipped, tuple(emb.shape[1:]), wall)
-    return {"files": len(names), "written": written, "resumed": skipped, "shape": list(emb.shape[1:]),
+             out_dir, len(names), written, skipped, tuple(stored.shape[1:]), wall)
+    return {"files": len(names), "written": written, "resumed": skipped, "shape": list(stored.shape[1:]),
             "wall_s": round(wall, 3)}
 
 

@@ -61,6 +61,8 @@ class Replica:
 
 @dataclass
 class Teacher:
+    """The loaded teacher: the GPT-2 tokenizer, one replica per data-parallel device (or one split
+    over several devices), and how it was placed."""
     tokenizer: object
     replicas: list[Replica]
     devices: list[str]
@@ -68,11 +70,25 @@ class Teacher:
 
     @property
     def model(self) -> torch.nn.Module:
+        """The first replica's language model (all replicas hold the same weights)."""
         return self.replicas[0].model
 
 
 def load_teacher(settings: Settings, sca_path: str | Path, devices: list[str] | None = None,
                  device_map: dict | None = None) -> Teacher:
+    """The language model (its first `settings.layers` blocks) and the SCA, placed on the devices.
+
+    Args:
+        settings: the job's settings (model, revision, precision, layers, device, gpus_per_job, placement).
+        sca_path: the SCA weights (save_sca's file).
+        devices: the devices to use, e.g. ["cuda:0", "cuda:1"]; None: resolved from the settings.
+        device_map: a fixed layer split over the devices (model parallel); None: chosen by placement.
+    Returns:
+        The Teacher, in inference mode.
+    Raises:
+        InputError: a broken or unusable model folder (lm.check_model), or an SCA file made for a
+            model of another width.
+    """
     devices = devices or resolve_devices(settings.device, settings.gpus_per_job)
     config, tokenizer = check_model(settings.model, settings.revision)
     model = keep_layers(load_lm(settings.model, settings.revision, DTYPES[settings.precision]), settings.layers)
@@ -82,7 +98,8 @@ def load_teacher(settings: Settings, sca_path: str | Path, devices: list[str] | 
                          f"but {settings.model} has width {config.n_embd}; delete it and rerun.")
     placement = "model_parallel" if device_map else choose_placement(settings.placement, model, devices)
     if placement == "data_parallel":
-        replicas = [Replica(place_model(copy.deepcopy(model), [d]), copy.deepcopy(sca).to(d), d) for d in devices]
+        replicas = [Replica(place_model(copy.deepcopy(model), [device]), copy.deepcopy(sca).to(device), device)
+                    for device in devices]
     else:
         replicas = [Replica(place_model(model, devices, device_map), sca.to(devices[0]), devices[0])]
     log.info("placement %s over %s", placement, ", ".join(devices))
@@ -90,13 +107,28 @@ def load_teacher(settings: Settings, sca_path: str | Path, devices: list[str] | 
 
 
 def save_sca(path: str | Path, n_vars: int, d_model: int, seed: int) -> None:
-    """The SCA weights every horizon and split shares, under the published parameter names."""
+    """Write the SCA weights every horizon and split shares, under the published parameter names
+    (layers/Sub_CA.py), seeded (sca.seeded_sca), through the atomic writer.
+
+    Args:
+        path: the .safetensors file to write.
+        n_vars: N, the number of variables.
+        d_model: d, the language model's width.
+        seed: the torch seed of the initialization; stored in the metadata.
+    """
     sca = seeded_sca(n_vars, d_model, seed)
     write_tensors(path, sca.state_dict(), {"seed": str(seed), "n_vars": str(n_vars), "d_model": str(d_model),
                                            "package": f"timekd-embed {__version__}"})
 
 
 def load_sca(path: str | Path) -> SubtractiveCrossAttention:
+    """The SCA of save_sca's file, its shape read from the weights, in eval mode without gradients.
+
+    Args:
+        path: the .safetensors file.
+    Returns:
+        The SubtractiveCrossAttention (float32, on the CPU).
+    """
     tensors, _ = read_tensors(path)
     n_vars = tensors["layers.0.norm_attn.weight"].shape[0]
     d_model = tensors["layers.0.ff.0.weight"].shape[0] // 4
@@ -107,16 +139,29 @@ def load_sca(path: str | Path) -> SubtractiveCrossAttention:
 
 def check_context(prompts: SplitPrompts, n_positions: int, split: str, windows: np.ndarray,
                   variables: list[str]) -> int:
-    """Fail before any model work when a prompt cannot fit; return the longest prompt."""
+    """Fail before any model work when a prompt cannot fit; return the longest prompt.
+
+    Args:
+        prompts: the split's prompts at one horizon.
+        n_positions: the model's context length.
+        split: the split's name, for the message.
+        windows: (W,) int window indices to check.
+        variables: the variables' names, for the message.
+    Returns:
+        The longest prompt's token count (0 for no window).
+    Raises:
+        InputError: a prompt has more tokens than n_positions (window and variable named).
+    """
     gt, _ = prompts.lengths(windows)           # GT prompts are the longer ones
     if gt.size == 0:
         return 0
-    w, c = np.unravel_index(int(gt.argmax()), gt.shape)
-    longest = int(gt[w, c])
+    window_pos, variable = np.unravel_index(int(gt.argmax()), gt.shape)
+    longest = int(gt[window_pos, variable])
     if longest > n_positions:
         raise InputError(
             f"pred_len {prompts.pred_len}, split {split}: the longest prompt has {longest} tokens "
-            f"(window {windows[w]}, variable {variables[c]!r}) but the model reads at most {n_positions}; "
+            f"(window {windows[window_pos]}, variable {variables[variable]!r}) but the model reads at most "
+            f"{n_positions}; "
             f"remove {prompts.pred_len} from pred_lens or use a model with a longer context.")
     return longest
 
@@ -178,8 +223,9 @@ def embed_horizons(teacher: Teacher, prompts_by_pred_len: dict[int, SplitPrompts
         results = list(pool.map(_embed_on, teacher.replicas, [prompts_by_pred_len] * len(parts), parts,
                                 [fidelity] * len(parts), [batch_tokens] * len(parts), [progress] * len(parts),
                                 [variables] * len(parts)))
-    counts = {"tokens": sum(c["tokens"] for _, c in results), "computed": sum(c["computed"] for _, c in results),
-              "tokens_per_pred_len": {P: sum(c["tokens_per_pred_len"][P] for _, c in results)
+    counts = {"tokens": sum(replica_counts["tokens"] for _, replica_counts in results),
+              "computed": sum(replica_counts["computed"] for _, replica_counts in results),
+              "tokens_per_pred_len": {P: sum(replica_counts["tokens_per_pred_len"][P] for _, replica_counts in results)
                                       for P in prompts_by_pred_len}}
     return {P: np.concatenate([out[P] for out, _ in results]) for P in prompts_by_pred_len}, counts
 
@@ -199,42 +245,44 @@ def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], wi
               batch_tokens: int, progress: tqdm | None, variables: list[str] | None) -> tuple[dict, dict]:
     first = next(iter(prompts_by_pred_len.values()))
     N, d = first.n_vars, replica.model.config.n_embd
-    exists = {P: int((windows < p.n_windows).sum()) for P, p in prompts_by_pred_len.items()}  # a prefix of windows
+    exists = {P: int((windows < prompts.n_windows).sum()) for P, prompts in prompts_by_pred_len.items()}  # a prefix
     tokens = _prompt_tokens(prompts_by_pred_len, windows)
     per_window = sum(tokens.values())                                       # (W,)
     # Enough windows per chunk for several full batches, so that sorting by length pays off.
     mean = float(per_window.mean()) if len(windows) else 1.0
     chunk = max(1, math.ceil(8 * batch_tokens / max(mean, 1.0)))
-    parts = [windows[a:a + chunk] for a in range(0, len(windows), chunk)]
-    out = {P: np.empty((n, N, d), dtype=np.float32) for P, n in exists.items()}
-    dev = input_device(replica.model)
+    parts = [windows[chunk_start:chunk_start + chunk] for chunk_start in range(0, len(windows), chunk)]
+    out = {P: np.empty((n_exist, N, d), dtype=np.float32) for P, n_exist in exists.items()}
+    device = input_device(replica.model)
     counts = {"tokens": int(per_window.sum()), "computed": 0,
-              "tokens_per_pred_len": {P: int(t.sum()) for P, t in tokens.items()}}
+              "tokens_per_pred_len": {P: int(window_tokens.sum()) for P, window_tokens in tokens.items()}}
     # A worker thread builds the next chunk's batches while the device runs this one's.
     with ThreadPoolExecutor(1) as pool:
         upcoming = pool.submit(_model_inputs, prompts_by_pred_len, parts[0], fidelity, batch_tokens,
-                               dev.type == "cuda") if parts else None
-        for k, part in enumerate(parts):
+                               device.type == "cuda") if parts else None
+        for chunk_index, part in enumerate(parts):
             inputs, rows_of, computed, items = upcoming.result()
-            if k + 1 < len(parts):
-                upcoming = pool.submit(_model_inputs, prompts_by_pred_len, parts[k + 1], fidelity, batch_tokens,
-                                       dev.type == "cuda")
-            a = k * chunk
+            if chunk_index + 1 < len(parts):
+                upcoming = pool.submit(_model_inputs, prompts_by_pred_len, parts[chunk_index + 1], fidelity,
+                                       batch_tokens, device.type == "cuda")
+            chunk_start = chunk_index * chunk
             counts["computed"] += computed
-            states = torch.cat([_states(replica.model, batch, dev, part, items, variables)
+            states = torch.cat([_states(replica.model, batch, device, part, items, variables)
                                 for batch in inputs])  # (kept, d)
             with torch.inference_mode():
-                for p, (P, n) in enumerate(exists.items()):
-                    here = max(0, min(len(part), n - a))                   # this chunk's windows that exist at P
+                for number, (P, n_exist) in enumerate(exists.items()):   # slots 2 number (GT), 2 number + 1 (HD)
+                    here = max(0, min(len(part), n_exist - chunk_start))   # this chunk's windows that exist at P
                     if here == 0:
                         continue
-                    gt = states[torch.from_numpy(rows_of[:here, :, 2 * p]).to(states.device)]   # (here, N, d)
-                    hd = states[torch.from_numpy(rows_of[:here, :, 2 * p + 1]).to(states.device)]
-                    sca_in = [t.transpose(1, 2).to(replica.device) for t in (gt, hd)]             # (here, d, N)
-                    out[P][a:a + here] = replica.sca(*sca_in).transpose(1, 2).cpu().numpy()       # (here, N, d)
+                    gt = states[torch.from_numpy(rows_of[:here, :, 2 * number]).to(states.device)]   # (here, N, d)
+                    hd = states[torch.from_numpy(rows_of[:here, :, 2 * number + 1]).to(states.device)]
+                    sca_in = [side.transpose(1, 2).to(replica.device) for side in (gt, hd)]     # (here, d, N)
+                    # the SCA over the variables: (here, N, d)
+                    out[P][chunk_start:chunk_start + here] = replica.sca(*sca_in).transpose(1, 2).cpu().numpy()
             if progress is not None:  # shared by the replicas' threads; a display, so no lock
-                done = sum(max(0, min(len(part), n - a)) for n in exists.values())
-                progress.tokens = getattr(progress, "tokens", 0) + int(per_window[a:a + chunk].sum())
+                done = sum(max(0, min(len(part), n_exist - chunk_start)) for n_exist in exists.values())
+                chunk_tokens = int(per_window[chunk_start:chunk_start + chunk].sum())
+                progress.tokens = getattr(progress, "tokens", 0) + chunk_tokens
                 progress.set_postfix(tokens_per_s=f"{progress.tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}",
                                      refresh=False)
                 progress.update(done)
@@ -250,7 +298,7 @@ def _states(model, batch: TrieBatch, device: torch.device, windows: np.ndarray, 
         item = int(batch.kept[bad.row, 0] if bad.level < 0 else batch.owners[bad.level][bad.row])
         window, variable = items[item]
         name = f"{variables[variable]!r}" if variables else f"number {variable}"
-        precision = next((k for k, v in DTYPES.items() if v == model.dtype), str(model.dtype))
+        precision = next((name for name, dtype in DTYPES.items() if dtype == model.dtype), str(model.dtype))
         where = "the final layer norm" if bad.block >= len(model.h) else f"block {bad.block} of {len(model.h)} (from 0)"
         raise InputError(f"precision {precision}: a hidden state became inf or NaN in {where}, window "
                          f"{int(windows[window])}, variable {name}: {precision} cannot hold this model's activations "
@@ -270,11 +318,11 @@ def _model_inputs(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndar
         batches' owners index: (window index into `windows`, variable) of each distinct branch.
     """
     tries, items, branch_item, slots = [], [], [], []
-    for w, i in enumerate(windows):
-        trie, window_slots = packed_window(prompts_by_pred_len, int(i), fidelity)
+    for position, window in enumerate(windows):
+        trie, window_slots = packed_window(prompts_by_pred_len, int(window), fidelity)
         first, inverse = distinct_branches(trie)
         branch_item.append(len(items) + inverse)                # (N,) each variable's item
-        items += [(w, b) for b in first]
+        items += [(position, branch) for branch in first]
         tries.append(trie)
         slots.append(window_slots)
     out = batches(tries, items, batch_tokens)
@@ -285,66 +333,102 @@ def _model_inputs(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndar
         row_of_leaf[batch.kept[:, 0], batch.kept[:, 1]] = offset + np.arange(len(batch.kept))
         offset += len(batch.kept)
     rows_of = np.full((len(windows), len(branch_item[0]) if branch_item else 0, n_slots), -1, np.int64)
-    for w, (its, window_slots) in enumerate(zip(branch_item, slots)):
-        rows_of[w][:, window_slots] = row_of_leaf[its][:, :len(window_slots)]
-    computed = sum(b.real_positions() for b in out)
+    for position, (its, window_slots) in enumerate(zip(branch_item, slots)):
+        rows_of[position][:, window_slots] = row_of_leaf[its][:, :len(window_slots)]
+    computed = sum(batch.real_positions() for batch in out)
     if pin:
-        out = [b.pin_memory() for b in out]
+        out = [batch.pin_memory() for batch in out]
     return out, rows_of, computed, items
 
 
 def prompt_pairs(prompts: SplitPrompts, i: int, fidelity: str) -> list[tuple[np.ndarray, ...]]:
-    """(GT ids, HD ids, GT type list, HD type list) per variable of window i at one horizon:
-    the type lists are those the prompts' masks read."""
-    w = prompts.window_ids(i)
+    """(GT ids, HD ids, GT types, HD types) per variable of window i at one horizon: the types
+    are those the prompts' masks read.
+
+    Args:
+        prompts: the split's prompts at one horizon.
+        i: the window's index.
+        fidelity: "reference" (every prompt's mask reads the last variable's types, as the
+            published store_emb.py does) or "corrected" (each prompt its own).
+    Returns:
+        N tuples of int64 ids (L_gt,), (L_hd,) and int8 type flags (1: time series) of the same lengths.
+    """
+    ids = prompts.window_ids(i)
     if fidelity == "reference":
         # The published defect (store_emb.py): every GT (HD) prompt's mask uses the token types
         # of the last variable's GT (HD) prompt.
-        last_gt, last_hd = (prompts.types(s[-1]).astype(np.int8) for s in (w.gt, w.hd))
-        gt_types, hd_types = [last_gt] * len(w.gt), [last_hd] * len(w.hd)
+        last_gt, last_hd = (prompts.types(prompt_ids[-1]).astype(np.int8) for prompt_ids in (ids.gt, ids.hd))
+        gt_types, hd_types = [last_gt] * len(ids.gt), [last_hd] * len(ids.hd)
     else:
-        gt_types = [prompts.types(s).astype(np.int8) for s in w.gt]
-        hd_types = [prompts.types(s).astype(np.int8) for s in w.hd]
-    return list(zip(w.gt, w.hd, gt_types, hd_types))
+        gt_types = [prompts.types(prompt_ids).astype(np.int8) for prompt_ids in ids.gt]
+        hd_types = [prompts.types(prompt_ids).astype(np.int8) for prompt_ids in ids.hd]
+    return list(zip(ids.gt, ids.hd, gt_types, hd_types))
 
 
 def window_prompts(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelity: str) -> tuple[list, list[int]]:
     """Per variable, its prompts at every horizon where window i exists: GT then HD per horizon.
 
+    Args:
+        prompts_by_pred_len: the split's prompts per horizon P.
+        i: the window's index.
+        fidelity: "reference" or "corrected" (prompt_pairs).
     Returns:
         (groups, slots): groups[c] the list of packing.Prompt of variable c; slots the
         positions 2p (GT) and 2p + 1 (HD), p the horizon's number in prompts_by_pred_len,
         of each prompt in a group.
+    Raises:
+        ValueError: window i exists at none of the horizons (a caller's bug, not bad input).
     """
     groups: list[list[Prompt]] | None = None
     slots: list[int] = []
-    for p, prompts in enumerate(prompts_by_pred_len.values()):
+    for horizon_number, prompts in enumerate(prompts_by_pred_len.values()):
         if i >= prompts.n_windows:
             continue
         pairs = prompt_pairs(prompts, i, fidelity)
         groups = groups or [[] for _ in pairs]
         for group, (gt, hd, gt_types, hd_types) in zip(groups, pairs):
             group += [Prompt(gt, type_codes(gt_types, len(gt))), Prompt(hd, type_codes(hd_types, len(hd)))]
-        slots += [2 * p, 2 * p + 1]
+        slots += [2 * horizon_number, 2 * horizon_number + 1]
     if groups is None:
         raise ValueError(f"window {i} exists at none of the horizons {list(prompts_by_pred_len)}")
     return groups, slots
 
 
 def packed_window(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelity: str) -> tuple[Trie, list[int]]:
-    """Window i's prompts at all its horizons as one trie (packing.py), and the prompts' slots
-    (window_prompts)."""
+    """Window i's prompts at all its horizons as one trie (packing.py), and the prompts' slots.
+
+    Args:
+        prompts_by_pred_len, i, fidelity: as window_prompts.
+    Returns:
+        (trie, slots): the packing.Trie of the window; slots as window_prompts.
+    """
     groups, slots = window_prompts(prompts_by_pred_len, i, fidelity)
     return build_trie(groups), slots
 
 
 def window_range(n_windows: int, limit_windows: int | None) -> tuple[int, int]:
+    """The windows a job covers: [0, n_windows), cut at limit_windows when it is set.
+
+    Args:
+        n_windows: the split's windows at the horizon.
+        limit_windows: the config key limit_windows (None: no limit).
+    Returns:
+        (start, stop), start always 0.
+    """
     return 0, n_windows if limit_windows is None else min(n_windows, limit_windows)
 
 
 @contextmanager
 def out_of_memory_hint(settings: Settings, devices: list[str], pred_lens: list[int] | None = None):
-    """A device out of memory: the budget to lower, in one sentence instead of a CUDA stack dump."""
+    """A device out of memory: the budget to lower, in one sentence instead of a CUDA stack dump.
+
+    Args:
+        settings: the job's settings (batch_tokens, pred_len, split).
+        devices: the devices in use, named in the message.
+        pred_lens: the job's horizons; None: settings.pred_len.
+    Raises:
+        InputError: torch.OutOfMemoryError was raised inside the block.
+    """
     try:
         yield
     except torch.OutOfMemoryError:
@@ -361,7 +445,19 @@ def out_of_memory_hint(settings: Settings, devices: list[str], pred_lens: list[i
 def extract_split(settings: Settings, windows_path: str | Path, sca_path: str | Path, out_path: str | Path,
                   stats_path: str | Path, log_file=None, shard: tuple[int, int] | None = None) -> dict:
     """The extraction job of one (horizon, split), or of the window range `shard` of it
-    (`extract_horizons` with settings.pred_len alone). Returns its stats."""
+    (`extract_horizons` with settings.pred_len alone).
+
+    Args:
+        settings: the job's settings; settings.pred_len is the horizon.
+        windows_path, sca_path: the split's windows file and the SCA weights.
+        out_path, stats_path: the embeddings file and its stats JSON to write.
+        log_file: where the progress bar goes.
+        shard: the window range [start, stop); None: the whole split.
+    Returns:
+        The stats written (extract_horizons).
+    Raises:
+        InputError: as extract_horizons.
+    """
     return extract_horizons(settings, [settings.pred_len], windows_path, sca_path,
                             {settings.pred_len: (out_path, stats_path)}, log_file, shard)[settings.pred_len]
 
@@ -389,19 +485,21 @@ def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str
         InputError: no window at some horizon, a prompt longer than the model's context, a
             range outside the split, out of memory, a non-finite hidden state. Nothing is written then.
     """
-    split = read_windows(windows_path)
+    split_windows = read_windows(windows_path)
     tokenizer = load_tokenizer(settings.model, settings.revision)
     n_positions = load_config(settings.model, settings.revision).n_positions
     prompts, stops, longest = {}, {}, {}
     for P in pred_lens:
-        prompts[P] = SplitPrompts(tokenizer, split.raw, split.stamps(), settings.name, P, split.meta["seq_len"],
-                                  settings.template)
+        prompts[P] = SplitPrompts(tokenizer, split_windows.raw, split_windows.stamps(), settings.name, P,
+                                  split_windows.meta["seq_len"], settings.template)
         _, stops[P] = window_range(prompts[P].n_windows, settings.limit_windows)
         if stops[P] == 0:
-            raise InputError(f"{windows_path}: split {settings.split} has no window of {split.meta['seq_len']} + "
+            raise InputError(f"{windows_path}: split {settings.split} has no window of "
+                             f"{split_windows.meta['seq_len']} + "
                              f"{P} rows; use a smaller pred_len or seq_len.")
         # The whole split is checked (it is cheap), so that no shard starts when another must fail.
-        longest[P] = check_context(prompts[P], n_positions, settings.split, np.arange(stops[P]), split.variables)
+        longest[P] = check_context(prompts[P], n_positions, settings.split, np.arange(stops[P]),
+                                   split_windows.variables)
     start, stop = 0, max(stops.values())
     if shard is not None:
         if not 0 <= shard[0] < shard[1] <= stop or shard[0] >= min(stops.values()):
@@ -416,7 +514,7 @@ def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str
 
     teacher = load_teacher(settings, sca_path)
     settings = dataclasses.replace(settings, batch_tokens=settings.batch_tokens or token_budget(teacher.devices))
-    jobs = sum(b - a for a, b in ranges.values())
+    jobs = sum(range_stop - range_start for range_start, range_stop in ranges.values())
     log.info("split %s, pred_len %s: windows %d-%d x %d variables, %d (window, horizon) pairs, longest prompt %d, "
              "on %s in %s; the progress bar's ETA is the time estimate", settings.split,
              ", ".join(map(str, pred_lens)), start, stop, prompts[pred_lens[0]].n_vars, jobs, max(longest.values()),
@@ -426,19 +524,21 @@ def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str
               desc=f"P={','.join(map(str, pred_lens))} {settings.split}") as bar, \
             out_of_memory_hint(settings, teacher.devices, pred_lens):
         embeddings, counts = embed_horizons(teacher, prompts, windows, settings.fidelity, settings.batch_tokens, bar,
-                                            split.variables)
+                                            split_windows.variables)
     wall = time.perf_counter() - began
 
     every = {}
     for P in pred_lens:
-        a, b = ranges[P]
+        range_start, range_stop = ranges[P]
         own = dataclasses.replace(settings, pred_len=P)
-        metadata = provenance(own, split.meta, sca_path, teacher) | {"window_range": [a, b]}
-        write_tensors(outputs[P][0], {"embeddings": torch.from_numpy(embeddings[P]),
-                                      "window_start": torch.arange(a, b, dtype=torch.int64)}, metadata)
+        metadata = provenance(own, split_windows.meta, sca_path, teacher) | {"window_range": [range_start, range_stop]}
+        window_start = torch.arange(range_start, range_stop, dtype=torch.int64)
+        write_tensors(outputs[P][0], {"embeddings": torch.from_numpy(embeddings[P]), "window_start": window_start},
+                      metadata)
         tokens = counts["tokens_per_pred_len"][P]
-        every[P] = {"pred_len": P, "split": settings.split, "windows": b - a, "tokens": tokens,
-                    "tokens_computed": counts["computed"], "wall_s": round(wall, 3), "windows_per_s": (b - a) / wall,
+        n_windows = range_stop - range_start
+        every[P] = {"pred_len": P, "split": settings.split, "windows": n_windows, "tokens": tokens,
+                    "tokens_computed": counts["computed"], "wall_s": round(wall, 3), "windows_per_s": n_windows / wall,
                     "tokens_per_s": tokens / wall, "peak_memory_bytes": peak_memory(teacher.devices),
                     "devices": teacher.devices, "placement": teacher.placement, "precision": settings.precision,
                     "batch_tokens": settings.batch_tokens, "longest_prompt": longest[P], "host": platform.node(),
@@ -456,6 +556,17 @@ def _capped(prompts: SplitPrompts, n_windows: int) -> SplitPrompts:
 
 
 def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, teacher: Teacher) -> dict:
+    """The metadata of an embeddings file: its inputs' hashes, settings and versions.
+
+    Args:
+        settings: the settings of the file's horizon.
+        windows_meta: the windows file's metadata (input_sha256, seq_len, variables).
+        sca_path: the SCA weights (hashed; their seed recorded).
+        teacher: the loaded teacher (layers, devices, placement, the model's commit).
+    Returns:
+        {key: JSON-able value}; "settings" holds the output-affecting settings (compared on reruns),
+        "runtime" the speed-only ones (for information).
+    """
     import transformers
     weights = weights_file(settings.model, settings.revision)
     revision = getattr(teacher.model.config, "_commit_hash", None) or settings.revision

@@ -68,6 +68,10 @@ class Sha256Cache:
     def sha256(self, path: str | os.PathLike) -> str:
         """Hex sha256 of the file's bytes; hashed only when its size or mtime changed.
 
+        Args:
+            path: the file (cached under its absolute path).
+        Returns:
+            The 64-character hex digest.
         Raises:
             FileNotFoundError: the file does not exist.
         """
@@ -117,6 +121,10 @@ def model_source(model: dict) -> ModelSource:
     A path that exists, is absolute or starts with "." is a local folder; anything else is
     a hub id, pinned to model.revision (a commit) or to PINNED_REVISIONS.
 
+    Args:
+        model: config key model ({"name_or_path", "revision"}).
+    Returns:
+        The ModelSource: name, folder, whether it is a hub id, the commit (None for a folder).
     Raises:
         InputError: a hub id with a revision that is not a commit and no pin.
     """
@@ -156,6 +164,8 @@ def local_model(model: dict) -> dict:
 def model_files(source: ModelSource) -> list[Path]:
     """The files of the model that decide an embedding (inputs of sca and extraction).
 
+    Args:
+        source: model_source's result.
     Returns:
         For a hub id, the files get_model writes (they may not exist yet); for a local
         folder, those of MODEL_FILES and OPTIONAL_MODEL_FILES that are there (a missing
@@ -169,6 +179,8 @@ def model_files(source: ModelSource) -> list[Path]:
 def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
     """What identifies the model's content, for the rules' params.
 
+    Args:
+        source: model_source's result; cache: the sha256 cache of this run.
     Returns:
         A hub id: {"repo": id, "revision": commit} (a commit fixes every file's bytes).
         A local folder: {"files": {file name: sha256}} of model_files (no path: moving
@@ -176,11 +188,17 @@ def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
     """
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
-    return {"files": {p.name: cache.sha256(p) for p in model_files(source)}}
+    return {"files": {path.name: cache.sha256(path) for path in model_files(source)}}
 
 
 def model_config_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
-    """What the SCA stage reads from the model (its width, from config.json)."""
+    """What the SCA stage reads from the model (its width, from config.json).
+
+    Args:
+        source: model_source's result; cache: the sha256 cache of this run.
+    Returns:
+        A hub id: {"repo", "revision"}; a local folder: {"config.json": its sha256, or None when absent}.
+    """
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
     config = source.folder / "config.json"
@@ -190,7 +208,12 @@ def model_config_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
 def recorded_windows_metadata(path: str | os.PathLike) -> dict:
     """The timekd_embed metadata of a windows Parquet file, read from its footer only.
 
+    Args:
+        path: a windows Parquet file.
+    Returns:
+        The metadata dict write_windows stored.
     Raises:
+
         InputError: the file is not a readable windows file.
     """
     import pyarrow.parquet as pq
@@ -204,12 +227,13 @@ def recorded_windows_metadata(path: str | os.PathLike) -> dict:
         raise InputError(f"{path} is not a readable windows file; delete it and rerun the workflow.") from None
 
 
-def csv_fingerprint(csv: str | os.PathLike, windows: list[str], pinned: str | None, cache: Sha256Cache) -> str | None:
+def csv_fingerprint(csv: str | os.PathLike, windows_paths: list[str], pinned: str | None,
+                    cache: Sha256Cache) -> str | None:
     """sha256 of the CSV the windows are (to be) made from.
 
     Args:
         csv: config key dataset.csv.
-        windows: the windows Parquet files; when the CSV is absent (results copied without
+        windows_paths: the windows Parquet files; when the CSV is absent (results copied without
             it) their recorded input_sha256 stands in for it.
         pinned: the sha256 get_data verifies for a known dataset, used when neither exists.
         cache: the sha256 cache.
@@ -219,8 +243,8 @@ def csv_fingerprint(csv: str | os.PathLike, windows: list[str], pinned: str | No
     """
     if Path(csv).is_file():
         return cache.sha256(csv)
-    if windows and all(Path(p).is_file() for p in windows):
-        return recorded_windows_metadata(windows[0])["input_sha256"]
+    if windows_paths and all(Path(path).is_file() for path in windows_paths):
+        return recorded_windows_metadata(windows_paths[0])["input_sha256"]
     return pinned
 
 

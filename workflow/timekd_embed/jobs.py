@@ -19,8 +19,17 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
     """Log to the job's log file (and stderr); turn InputError into one line and exit 1.
 
     With `gpus`, lease that many GPU ids first (before CUDA starts; see leases.py).
-    Yields the open log file, for progress bars.
+
+    Args:
+        log_path: the job's log file (appended to); None: stderr only.
+        threads: torch's intra-op threads; None: torch's default.
+        gpus: GPU ids to lease (0: none).
+    Yields:
+        The open log stream, for progress bars.
+    Raises:
+        SystemExit: 1 after logging an InputError or a full disk, 130 on an interrupt.
     """
+
     stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
     handlers = [logging.StreamHandler(stream)] + ([logging.StreamHandler(sys.stderr)] if log_path else [])
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,

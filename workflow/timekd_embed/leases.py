@@ -38,14 +38,28 @@ class Lease:
         self.ids, self._files = ids, files
 
     def release(self) -> None:
-        for f in self._files:
-            f.close()
+        """Close the lock files: the GPUs are free for other jobs."""
+        for lock_file in self._files:
+            lock_file.close()
         self._files = []
 
 
 def lease_gpus(count: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout_s: float = 24 * 3600,
                poll_s: float = 2.0) -> Lease | None:
-    """Take `count` free GPU ids and set CUDA_VISIBLE_DEVICES to them; None when there is nothing to lease."""
+    """Take `count` free GPU ids and set CUDA_VISIBLE_DEVICES to them; None when there is nothing to lease.
+
+    Args:
+        count: GPUs wanted (fewer when the node has fewer).
+        lock_dir: the node-local folder of the lock files gpu<i>.lock.
+        timeout_s: how long to wait for enough free GPUs, in seconds.
+        poll_s: seconds between attempts.
+    Returns:
+        The Lease (hold it: closing its files frees the GPUs), or None when the scheduler set
+        CUDA_VISIBLE_DEVICES or the node has no GPU.
+    Raises:
+        TimeoutError: not enough free GPUs within timeout_s.
+    """
+
     if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         log.info("CUDA_VISIBLE_DEVICES=%s set by the scheduler: using those GPUs", os.environ["CUDA_VISIBLE_DEVICES"])
         return None
@@ -59,20 +73,20 @@ def lease_gpus(count: int, lock_dir: str | Path = DEFAULT_LOCK_DIR, timeout_s: f
     while True:
         held = []
         for gpu in range(total):
-            f = open(lock_dir / f"gpu{gpu}.lock", "a")
+            lock_file = open(lock_dir / f"gpu{gpu}.lock", "a")
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                f.close()
+                lock_file.close()
                 continue
-            held.append((gpu, f))
+            held.append((gpu, lock_file))
             if len(held) == count:
-                ids = [g for g, _ in held]
+                ids = [gpu for gpu, _ in held]
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
                 log.info("leased GPU(s) %s (locks in %s)", ids, lock_dir)
-                return Lease(ids, [f for _, f in held])
-        for _, f in held:  # not enough free: give back what we took, so two jobs cannot deadlock
-            f.close()
+                return Lease(ids, [lock_file for _, lock_file in held])
+        for _, lock_file in held:  # not enough free: give back what we took, so two jobs cannot deadlock
+            lock_file.close()
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {count} free GPU(s) among {total} after {timeout_s:.0f} s (locks in {lock_dir})")
         time.sleep(poll_s)

@@ -1,4 +1,9 @@
-"""The frozen GPT-2 teacher: loading, the calibrated mask, last-token states (docs/teacher.md sections 3-4)."""
+"""The frozen GPT-2 teacher: loading, the calibrated mask, last-token states (docs/teacher.md sections 3-4).
+
+References: Liu et al., "TimeKD", ICDE 2025 (the calibrated language model); the published
+clm.py (the -100 calibration between language and time-series tokens) and store_emb.py
+(the last token's final-layer-norm state of every prompt).
+"""
 
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2Tokeni
     """
     local = _local(name_or_path)
     if local is not None:
-        missing = [f for f in ("vocab.json", "merges.txt") if not (local / f).is_file()]
+        missing = [name for name in ("vocab.json", "merges.txt") if not (local / name).is_file()]
         if missing:
             raise InputError(f"model folder {local} lacks {', '.join(missing)}; put the GPT-2 tokenizer files there.")
     with _from_hub(name_or_path, revision):
@@ -107,7 +112,8 @@ def weights_file(name_or_path: str, revision: str | None = None) -> Path:
     if local is not None:
         path = local / "model.safetensors"
         if not path.is_file():
-            pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
+            pickled = (sorted(file.name for file in local.glob("*.bin"))
+                       + sorted(file.name for file in local.glob("*.pt")))
             if pickled:  # unpickling can run arbitrary code, so such weights are never loaded
                 raise InputError(f"model folder {local} has only pickle weights ({', '.join(pickled)}), which are "
                                  "never loaded because unpickling can run code; convert them to model.safetensors "
@@ -130,14 +136,28 @@ SHOWN = 3  # names quoted per kind of difference
 
 
 def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor GPT2Model(config) loads, built on the meta device (no memory, no init cost)."""
+    """Name -> shape of every tensor GPT2Model(config) loads, built on the meta device (no memory, no init cost).
+
+    Args:
+        config: the model's GPT2Config.
+    Returns:
+        {tensor name: shape}.
+    """
     with torch.device("meta"):
         model = GPT2Model(config)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in a safetensors file, from its header alone (store.read_header)."""
+    """Name -> shape of every tensor in a safetensors file, from its header alone (store.read_header).
+
+    Args:
+        path: a .safetensors file.
+    Returns:
+        {tensor name: shape}.
+    Raises:
+        InputError: the file is missing or its header is damaged.
+    """
     header, _ = read_header(path)
     return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 
@@ -158,8 +178,8 @@ def _listed(names: list[str]) -> str:
 def _refuse_differences(where: str, config: GPT2Config, missing: list[str], unexpected: list[str],
                         reshaped: list[tuple[str, tuple, tuple]]) -> None:
     """One InputError naming every kind of difference between the file and the model, or nothing."""
-    missing = sorted(n for n in missing if not TOLERATED.fullmatch(n))
-    unexpected = sorted(n for n in unexpected if not TOLERATED.fullmatch(n))
+    missing = sorted(name for name in missing if not TOLERATED.fullmatch(name))
+    unexpected = sorted(name for name in unexpected if not TOLERATED.fullmatch(name))
     if not (missing or unexpected or reshaped):
         return
     parts = []
@@ -297,6 +317,13 @@ def _mismatch_entry(entry) -> tuple[str, tuple, tuple]:
 
 
 def check_vocab(tokenizer, config: GPT2Config, name_or_path: str) -> None:
+    """Fail when the tokenizer does not belong to the model.
+
+    Args:
+        tokenizer: the loaded tokenizer; config: the model's GPT2Config; name_or_path: named in the message.
+    Raises:
+        InputError: the tokenizer's size differs from config.vocab_size.
+    """
     # A different size means a tokenizer from another model: its ids would index the wrong embeddings.
     if len(tokenizer) != config.vocab_size:
         raise InputError(f"model {name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model "
@@ -338,7 +365,14 @@ def calibrated_mask(codes: torch.Tensor, valid: torch.Tensor, key_codes: torch.T
 
 
 def level_masks(batch: TrieBatch, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Each level's mask (R, 1, T, K), its keys being its ancestors' tokens then its own."""
+    """Each level's mask, its keys being its ancestors' tokens then its own (calibrated_mask).
+
+    Args:
+        batch: a packing.TrieBatch, parents before children.
+        dtype: the model's dtype.
+    Returns:
+        Per level, (R, 1, T, K) of `dtype`.
+    """
     key_codes, key_valid, masks = [], [], []
     for level in batch.levels:
         codes, valid = level.codes, level.valid
@@ -412,6 +446,8 @@ def first_block_attention(model: GPT2Model, batch: TrieBatch, device: torch.devi
     """The first block's attention inputs of the batch's widest leaf level (most query x key pairs),
     exactly as block_forward builds them: for checks of the attention kernels (preflight).
 
+    Args:
+        model: GPT2Model in eval mode; batch: a packing.TrieBatch with a leaf level; device: model.wte's.
     Returns:
         q (R, H, T, hd), k and v (R, H, K, hd) (the ancestors' keys, then the level's own), the
         mask (R, 1, T, K) in the model's dtype.
@@ -442,8 +478,9 @@ def _forward(model: GPT2Model, batch: TrieBatch, check_each_block: bool) -> torc
     masks = level_masks(batch, model.dtype)                       # per level (R, 1, T, K)
     states = [model.wte(level.ids) + model.wpe(level.positions) for level in batch.levels]   # (R, T, d)
     for index, block in enumerate(model.h):
-        at = block.ln_1.weight.device                             # model_parallel: blocks on several devices
-        batch, masks, states = batch.to(at), [m.to(at) for m in masks], [x.to(at) for x in states]
+        here = block.ln_1.weight.device                           # model_parallel: blocks on several devices
+        batch, masks, states = batch.to(here), [mask.to(here) for mask in masks], [x.to(here) for x in states]
+
         states = block_forward(block, states, batch, masks, kept_only=index == len(model.h) - 1)
         if check_each_block:
             _first_non_finite(states, index)

@@ -25,19 +25,43 @@ _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
 
 
 def embeddings_path(results_dir: str | os.PathLike, name: str, pred_len: int, split: str) -> Path:
+    """Where the workflow puts the embeddings of one horizon and split.
+
+    Args:
+        results_dir: the results folder ("results" under the working directory as a rule).
+        name: config key dataset.name; pred_len: the horizon P; split: "train", "val" or "test".
+    Returns:
+        <results_dir>/<name>/embeddings/<P>/<split>.safetensors.
+    """
     return Path(results_dir) / name / "embeddings" / str(int(pred_len)) / f"{split}.safetensors"
 
 
 def windows_path(results_dir: str | os.PathLike, name: str, split: str) -> Path:
+    """Where the workflow puts the windows of one split.
+
+    Args:
+        results_dir, name, split: as embeddings_path.
+    Returns:
+        <results_dir>/<name>/windows/<split>.parquet.
+    """
     return Path(results_dir) / name / "windows" / f"{split}.parquet"
 
 
 def map_tensor(path: str | os.PathLike, tensor: str = "embeddings") -> np.memmap:
-    """A read-only numpy.memmap of one tensor of a safetensors file: no byte is copied."""
+    """A read-only numpy.memmap of one tensor of a safetensors file: no byte is copied.
+
+    Args:
+        path: a .safetensors file.
+        tensor: the tensor's name.
+    Returns:
+        The memmap (dtype and shape as stored; an empty array for a zero-size tensor).
+    Raises:
+        InputError: the file is missing or damaged, holds no such tensor, or a dtype numpy cannot map.
+    """
     header, data_start = read_header(path)
     entry = header.get(tensor)
     if not isinstance(entry, dict):
-        names = sorted(k for k in header if k != "__metadata__")
+        names = sorted(key for key in header if key != "__metadata__")
         raise InputError(f"{path}: holds no tensor {tensor!r} (it has {', '.join(names) or 'none'}); "
                          "rerun the extraction that wrote it.")
     dtype = _DTYPES.get(entry.get("dtype"))
@@ -45,8 +69,8 @@ def map_tensor(path: str | os.PathLike, tensor: str = "embeddings") -> np.memmap
         raise InputError(f"{path}: tensor {tensor!r} has dtype {entry.get('dtype')!r}, which numpy cannot map; "
                          "rerun the extraction (it writes float32).")
     try:
-        shape = tuple(int(s) for s in entry["shape"])
-        begin, end = (int(o) for o in entry["data_offsets"])
+        shape = tuple(int(size) for size in entry["shape"])
+        begin, end = (int(offset) for offset in entry["data_offsets"])
     except (KeyError, TypeError, ValueError):
         shape, begin, end = (), 0, -1  # reported as damaged below
     size = os.path.getsize(path)
@@ -63,6 +87,13 @@ def load_embeddings(results_dir: str | os.PathLike, name: str, pred_len: int, sp
 
     Row k belongs to window k of the split (results/<name>/windows/<split>.parquet).
     Read-only; `np.array(result[k])` copies one window when a writable array is needed.
+
+    Args:
+        results_dir, name, pred_len, split: as embeddings_path.
+    Returns:
+        The (n_windows, N, d) float32 memmap.
+    Raises:
+        InputError: as map_tensor.
     """
     return map_tensor(embeddings_path(results_dir, name, pred_len, split), "embeddings")
 
@@ -78,16 +109,16 @@ class TeacherDataset(Dataset):
     def __init__(self, results_dir: str | os.PathLike, name: str, pred_len: int, split: str):
         self.path = embeddings_path(results_dir, name, pred_len, split)
         source = windows_path(results_dir, name, split)
-        windows = read_windows(source)
-        self.pred_len, self.seq_len = int(pred_len), int(windows.meta["seq_len"])
-        self.variables = windows.variables
-        self.zscore = np.ascontiguousarray(windows.zscore, dtype=np.float32)  # (R_s, N)
+        split_windows = read_windows(source)
+        self.pred_len, self.seq_len = int(pred_len), int(split_windows.meta["seq_len"])
+        self.variables = split_windows.variables
+        self.zscore = np.ascontiguousarray(split_windows.zscore, dtype=np.float32)  # (R_s, N)
         self.window_start = np.array(map_tensor(self.path, "window_start"), dtype=np.int64)  # small: copy
         self._embeddings: np.memmap | None = None
-        self._check(source, windows.meta, read_metadata(self.path))
+        self._check(source, split_windows.meta, read_metadata(self.path))
 
     def _check(self, source: Path, windows_meta: dict, meta: dict) -> None:
-        emb = self.embeddings
+        embeddings = self.embeddings
         n_vars = len(self.variables)
         if meta.get("input_sha256") != windows_meta["input_sha256"]:
             raise InputError(f"{self.path}: made from another input file than {source}; rerun the workflow so "
@@ -96,8 +127,8 @@ class TeacherDataset(Dataset):
             raise InputError(f"{self.path}: its metadata says pred_len {meta.get('pred_len')}, seq_len "
                              f"{meta.get('seq_len')}, but pred_len {self.pred_len}, seq_len {self.seq_len} were asked; "
                              "the file was moved or renamed, rerun its extraction.")
-        if emb.ndim != 3 or emb.shape[0] != len(self.window_start) or emb.shape[1] != n_vars:
-            raise InputError(f"{self.path}: embeddings of shape {emb.shape} do not fit {len(self.window_start)} "
+        if embeddings.ndim != 3 or embeddings.shape[0] != len(self.window_start) or embeddings.shape[1] != n_vars:
+            raise InputError(f"{self.path}: embeddings of shape {embeddings.shape} do not fit {len(self.window_start)} "
                              f"windows of {n_vars} variables ({source}); rerun its extraction.")
         last = int(self.window_start.max(initial=-1)) + self.seq_len + self.pred_len
         if last > len(self.zscore):
@@ -106,7 +137,9 @@ class TeacherDataset(Dataset):
 
     @property
     def embeddings(self) -> np.memmap:
+        """The (n_windows, N, d) float32 embeddings, memory-mapped."""
         # Mapped on first use in each process: a memmap pickled to a spawned worker would be copied.
+
         if self._embeddings is None:
             self._embeddings = map_tensor(self.path, "embeddings")
         return self._embeddings
@@ -117,11 +150,11 @@ class TeacherDataset(Dataset):
     def __len__(self) -> int:
         return len(self.window_start)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not -len(self) <= k < len(self):
-            raise IndexError(f"window {k} is outside this dataset of {len(self)} windows")
-        k = k % len(self)
-        w, L, P = int(self.window_start[k]), self.seq_len, self.pred_len
-        x = torch.from_numpy(self.zscore[w:w + L].copy())
-        y = torch.from_numpy(self.zscore[w + L:w + L + P].copy())
-        return x, y, torch.from_numpy(np.array(self.embeddings[k]))
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"window {index} is outside this dataset of {len(self)} windows")
+        index = index % len(self)
+        start, L, P = int(self.window_start[index]), self.seq_len, self.pred_len
+        x = torch.from_numpy(self.zscore[start:start + L].copy())
+        y = torch.from_numpy(self.zscore[start + L:start + L + P].copy())
+        return x, y, torch.from_numpy(np.array(self.embeddings[index]))

@@ -58,9 +58,14 @@ def recorded_config(config: dict) -> dict:
 
     The CSV's location is left out too: its content is pinned by the input sha256 in every
     artifact's metadata, and a copy of the results on another machine keeps its hash.
+
+    Args:
+        config: the validated config.
+    Returns:
+        The config without the NOT_RECORDED keys and without dataset.csv.
     """
-    recorded = {k: v for k, v in config.items() if k not in NOT_RECORDED}
-    recorded["dataset"] = {k: v for k, v in config.get("dataset", {}).items() if k != "csv"}
+    recorded = {key: value for key, value in config.items() if key not in NOT_RECORDED}
+    recorded["dataset"] = {key: value for key, value in config.get("dataset", {}).items() if key != "csv"}
     return recorded
 
 
@@ -128,20 +133,20 @@ def build(folder: str | Path, outputs: dict[str, list[str]], config: dict,
     for name, paths in outputs.items():
         is_record = name.endswith(RECORDS_SUFFIX)
         rule = name.removesuffix(RECORDS_SUFFIX)
-        (records if is_record else artifacts).extend(_entry(folder, p, rule) for p in paths)
-    leave_out = {Path(p).resolve() for p in own_files}
-    records += [_entry(folder, p, None) for p in _record_folder_files(folder, leave_out)]
+        (records if is_record else artifacts).extend(_entry(folder, path, rule) for path in paths)
+    leave_out = {Path(path).resolve() for path in own_files}
+    records += [_entry(folder, path, None) for path in _record_folder_files(folder, leave_out)]
     recorded = recorded_config(config)
     return {"format_version": FORMAT_VERSION, "config_hash": config_hash(recorded), "config": recorded,
             "versions": versions(), "inputs": {"csv": str(config["dataset"]["csv"])},
-            "artifacts": sorted(artifacts, key=lambda e: e["path"]),
-            "run_records": sorted(records, key=lambda e: e["path"])}
+            "artifacts": sorted(artifacts, key=lambda entry: entry["path"]),
+            "run_records": sorted(records, key=lambda entry: entry["path"])}
 
 
 def _folder_files(folder: Path) -> set[str]:
     """Every file of the results folder, relative to it, but for the manifest itself."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-            if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST}
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*")
+            if path.is_file() and path.relative_to(folder).as_posix() != MANIFEST}
 
 
 def _in_record_folder(relative: str) -> bool:
@@ -153,6 +158,9 @@ def load(path: str | Path) -> dict:
 
     Args:
         path: a MANIFEST.json, or the results folder that holds one.
+
+    Returns:
+        The manifest dict.
 
     Raises:
         InputError: the file is missing, not JSON, of another format version, or lists a
@@ -255,7 +263,7 @@ def verify(folder: str | Path, manifest_path: str | Path | None = None, config: 
             verdict.records_differ.append(entry["path"])
     if verdict.records_differ:
         verdict.notes.append(_records_note(folder, manifest_path, verdict.records_differ))
-    listed = {e["path"] for e in manifest["artifacts"] + manifest["run_records"]}
+    listed = {entry["path"] for entry in manifest["artifacts"] + manifest["run_records"]}
     for relative in sorted(_folder_files(folder) - listed):
         if _is_temporary(relative):
             verdict.notes.append(f"{folder / relative}: a leftover of an interrupted write, not an artifact; "
@@ -271,9 +279,9 @@ def verify(folder: str | Path, manifest_path: str | Path | None = None, config: 
 
 
 def _records_note(folder: Path, manifest_path: Path, differ: list[str]) -> str:
-    named = [p for p in differ if not _in_record_folder(p)]
-    counted = [f"{sum(p.split('/', 1)[0] == name for p in differ)} file(s) in {name}/" for name in RECORD_FOLDERS
-               if any(p.split("/", 1)[0] == name for p in differ)]
+    named = [path for path in differ if not _in_record_folder(path)]
+    counted = [f"{sum(path.split('/', 1)[0] == name for path in differ)} file(s) in {name}/" for name in RECORD_FOLDERS
+               if any(path.split("/", 1)[0] == name for path in differ)]
     return (f"{folder}: {len(differ)} run record(s) differ from {manifest_path}: {', '.join(named + counted)}; "
             "they hold timings and host names, which differ between runs, so this is not a problem.")
 
@@ -317,6 +325,11 @@ def current_inputs(folder: Path, manifest: dict, config: dict | None) -> Inputs:
 
     Relative paths are taken from the current directory when `config` is given, as
     Snakemake reads them; otherwise from the folder above results/, the run's working folder.
+
+    Args:
+        folder: the results folder; manifest: its manifest (load); config: a validated config, or None.
+    Returns:
+        Inputs: the CSV and weights paths found on this machine (None where not), and a note for each missing one.
     """
     if config is None:
         csv = manifest.get("inputs", {}).get("csv")
@@ -345,6 +358,8 @@ def weights_file_here(name_or_path: str | None, revision: str | None, workdir: P
     A local folder's model.safetensors, or the hub cache's copy at `revision` (as
     lm.weights_file finds it, but never downloading: verify must not).
 
+    Args:
+        name_or_path, revision: config key model's; workdir: the run's working folder.
     Returns:
         (path, "") or (None, one sentence saying why the weights could not be rechecked).
     """
@@ -381,6 +396,8 @@ def stale_embeddings(folder: Path, entries: list[dict], inputs: Inputs) -> Verdi
     current: dict[Path, str] = {}  # each input hashed once
 
     def sha256_of(path: Path) -> str:
+        """The file's sha256, hashed once per verify."""
+
         if path not in current:
             current[path] = sha256_file(path)
         return current[path]
@@ -401,12 +418,25 @@ def stale_embeddings(folder: Path, entries: list[dict], inputs: Inputs) -> Verdi
 
 
 def write(path: str | Path, manifest: dict) -> None:
-    """Write the manifest atomically, with sorted keys (store.write_json)."""
+    """Write the manifest atomically, with sorted keys (store.write_json).
+
+    Args:
+        path: MANIFEST.json's path; manifest: build's result.
+    """
     write_json(path, manifest)
 
 
 def main_verify(folder: str | Path, manifest_path: str | Path | None = None, config: dict | None = None) -> int:
-    """`timekd-embed verify`: notes and problems on stderr, one line each; returns the exit status."""
+    """`timekd-embed verify`: notes and problems on stderr, one line each.
+
+    Args:
+        folder: the results folder; manifest_path: another run's manifest to compare against
+            (None: the folder's own); config: a validated config whose inputs to recheck, or None.
+    Returns:
+        The exit status: 0 when nothing is wrong, else 1.
+    Raises:
+        InputError: as load (a missing or unreadable manifest).
+    """
     against = Path(manifest_path) if manifest_path is not None else Path(folder) / MANIFEST
     verdict = verify(folder, manifest_path, config)
     for line in verdict.notes:

@@ -71,10 +71,18 @@ class Trie:
 
 
 def type_codes(source: np.ndarray, length: int) -> np.ndarray:
-    """The codes a prompt of `length` tokens reads from a (possibly borrowed) type list."""
+    """The codes a prompt of `length` tokens reads from a (possibly borrowed) type list.
+
+    Args:
+        source: (S,) int8 type flags (1 time series, 0 language), maybe another prompt's
+            (reference fidelity: the last variable's, as the published store_emb.py reads them).
+        length: the prompt's token count L.
+    Returns:
+        (L,) int8: source's first L codes, -1 past its end.
+    """
     codes = np.full(length, -1, dtype=np.int8)
-    n = min(length, len(source))
-    codes[:n] = source[:n]
+    copied = min(length, len(source))
+    codes[:copied] = source[:copied]
     return codes
 
 
@@ -82,8 +90,8 @@ def _shared_length(prompts: list[Prompt], start: int, cap: int) -> int:
     """How many tokens from `start` on all `prompts` agree on, ids and codes, at most `cap`."""
     if cap <= 0 or len(prompts) == 1:
         return max(cap, 0)
-    ids = np.stack([p.ids[start:start + cap] for p in prompts])        # (prompts, cap)
-    codes = np.stack([p.codes[start:start + cap] for p in prompts])
+    ids = np.stack([prompt.ids[start:start + cap] for prompt in prompts])        # (prompts, cap)
+    codes = np.stack([prompt.codes[start:start + cap] for prompt in prompts])
     agree = ((ids == ids[0]) & (codes == codes[0])).all(axis=0)
     return cap if agree.all() else int(np.argmin(agree))
 
@@ -98,15 +106,18 @@ def build_trie(groups: list[list[Prompt]], share_head: bool = True) -> Trie:
     Returns:
         The trie; every leaf keeps at least its prompt's last token.
     """
-    everything = [p for group in groups for p in group]
-    shortest = min(len(p.ids) for p in everything)
-    h = _shared_length(everything, 0, shortest - 1) if share_head else 0
-    head = Node(everything[0].ids[:h], everything[0].codes[:h], 0)
+    everything = [prompt for group in groups for prompt in group]
+    shortest = min(len(prompt.ids) for prompt in everything)
+    head_len = _shared_length(everything, 0, shortest - 1) if share_head else 0
+    head = Node(everything[0].ids[:head_len], everything[0].codes[:head_len], 0)
     branches = []
     for group in groups:
-        s = _shared_length(group, h, min(len(p.ids) for p in group) - 1 - h)
-        stem = Node(group[0].ids[h:h + s], group[0].codes[h:h + s], h)
-        branches.append(Branch(stem, tuple(Node(p.ids[h + s:], p.codes[h + s:], h + s) for p in group)))
+        stem_len = _shared_length(group, head_len, min(len(prompt.ids) for prompt in group) - 1 - head_len)
+        leaf_start = head_len + stem_len
+        stem = Node(group[0].ids[head_len:leaf_start], group[0].codes[head_len:leaf_start], head_len)
+        leaves = tuple(Node(prompt.ids[leaf_start:], prompt.codes[leaf_start:], leaf_start) for prompt in group)
+        branches.append(Branch(stem, leaves))
+
     return Trie(head, tuple(branches))
 
 
@@ -115,17 +126,23 @@ def distinct_branches(trie: Trie) -> tuple[list[int], np.ndarray]:
 
     Variables whose truncated values agree over the whole window (rain gauges at 0, say)
     give identical branches, hence identical states: about 3% of the weather branches.
+
+    Args:
+        trie: one window's trie (build_trie).
+    Returns:
+        (first, inverse): the index of the first branch of each distinct kind, in order; (branches,)
+        int64, each branch's position in `first`.
     """
     index: dict[tuple, int] = {}
     first: list[int] = []
     inverse = np.empty(len(trie.branches), dtype=np.int64)
-    for b, branch in enumerate(trie.branches):
+    for branch_index, branch in enumerate(trie.branches):
         nodes = (branch.stem, *branch.leaves)
-        key = tuple(a.tobytes() for node in nodes for a in (node.ids, node.codes))
+        key = tuple(array.tobytes() for node in nodes for array in (node.ids, node.codes))
         if key not in index:
             index[key] = len(first)
-            first.append(b)
-        inverse[b] = index[key]
+            first.append(branch_index)
+        inverse[branch_index] = index[key]
     return first, inverse
 
 
@@ -141,7 +158,13 @@ class Level:
     last: torch.Tensor | None  # (R,) int64 leaves: index of the kept (last) token; None: inner nodes
 
     def to(self, device, pin: bool = False) -> Level:
-        """The same level on `device` (or, with pin, in page-locked host memory)."""
+        """The same level on `device` (or, with pin, in page-locked host memory).
+
+        Args:
+            device: a torch device (ignored with pin); pin: copy to page-locked host memory instead.
+        Returns:
+            The moved Level (non-blocking copies).
+        """
         names = ("ids", "positions", "codes", "valid", "parent_rows") + (("last",) if self.last is not None else ())
         moved = {name: getattr(self, name).pin_memory() if pin else getattr(self, name).to(device, non_blocking=True)
                  for name in names}
@@ -161,7 +184,13 @@ class TrieBatch:
     kept: np.ndarray
 
     def to(self, device) -> TrieBatch:
-        """The same batch with every tensor on `device` (a no-op where it is there already)."""
+        """The same batch with every tensor on `device` (a no-op where it is there already).
+
+        Args:
+            device: a torch device.
+        Returns:
+            The moved TrieBatch.
+        """
         return replace(self, levels=[level.to(device) for level in self.levels])
 
     def pin_memory(self) -> TrieBatch:
@@ -169,44 +198,53 @@ class TrieBatch:
         return replace(self, levels=[level.to(None, pin=True) for level in self.levels])
 
     def padded_positions(self) -> int:
+        """Positions the forward computes, padding included (rows x columns, summed over levels)."""
         return sum(int(level.ids.numel()) for level in self.levels)
 
     def real_positions(self) -> int:
+        """Positions of real tokens, padding excluded."""
         return sum(int(level.valid.sum()) for level in self.levels)
 
 
 def _level(nodes: list[Node], parent: int, parent_rows: list[int], leaves: bool) -> Level:
-    R, T = len(nodes), max(1, max(len(n) for n in nodes))  # at least one column: shapes never empty
+    R, T = len(nodes), max(1, max(len(node) for node in nodes))  # at least one column: shapes never empty
     ids, positions = np.zeros((R, T), np.int64), np.zeros((R, T), np.int64)
     codes, valid = np.full((R, T), -1, np.int8), np.zeros((R, T), bool)
-    for r, node in enumerate(nodes):
-        n = len(node)
-        ids[r, :n], codes[r, :n], valid[r, :n] = node.ids, node.codes, True
-        positions[r, :n] = np.arange(node.start, node.start + n)
-    last = torch.tensor([len(n) - 1 for n in nodes], dtype=torch.int64) if leaves else None
+    for row, node in enumerate(nodes):
+        length = len(node)
+        ids[row, :length], codes[row, :length], valid[row, :length] = node.ids, node.codes, True
+        positions[row, :length] = np.arange(node.start, node.start + length)
+    last = torch.tensor([len(node) - 1 for node in nodes], dtype=torch.int64) if leaves else None
     return Level(torch.from_numpy(ids), torch.from_numpy(positions), torch.from_numpy(codes), torch.from_numpy(valid),
                  parent, torch.tensor(parent_rows, dtype=torch.int64), last)
 
 
 def leaf_buckets(lengths: list[int], ratio: float = BUCKET_RATIO) -> list[list[int]]:
     """Leaf indices grouped longest first; a bucket takes leaves down to `ratio` of its longest,
-    so that padding stays below 1 - ratio of each bucket."""
-    order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+    so that padding stays below 1 - ratio of each bucket.
+
+    Args:
+        lengths: the leaves' token counts.
+        ratio: the shortest leaf a bucket takes, as a fraction of its longest.
+    Returns:
+        Buckets of leaf indices, each longest first.
+    """
+    order = sorted(range(len(lengths)), key=lambda leaf: -lengths[leaf])
     buckets: list[list[int]] = []
-    for k in order:
-        if buckets and lengths[k] >= ratio * lengths[buckets[-1][0]]:
-            buckets[-1].append(k)
+    for leaf in order:
+        if buckets and lengths[leaf] >= ratio * lengths[buckets[-1][0]]:
+            buckets[-1].append(leaf)
         else:
-            buckets.append([k])
+            buckets.append([leaf])
     return buckets
 
 
 def _padded_cost(tries: list[Trie], items: list[tuple[int, int]]) -> int:
     """Padded positions of one batch of branch items (rows x padded length, summed over tensors)."""
-    heads = {t for t, _ in items}
-    cost = len(heads) * max(1, max(len(tries[t].head) for t in heads))
-    cost += len(items) * max(1, max(len(tries[t].branches[b].stem) for t, b in items))
-    lengths = [len(leaf) for t, b in items for leaf in tries[t].branches[b].leaves]
+    heads = {trie for trie, _ in items}
+    cost = len(heads) * max(1, max(len(tries[trie].head) for trie in heads))
+    cost += len(items) * max(1, max(len(tries[trie].branches[branch].stem) for trie, branch in items))
+    lengths = [len(leaf) for trie, branch in items for leaf in tries[trie].branches[branch].leaves]
     return cost + sum(len(bucket) * lengths[bucket[0]] for bucket in leaf_buckets(lengths))
 
 
@@ -218,8 +256,17 @@ def batches(tries: list[Trie], items: list[tuple[int, int]], token_budget: int) 
     head runs once per batch it appears in); an item larger than the budget on its own gets a
     batch of its own. A batch holds the heads its items follow (once each), their stems, and
     their leaves in length buckets.
+
+    Args:
+        tries: the windows' tries.
+        items: the branch items to run, (trie index, branch index) each.
+        token_budget: padded positions per batch (config key batch_tokens).
+    Returns:
+        The batches, on the CPU; their owners index `items`.
     """
     def stem_step(k: int) -> tuple[int, int, int]:
+        """Sort key of item k: its stem length in STEM_STEP steps (longest first), its trie, k."""
+
         return -(len(tries[items[k][0]].branches[items[k][1]].stem) // STEM_STEP), items[k][0], k
 
     order = sorted(range(len(items)), key=stem_step)

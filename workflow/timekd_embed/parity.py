@@ -1,7 +1,8 @@
-"""Does fp16 (or bf16) change the embeddings, and does splitting the model over GPUs?
+"""Parity: does fp16 (or bf16) change the embeddings, and does splitting the model over GPUs?
 
 A deterministic sample of windows is recomputed in fp32 on the same devices and compared
-with what the extraction job stored.
+with what the extraction job stored (rule parity). The project's own check: the published
+code (Liu et al., ICDE 2025) runs in fp32 only; docs/teacher.md states what is recomputed.
 """
 
 from __future__ import annotations
@@ -21,15 +22,27 @@ from .store import read_tensors
 from .windows import read_windows
 
 
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity per (window, variable): a, b (S, N, d) -> (S, N), in float64."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine similarity per (window, variable).
+
+    Args:
+        first, second: (S, N, d) embeddings, any float dtype.
+    Returns:
+        (S, N) float64 cosines.
+    """
+    first, second = first.astype(np.float64), second.astype(np.float64)
+    return (first * second).sum(-1) / (np.linalg.norm(first, axis=-1) * np.linalg.norm(second, axis=-1))
 
 
-def nearest_neighbours(x: np.ndarray) -> np.ndarray:
-    """Index of each window's nearest other window (cosine, whole (N, d) embedding): x (S, N, d) -> (S,)."""
-    flat = x.reshape(len(x), -1).astype(np.float64)
+def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
+    """Index of each window's nearest other window (cosine of the whole (N, d) embeddings).
+
+    Args:
+        embeddings: (S, N, d), S >= 2.
+    Returns:
+        (S,) int64 indices into the S windows.
+    """
+    flat = embeddings.reshape(len(embeddings), -1).astype(np.float64)
     flat /= np.linalg.norm(flat, axis=1, keepdims=True)
     sim = flat @ flat.T
     np.fill_diagonal(sim, -np.inf)
@@ -37,7 +50,15 @@ def nearest_neighbours(x: np.ndarray) -> np.ndarray:
 
 
 def compare(production: np.ndarray, reference: np.ndarray) -> dict:
-    """Parity statistics of production-precision embeddings against fp32 ones, both (S, N, d)."""
+    """Parity statistics of production-precision embeddings against fp32 ones.
+
+    Args:
+        production, reference: (S, N, d) embeddings of the same windows.
+    Returns:
+        (stats, cosines): {"windows", "cosine_min", "cosine_p01", "cosine_mean", "max_abs_error",
+        "relative_l2_error", "nn_agreement" (None for 2 windows or fewer)}, and the (S, N)
+        float64 cosines.
+    """
     cos = cosine_rows(production, reference)
     diff = production.astype(np.float64) - reference.astype(np.float64)
     stats = {
@@ -57,6 +78,12 @@ def compare(production: np.ndarray, reference: np.ndarray) -> dict:
 def stored_rows(path: str, windows: np.ndarray, settings: Settings) -> np.ndarray:
     """The stored embeddings (len(windows), N, d) float32 of the given windows.
 
+    Args:
+        path: an embeddings .safetensors file (the gathered one).
+        windows: (S,) int window indices, each among the file's window_start.
+        settings: the settings the file must have been made with (its split is ignored).
+    Returns:
+        (S, N, d) float32.
     Raises:
         InputError: the file was made with other output-affecting settings than `settings`
             (a stale file: its extraction must rerun first).
@@ -65,11 +92,11 @@ def stored_rows(path: str, windows: np.ndarray, settings: Settings) -> np.ndarra
     recorded = json.loads(meta["settings"])
     expected = dataclasses.replace(settings, split=recorded.get("split")).output_fields()
     if recorded != expected:
-        odd = sorted(k for k in expected if recorded.get(k) != expected[k])
+        odd = sorted(key for key in expected if recorded.get(key) != expected[key])
         raise InputError(f"{path}: made with other settings than the config ({', '.join(odd)}); rerun its "
                          "extraction first.")
-    row = {int(w): k for k, w in enumerate(tensors["window_start"].tolist())}
-    return tensors["embeddings"].numpy()[[row[int(w)] for w in windows]]
+    row = {int(window): position for position, window in enumerate(tensors["window_start"].tolist())}
+    return tensors["embeddings"].numpy()[[row[int(window)] for window in windows]]
 
 
 def parity_report(settings: Settings, embedding_paths: dict[str, str], windows_paths: dict[str, str],
@@ -87,12 +114,12 @@ def parity_report(settings: Settings, embedding_paths: dict[str, str], windows_p
         (report, cosines): the JSON-able report, and the (S * N,) float64 cosine per
         (window, variable), empty when the production precision is fp32.
     """
-    splits = {s: read_windows(windows_paths[s]) for s in embedding_paths}
-    counts = {s: len(read_tensors(p)[0]["window_start"]) for s, p in embedding_paths.items()}
+    windows_by_split = {split: read_windows(windows_paths[split]) for split in embedding_paths}
+    counts = {split: len(read_tensors(path)[0]["window_start"]) for split, path in embedding_paths.items()}
     sample = sample_windows(counts, sample_size)
-    stored = {s: stored_rows(embedding_paths[s], idx, settings) for s, idx in sample.items()}
+    stored = {split: stored_rows(embedding_paths[split], idx, settings) for split, idx in sample.items()}
     report = {"pred_len": settings.pred_len, "precision": settings.precision, "fidelity": settings.fidelity,
-              "sample": {s: idx.tolist() for s, idx in sample.items()}, "min_cosine_required": min_cosine}
+              "sample": {split: idx.tolist() for split, idx in sample.items()}, "min_cosine_required": min_cosine}
     if settings.precision == "fp32":
         report["fp32_parity"] = "trivially exact: production precision is fp32, nothing to compare"
         report["passed"] = True
@@ -102,21 +129,27 @@ def parity_report(settings: Settings, embedding_paths: dict[str, str], windows_p
     settings = dataclasses.replace(settings, batch_tokens=settings.batch_tokens or token_budget(fp32.devices))
     report["devices"] = fp32.devices
     with out_of_memory_hint(settings, fp32.devices):
-        reference = [_embed(fp32, settings, splits[s], idx) for s, idx in sample.items()]
-    production = [stored[s] for s in sample]
+        reference = [_embed(fp32, settings, windows_by_split[split], idx) for split, idx in sample.items()]
+    production = [stored[split] for split in sample]
     del fp32
     stats, cos = compare(np.concatenate(production), np.concatenate(reference))
     report["fp32_parity"] = stats
     # The same statistics per split, for the report's per-(horizon, split) items.
-    report["fp32_parity_by_split"] = {s: compare(prod, ref)[0] for s, prod, ref in zip(sample, production, reference)
-                                      if len(prod)}
+    report["fp32_parity_by_split"] = {split: compare(prod, ref)[0]
+                                      for split, prod, ref in zip(sample, production, reference) if len(prod)}
     report["passed"] = stats["cosine_min"] >= min_cosine
-    report["layer_split"] = layer_split_check(settings, sca_path, splits, sample)
+    report["layer_split"] = layer_split_check(settings, sca_path, windows_by_split, sample)
     return report, cos.ravel()
 
 
 def require_parity(report: dict) -> None:
-    """InputError when the lowest cosine similarity falls under the configured minimum."""
+    """Fail when the lowest cosine similarity falls under the configured minimum.
+
+    Args:
+        report: parity_report's report.
+    Raises:
+        InputError: report["passed"] is false (pred_len, precision and the cosine named).
+    """
     if not report["passed"]:
         raise InputError(
             f"pred_len {report['pred_len']}: the lowest cosine similarity between {report['precision']} and fp32 "
@@ -124,20 +157,33 @@ def require_parity(report: dict) -> None:
             f"{report['min_cosine_required']}; use precision fp32 or bf16, or check the model weights.")
 
 
-def layer_split_check(settings: Settings, sca_path: str, splits: dict, sample: dict) -> dict | str:
-    """One device versus the layers split over all the job's devices, in production precision."""
+def layer_split_check(settings: Settings, sca_path: str, windows_by_split: dict, sample: dict) -> dict | str:
+    """One device versus the layers split over all the job's devices, in production precision.
+
+    Args:
+        settings: the horizon's settings (device, gpus_per_job, precision).
+        sca_path: the SCA weights.
+        windows_by_split: split -> its SplitWindows.
+        sample: split -> (S,) int window indices.
+    Returns:
+        {"devices", "max_abs_difference"}, or a sentence when the job held one device.
+    Raises:
+        InputError: a device ran out of memory.
+    """
     devices = resolve_devices(settings.device, settings.gpus_per_job)
     if len(devices) < 2:
         return f"not applicable: the job held one device ({devices[0]})"
     one = load_teacher(settings, sca_path, devices=devices[:1])
     whole = load_teacher(dataclasses.replace(settings, placement="model_parallel"), sca_path, devices=devices)
     with out_of_memory_hint(settings, devices):
-        diffs = [np.abs(_embed(one, settings, splits[s], idx) - _embed(whole, settings, splits[s], idx)).max()
-                 for s, idx in sample.items()]
+        diffs = [np.abs(_embed(one, settings, windows_by_split[split], idx)
+                        - _embed(whole, settings, windows_by_split[split], idx)).max()
+                 for split, idx in sample.items()]
     return {"devices": devices, "max_abs_difference": float(max(diffs))}
 
 
-def _embed(teacher, settings: Settings, split, windows: np.ndarray) -> np.ndarray:
-    prompts = SplitPrompts(teacher.tokenizer, split.raw, split.stamps(), settings.name, settings.pred_len,
-                           split.meta["seq_len"], settings.template)
+def _embed(teacher, settings: Settings, split_windows, windows: np.ndarray) -> np.ndarray:
+    """embed_windows of the given windows of one split at settings.pred_len: (S, N, d) float32."""
+    prompts = SplitPrompts(teacher.tokenizer, split_windows.raw, split_windows.stamps(), settings.name,
+                           settings.pred_len, split_windows.meta["seq_len"], settings.template)
     return embed_windows(teacher, prompts, windows, settings.fidelity, settings.batch_tokens)[0]

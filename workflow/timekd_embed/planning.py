@@ -61,7 +61,7 @@ def visible_gpus(environ: dict | None = None, proc: Path = Path("/proc/driver/nv
     chosen = environ.get("CUDA_VISIBLE_DEVICES")
     if chosen is None:
         return present
-    ids = [i for i in chosen.split(",") if i.strip()]
+    ids = [gpu_id for gpu_id in chosen.split(",") if gpu_id.strip()]
     if not ids or ids[0].strip() == "-1":
         return 0
     return min(len(ids), present)
@@ -84,7 +84,13 @@ def job_device(device: str, gpus: int, local: bool = True) -> str:
 
 
 def model_dims(name_or_path: str) -> tuple[int, int]:
-    """(n_layer, n_embd) of a local folder's config.json or a known hub id; GPT-2 small otherwise."""
+    """(n_layer, n_embd) of a local folder's config.json or a known hub id; GPT-2 small otherwise.
+
+    Args:
+        name_or_path: config key model.name_or_path.
+    Returns:
+        (n_layer, n_embd); GPT-2 small's for an unreadable config (the model check names the problem later).
+    """
     config = Path(name_or_path) / "config.json"
     if config.is_file():
         try:
@@ -99,9 +105,9 @@ def _interpolate(table: dict[int, float], pred_len: int) -> float:
     """Linear in P between the measured horizons, extended along the nearest segment."""
     keys = sorted(table)
     low, high = (keys[0], keys[1]) if pred_len <= keys[0] else (keys[-2], keys[-1])
-    for a, b in itertools.pairwise(keys):
-        if a <= pred_len <= b:
-            low, high = a, b
+    for left, right in itertools.pairwise(keys):
+        if left <= pred_len <= right:
+            low, high = left, right
     slope = (table[high] - table[low]) / (high - low)
     return max(table[keys[0]] * 0.1, table[low] + slope * (pred_len - low))
 
@@ -166,7 +172,7 @@ def cpu_hint(windows: dict[int, int], n_vars: int, model: str, dims: tuple[int, 
     Returns:
         A few sentences for stderr.
     """
-    total = sum(n * seconds_per_window("cpu", P, n_vars, dims, precision) for P, n in windows.items())
+    total = sum(count * seconds_per_window("cpu", P, n_vars, dims, precision) for P, count in windows.items())
     text = (f"No GPU is visible and device is auto: the extraction runs on the CPU. Estimate for all "
             f"{sum(windows.values()):,} windows ({len(windows)} horizon(s), {n_vars} variables, {model} with "
             f"{dims[0]} layers, d = {dims[1]}, {precision}): about {_duration(total)}, from a rate measured by "
@@ -179,5 +185,14 @@ def cpu_hint(windows: dict[int, int], n_vars: int, model: str, dims: tuple[int, 
 
 def extraction_threads(device: str, gpus_per_job: int, cores: int) -> int:
     """Threads an extraction job keeps busy: on the CPU every core it gets (torch's intra-op
-    threads); on GPUs one thread driving each replica plus one preparing its batches."""
+    threads); on GPUs one thread driving each replica plus one preparing its batches.
+
+    Args:
+        device: the job's device kind, "cpu" or "cuda" (job_device).
+        gpus_per_job: config key gpus_per_job.
+        cores: the cores Snakemake gives the run.
+    Returns:
+        The rule's threads (at least 1).
+    """
+
     return max(1, cores) if device == "cpu" else 2 * gpus_per_job

@@ -55,7 +55,10 @@ ROUNDING_ULPS = 16  # "float rounding": within 16 units of the precision's round
 def machine(devices: list[str]) -> dict:
     """Devices (name, memory, compute capability), fp16/bf16 support, versions, the GPUs this job holds.
 
-    Returns: a JSON-ready dict; memory in bytes.
+    Args:
+        devices: the job's devices, e.g. ["cuda:0"] or ["cpu"].
+    Returns:
+        A JSON-ready dict; memory in bytes.
     """
     info = {"host": platform.node(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "driver": _driver_version(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
@@ -93,16 +96,21 @@ def device_usable(device: str) -> str | None:
 
     A GPU can be visible and still unusable: busy in exclusive mode, faulted, or of an
     architecture this PyTorch build has no kernels for.
+
+    Args:
+        device: a torch device string ("cpu", "cuda:1").
+    Returns:
+        None, or the sentence.
     """
     try:
         if device.startswith("cuda"):
             major, minor = torch.cuda.get_device_capability(torch.device(device))
             built = torch.cuda.get_arch_list()
-            if built and f"sm_{major}{minor}" not in built and not any(a.startswith("compute_") for a in built):
+            if built and f"sm_{major}{minor}" not in built and not any(arch.startswith("compute_") for arch in built):
                 return (f"device {device} (compute capability {major}.{minor}) is visible but this PyTorch build "
                         f"has kernels only for {', '.join(built)}; install a PyTorch build for this GPU.")
-        x = torch.ones(64, 64, device=device)
-        float((x @ x).sum().item())
+        probe = torch.ones(64, 64, device=device)
+        float((probe @ probe).sum().item())
     except Exception as error:  # noqa: BLE001 - any failure here is the answer
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return f"device {device} is visible but unusable ({first}); free it, fix its driver, or leave it out."
@@ -115,14 +123,21 @@ def checkpoint_matches(model: torch.nn.Module, weights: Path, name: str) -> str 
 
     Catches a checkpoint that loaded with missing or renamed keys (random weights in their
     place) and weights that hold NaN or inf.
+
+    Args:
+        model: the loaded GPT2 model (parameter names without the "transformer." prefix).
+        weights: its .safetensors file.
+        name: model.name_or_path, for the message.
+    Returns:
+        None, or the sentence.
     """
-    with safe_open(str(weights), framework="pt") as f:
-        stored = {k.removeprefix("transformer."): k for k in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
+    with safe_open(str(weights), framework="pt") as checkpoint:
+        stored = {name_in_file.removeprefix("transformer."): name_in_file for name_in_file in checkpoint.keys()}  # noqa: SIM118 (safe_open is no mapping)
         for key, param in model.named_parameters():
             if key not in stored:
                 return (f"the loaded model is not the named weights: parameter {key} is not in {weights}, so it was "
                         f"initialised at random; use a complete GPT-2 checkpoint for {name}.")
-            tensor = f.get_tensor(stored[key]).to(param.dtype)
+            tensor = checkpoint.get_tensor(stored[key]).to(param.dtype)
             loaded = param.detach().cpu()
             if not torch.allclose(loaded, tensor, rtol=0, atol=0, equal_nan=True):
                 return (f"the loaded model is not the named weights: parameter {key} differs from {weights}; "
@@ -148,6 +163,13 @@ class Horizon:
 def load_horizons(config: dict, tokenizer, n_positions: int, n_windows: int) -> list[Horizon]:
     """Prompts from the configured CSV for every horizon; the job's own context check on every split.
 
+    Args:
+        config: the validated config.
+        tokenizer: the model's GPT-2 tokenizer.
+        n_positions: the model's context length.
+        n_windows: sample windows per horizon, from the first configured split (sample_windows).
+    Returns:
+        One Horizon per configured pred_len, in config order.
     Raises:
         InputError: the CSV cannot be read, or a prompt does not fit the context (the extraction's sentence).
     """
@@ -190,7 +212,14 @@ def _reset_peaks(devices: list[str]) -> None:
 
 def timed_embed(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
                 batch_tokens: int) -> tuple[np.ndarray, float]:
-    """Embeddings of `windows` after a one-window warm-up, and the windows per second of the timed run."""
+    """Embeddings of `windows` after a one-window warm-up, and the windows per second of the timed run.
+
+    Args:
+        teacher, prompts, fidelity, batch_tokens: as extract.embed_windows.
+        windows: (W,) int window indices, W >= 1.
+    Returns:
+        ((W, N, d) float32 embeddings, windows per second). Peak memory counters restart after the warm-up.
+    """
     embed_windows(teacher, prompts, windows[:1], fidelity, batch_tokens)     # kernels, allocator, caches
     _reset_peaks(teacher.devices)
     began = time.perf_counter()
@@ -200,7 +229,14 @@ def timed_embed(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fi
 
 def fill_windows(horizon: Horizon, batch_tokens: int) -> np.ndarray:
     """The sample windows, plus enough others (spread over the job's windows of the first split)
-    for one full batch of `batch_tokens`: the peak memory is that of a full batch."""
+    for one full batch of `batch_tokens`: the peak memory is that of a full batch.
+
+    Args:
+        horizon: the horizon (its prompts, sample and planned windows).
+        batch_tokens: the token budget to fill.
+    Returns:
+        (W,) int64 sorted window indices, the sample among them.
+    """
     gt, hd = horizon.prompts.lengths(horizon.sample)
     per_window = float((gt.sum() + hd.sum()) / len(horizon.sample))  # every token; packing about halves them
     need = math.ceil(batch_tokens / max(per_window / 2, 1.0))
@@ -215,7 +251,16 @@ def measure_horizon(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tok
     """windows/s, peak memory per device at `batch_tokens` (halved while a GPU runs out of memory),
     the largest budget that fits with headroom, and the ETA of the whole job at this rate.
 
-    Returns: (the figures, embeddings (S, N, d) float32 of the sample windows).
+    Args:
+        teacher: the loaded teacher.
+        horizon: the horizon to measure.
+        fidelity: "reference" or "corrected".
+        batch_tokens: the configured (or device-default) token budget.
+    Returns:
+        (the figures: JSON-ready, memory in bytes, eta_s in seconds; embeddings (S, N, d) float32
+        of the sample windows).
+    Raises:
+        InputError: out of memory even at batch_tokens 1024; a non-finite state (embed_windows).
     """
     windows = fill_windows(horizon, batch_tokens)
     budget, tried = batch_tokens, []
@@ -243,15 +288,24 @@ def measure_horizon(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tok
 
 def fitting_budget(teacher: Teacher, measured_at: int, peaks: dict, ran_out: bool) -> int | None:
     """The largest batch_tokens whose peak stays under HEADROOM of the smallest GPU, extrapolated
-    linearly from the measured peak above the weights; None on the CPU or when the configured one fits."""
-    gpus = [d for d in teacher.devices if d.startswith("cuda")]
+    linearly from the measured peak above the weights; None on the CPU or when the configured one fits.
+
+    Args:
+        teacher: the loaded teacher (its devices, placement and weights).
+        measured_at: the batch_tokens the peaks were measured at.
+        peaks: device -> peak memory in bytes.
+        ran_out: whether a larger budget ran out of memory first.
+    Returns:
+        A multiple of 1024 (at least 1024), or None.
+    """
+    gpus = [gpu for gpu in teacher.devices if gpu.startswith("cuda")]
     if not gpus:
         return None
-    weights = sum(p.numel() * p.element_size() for p in teacher.model.parameters())
+    weights = sum(weight.numel() * weight.element_size() for weight in teacher.model.parameters())
     if teacher.placement == "model_parallel":      # each GPU holds its share of the layers, else a whole copy
         weights /= len(gpus)
-    total = min(torch.cuda.get_device_properties(torch.device(d)).total_memory for d in gpus)
-    peak = max(peaks[d] for d in gpus)
+    total = min(torch.cuda.get_device_properties(torch.device(gpu)).total_memory for gpu in gpus)
+    peak = max(peaks[gpu] for gpu in gpus)
     if not ran_out and peak <= HEADROOM * total:
         return None
     per_token = max(peak - weights, 1) / measured_at
@@ -260,11 +314,19 @@ def fitting_budget(teacher: Teacher, measured_at: int, peaks: dict, ran_out: boo
 
 # --------------------------------------------------------------------------- parity
 
-def within_rounding(a: np.ndarray, b: np.ndarray, precision: str) -> dict:
-    """Largest difference of two runs that should agree, and whether it is float rounding at `precision`."""
-    diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-    scale = float(max(1.0, np.abs(b).max()))
-    return {"max_abs_difference": diff, "bit_equal": bool(np.array_equal(a, b)),
+def within_rounding(got: np.ndarray, expected: np.ndarray, precision: str) -> dict:
+    """Largest difference of two runs that should agree, and whether it is float rounding at `precision`.
+
+    Args:
+        got, expected: arrays of one shape (expected sets the scale of the tolerance).
+        precision: "fp32", "bf16" or "fp16".
+    Returns:
+        {"max_abs_difference", "bit_equal", "tolerance" (ROUNDING_ULPS machine epsilons of the
+        precision times max(1, |expected|)), "within_rounding"}.
+    """
+    diff = float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
+    scale = float(max(1.0, np.abs(expected).max()))
+    return {"max_abs_difference": diff, "bit_equal": bool(np.array_equal(got, expected)),
             "tolerance": ROUNDING_ULPS * EPS[precision] * scale,
             "within_rounding": diff <= ROUNDING_ULPS * EPS[precision] * scale}
 
@@ -272,7 +334,14 @@ def within_rounding(a: np.ndarray, b: np.ndarray, precision: str) -> dict:
 # --------------------------------------------------------------------------- GPU checks (#17.3)
 
 def one_batch(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> TrieBatch:
-    """The first real batch the extraction builds for the sample windows (packing.batches output)."""
+    """The first real batch the extraction builds for the sample windows (packing.batches output).
+
+    Args:
+        teacher: not read (the batch depends on the prompts alone); horizon: its prompts and sample.
+        fidelity, batch_tokens: as the extraction.
+    Returns:
+        The packing.TrieBatch, on the CPU, not pinned.
+    """
     inputs, _, _, _ = _model_inputs({horizon.prompts.pred_len: horizon.prompts}, horizon.sample, fidelity,
                                     batch_tokens, pin=False)
     return inputs[0]
@@ -281,7 +350,14 @@ def one_batch(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: i
 def attention_backends(model: torch.nn.Module, batch: TrieBatch, device: str, precision: str) -> dict:
     """One real batch through the default SDPA backend and through each explicit one, against the
     math backend: the largest difference must be float rounding (cuDNN attention, the default on
-    Hopper, has had wrong results with float masks). Backends that refuse the batch are listed."""
+    Hopper, has had wrong results with float masks). Backends that refuse the batch are listed.
+
+    Args:
+        model: the language model; batch: one_batch's batch.
+        device: the device it runs on; precision: the configured precision (the rounding tolerance).
+    Returns:
+        backend name -> within_rounding's dict, or a sentence for a backend that refused.
+    """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     def states(backend):
@@ -304,15 +380,21 @@ def key_padding(model: torch.nn.Module, batch: TrieBatch, device: str) -> dict:
     a multiple of 8 (padded keys masked out): the memory-efficient kernel copies and pads an
     unaligned float mask on every call. Time, peak memory, the kernel's warnings, and whether
     both give the same output; on CUDA it runs under the memory-efficient backend only.
+
+    Args:
+        model: the language model; batch: one_batch's batch; device: where it runs.
+    Returns:
+        {"unaligned": {...}, "padded_to_8": {...}, "max_abs_difference", "padding_helps"}; each run:
+        key_length, seconds per call, extra_memory_bytes (None on the CPU), warnings.
     """
-    dev = torch.device(device)
+    torch_device = torch.device(device)
     block = model.h[0]
     # The widest leaf level's queries, its ancestors' keys then its own, as lm.block_forward builds them.
-    q, k, v, mask = first_block_attention(model, batch, dev)                      # mask (R, 1, T, K)
+    q, k, v, mask = first_block_attention(model, batch, torch_device)             # mask (R, 1, T, K)
     pad = -mask.shape[-1] % 8
     padded = (torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.nn.functional.pad(v, (0, 0, 0, pad)),
               torch.nn.functional.pad(mask, (0, pad), value=torch.finfo(q.dtype).min))
-    runs = {name: _attention_run(q, *tensors, block.attn.scaling, dev)
+    runs = {name: _attention_run(q, *tensors, block.attn.scaling, torch_device)
             for name, tensors in {"unaligned": (k, v, mask), "padded_to_8": padded}.items()}
     same = float((runs["unaligned"].pop("output").float() - runs["padded_to_8"].pop("output").float()).abs().max())
     unaligned, aligned = runs["unaligned"], runs["padded_to_8"]
@@ -344,11 +426,18 @@ def _attention_run(q, keys, values, mask, scale: float, dev: torch.device, repea
         seconds = (time.perf_counter() - began) / repeats
     return {"key_length": int(keys.shape[2]), "seconds": seconds,
             "extra_memory_bytes": torch.cuda.max_memory_allocated(dev) - before if cuda else None,
-            "warnings": sorted({str(w.message).splitlines()[0] for w in caught}), "output": out}
+            "warnings": sorted({str(warning.message).splitlines()[0] for warning in caught}), "output": out}
 
 
 def replica_scaling(one: Teacher, replicated: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> dict:
-    """Data-parallel replicas in Python threads: windows/s on one device and on all of `replicated`'s."""
+    """Data-parallel replicas in Python threads: windows/s on one device and on all of `replicated`'s.
+
+    Args:
+        one: a teacher on one device; replicated: a data-parallel teacher.
+        horizon, fidelity, batch_tokens: what to run (enough windows for two full batches).
+    Returns:
+        {"windows", "devices", "windows_per_s_1", "windows_per_s_<n>", "speedup"}.
+    """
     windows = fill_windows(horizon, 2 * batch_tokens)
     _, single = timed_embed(one, horizon.prompts, windows, fidelity, batch_tokens)
     _, many = timed_embed(replicated, horizon.prompts, windows, fidelity, batch_tokens)
@@ -359,7 +448,14 @@ def replica_scaling(one: Teacher, replicated: Teacher, horizon: Horizon, fidelit
 def prefetch_pinning(horizon: Horizon, fidelity: str, batch_tokens: int, threads: int = 2,
                      pins: tuple[bool, ...] = (False, True)) -> dict:
     """The extraction's batch preparation in `threads` concurrent threads (one per replica), timed with
-    and without page-locked memory: pinned allocation has been reported to serialise on a driver lock."""
+    and without page-locked memory: pinned allocation has been reported to serialise on a driver lock.
+
+    Args:
+        horizon, fidelity, batch_tokens: what to prepare (the sample windows, split over the threads).
+        threads: concurrent threads; pins: the pin settings to time.
+    Returns:
+        {"pageable_s"/"pinned_s": seconds, "threads", "windows"}.
+    """
     parts = np.array_split(horizon.sample, threads)
     timings = {}
     for pin in pins:
@@ -372,8 +468,14 @@ def prefetch_pinning(horizon: Horizon, fidelity: str, batch_tokens: int, threads
 
 
 def device_map_used(teacher: Teacher) -> dict:
-    """The accelerate device map a model-parallel teacher really runs with (module -> device)."""
-    return {k: str(v) for k, v in getattr(teacher.model, "hf_device_map", {}).items()}
+    """The accelerate device map a model-parallel teacher really runs with.
+
+    Args:
+        teacher: a loaded teacher.
+    Returns:
+        module name -> device string; empty when the model has no device map.
+    """
+    return {module: str(device) for module, device in getattr(teacher.model, "hf_device_map", {}).items()}
 
 
 # --------------------------------------------------------------------------- the run
@@ -394,7 +496,7 @@ def run_preflight(config: dict, n_windows: int = 8, devices: list[str] | None = 
     began = time.perf_counter()
     devices = devices or resolve_devices(config["device"], config["gpus_per_job"])
     failures: list[str] = []  # one sentence per failed check; any makes preflight exit 1
-    report = {"config": {k: config[k] for k in ("precision", "placement", "gpus_per_job", "batch_tokens",
+    report = {"config": {key: config[key] for key in ("precision", "placement", "gpus_per_job", "batch_tokens",
                                                  "pred_lens", "splits", "fidelity")} | {"model": config["model"]},
               "machine": machine(devices), "windows_per_horizon": n_windows, "failures": failures}
     try:
@@ -404,7 +506,7 @@ def run_preflight(config: dict, n_windows: int = 8, devices: list[str] | None = 
         failures.append(str(error))
     report["failures"] = list(failures)
     report["passed"] = not failures
-    if config["precision"] != "fp32" and not any(d.startswith("cuda") for d in devices):
+    if config["precision"] != "fp32" and not any(device.startswith("cuda") for device in devices):
         report["notes"] = [f"{config['precision']} on the CPU is emulated and slow: use precision fp32 there."]
     report["wall_s"] = time.perf_counter() - began
     return report
@@ -447,14 +549,23 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
             failures.append(f"pred_len {horizon.pred_len}: non-finite values (NaN or inf) in the {settings.precision} "
                             "embeddings of the sample windows; use precision bf16 or fp32, or check the weights.")
     report["horizons"] = measured
-    report["eta_s"] = sum(m["eta_s"] for m in measured.values())
+    report["eta_s"] = sum(figures["eta_s"] for figures in measured.values())
     report["parity"] = precision_parity(config, settings, sca_path, devices, device_map, horizons, embeddings,
                                         failures)
     report["gpu_checks"] = gpu_checks(settings, sca_path, teacher, devices, device_map, horizons[0], budget, failures)
 
 
 def precision_parity(config, settings, sca_path, devices, device_map, horizons, embeddings, failures) -> dict:
-    """The configured precision against fp32 on the same sample windows and devices (parity.compare)."""
+    """The configured precision against fp32 on the same sample windows and devices (parity.compare).
+
+    Args:
+        config: the validated config (parity.min_cosine); settings: the job's settings.
+        sca_path, devices, device_map: as load_teacher.
+        horizons: the horizons; embeddings: pred_len -> the sample's (S, N, d) in the configured precision.
+        failures: the run's failure sentences, appended to.
+    Returns:
+        pred_len -> parity.compare's statistics plus windows_compared, or {"fp32": sentence}.
+    """
     if settings.precision == "fp32":
         return {"fp32": "trivially exact: the configured precision is fp32"}
     fp32 = load_teacher(dataclasses.replace(settings, precision="fp32"), sca_path, devices=devices,
@@ -480,8 +591,17 @@ def precision_parity(config, settings, sca_path, devices, device_map, horizons, 
 
 def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget, failures) -> dict:
     """#17.3's checks, each guarded: one that raises (a CUDA error, a kernel that refuses) is a failed
-    check with its first line, not a traceback. Those that need CUDA or a second device say so."""
-    cuda = any(d.startswith("cuda") for d in devices)
+    check with its first line, not a traceback. Those that need CUDA or a second device say so.
+
+    Args:
+        settings, sca_path: as load_teacher; teacher: the loaded teacher.
+        devices, device_map: the job's devices and an explicit layer split (tests) or None.
+        horizon: the first horizon; budget: batch_tokens.
+        failures: the run's failure sentences, appended to.
+    Returns:
+        check name -> its result, or a sentence saying why it did not run or how it failed.
+    """
+    cuda = any(device.startswith("cuda") for device in devices)
     one = teacher if teacher.placement == "single" else load_teacher(settings, sca_path, devices=devices[:1])
     batch = one_batch(one, horizon, settings.fidelity, budget)
     runs = {
@@ -512,7 +632,7 @@ def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget
     if several is not None:
         checks["replica_scaling"] = checks["model_parallel"] = several
     for name, value in checks.items():
-        rounding = [(k, v) for k, v in _rounding_results(value) if not v["within_rounding"]]
+        rounding = [(where, result) for where, result in _rounding_results(value) if not result["within_rounding"]]
         if rounding:
             where, worst = rounding[0]
             failures.append(f"{name.replace('_', ' ')} ({where}) differs by {worst['max_abs_difference']:.3g}, more "
@@ -526,11 +646,19 @@ def _rounding_results(value, where: str = "") -> list[tuple[str, dict]]:
         return []
     if "within_rounding" in value:
         return [(where, value)]
-    return [r for k, v in value.items() for r in _rounding_results(v, f"{where}.{k}".strip("."))]
+    return [result for key, nested in value.items()
+            for result in _rounding_results(nested, f"{where}.{key}".strip("."))]
 
 
 def replicas_check(settings, sca_path, teacher, one, devices, horizon, budget) -> dict:
-    """Data parallel over the first two devices: speed against one device (`one`), and parity with it."""
+    """Data parallel over the first two devices: speed against one device (`one`), and parity with it.
+
+    Args:
+        settings, sca_path: as load_teacher; teacher: the loaded teacher; one: a teacher on one device.
+        devices: the job's devices (at least 2); horizon: the first horizon; budget: batch_tokens.
+    Returns:
+        replica_scaling's dict plus "parity_vs_one_device" (within_rounding).
+    """
     single, _ = embed_windows(one, horizon.prompts, horizon.sample, settings.fidelity, budget)
     replicated = teacher if teacher.placement == "data_parallel" and len(teacher.devices) == 2 else load_teacher(
         dataclasses.replace(settings, placement="data_parallel"), sca_path, devices=devices[:2])
@@ -540,20 +668,28 @@ def replicas_check(settings, sca_path, teacher, one, devices, horizon, budget) -
 
 
 def layer_split_check(settings, sca_path, teacher, one, devices, device_map, horizon, budget) -> dict:
-    """The layers split over all devices (accelerate): the device map used, and parity with one device (`one`)."""
+    """The layers split over all devices (accelerate): the device map used, and parity with one device (`one`).
+
+    Args:
+        settings, sca_path: as load_teacher; teacher: the loaded teacher; one: a teacher on one device.
+        devices, device_map: the job's devices (at least 2) and an explicit map or None.
+        horizon: the first horizon; budget: batch_tokens.
+    Returns:
+        {"device_map": device_map_used's, "parity_vs_one_device": within_rounding's}.
+    """
     single, _ = embed_windows(one, horizon.prompts, horizon.sample, settings.fidelity, budget)
-    split = teacher if teacher.placement == "model_parallel" else load_teacher(
+    model_parallel = teacher if teacher.placement == "model_parallel" else load_teacher(
         dataclasses.replace(settings, placement="model_parallel"), sca_path, devices=devices, device_map=device_map)
-    out, _ = embed_windows(split, horizon.prompts, horizon.sample, settings.fidelity, budget)
-    used = device_map_used(split)
+    out, _ = embed_windows(model_parallel, horizon.prompts, horizon.sample, settings.fidelity, budget)
+    used = device_map_used(model_parallel)
     log.info("model_parallel device map: %s", used)
     return {"device_map": used, "parity_vs_one_device": within_rounding(out, single, settings.precision)}
 
 
 # --------------------------------------------------------------------------- the report
 
-def _gib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**30:.2f} GiB"
+def _gib(size: float | None) -> str:
+    return "-" if size is None else f"{size / 2**30:.2f} GiB"
 
 
 def _duration(seconds: float) -> str:
@@ -567,7 +703,7 @@ def _check_line(value) -> str:
     if "within_rounding" in value:
         return (f"max |diff| {value['max_abs_difference']:.3g} (bit-equal: {value['bit_equal']}; "
                 f"rounding tolerance {value['tolerance']:.3g}): {'ok' if value['within_rounding'] else 'FAILED'}")
-    return ", ".join(f"{k} {_check_line(v) if isinstance(v, dict) else v}" for k, v in value.items())
+    return ", ".join(f"{key} {_check_line(item) if isinstance(item, dict) else item}" for key, item in value.items())
 
 
 def _held(machine_info: dict) -> str:
@@ -576,30 +712,40 @@ def _held(machine_info: dict) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    """The report as Markdown: what `timekd-embed preflight` prints and writes beside the JSON."""
-    m, cfg = report["machine"], report["config"]
+    """The report as Markdown: what `timekd-embed preflight` prints and writes beside the JSON.
+
+    Args:
+        report: run_preflight's report.
+    Returns:
+        The Markdown text, ending in a newline.
+    """
+    system, config = report["machine"], report["config"]
+    layers = config["model"]["layers"]
     lines = ["# Preflight", "",
              (f"**{'PASSED' if report['passed'] else 'FAILED'}** in {report['wall_s']:.0f} s, "
-             f"{report['windows_per_horizon']} windows per horizon; model {cfg['model']['name_or_path']}"
-             f"{'' if cfg['model']['layers'] is None else ' (first ' + str(cfg['model']['layers']) + ' blocks)'}, "
-             f"{cfg['precision']}, placement {report.get('placement', cfg['placement'])}."), ""]
+             f"{report['windows_per_horizon']} windows per horizon; model {config['model']['name_or_path']}"
+             f"{'' if layers is None else ' (first ' + str(layers) + ' blocks)'}, "
+             f"{config['precision']}, placement {report.get('placement', config['placement'])}."), ""]
     notes = report["failures"] + report.get("notes", [])
-    lines += [f"- {f}" for f in notes] + ([""] if notes else [])
-    lines += ["## Machine", "", (f"torch {m['torch']}, CUDA {m['cuda'] or '-'}, driver {m['driver'] or '-'}; "
-              f"CUDA_VISIBLE_DEVICES={m['cuda_visible_devices'] or '(unset)'}; GPUs this job holds: {_held(m)}"), "",
+    lines += [f"- {failure}" for failure in notes] + ([""] if notes else [])
+    lines += ["## Machine", "",
+              (f"torch {system['torch']}, CUDA {system['cuda'] or '-'}, driver {system['driver'] or '-'}; "
+               f"CUDA_VISIBLE_DEVICES={system['cuda_visible_devices'] or '(unset)'}; "
+               f"GPUs this job holds: {_held(system)}"), "",
               "| device | name | memory | compute capability | fp16 | bf16 |", "|---|---|---|---|---|---|"]
-    lines += [f"| {d['device']} | {d['name']} | {_gib(d['memory_bytes'])} | {d['compute_capability'] or '-'} | "
-              f"{d['fp16']} | {d['bf16']} |" for d in m["devices"]]
+    lines += [f"| {device['device']} | {device['name']} | {_gib(device['memory_bytes'])} | "
+              f"{device['compute_capability'] or '-'} | {device['fp16']} | {device['bf16']} |"
+              for device in system["devices"]]
     if report.get("horizons"):
         lines += ["", "## Speed and memory", "", (f"Context: {report['context']} tokens. "
                   f"ETA of the whole job: **{_duration(report['eta_s'])}** (windows per split / measured rate)."), "",
                   "| P | windows/s | peak memory | longest prompt | windows (job) | ETA | batch_tokens that fits |",
                   "|---|---|---|---|---|---|---|"]
-        for P, h in report["horizons"].items():
-            peaks = ", ".join(f"{d} {_gib(b)}" for d, b in h["peak_memory_bytes"].items())
-            fits = h["fitting_batch_tokens"] or f"{h['batch_tokens']} (configured)"
-            lines.append(f"| {P} | {h['windows_per_s']:.2f} | {peaks} | {h['longest_prompt']} | "
-                         f"{sum(h['planned_windows'].values())} | {_duration(h['eta_s'])} | {fits} |")
+        for P, figures in report["horizons"].items():
+            peaks = ", ".join(f"{device} {_gib(peak)}" for device, peak in figures["peak_memory_bytes"].items())
+            fits = figures["fitting_batch_tokens"] or f"{figures['batch_tokens']} (configured)"
+            lines.append(f"| {P} | {figures['windows_per_s']:.2f} | {peaks} | {figures['longest_prompt']} | "
+                         f"{sum(figures['planned_windows'].values())} | {_duration(figures['eta_s'])} | {fits} |")
     if report.get("parity"):
         lines += ["", "## Parity with fp32", ""]
         for P, stats in report["parity"].items():
@@ -613,7 +759,13 @@ def render_markdown(report: dict) -> str:
 
 
 def write_report(report: dict, folder: str | Path) -> tuple[Path, Path]:
-    """results/<name>/preflight.json and .md (atomic writes)."""
+    """Write preflight.json and preflight.md into `folder` (atomic writes, store.py).
+
+    Args:
+        report: run_preflight's report; folder: results/<name> as a rule.
+    Returns:
+        (the JSON path, the Markdown path).
+    """
     folder = Path(folder)
     json_path, md_path = folder / "preflight.json", folder / "preflight.md"
     write_json(json_path, report)
@@ -622,7 +774,13 @@ def write_report(report: dict, folder: str | Path) -> tuple[Path, Path]:
 
 
 def require_passed(report: dict, md_path: str | Path) -> None:
-    """InputError with the first failed check's sentence when any check failed."""
+    """Fail with the first failed check's sentence when any check failed.
+
+    Args:
+        report: run_preflight's report; md_path: the Markdown report, named in the message.
+    Raises:
+        InputError: report["failures"] is not empty.
+    """
     failures = report["failures"]
     if failures:
         more = f" ({len(failures) - 1} more in {md_path})" if len(failures) > 1 else f" (report: {md_path})"
@@ -632,7 +790,10 @@ def require_passed(report: dict, md_path: str | Path) -> None:
 def held_gpus(config: dict):
     """Take the job's GPUs as an extraction job does (leases.py) before CUDA starts; say where they came from.
 
-    Returns: (the lease or None, a dict for the report: source and CUDA_VISIBLE_DEVICES).
+    Args:
+        config: the validated config (device, gpus_per_job).
+    Returns:
+        (the lease or None, a dict for the report: source and CUDA_VISIBLE_DEVICES ids).
     """
     from .leases import DEFAULT_LOCK_DIR, lease_gpus
     if config["device"] == "cpu":

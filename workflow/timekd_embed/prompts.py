@@ -55,7 +55,17 @@ TS_OPEN, TS_CLOSE = "Ġ<", ">"  # the only token strings that open / close a tim
 
 
 def template_key(dataset_name: str, template: str | None = None) -> str:
-    """The template a dataset gets: the configured one, else exact lookup with fallback."""
+    """The template a dataset gets: the configured one, else exact lookup with fallback
+    (the published store_emb.py falls back to ETTh1's).
+
+    Args:
+        dataset_name: config key dataset.name.
+        template: config key dataset.template, or None.
+    Returns:
+        A key of TEMPLATES.
+    Raises:
+        InputError: `template` is not a key of TEMPLATES.
+    """
     if template is not None:
         if template not in TEMPLATES:
             raise InputError(f"config key dataset.template = {template!r} is unknown; use one of "
@@ -65,21 +75,45 @@ def template_key(dataset_name: str, template: str | None = None) -> str:
 
 
 def stamp_text(stamp, dataset_name: str) -> str:
-    """`DD/MM/YYYY HH:MM` from a (year, month, day, weekday, hour, minute) row."""
-    year, month, day, _, hour, minute = (int(v) for v in stamp)
+    """`DD/MM/YYYY HH:MM` from a (year, month, day, weekday, hour, minute) row, as store_emb.py
+    writes it (minutes 00 for the HOURLY_STAMP_NAMES).
+
+    Args:
+        stamp: 6 ints (a row of table.stamps).
+        dataset_name: config key dataset.name.
+    Returns:
+        The stamp text.
+    """
+    year, month, day, _, hour, minute = (int(field) for field in stamp)
     minutes = "00" if dataset_name in HOURLY_STAMP_NAMES else f"{minute:02d}"
     return f"{day:02d}/{month:02d}/{year:04d} {hour:02d}:{minutes}"
 
 
 def value_text(value: float) -> str:
-    return str(int(value))  # truncation toward zero, as the published code does
+    """A value as the prompts write it: truncated toward zero, as the published code does.
+
+    Args:
+        value: a raw value.
+    Returns:
+        Its integer part as text: -2.7 -> "-2".
+    """
+    return str(int(value))
 
 
 def prompt_texts(x: np.ndarray, y: np.ndarray, t1: str, t2: str, pred_len: int,
                  pair: tuple[str, str]) -> tuple[str, str]:
-    """GT and HD prompt of one variable: x (seq_len,) inputs, y (pred_len,) future values."""
-    values = ", ".join(value_text(v) for v in x)
-    future = ", ".join(value_text(v) for v in y)
+    """GT and HD prompt of one variable (the published store_emb.py's text, docs/teacher.md section 2).
+
+    Args:
+        x: (seq_len,) raw input values; y: (pred_len,) raw future values.
+        t1, t2: the first and last input row's stamp_text.
+        pred_len: the horizon P.
+        pair: the (GT, HD) template of TEMPLATES.
+    Returns:
+        (GT text, HD text).
+    """
+    values = ", ".join(value_text(value) for value in x)
+    future = ", ".join(value_text(value) for value in y)
     gt = pair[0].replace(VALUES, values).replace(FUTURE, future).replace("output_len", str(pred_len))
     hd = pair[1].replace(VALUES, values).replace("output_len", str(pred_len))
     # Same replacement order as the published code: the stamps go in last.
@@ -91,11 +125,17 @@ def time_series_flags(ids: np.ndarray, open_id: int, close_id: int) -> np.ndarra
 
     `Ġ<` opens a span and is time-series, `>` closes it and is time-series, tokens while
     open are time-series. Other tokens that merely contain < or > (`Ġ<-`, `>,`) do nothing.
+
+    Args:
+        ids: (L,) int token ids of one prompt.
+        open_id, close_id: the ids of TS_OPEN and TS_CLOSE.
+    Returns:
+        (L,) bool flags.
     """
     ids = np.asarray(ids)
     opens, closes = ids == open_id, ids == close_id
-    n = len(ids)
-    last_event = np.where(opens | closes, np.arange(n), -1)
+    length = len(ids)
+    last_event = np.where(opens | closes, np.arange(length), -1)
     np.maximum.accumulate(last_event, out=last_event)
     open_after = np.where(last_event >= 0, opens[np.maximum(last_event, 0)], False)
     open_before = np.concatenate([[False], open_after[:-1]])
@@ -108,18 +148,20 @@ class _Pieces:
     def __init__(self, tokenizer, texts: list[str]):
         distinct = list(dict.fromkeys(texts))
         encoded = tokenizer(distinct, add_special_tokens=False)["input_ids"]
-        index = {t: k for k, t in enumerate(distinct)}
-        which = np.fromiter((index[t] for t in texts), dtype=np.int64, count=len(texts))
-        lens = np.array([len(e) for e in encoded], dtype=np.int64)[which]
+        index = {text: position for position, text in enumerate(distinct)}
+        which = np.fromiter((index[text] for text in texts), dtype=np.int64, count=len(texts))
+        lens = np.array([len(piece_ids) for piece_ids in encoded], dtype=np.int64)[which]
         self.offsets = np.concatenate([[0], np.cumsum(lens)])  # (n + 1,)
-        flat = [encoded[k] for k in which]
-        self.flat = np.fromiter((i for e in flat for i in e), dtype=np.int64, count=int(self.offsets[-1]))
+        flat = [encoded[position] for position in which]
+        self.flat = np.fromiter((token for piece_ids in flat for token in piece_ids), dtype=np.int64,
+                                count=int(self.offsets[-1]))
 
     def span(self, start: int, stop: int) -> np.ndarray:
-        """Ids of pieces start..stop-1 concatenated."""
+        """Ids of pieces start..stop-1 concatenated: (tokens,) int64, a view."""
         return self.flat[self.offsets[start]:self.offsets[stop]]
 
     def span_lengths(self, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        """Token counts of the spans start..stop-1, elementwise: (W,) int64."""
         return self.offsets[stop] - self.offsets[start]
 
 
@@ -149,61 +191,93 @@ class SplitPrompts:
         self.open_id, self.close_id = tokenizer.convert_tokens_to_ids([TS_OPEN, TS_CLOSE])
 
         # The text around the values, split where the pre-tokenizer always splits.
-        gt, hd = (t.replace("output_len", str(pred_len)) for t in self.pair)
+        gt, hd = (template.replace("output_len", str(pred_len)) for template in self.pair)
         head, gt_rest = gt.split(f" <{VALUES}")    # gt_rest starts with the closing ">"
         head_a, head_b = head.split(" to <t2>")
         mid, close = gt_rest.split(f" <{FUTURE}")  # close is the final ">"
         hd_tail = hd.split(f" <{VALUES}")[1]
-        stamps_text = [stamp_text(s, dataset_name) for s in stamps]
-        self._head_a = _Pieces(tokenizer, [head_a.replace("t1", s) for s in stamps_text])  # per row: stamp as t1
-        self._head_b = _Pieces(tokenizer, [f" to <{s}>{head_b}" for s in stamps_text])  # per row: stamp as t2
+        stamps_text = [stamp_text(stamp, dataset_name) for stamp in stamps]
+        self._head_a = _Pieces(tokenizer, [head_a.replace("t1", stamp) for stamp in stamps_text])  # per row: as t1
+        self._head_b = _Pieces(tokenizer, [f" to <{stamp}>{head_b}" for stamp in stamps_text])  # per row: as t2
 
         def encode(text: str) -> np.ndarray:
+            """The text's token ids: (tokens,) int64."""
+
             return np.array(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
         self._gt_mid, self._hd_tail, self._close = encode(mid), encode(hd_tail), encode(close)
         # Per variable: each row's value as the first of a list (" <v") and as a later one (", v").
-        cells = [[value_text(v) for v in raw[:, c]] for c in range(n_vars)]
-        self._first = [_Pieces(tokenizer, [" <" + s for s in col]) for col in cells]
-        self._later = [_Pieces(tokenizer, [", " + s for s in col]) for col in cells]
+        cells = [[value_text(value) for value in raw[:, variable]] for variable in range(n_vars)]
+        self._first = [_Pieces(tokenizer, [" <" + text for text in column]) for column in cells]
+        self._later = [_Pieces(tokenizer, [", " + text for text in column]) for column in cells]
         self._check_against_tokenizer()
 
     # -- ids ---------------------------------------------------------------------------
-    def _values(self, c: int, start: int, count: int) -> list[np.ndarray]:
-        return [self._first[c].span(start, start + 1), self._later[c].span(start + 1, start + count)]
+    def _values(self, variable: int, start: int, count: int) -> list[np.ndarray]:
+        return [self._first[variable].span(start, start + 1), self._later[variable].span(start + 1, start + count)]
 
     def window_ids(self, i: int) -> WindowIds:
+        """Token ids of window i's 2N prompts, assembled from the cached pieces.
+
+        Args:
+            i: the window's index, 0 <= i < n_windows.
+        Returns:
+            WindowIds: N GT and N HD (L,) int64 arrays, equal to the tokenizer's ids of window_texts(i).
+        """
         L, P = self.seq_len, self.pred_len
         head = [self._head_a.span(i, i + 1), self._head_b.span(i + L - 1, i + L)]
         gt, hd = [], []
-        for c in range(self.n_vars):
-            shared = head + self._values(c, i, L)
+        for variable in range(self.n_vars):
+            shared = head + self._values(variable, i, L)
             hd.append(np.concatenate(shared + [self._hd_tail]))
-            gt.append(np.concatenate(shared + [self._gt_mid] + self._values(c, i + L, P) + [self._close]))
+            gt.append(np.concatenate(shared + [self._gt_mid] + self._values(variable, i + L, P) + [self._close]))
         return WindowIds(gt=gt, hd=hd)
 
     def lengths(self, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact token counts (len(windows), N) of the GT and HD prompts; all windows by default."""
+        """Exact token counts of the GT and HD prompts, without building them.
+
+        Args:
+            windows: (W,) int window indices; None: every window.
+        Returns:
+            (gt, hd): two (W, N) int64 arrays.
+        """
         i = np.arange(self.n_windows) if windows is None else np.asarray(windows, dtype=np.int64)
         L, P = self.seq_len, self.pred_len
         head = self._head_a.span_lengths(i, i + 1) + self._head_b.span_lengths(i + L - 1, i + L)
         gt = np.empty((len(i), self.n_vars), dtype=np.int64)
         hd = np.empty_like(gt)
-        for c in range(self.n_vars):
-            values = self._first[c].span_lengths(i, i + 1) + self._later[c].span_lengths(i + 1, i + L)
-            future = self._first[c].span_lengths(i + L, i + L + 1) + self._later[c].span_lengths(i + L + 1, i + L + P)
-            hd[:, c] = head + values + len(self._hd_tail)
-            gt[:, c] = head + values + len(self._gt_mid) + future + len(self._close)
+        for variable in range(self.n_vars):
+            first, later = self._first[variable], self._later[variable]
+            values = first.span_lengths(i, i + 1) + later.span_lengths(i + 1, i + L)
+            future = first.span_lengths(i + L, i + L + 1) + later.span_lengths(i + L + 1, i + L + P)
+            hd[:, variable] = head + values + len(self._hd_tail)
+            gt[:, variable] = head + values + len(self._gt_mid) + future + len(self._close)
         return gt, hd
 
     # -- text (for inspection and the self-check) --------------------------------------
     def window_texts(self, i: int) -> list[tuple[str, str]]:
+        """Window i's prompts as text, the published way (prompt_texts).
+
+        Args:
+            i: the window's index, 0 <= i < n_windows.
+        Returns:
+            N (GT text, HD text) pairs, in variable order.
+        """
         L, P = self.seq_len, self.pred_len
         t1, t2 = stamp_text(self.stamps[i], self.name), stamp_text(self.stamps[i + L - 1], self.name)
-        return [prompt_texts(self.raw[i:i + L, c], self.raw[i + L:i + L + P, c], t1, t2, P, self.pair)
-                for c in range(self.n_vars)]
+        return [prompt_texts(self.raw[i:i + L, variable], self.raw[i + L:i + L + P, variable], t1, t2, P,
+                             self.pair)
+                for variable in range(self.n_vars)]
 
     def types(self, ids: np.ndarray) -> np.ndarray:
+        """Token types of one prompt (time_series_flags).
+
+        Args:
+            ids: (L,) int token ids.
+        Returns:
+            (L,) bool, True for time series.
+        """
+
         return time_series_flags(ids, self.open_id, self.close_id)
 
     def _check_against_tokenizer(self) -> None:
@@ -213,9 +287,9 @@ class SplitPrompts:
         i = self.n_windows - 1
         texts = self.window_texts(i)
         ids = self.window_ids(i)
-        for c, (gt_text, hd_text) in enumerate(texts):
+        for variable, (gt_text, hd_text) in enumerate(texts):
             want = self.tokenizer([gt_text, hd_text], add_special_tokens=False)["input_ids"]
-            if list(ids.gt[c]) != want[0] or list(ids.hd[c]) != want[1]:
+            if list(ids.gt[variable]) != want[0] or list(ids.hd[variable]) != want[1]:
                 raise InputError(
                     f"the tokenizer of this model does not split prompts like GPT-2's byte-level BPE "
-                    f"(window {i}, variable {c}); use a GPT-2-family tokenizer.")
+                    f"(window {i}, variable {variable}); use a GPT-2-family tokenizer.")

@@ -21,12 +21,12 @@ STYLE = ("body{font-family:sans-serif;font-size:14px;margin:1em}table{border-col
          "td:first-child,th:first-child{text-align:left}")
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB"
 
 
 def _measured(parity: dict[int, dict]) -> dict[int, dict]:
-    return {P: r["fp32_parity"] for P, r in parity.items() if isinstance(r.get("fp32_parity"), dict)}
+    return {P: record["fp32_parity"] for P, record in parity.items() if isinstance(record.get("fp32_parity"), dict)}
 
 
 def answer(parity: dict[int, dict], precision: str) -> str:
@@ -42,17 +42,18 @@ def answer(parity: dict[int, dict], precision: str) -> str:
     measured = _measured(parity)
     if precision == "fp32" or not measured:
         return NOT_APPLICABLE
-    windows = sum(m["windows"] for m in measured.values())
-    nn = [m["nn_agreement"] for m in measured.values() if m["nn_agreement"] is not None]
+    windows = sum(stats["windows"] for stats in measured.values())
+    agreements = [stats["nn_agreement"] for stats in measured.values() if stats["nn_agreement"] is not None]
+    every = list(measured.values())
     first = (f"Against an fp32 recomputation of {windows} sampled windows over {len(measured)} horizon(s), "
-             f"{precision} changed the embeddings by at most {max(m['max_abs_error'] for m in measured.values()):.3g} "
-             f"(relative L2 error at most {max(m['relative_l2_error'] for m in measured.values()):.3g}), with a lowest "
-             f"cosine similarity of {min(m['cosine_min'] for m in measured.values()):.6f}"
-             + (f" and nearest-neighbour agreement of at least {min(nn):.0%}." if nn else "."))
-    splits = [r["layer_split"] for r in parity.values() if isinstance(r.get("layer_split"), dict)]
+             f"{precision} changed the embeddings by at most {max(stats['max_abs_error'] for stats in every):.3g} "
+             f"(relative L2 error at most {max(stats['relative_l2_error'] for stats in every):.3g}), with a lowest "
+             f"cosine similarity of {min(stats['cosine_min'] for stats in every):.6f}"
+             + (f" and nearest-neighbour agreement of at least {min(agreements):.0%}." if agreements else "."))
+    splits = [record["layer_split"] for record in parity.values() if isinstance(record.get("layer_split"), dict)]
     if splits:
         second = (f"Splitting the layers over {', '.join(splits[0]['devices'])} changed them by at most "
-                  f"{max(s['max_abs_difference'] for s in splits):.3g} against one device.")
+                  f"{max(check['max_abs_difference'] for check in splits):.3g} against one device.")
     else:
         second = "The layer split over several GPUs was not measured: these jobs held a single device."
     return f"{first} {second}"
@@ -87,8 +88,8 @@ def histogram(pred_len: int, cosines: list[float], precision: str, path: str | P
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -103,15 +104,16 @@ PARITY_HEADER = ["P", "split", "precision", "sampled windows", "cosine min", "co
 
 
 def _embedding_row(pred_len: int, split: str, shape: list[int], stats: dict) -> list[str]:
-    peaks = ", ".join(f"{k}: {_gib(v)}" for k, v in stats["peak_memory_bytes"].items())
+    peaks = ", ".join(f"{device}: {_gib(peak)}" for device, peak in stats["peak_memory_bytes"].items())
     return [str(pred_len), split, str(stats["windows"]), str(tuple(shape)), f"{stats['wall_s']:.1f}",
             f"{stats['windows_per_s']:.2f}", f"{stats['tokens_per_s']:.0f}", peaks, ", ".join(stats["devices"])]
 
 
-def _parity_row(pred_len: int, split: str, precision: str, m: dict) -> list[str]:
-    nn = "n/a" if m["nn_agreement"] is None else f"{m['nn_agreement']:.0%}"
-    return [str(pred_len), split, precision, str(m["windows"]), f"{m['cosine_min']:.6f}", f"{m['cosine_p01']:.6f}",
-            f"{m['cosine_mean']:.6f}", f"{m['max_abs_error']:.3g}", f"{m['relative_l2_error']:.3g}", nn]
+def _parity_row(pred_len: int, split: str, precision: str, stats: dict) -> list[str]:
+    agreement = "n/a" if stats["nn_agreement"] is None else f"{stats['nn_agreement']:.0%}"
+    return [str(pred_len), split, precision, str(stats["windows"]), f"{stats['cosine_min']:.6f}",
+            f"{stats['cosine_p01']:.6f}", f"{stats['cosine_mean']:.6f}", f"{stats['max_abs_error']:.3g}",
+            f"{stats['relative_l2_error']:.3g}", agreement]
 
 
 def item_html(pred_len: int, split: str, shapes: dict, stats: dict, parity: dict | None, precision: str) -> str:
@@ -144,7 +146,7 @@ def item_html(pred_len: int, split: str, shapes: dict, stats: dict, parity: dict
 
 def _shared(shapes: dict) -> str:
     keys = ("model", "precision", "fidelity")
-    return ", ".join(f"{k} {v}" for k, v in shapes["shared_metadata"].items() if k in keys)
+    return ", ".join(f"{key} {value}" for key, value in shapes["shared_metadata"].items() if key in keys)
 
 
 def summary_html(name: str, shapes: dict, stats: dict[tuple[int, str], dict], parity: dict[int, dict],
@@ -159,7 +161,9 @@ def summary_html(name: str, shapes: dict, stats: dict[tuple[int, str], dict], pa
     Returns:
         A complete HTML page.
     """
-    rows = [_embedding_row(P, s, shapes["files"][f"{P}/{s}"]["shape"], st) for (P, s), st in sorted(stats.items())]
+    rows = [_embedding_row(P, split, shapes["files"][f"{P}/{split}"]["shape"], job_stats)
+            for (P, split), job_stats in sorted(stats.items())]
+
     body = [f"<p>{html.escape(answer(parity, precision))}</p>", "<h4>Embeddings</h4>", _table(EMBEDDING_HEADER, rows),
             (f"<p>All files: float32, window_start 0..n-1, every value finite, metadata consistent "
              f"({html.escape(_shared(shapes))}).</p>"), "<h4>Parity with fp32</h4>"]
@@ -167,8 +171,8 @@ def summary_html(name: str, shapes: dict, stats: dict[tuple[int, str], dict], pa
     if precision == "fp32" or not measured:
         body.append(f"<p>{NOT_APPLICABLE}</p>")
     else:
-        body.append(_table(PARITY_HEADER, [_parity_row(P, "all sampled", parity[P]["precision"], m)
-                                           for P, m in sorted(measured.items())]))
+        body.append(_table(PARITY_HEADER, [_parity_row(P, "all sampled", parity[P]["precision"], stats)
+                                           for P, stats in sorted(measured.items())]))
         for P, path in sorted(histograms.items()):
             data = base64.b64encode(Path(path).read_bytes()).decode()
             body.append(f'<img alt="1 - cosine similarity, P = {P}" src="data:image/png;base64,{data}">')

@@ -21,17 +21,21 @@ def sample_sizes(available: dict[str, int], total: int) -> dict[str, int]:
         {split: min(its share, its windows)}.
     """
     splits = list(available)
-    share = {s: total // len(splits) + (k < total % len(splits)) for k, s in enumerate(splits)}
-    return {s: min(share[s], available[s]) for s in splits}
+    share = {split: total // len(splits) + (position < total % len(splits)) for position, split in enumerate(splits)}
+    return {split: min(share[split], available[split]) for split in splits}
 
 
 def sample_windows(available: dict[str, int], total: int) -> dict[str, np.ndarray]:
     """`total` window indices spread evenly over the splits and, within each, over its windows.
 
+    Args:
+        available, total: as sample_sizes.
     Returns:
         {split: int64 array of `sample_sizes(...)[split]` distinct, sorted indices}; the
         first and last window of a split are always among them (when it gets two or more).
     """
     sizes = sample_sizes(available, total)
     # Evenly spaced over 0..n-1: with at most n points the steps are >= 1, so rounding keeps them distinct.
-    return {s: np.linspace(0, available[s] - 1, sizes[s]).round().astype(np.int64) for s in available}
+    return {split: np.linspace(0, available[split] - 1, sizes[split]).round().astype(np.int64)
+            for split in available}
+

@@ -25,6 +25,7 @@ class _Attention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(n_vars, n_vars))
 
     def forward(self, q, k, v):                                  # each (B, d, N)
+        """Single-head attention over the d rows, of width N: (B, d, N)."""
         scores = self.W_Q(q) @ self.W_K(k).transpose(1, 2)       # (B, d, d)
         weights = torch.softmax(scores * self.sdp_attn.scale, dim=-1)
         return self.to_out(weights @ self.W_V(v))                # (B, d, N)
@@ -40,6 +41,7 @@ class _Layer(nn.Module):
         self.norm_ffn = nn.LayerNorm(n_vars)
 
     def forward(self, q, k, v):                                  # each (B, d, N)
+        """Norm, subtracted attention, norm, residual feed-forward: (B, d, N)."""
         q, k, v = self.norm_attn(q), self.norm_attn(k), self.norm_attn(v)
         q = self.norm_ffn(q - self.self_attn(q, k, v))           # subtract, not add
         return q + self.ff(q)
@@ -53,11 +55,27 @@ class SubtractiveCrossAttention(nn.Module):
         self.layers = nn.ModuleList([_Layer(n_vars, 4 * d_model)])
 
     def forward(self, gt: torch.Tensor, hd: torch.Tensor) -> torch.Tensor:
+        """The embeddings of a batch of windows.
+
+        Args:
+            gt: (B, d, N) float32 last-token states of the GT prompts (the query).
+            hd: (B, d, N) float32 last-token states of the HD prompts (key and value).
+        Returns:
+            (B, d, N) float32.
+        """
         return self.layers[0](gt, hd, hd)
 
 
 def seeded_sca(n_vars: int, d_model: int, seed: int) -> SubtractiveCrossAttention:
-    """PyTorch's default initialisation drawn from `seed`, without touching the global RNG."""
+    """PyTorch's default initialisation drawn from `seed`, without touching the global RNG.
+
+    Args:
+        n_vars: N; d_model: d (the feed-forward width is 4 d, as published).
+        seed: the torch seed (the published run's seed draws the published run's weights).
+    Returns:
+        The SCA in eval mode, without gradients, float32 on the CPU.
+    """
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sca = SubtractiveCrossAttention(n_vars, d_model)

@@ -65,7 +65,10 @@ class Settings:
             config: the validated config (config.validate_config), defaults filled in.
             pred_len: the horizon P, in time steps.
             split: "train", "val" or "test".
+        Returns:
+            The Settings (batch_tokens None when the config leaves it to the devices).
         """
+
         return cls(
             name=config["dataset"]["name"], template=config["dataset"]["template"], pred_len=int(pred_len),
             split=str(split), model=config["model"]["name_or_path"], revision=config["model"]["revision"],
@@ -77,8 +80,8 @@ class Settings:
 
     def output_fields(self) -> dict:
         """The fields that decide the embeddings (what shards must agree on)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+        return {key: value for key, value in asdict(self).items() if key not in RUNTIME_FIELDS}
 
     def runtime_fields(self) -> dict:
         """The fields that change only the speed (recorded for information)."""
-        return {k: getattr(self, k) for k in RUNTIME_FIELDS}
+        return {key: getattr(self, key) for key in RUNTIME_FIELDS}

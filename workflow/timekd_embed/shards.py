@@ -14,14 +14,20 @@ from .windows import split_borders, window_count
 
 
 def csv_rows(path: str | Path) -> int:
-    """Data rows of a CSV (lines after the header, trailing blank lines ignored), without parsing it."""
+    """Data rows of a CSV (lines after the header, trailing blank lines ignored), without parsing it.
+
+    Args:
+        path: the CSV file.
+    Returns:
+        The number of data rows (0 for a header alone or an empty file).
+    """
     lines = Path(path).read_bytes().splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     return max(0, len(lines) - 1)
 
 
-def split_rows(csv: str | Path, windows: dict[str, str], seq_len: int, layout: str,
+def split_rows(csv: str | Path, windows_paths: dict[str, str], seq_len: int, layout: str,
                known_rows: int | None = None) -> dict[str, int]:
     """Rows per split of the current input, to plan the window ranges before the windows stage runs.
 
@@ -33,7 +39,7 @@ def split_rows(csv: str | Path, windows: dict[str, str], seq_len: int, layout: s
 
     Args:
         csv: config key dataset.csv.
-        windows: split -> windows Parquet path.
+        windows_paths: split -> windows Parquet path.
         seq_len: config key seq_len (input window length, in rows).
         layout: the resolved layout (windows.resolve_layout).
         known_rows: data rows of the file get_data fetches, or None.
@@ -46,18 +52,26 @@ def split_rows(csv: str | Path, windows: dict[str, str], seq_len: int, layout: s
     """
     if Path(csv).is_file():
         n_rows = csv_rows(csv)
-    elif all(Path(p).is_file() for p in windows.values()):
-        return {s: parquet_rows(p) for s, p in windows.items()}
+    elif all(Path(path).is_file() for path in windows_paths.values()):
+        return {split: parquet_rows(path) for split, path in windows_paths.items()}
     elif known_rows is not None:
         n_rows = known_rows
     else:
         raise InputError(f"{csv} not found; put the CSV there or set dataset.csv in the config.")
     borders = split_borders(n_rows, seq_len, layout, str(csv))
-    return {s: end - start for s, (start, end) in borders.items()}
+    return {split: end - start for split, (start, end) in borders.items()}
 
 
 def parquet_rows(path: str | Path) -> int:
-    """Rows of a Parquet file, from its footer (the row groups are not read)."""
+    """Rows of a Parquet file, from its footer (the row groups are not read).
+
+    Args:
+        path: a windows Parquet file.
+    Returns:
+        Its number of rows.
+    Raises:
+        InputError: the file is missing or not readable Parquet.
+    """
     import pyarrow.parquet as pq
 
     try:
@@ -67,9 +81,16 @@ def parquet_rows(path: str | Path) -> int:
 
 
 def ranges(n_windows: int, shard_windows: int | None) -> list[tuple[int, int]]:
-    """[start, stop) ranges of at most `shard_windows` windows covering 0..n_windows-1."""
+    """[start, stop) ranges of at most `shard_windows` windows covering 0..n_windows-1.
+
+    Args:
+        n_windows: the windows of one (horizon, split).
+        shard_windows: windows per range (planning.shard_size); None: one range.
+    Returns:
+        The ranges in window order; none for 0 windows.
+    """
     size = shard_windows or max(n_windows, 1)
-    return [(a, min(a + size, n_windows)) for a in range(0, n_windows, size)]
+    return [(start, min(start + size, n_windows)) for start in range(0, n_windows, size)]
 
 
 def planned_windows(rows: int, seq_len: int, pred_len: int, limit_windows: int | None) -> int:
@@ -84,8 +105,8 @@ def planned_windows(rows: int, seq_len: int, pred_len: int, limit_windows: int |
     Returns:
         The number of windows, 0 when the split is shorter than seq_len + pred_len.
     """
-    n = window_count(rows, seq_len, pred_len)
-    return n if limit_windows is None else min(n, limit_windows)
+    count = window_count(rows, seq_len, pred_len)
+    return count if limit_windows is None else min(count, limit_windows)
 
 
 def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expected: int | None = None) -> None:
@@ -105,39 +126,49 @@ def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expect
 
     from .store import read_tensors, write_json, write_tensors
 
-    parts = [read_tensors(p) for p in shards]
+    parts = [read_tensors(path) for path in shards]
     # What decides the embeddings must agree; the window range and the speed-only runtime
     # record (devices, placement, batch_tokens: settings.py) may differ from shard to shard.
-    metas = [{k: v for k, v in m.items() if k not in ("window_range", "runtime")} for _, m in parts]
-    for path, m in zip(shards[1:], metas[1:]):
-        if m != metas[0]:
-            odd = sorted(k for k in m if m[k] != metas[0].get(k))
+    metas = [{key: value for key, value in meta.items() if key not in ("window_range", "runtime")}
+             for _, meta in parts]
+    for path, meta in zip(shards[1:], metas[1:]):
+        if meta != metas[0]:
+            odd = sorted(key for key in meta if meta[key] != metas[0].get(key))
             raise InputError(f"{path}: made with other settings than {shards[0]} ({', '.join(odd)}); delete the "
                              "shards of this horizon and split and rerun.")
-    starts = torch.cat([t["window_start"] for t, _ in parts])
+    starts = torch.cat([tensors["window_start"] for tensors, _ in parts])
     if not torch.equal(starts, torch.arange(len(starts), dtype=starts.dtype)):
         raise InputError(f"{Path(out).parent}: the shards do not cover windows 0..{len(starts) - 1} in order; rerun.")
     if expected is not None and len(starts) != expected:
         raise InputError(f"{out}: the shards hold {len(starts)} windows but the windows file has {expected}; they "
                          "were planned from other data: rerun the workflow (the plan follows the current CSV).")
-    runtimes = list(dict.fromkeys(m.get("runtime", "{}") for _, m in parts))  # distinct, in shard order
+    runtimes = list(dict.fromkeys(meta.get("runtime", "{}") for _, meta in parts))  # distinct, in shard order
     metadata = metas[0] | {"window_range": json.dumps([0, len(starts)]), "shards": str(len(shards)),
                            "runtime": runtimes[0] if len(runtimes) == 1 else "[" + ", ".join(runtimes) + "]"}
-    write_tensors(out, {"embeddings": torch.cat([t["embeddings"] for t, _ in parts]), "window_start": starts},
-                  metadata)
-    write_json(stats_out, merge_stats([json.loads(Path(p).read_text()) for p in stats]))
+    embeddings = torch.cat([tensors["embeddings"] for tensors, _ in parts])
+    write_tensors(out, {"embeddings": embeddings, "window_start": starts}, metadata)
+    write_json(stats_out, merge_stats([json.loads(Path(path).read_text()) for path in stats]))
 
 
 def merge_stats(stats: list[dict]) -> dict:
-    """Sums of work and time, maxima of memory, rates over the summed time."""
+    """One stats record from the shards' records: sums of work and time, maxima of memory, rates
+    over the summed time.
+
+    Args:
+        stats: the shards' stats JSON contents (extract_horizons'), at least one.
+    Returns:
+        The merged record, with "shards" (their number) and without "window_range".
+    """
+
     merged = dict(stats[0])
     for key in ("windows", "tokens", "tokens_computed", "wall_s"):
-        merged[key] = sum(s[key] for s in stats)
+        merged[key] = sum(shard_stats[key] for shard_stats in stats)
     merged["windows_per_s"] = merged["windows"] / merged["wall_s"]
     merged["tokens_per_s"] = merged["tokens"] / merged["wall_s"]
-    merged["longest_prompt"] = max(s["longest_prompt"] for s in stats)
-    merged["peak_memory_bytes"] = {k: max(s["peak_memory_bytes"].get(k, 0) for s in stats)
-                                   for k in stats[0]["peak_memory_bytes"]}
+    merged["longest_prompt"] = max(shard_stats["longest_prompt"] for shard_stats in stats)
+    merged["peak_memory_bytes"] = {device: max(shard_stats["peak_memory_bytes"].get(device, 0)
+                                               for shard_stats in stats)
+                                   for device in stats[0]["peak_memory_bytes"]}
     merged["shards"] = len(stats)
     merged.pop("window_range", None)
     return merged

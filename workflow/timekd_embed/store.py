@@ -41,12 +41,16 @@ def _temporary_beside(path: Path) -> Path:
 
 
 def fsync(path: str | os.PathLike) -> None:
-    """Flush a file's or a folder's data to the disk."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file's or a folder's data to the disk.
+
+    Args:
+        path: a file or a folder.
+    """
+    descriptor = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fsync(descriptor)
     finally:
-        os.close(fd)
+        os.close(descriptor)
 
 
 @contextmanager
@@ -66,11 +70,11 @@ def atomic_paths(*paths: str | os.PathLike, durable: bool = True) -> Iterator[li
         left and no final path of this call remains, so a set of files (one Parquet per
         split, say) is all new or absent, never half new.
     """
-    finals = [Path(p) for p in paths]
+    finals = [Path(path) for path in paths]
     temps: list[Path] = []
     replaced: list[Path] = []
     try:
-        temps.extend(_temporary_beside(p) for p in finals)
+        temps.extend(_temporary_beside(path) for path in finals)
         # The mode the kernel gave the new files (0666 less the umask): a writer that
         # recreates its file (safetensors makes it 0600) gets it back before the rename.
         modes = [stat.S_IMODE(tmp.stat().st_mode) for tmp in temps]
@@ -83,14 +87,20 @@ def atomic_paths(*paths: str | os.PathLike, durable: bool = True) -> Iterator[li
             os.replace(tmp, final)
             replaced.append(final)
     except BaseException:
-        for leftover in [t for t in temps if t.exists()] + replaced:
+        for leftover in [temp for temp in temps if temp.exists()] + replaced:
             leftover.unlink(missing_ok=True)
         raise
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
-    """One temporary path beside `path`, renamed over it if the block succeeds (see atomic_paths)."""
+    """One temporary path beside `path`, renamed over it if the block succeeds (see atomic_paths).
+
+    Args:
+        path: the final file path; durable: fsync before the rename.
+    Yields:
+        The temporary path (an existing empty file).
+    """
     with atomic_paths(path, durable=durable) as (tmp,):
         yield tmp
 
@@ -100,6 +110,10 @@ def publish_dir(staging: str | os.PathLike, out_dir: str | os.PathLike) -> None:
 
     A non-empty `out_dir` is moved aside first, so it never loses files it had while the
     staging folder is renamed; the old copy is removed afterwards.
+
+    Args:
+        staging: the finished folder, beside out_dir (a rename, not a copy).
+        out_dir: the final folder.
     """
     staging, out_dir = Path(staging), Path(out_dir)
     old = None
@@ -118,16 +132,30 @@ def publish_dir(staging: str | os.PathLike, out_dir: str | os.PathLike) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (atomic_path).
+
+    Args:
+        path: the final path; data: the file's bytes.
+    """
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` as UTF-8 to `path` atomically.
+
+    Args:
+        path: the final path; text: the file's text.
+    """
     write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, data) -> None:
-    """JSON with sorted keys and a final newline, so equal data gives equal bytes."""
+    """JSON with sorted keys and a final newline, so equal data gives equal bytes.
+
+    Args:
+        path: the final path; data: anything json.dumps takes.
+    """
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -142,9 +170,9 @@ def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict) -> Non
     """
     from safetensors.torch import save_file  # here: planning imports this module, and torch loads slowly
 
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    metadata = {name: value if isinstance(value, str) else json.dumps(value) for name, value in metadata.items()}
     with atomic_path(path) as tmp:
-        save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(tmp), metadata=metadata)
         _sort_header(tmp)
 
 
@@ -156,14 +184,15 @@ def _sort_header(path: Path) -> None:
     The sorted header holds the same keys and values, so it has the same length; the
     header's trailing-space padding absorbs any difference in escaping.
     """
-    with open(path, "r+b") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
+    with open(path, "r+b") as stream:
+        size = int.from_bytes(stream.read(8), "little")
+        header = json.loads(stream.read(size))
         text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         if len(text) > size:  # cannot happen for the str -> str metadata written above
             raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
-        f.seek(8)
-        f.write(text.ljust(size))
+        stream.seek(8)
+        stream.write(text.ljust(size))
+
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:
@@ -171,6 +200,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
 
     Reads only the header, never the tensors: cheap for a multi-GB file.
 
+    Args:
+        path: a .safetensors file.
     Returns:
         (header, data_start): header maps tensor name -> {dtype, shape, data_offsets}
         plus "__metadata__"; each tensor's data_offsets count from data_start.
@@ -180,12 +211,12 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            prefix = f.read(8)
-            n = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
-            if not 0 < n <= _HEADER_LIMIT:
+        with open(path, "rb") as stream:
+            prefix = stream.read(8)
+            header_size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+            if not 0 < header_size <= _HEADER_LIMIT:
                 raise ValueError("bad header length")
-            header = json.loads(f.read(n))
+            header = json.loads(stream.read(header_size))
     except FileNotFoundError:
         raise InputError(f"{path}: file not found; run the workflow to create it.") from None
     except (ValueError, UnicodeDecodeError):
@@ -194,25 +225,37 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     if not isinstance(header, dict):
         raise InputError(f"{path}: not a readable safetensors file (header is not a JSON object); delete it and "
                          "rerun the workflow.")
-    return header, 8 + n
+    return header, 8 + header_size
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The str -> str metadata of a safetensors file, from its header alone."""
+    """The str -> str metadata of a safetensors file, from its header alone.
+
+    Args:
+        path: a .safetensors file.
+    Returns:
+        The metadata; empty when the file has none.
+    Raises:
+        InputError: as read_header.
+    """
     return dict(read_header(path)[0].get("__metadata__") or {})
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     """Every tensor (name -> torch.Tensor, as stored) and the metadata of a safetensors file.
 
+    Args:
+        path: a .safetensors file.
+    Returns:
+        (tensors, metadata): name -> torch.Tensor (dtype and shape as stored), str -> str.
     Raises:
         InputError: the file is missing or damaged.
     """
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        with safe_open(str(path), framework="pt") as stream:
+            return {name: stream.get_tensor(name) for name in stream.keys()}, dict(stream.metadata() or {})
     except FileNotFoundError:
         raise InputError(f"{path}: file not found; run the workflow to create it.") from None
     except Exception as exc:  # safetensors raises its own error types for damaged files
@@ -221,9 +264,16 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks (constant memory)."""
+    """Hex sha256 of a file's bytes, read in blocks (constant memory).
+
+    Args:
+        path: the file; chunk: bytes per read (1 MiB).
+    Returns:
+        The 64-character lowercase hex digest.
+    """
+
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
+    with open(path, "rb") as stream:
+        while block := stream.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -99,14 +99,14 @@ def load_csv(
 
 def _read_bytes(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with open(path, "rb") as stream:
+            data = stream.read()
     except FileNotFoundError:
         raise InputError(
             f"{path} does not exist; check dataset.csv in the config or download the file."
         ) from None
-    except OSError as e:
-        raise InputError(f"{path} cannot be read ({e.strerror}); check the path and its permissions.") from None
+    except OSError as error:
+        raise InputError(f"{path} cannot be read ({error.strerror}); check the path and its permissions.") from None
     if not data.strip():
         raise InputError(f"{path} is empty; it needs a header line with a date column and data rows.")
     return data
@@ -226,10 +226,10 @@ def _first_bad_cell(path: str, text: str, header: list[str]) -> InputError | Non
         index_col=False, skip_blank_lines=False, engine="c",
     )  # (R, C) strings, "" for empty
     bad = np.zeros(cells.shape, dtype=bool)
-    for j, name in enumerate(header):
+    for column, name in enumerate(header):
         if name != "date":  # dates are checked by _parse_dates, with their own message
             numbers = pd.to_numeric(cells[name], errors="coerce").to_numpy(dtype=np.float64)
-            bad[:, j] = ~np.isfinite(numbers)
+            bad[:, column] = ~np.isfinite(numbers)
     rows, cols = np.nonzero(bad)  # row-major: first hit is the earliest line, leftmost column
     if len(rows) == 0:
         return None
@@ -290,11 +290,11 @@ def _day_month_swapped(fmt: str | None) -> str | None:
 
 
 def _day_first(*formats: str) -> str:
-    return next(f for f in formats if f.index("%d") < f.index("%m"))
+    return next(date_format for date_format in formats if date_format.index("%d") < date_format.index("%m"))
 
 
 def _month_first(*formats: str) -> str:
-    return next(f for f in formats if f.index("%m") < f.index("%d"))
+    return next(date_format for date_format in formats if date_format.index("%m") < date_format.index("%d"))
 
 
 def _try_format(column: pd.Series, fmt: str) -> pd.DatetimeIndex | None:
@@ -341,7 +341,7 @@ def _irregularities(
         "non_ascii_columns": [v for v in variables if not v.isascii()],
         "crlf_line_endings": b"\r\n" in data,
     }
-    dup, gaps, back, sent = (found[k] for k in ("duplicate_timestamps", "gaps", "backward_steps", "sentinel"))
+    dup, gaps, back, sent = (found[key] for key in ("duplicate_timestamps", "gaps", "backward_steps", "sentinel"))
     if dup["count"]:
         first = dup["first"]
         log.warning("%s: %d duplicated timestamp(s), first %s on lines %d and %d; kept as is",
@@ -387,6 +387,7 @@ def _steps(dates: pd.DatetimeIndex) -> dict:
     usual = unique[np.argmax(counts)]
 
     def report(mask: np.ndarray) -> dict:
+        """How many steps `mask` marks, and the first of them (its dates and CSV line)."""
         where = np.flatnonzero(mask)
         if len(where) == 0:
             return dict(empty)
@@ -408,5 +409,5 @@ def _sentinels(variables: list[str], values: np.ndarray) -> dict:
     return {
         "value": SENTINEL,
         "total": int(per_column.sum()),
-        "per_column": {v: int(c) for v, c in zip(variables, per_column) if c},
+        "per_column": {variable: int(count) for variable, count in zip(variables, per_column) if count},
     }

@@ -50,6 +50,13 @@ class SplitWindows:
     meta: dict
 
     def n_windows(self, pred_len: int) -> int:
+        """Windows of this split at one horizon (window_count; limit_windows not applied).
+
+        Args:
+            pred_len: the horizon P, in rows.
+        Returns:
+            The number of windows (0 when the split is too short).
+        """
         return window_count(len(self.rows), self.meta["seq_len"], pred_len)
 
     def stamps(self) -> np.ndarray:
@@ -63,7 +70,20 @@ class SplitWindows:
 def split_borders(
     n_rows: int, seq_len: int, layout: str, source: str = "The input file"
 ) -> dict[str, tuple[int, int]]:
-    """split -> [start, end) row range; val and test start seq_len rows early (their first input window)."""
+    """split -> [start, end) row range; val and test start seq_len rows early (their first input window),
+    as the published data_provider/data_loader_save.py borders them.
+
+    Args:
+        n_rows: data rows of the CSV.
+        seq_len: config key seq_len, in rows.
+        layout: a resolved layout: "custom" (70/10/20 %) or an ETT one (12/4/4 months).
+        source: the file, named in messages.
+    Returns:
+        {"train": (start, end), "val": ..., "test": ...}, row indices into the CSV's data rows.
+    Raises:
+        InputError: seq_len is not a whole number >= 1, the layout is unresolved or unknown, or
+            the file is too short for the layout (a split without one window of seq_len + 1 rows).
+    """
     _check_positive_int(seq_len, "seq_len")
     if layout == "custom":
         n_train = int(n_rows * 0.7)  # float arithmetic on purpose: same rounding as the reference
@@ -115,6 +135,14 @@ def _check_borders_fit(
 
 
 def window_count(n_split_rows: int, seq_len: int, pred_len: int) -> int:
+    """Windows of seq_len input and pred_len future rows in one split.
+
+    Args:
+        n_split_rows: the split's rows; seq_len, pred_len: in rows.
+    Returns:
+        n_split_rows - seq_len - pred_len + 1, or 0 when the split is too short.
+    """
+
     return max(0, n_split_rows - seq_len - pred_len + 1)
 
 
@@ -153,8 +181,8 @@ def write_windows(
         InputError: bad seq_len / pred_lens, unknown splits or output paths, too few rows.
     """
     _check_positive_int(seq_len, "seq_len")
-    for p in pred_lens:
-        _check_positive_int(p, "pred_lens")
+    for pred_len in pred_lens:
+        _check_positive_int(pred_len, "pred_lens")
     _check_out(out)
     borders = split_borders(len(table.values), seq_len, layout, source=table.path)
     mean, std, zero_std = _fit_scaler(table.values[slice(*borders["train"])], table.variables)
@@ -163,7 +191,7 @@ def write_windows(
         "layout": layout,
         "seq_len": int(seq_len),
         "n_rows": len(table.values),
-        "borders": {s: list(b) for s, b in borders.items()},
+        "borders": {split: list(border) for split, border in borders.items()},
         "variables": list(table.variables),
         "scaler": {"mean": mean.tolist(), "std": std.tolist(), "zero_std": zero_std},
         "input_sha256": table.sha256,
@@ -177,7 +205,8 @@ def write_windows(
         metas[split] = {
             **common,
             "split": split,
-            "windows_per_horizon": {str(p): window_count(end - start, seq_len, p) for p in pred_lens},
+            "windows_per_horizon": {str(pred_len): window_count(end - start, seq_len, pred_len)
+                                    for pred_len in pred_lens},
         }
         arrow[split] = _arrow_table(table, start, end, mean, std, metas[split])
     _write_all_atomically(arrow, out)
@@ -187,17 +216,17 @@ def write_windows(
 def _check_out(out: dict[str, str]) -> None:
     if not out:
         raise InputError(f"No output paths were given; name at least one of the splits {', '.join(SPLITS)}.")
-    unknown = [s for s in out if s not in SPLITS]
+    unknown = [split for split in out if split not in SPLITS]
     if unknown:
         raise InputError(
             f"Split {unknown[0]!r} (config key splits) is not known; use only {', '.join(SPLITS)}."
         )
-    paths = [os.path.abspath(p) for p in out.values()]
+    paths = [os.path.abspath(path) for path in out.values()]
     if len(set(paths)) != len(paths):
         raise InputError(f"Two splits would be written to the same file ({out}); give each split its own path.")
-    for p in out.values():
-        if os.path.isdir(p):
-            raise InputError(f"Output path {p} is a folder; give a file path for the Parquet output.")
+    for path in out.values():
+        if os.path.isdir(path):
+            raise InputError(f"Output path {path} is a folder; give a file path for the Parquet output.")
 
 
 def _fit_scaler(train: np.ndarray, variables: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -206,20 +235,20 @@ def _fit_scaler(train: np.ndarray, variables: list[str]) -> tuple[np.ndarray, np
     std = train.std(axis=0, ddof=0)  # (N,)
     zero = std == 0
     std = np.where(zero, 1.0, std)
-    return mean, std, [v for v, z in zip(variables, zero) if z]
+    return mean, std, [variable for variable, is_zero in zip(variables, zero) if is_zero]
 
 
 def _arrow_table(
     table: Table, start: int, end: int, mean: np.ndarray, std: np.ndarray, meta: dict
 ) -> pa.Table:
     raw = table.values[start:end]  # (R_s, N)
-    z = (raw - mean) / std  # (R_s, N)
+    zscore = (raw - mean) / std  # (R_s, N)
     columns: dict[str, pa.Array] = {
         "row": pa.array(np.arange(start, end, dtype=np.int64)),
         "date": pa.Array.from_pandas(table.dates[start:end]),
     }
     # Transposed copies: each variable becomes one contiguous (R_s,) array for Arrow.
-    for prefix, block in (("raw:", raw), ("z:", z)):
+    for prefix, block in (("raw:", raw), ("z:", zscore)):
         for name, column in zip(table.variables, np.ascontiguousarray(block.T)):
             columns[prefix + name] = pa.array(column, type=pa.float64())
     result = pa.table(columns)
@@ -237,19 +266,33 @@ def _write_all_atomically(tables: dict[str, pa.Table], out: dict[str, str]) -> N
 
 
 def read_windows(path: str | os.PathLike) -> SplitWindows:
+    """One split's windows file, read back and checked against its own metadata.
+
+    Args:
+        path: a Parquet file write_windows wrote.
+    Returns:
+        The SplitWindows (float64 raw and z-scored values, int64 rows, the dates, the metadata).
+    Raises:
+        InputError: the file is missing, not Parquet, not ours (another format version), or its
+            columns differ from its metadata's variables.
+    """
     path = str(path)
     arrow = _read_parquet(path)
     meta = _our_metadata(path, arrow)
     variables = meta["variables"]
-    expected = ["row", "date"] + [f"raw:{v}" for v in variables] + [f"z:{v}" for v in variables]
+    expected = (["row", "date"] + [f"raw:{variable}" for variable in variables]
+                + [f"z:{variable}" for variable in variables])
+
     if arrow.column_names != expected:
         raise InputError(
             f"{path} does not have the columns its timekd_embed metadata lists; "
             f"delete it and re-run the windows step."
         )
 
-    def block(prefix: str) -> np.ndarray:  # (R_s, N) float64
-        cols = [arrow.column(prefix + v).to_numpy() for v in variables]
+    def block(prefix: str) -> np.ndarray:
+        """The columns of one prefix ("raw:" or "z:") as (R_s, N) float64."""
+
+        cols = [arrow.column(prefix + variable).to_numpy() for variable in variables]
         return np.stack(cols, axis=1).astype(np.float64, copy=False)
 
     return SplitWindows(
