@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,18 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
         assert "Nothing to be done" in result.stdout + result.stderr, result.stderr[-3000:]
         return {}
     return {rule: n for rule, n in job_counts(result.stdout).items() if rule not in FINAL_RULES}
+
+
+def modes_against_umask(results: Path, umask: int) -> dict[str, tuple[str, str]]:
+    """Every file and folder under `results` whose mode is not what `umask` gives a new one
+    (0666 / 0777 less the umask): {relative path: (mode, expected)}, {} when all agree.
+
+    A shared results folder stays readable only if every writer honours the umask (a temporary
+    file renamed into place keeps its own 0600 unless the writer restores it)."""
+    wrong = {}
+    for path in results.rglob("*"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        if mode != expected:
+            wrong[str(path.relative_to(results))] = (oct(mode), oct(expected))
+    return wrong

@@ -11,8 +11,10 @@ windows shared by train and val, shard_windows 200).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
+import os
 import re
 import runpy
 import shutil
@@ -23,7 +25,7 @@ import pytest
 from safetensors import safe_open
 
 from conftest import ROOT
-from helpers import BIN
+from helpers import BIN, modes_against_umask
 from timekd_embed.demo import tokenizer_files
 
 WINDOWS = {(24, "train"): 392 - 48 - 24 + 1, (48, "train"): 392 - 48 - 48 + 1,
@@ -49,7 +51,8 @@ def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path_factory.mktemp("demo")
     shutil.copytree(ROOT / ".test", work / ".test")
     run = subprocess.run(["make", "-C", str(ROOT), "demo-run", f"BIN={BIN}", f"DEMO_DIR={work}"],
-                         check=False, capture_output=True, text=True, timeout=1200)
+                         check=False, capture_output=True, text=True, timeout=1200,
+                         preexec_fn=functools.partial(os.umask, 0o002))   # a group-shared folder
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return work, run
 
@@ -84,6 +87,7 @@ def test_demo_runs_the_whole_workflow_and_says_where_to_look(demo):
     verify = subprocess.run([str(BIN / "timekd-embed"), "verify", str(results)], check=False,
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert modes_against_umask(results, 0o002) == {}   # group-writable, as the umask asks
 
 
 def test_the_report_shows_every_horizon_and_split_with_its_parity(demo):

@@ -8,7 +8,7 @@ import math
 import yaml
 from safetensors import safe_open
 
-from helpers import planned_jobs, snakemake, timekd_embed, weather_config
+from helpers import modes_against_umask, planned_jobs, snakemake, timekd_embed, weather_config
 
 
 def test_dry_run_of_the_default_config_plans_sharded_extraction_jobs_holding_two_gpus(tmp_path, weather_csv):
@@ -52,9 +52,16 @@ def test_end_to_end_then_only_changed_stages_rerun(tmp_path, weather_csv, tiny_m
     config = weather_config(pred_lens=[24], model={"name_or_path": str(tiny_model_dir)}, precision="bf16",
                             limit_windows=3, shard_windows=2, parity={"windows": 2, "min_cosine": 0.99},
                             share_horizons=False)   # so that a horizon added later plans only its own jobs
-    run = snakemake(tmp_path, config, "--cores", "2", "--resources", "gpu=2")
+    run = snakemake(tmp_path, config, "--cores", "2", "--resources", "gpu=2", umask=0o027)
     assert run.returncode == 0, run.stderr[-3000:]
     results = tmp_path / "results" / "weather"
+    # Every output follows the umask (tests/test_demo.py runs under another one), also the parity's
+    # recomputation, its histogram and the report's pages.
+    assert {"sca.safetensors", "embeddings/24/train.safetensors", "embeddings/24/val.json", "MANIFEST.json",
+            "windows/train.parquet", "validation/parity_24.json", "validation/summary.html",
+            "validation/report/24_train.html", "validation/cosine_24.png", "logs/windows.log"} <= {
+        str(p.relative_to(results)) for p in results.rglob("*")}
+    assert modes_against_umask(results, 0o027) == {}
     for split in ("train", "val"):
         with safe_open(str(results / "embeddings" / "24" / f"{split}.safetensors"), "pt") as f:
             assert f.get_tensor("embeddings").shape == (3, 21, 64)
