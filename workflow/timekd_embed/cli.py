@@ -80,7 +80,7 @@ def inspect(args: argparse.Namespace) -> list[dict]:
     from .lm import check_model
     from .prompts import SplitPrompts
     from .table import load_csv, stamps
-    from .windows import split_borders
+    from .windows import split_borders, window_count
 
     config = with_local_model(load_run_config(args.configfile))
     data = config["dataset"]
@@ -92,18 +92,21 @@ def inspect(args: argparse.Namespace) -> list[dict]:
         raise InputError(f"--variable {args.variable!r} is not a column of {data['csv']}; its variables are "
                          f"{', '.join(map(repr, table.variables))}.")
     start, stop = split_borders(len(table.values), config["seq_len"], layout)[args.split]
-    prompts = SplitPrompts(tokenizer, table.values[start:stop], stamps(table.dates[start:stop]), data["name"],
-                           args.pred_len, config["seq_len"], data["template"])
-    if not 0 <= args.window < prompts.n_windows:
+    n_windows = window_count(stop - start, config["seq_len"], args.pred_len)
+    if not 0 <= args.window < n_windows:
         raise InputError(f"--window {args.window} is outside split {args.split}, which has "
-                         f"{prompts.n_windows} windows at pred_len {args.pred_len} (0..{prompts.n_windows - 1}).")
+                         f"{n_windows} windows at pred_len {args.pred_len} (0..{n_windows - 1}).")
+    # The window's own rows: its prompts read nothing else (the whole split's took seconds).
+    rows = slice(start + args.window, start + args.window + config["seq_len"] + args.pred_len)
+    prompts = SplitPrompts(tokenizer, table.values[rows], stamps(table.dates[rows]), data["name"],
+                           args.pred_len, config["seq_len"], data["template"])
 
     def kinds(ids: list[int]) -> list[str]:
         """Each token's type in words."""
         return ["time_series" if flag else "language" for flag in prompts.types(ids)]
 
     result = []
-    for variable, (gt, hd) in zip(table.variables, prompts.window_texts(args.window)):
+    for variable, (gt, hd) in zip(table.variables, prompts.window_texts(0)):
         if args.variable is not None and variable != args.variable:
             continue
         gt_ids, hd_ids = tokenizer([gt, hd], add_special_tokens=False)["input_ids"]
