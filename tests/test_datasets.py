@@ -120,10 +120,9 @@ def test_ettm1_prompts_say_every_15_minutes_with_minute_stamps(ettm1, tokenizer)
 
 def test_a_dry_run_plans_etth1_from_its_example_config_alone(tmp_path):
     csv = need(SHARED_DATA / "ETT-small" / "ETTh1.csv")
-    override = tmp_path / "csv.yaml"
-    override.write_text(yaml.safe_dump({"dataset": {"csv": str(csv)}}))
-    result = snakemake(tmp_path, None, str(override), "-n", "--cores", "8", "--resources", "gpu=2",
-                       configfile=str(EXAMPLES / "ETTh1.yaml"))
+    config = yaml.safe_load((EXAMPLES / "ETTh1.yaml").read_text())
+    config["dataset"]["csv"] = str(csv)                  # where the file lies here: the one key changed
+    result = snakemake(tmp_path, config, "-n", "--cores", "8", "--resources", "gpu=2")
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = job_counts(result.stdout)
     assert jobs["windows"] == jobs["sca"] == jobs["all"] == 1 and "export_h5" not in jobs  # the export is opt-in
