@@ -281,9 +281,10 @@ class StateRecorder(torch.nn.Module):
         self.calls.append(torch.stack([gt, hd]).float().cpu())                 # (2, W, d, N)
         return self.sca(gt, hd)
 
-    def states(self, calls: list[torch.Tensor]) -> np.ndarray:
-        """(2, W, d, N) float32: the given calls' states, concatenated over windows."""
-        return torch.cat(calls, dim=1).numpy()
+
+def concatenated(calls: list[torch.Tensor]) -> np.ndarray:
+    """(2, W, d, N) float32: StateRecorder calls' states, concatenated over windows."""
+    return torch.cat(calls, dim=1).numpy()
 
 
 def run_whole(args) -> dict:
@@ -333,14 +334,14 @@ def run_whole(args) -> dict:
             runs[way].append({"seconds": wall, "model_positions": counts["model_tokens"],
                               "real_positions": computed, "peak_rss_bytes_after": peak_rss_bytes()})
             out[way] = got
-            states[way] = {P: recorder.states(calls[P]) for P in args.pred_lens}
+            states[way] = {P: concatenated(calls[P]) for P in args.pred_lens}
     # The rounding floor: (a) itself with other batches (a quarter of the budget), once, untimed.
     progress("whole job: one job per horizon again at a quarter of the token budget (the rounding floor)")
     floor, floor_states = {}, {}
     for P in args.pred_lens:
         recorder.calls.clear()
         floor[P], _ = embed_windows(teacher, prompts[P], windows, FIDELITY, budget // 4)
-        floor_states[P] = recorder.states(recorder.calls)
+        floor_states[P] = concatenated(recorder.calls)
     diff = max(float(np.abs(out["trie"][P] - out["per_horizon"][P]).max()) for P in args.pred_lens)
     states_diff = max(float(np.abs(states["trie"][P] - states["per_horizon"][P]).max()) for P in args.pred_lens)
     result = {"windows": [int(window) for window in windows], "pred_lens": args.pred_lens,
