@@ -45,8 +45,10 @@ demo-run:
 	@echo "  results/demo/validation/                   shapes.json, parity_<P>.json, summary.html"
 	@echo "  results/demo/MANIFEST.json                 every artifact's sha256: timekd-embed verify results/demo"
 
+# pytest-xdist workers, a test module at a time (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: bootstrap lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: bootstrap
 	$(BIN)/ruff check .

@@ -76,3 +76,22 @@ def train_prompts(train_split, tokenizer):
             built[pred_len, name] = SplitPrompts(tokenizer, raw, stamps, name, pred_len)
         return built[pred_len, name]
     return get
+
+
+# Modules whose tests share the session runs of tests/runs.py run on the same worker.
+SHARED_RUNS = dict.fromkeys(["tests/test_export.py", "tests/test_faults.py", "tests/test_manifest.py",
+                             "tests/test_validate.py", "tests/test_workflow.py"], "tests/runs.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs on pytest-xdist workers a whole module at a time, so that a module's
+    real pipeline runs (module and session fixtures) are made once, not once per worker."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByModule(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return SHARED_RUNS.get(module, module)
+
+    return ByModule(config, log)

@@ -22,10 +22,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors import safe_open
 
 from conftest import ROOT
-from helpers import BIN, modes_against_umask
+from helpers import BIN, modes_against_umask, planned_jobs, snakemake
 from timekd_embed.demo import tokenizer_files
 
 WINDOWS = {(24, "train"): 392 - 48 - 24 + 1, (48, "train"): 392 - 48 - 48 + 1,
@@ -112,3 +113,12 @@ def test_the_report_shows_every_horizon_and_split_with_its_parity(demo):
     assert "bf16 changed the embeddings by at most" in text and "data:image/png;base64," in text
     assert "not applicable" not in text and "not applicable" not in summary["caption"]
     assert "bf16" in summary["caption"] and "16 windows at P = 24" in summary["caption"]
+
+
+def test_parity_settings_rerun_the_parity_and_validation_only(demo):
+    work, _ = demo
+    config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    stricter = config | {"parity": {"windows": 8, "min_cosine": 0.99}}
+    dry = snakemake(work, stricter, "-n", "--cores", "2", "--resources", "gpu=1", configfile="stricter.yaml",
+                    env={"HF_HUB_OFFLINE": "1"})
+    assert planned_jobs(dry) == {"parity": 2, "validate": 1}      # one parity job per horizon, no extraction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -11,8 +12,8 @@ import torch
 from safetensors import safe_open
 
 import timekd_embed.export as export
-from conftest import SHARED_DATA, need
 from helpers import job_counts, snakemake
+from runs import NAME, OFFLINE, RUN_CONFIG, uninterrupted_run
 from timekd_embed import TeacherDataset
 from timekd_embed.store import write_tensors
 
@@ -99,26 +100,25 @@ def test_a_limited_extraction_warns_that_train_py_needs_every_window(tmp_path, c
     assert "only windows 0..1 were extracted (limit_windows = 2)" in caplog.text
 
 
-def test_export_timekd_end_to_end_with_the_snakemake_cli(tmp_path, tiny_model_dir):
-    csv = need(SHARED_DATA / "ETT-small" / "ETTh1.csv")
-    config = {"dataset": {"name": "ETTh1", "csv": str(csv)}, "pred_lens": [24], "limit_windows": 3,
-              "model": {"name_or_path": str(tiny_model_dir)}, "precision": "fp32", "export_root": "for-train"}
-    run = snakemake(tmp_path, config, "export_timekd", "--cores", "2", "--resources", "gpu=2")
+def test_export_timekd_after_a_run_with_the_snakemake_cli(tmp_path, tmp_path_factory, tiny_model_dir, weather_csv):
+    # A copy of the finished run of tests/runs.py (its Snakemake records too): the export alone runs.
+    work = tmp_path / "work"
+    shutil.copytree(uninterrupted_run(tmp_path_factory, tiny_model_dir, weather_csv), work, copy_function=shutil.copy2)
+    run = snakemake(work, RUN_CONFIG | {"export_root": "for-train"}, "export_timekd", "--cores", "2",
+                    "--resources", "gpu=2", env=OFFLINE)
     assert run.returncode == 0, run.stderr[-3000:]
-    # Opt-in: only what the export needs, no parity or validation.
     jobs = job_counts(run.stdout + run.stderr)  # a real run prints its job table on stderr
-    assert jobs["windows"] == jobs["sca"] == jobs["export_timekd"] == 1 and jobs["export_h5"] == 2
-    assert not {"parity", "validate", "all"} & set(jobs)
+    assert jobs == {"export_h5": 2, "export_timekd": 1}   # opt-in, and nothing computed again
 
-    results = tmp_path / "results" / "ETTh1"
-    for split in ("train", "val"):
-        with safe_open(str(results / "embeddings" / "24" / f"{split}.safetensors"), "np") as f:
+    results = work / "results" / NAME
+    for P in (24, 48):
+        with safe_open(str(results / "embeddings" / str(P) / "train.safetensors"), "np") as f:
             emb = f.get_tensor("embeddings")
-        assert emb.shape == (3, N, 64)
-        folder = tmp_path / "for-train" / "ETTh1" / "24" / split  # train.py --data_path ETTh1 --pred_len 24
+        assert emb.shape == (3, 21, 64)
+        folder = work / "for-train" / NAME / str(P) / "train"  # train.py --data_path weather --pred_len P
         assert_exported(folder, emb)
-        _, _, e = TeacherDataset(tmp_path / "results", "ETTh1", 24, split)[2]
+        _, _, e = TeacherDataset(work / "results", NAME, P, "train")[2]
         assert np.array_equal(e.numpy(), read_h5(folder)[2])
-    log = (results / "logs" / "export_24_train.log").read_text()
-    assert "export 24/train: 100%" in log and "limit_windows = 3" in log
-    assert (results / "benchmarks" / "export_24_val.tsv").is_file()
+    log = (results / "logs" / "export_48_train.log").read_text()
+    assert "export 48/train: 100%" in log and "limit_windows = 3" in log
+    assert (results / "benchmarks" / "export_24_train.tsv").is_file()

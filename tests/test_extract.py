@@ -19,11 +19,12 @@ from timekd_embed.extract import (
     load_sca,
     load_teacher,
     save_sca,
+    split_prompts,
 )
 from timekd_embed.prompts import SplitPrompts
 from timekd_embed.store import read_tensors
 from timekd_embed.table import load_csv
-from timekd_embed.windows import write_windows
+from timekd_embed.windows import read_windows, write_windows
 
 P = 24
 PRED_LENS = (24, 36, 192)
@@ -185,3 +186,15 @@ def test_an_fp16_overflow_stops_the_job_naming_precision_block_window_and_variab
                                  small_windows["train"], sca_path, out)
         assert stats[36]["windows"] == 2 and json.loads(out[36][1].read_text())["precision"] == precision
         assert all(np.isfinite(read_tensors(out[P][0])[0]["embeddings"].numpy()).all() for P in out)
+
+
+def test_the_prompts_of_the_first_windows_read_only_their_rows(small_windows, tokenizer, tiny_model_dir):
+    # Train split of small_windows: rows 0-279, 280 - 96 - 24 + 1 = 161 windows at P = 24. Windows 0..4
+    # read rows 0..4 + 96 + 24 - 1 = 123: 124 rows.
+    split_windows = read_windows(small_windows["train"])
+    whole = SplitPrompts(tokenizer, split_windows.raw, split_windows.stamps(), "weather", 24)
+    first = split_prompts(tokenizer, split_windows, settings(tiny_model_dir), 24, 5)
+    assert whole.n_windows == 161 and first.n_windows == 5 and len(first.raw) == 124
+    for i in (0, 4):
+        assert all(np.array_equal(a, b) for a, b in zip(first.window_ids(i).gt + first.window_ids(i).hd,
+                                                        whole.window_ids(i).gt + whole.window_ids(i).hd))

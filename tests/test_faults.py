@@ -8,27 +8,20 @@ import errno
 import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
-import yaml
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
-from helpers import SNAKEMAKE, snakemake
-from test_manifest import NAME, tiny_config
+from runs import EMBEDDINGS, NAME, resumed_run, uninterrupted_run
 from timekd_embed import store
 from timekd_embed.extract import Settings, extract_split, save_sca
 from timekd_embed.jobs import job
 from timekd_embed.table import load_csv
 from timekd_embed.windows import SPLITS, write_windows
-
-EMBEDDINGS = f"results/{NAME}/embeddings/24/train.safetensors"
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -143,93 +136,14 @@ def test_out_of_memory_names_the_budget_to_lower(small_split, tiny_model_dir, tm
 
 # --------------------------------------------------------------------------- Ctrl-C and kill -9
 
-# Four ranges of two windows, run one job at a time (--cores 1), so that the signals below
-# land at known points: Ctrl-C as the first range starts, kill -9 right after it finished.
-FAULT_CONFIG = {"limit_windows": 8, "shard_windows": 2}
+# tests/runs.py: four ranges (two horizons, two ranges each) run one job at a time, so that the
+# signals land at known points: Ctrl-C as the first range starts, kill -9 right after one finished.
 BEFORE_EXTRACTION = ["sca.safetensors", "windows/test.parquet", "windows/train.parquet", "windows/val.parquet"]
-
-
-def _start(work: Path, stdout) -> subprocess.Popen:
-    """The run to EMBEDDINGS in a process session of its own: a signal reaches snakemake and its jobs,
-    like Ctrl-C in a terminal."""
-    return subprocess.Popen(SNAKEMAKE + ["-d", str(work), "--configfile", str(work / "config.yaml"), "--cores", "1",
-                                         EMBEDDINGS], stdout=stdout, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
-def _interrupt(run: subprocess.Popen, output: Path) -> None:
-    """Ctrl-C, pressed again while Snakemake has not taken it: a SIGINT that lands while Snakemake
-    runs a short asyncio task is lost (asyncio.Runner cancels a task that then ends normally), and
-    under load the run went on to finish with exit code 0."""
-    for _ in range(10):
-        os.killpg(run.pid, signal.SIGINT)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            if run.poll() is not None or "Terminating processes on user request" in output.read_text():
-                return
-            time.sleep(0.05)
-
-
-def _new_work(factory, tiny_model_dir, weather_csv, name: str) -> Path:
-    work = factory.mktemp(name)
-    (work / "resources").mkdir()
-    shutil.copy(weather_csv, work / "resources" / "weather.csv")
-    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config(tiny_model_dir) | FAULT_CONFIG))
-    return work
-
-
-def _outputs(work: Path) -> list[str]:
-    """What could pass for a result: no logs, benchmarks or hidden temporaries."""
-    files = leftovers(work / "results" / NAME)
-    return [f for f in files if not f.startswith(("logs/", "benchmarks/")) and not Path(f).name.startswith(".")]
-
-
-def _locked(work: Path) -> bool:
-    return any((work / ".snakemake" / "locks").glob("*"))
 
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory, tiny_model_dir, weather_csv) -> dict:
-    """Ctrl-C as the first range starts, kill -9 after it finished, then the documented rerun;
-    and an uninterrupted run of the same config to compare with."""
-    work = _new_work(tmp_path_factory, tiny_model_dir, weather_csv, "interrupted")
-    seen = {"work": work}
-    logs = work / "results" / NAME / "logs"
-    with open(work / "sigint.out", "w") as out:
-        run = _start(work, out)
-        deadline = time.monotonic() + 600
-        while run.poll() is None and time.monotonic() < deadline and not list(logs.glob("extract_*.log")):
-            time.sleep(0.02)
-        _interrupt(run, work / "sigint.out")
-        run.wait(timeout=120)
-    seen["sigint"] = {"rc": run.returncode, "output": (work / "sigint.out").read_text(), "files": _outputs(work),
-                      "locked": _locked(work)}
-
-    run, jobs, finished = _start(work, subprocess.PIPE), {}, None
-    for line in run.stdout:                              # until Snakemake reports a finished range
-        line = line.strip()
-        if line.startswith("jobid:"):
-            jobid = line.split(":")[1].strip()
-        elif line.startswith("wildcards:"):
-            jobs[jobid] = line.split("wildcards:")[1].strip()
-        elif "(Rule: extract)" in line:
-            finished = jobs[line.split("jobid:")[1].split()[0]]
-            break
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait(timeout=120)
-    shards = work / "results" / NAME / "embeddings" / "24" / "train.shards"
-    seen["sigkill"] = {"rc": run.returncode, "finished": finished, "files": _outputs(work), "locked": _locked(work),
-                       "shards": {p.name: store.read_tensors(p)[0]["window_start"].tolist()
-                                  for p in shards.glob("*.safetensors")}}
-
-    # The rerun README documents: after kill -9, unlock, then the same command.
-    seen["unlock"] = snakemake(work, None, "--unlock")
-    seen["rerun"] = snakemake(work, None, "--cores", "1", EMBEDDINGS)
-
-    clean = _new_work(tmp_path_factory, tiny_model_dir, weather_csv, "uninterrupted")
-    seen["uninterrupted"] = _start(clean, subprocess.DEVNULL).wait(timeout=600)
-    seen["clean"] = clean
-    return seen
+    return resumed_run(tmp_path_factory, tiny_model_dir, weather_csv)
 
 
 def test_ctrl_c_leaves_no_complete_looking_file_and_no_lock(interrupted):
@@ -242,23 +156,26 @@ def test_ctrl_c_leaves_no_complete_looking_file_and_no_lock(interrupted):
 def test_kill_9_keeps_only_the_finished_range_and_the_lock(interrupted):
     seen = interrupted["sigkill"]
     assert seen["rc"] == -signal.SIGKILL and seen["finished"] is not None
-    start, stop = (int(part.split("=")[1]) for part in seen["finished"].split(", ")[-2:])
-    name = f"{start}-{stop}.safetensors"
+    wildcards = dict(part.split("=") for part in seen["finished"].split(", "))
+    start, stop = int(wildcards["start"]), int(wildcards["stop"])
+    shard = f"{wildcards['pred_len']}/train.shards/{start}-{stop}"
     # the finished range is complete under its name; nothing else looks like a result
-    assert seen["shards"] == {name: list(range(start, stop))}
-    assert seen["files"] == sorted(BEFORE_EXTRACTION + [f"embeddings/24/train.shards/{name}",
-                                                        f"embeddings/24/train.shards/{start}-{stop}.json"])
+    assert seen["shards"] == {f"{shard}.safetensors": list(range(start, stop))}
+    assert seen["files"] == sorted(BEFORE_EXTRACTION + [f"embeddings/{shard}.safetensors",
+                                                        f"embeddings/{shard}.json"])
     assert seen["locked"]                                              # hence `snakemake --unlock` first
 
 
-def test_the_rerun_computes_only_what_is_missing_with_the_bytes_of_an_uninterrupted_run(interrupted):
+def test_the_rerun_computes_only_what_is_missing_with_the_bytes_of_an_uninterrupted_run(interrupted,
+                                                                                         tmp_path_factory,
+                                                                                         tiny_model_dir, weather_csv):
     unlock, rerun = interrupted["unlock"], interrupted["rerun"]
     assert unlock.returncode == 0, unlock.stderr[-2000:]
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert interrupted["sigkill"]["finished"] not in rerun.stdout + rerun.stderr   # not computed again
     assert rerun.stderr.count("rule extract:") == 3
-    assert interrupted["uninterrupted"] == 0
-    got = (interrupted["work"] / EMBEDDINGS).read_bytes()
-    want = (interrupted["clean"] / EMBEDDINGS).read_bytes()
-    # Same config and inputs, CPU fp32, other processes: byte-identical (the timing JSON beside it differs).
-    assert got == want
+    clean = uninterrupted_run(tmp_path_factory, tiny_model_dir, weather_csv)
+    # Same config, inputs and cores, CPU fp32, other processes: byte-identical (the timing JSON beside
+    # each differs). tests/test_manifest.py compares every artifact and both manifests.
+    for target in EMBEDDINGS.values():
+        assert (interrupted["work"] / target).read_bytes() == (clean / target).read_bytes(), target

@@ -1,7 +1,7 @@
 """MANIFEST.json and `timekd-embed verify` on finished tiny runs; copied results stay up to date.
 
-Two real runs of the same config in two working folders (real weather.csv, tiny GPT-2
-folder copied into each, HF_HUB_OFFLINE=1, fp32 on the CPU) are made once per session:
+Two real runs of the same config in two working folders (tests/runs.py: real weather.csv, a tiny
+GPT-2 folder copied into each, offline, fp32 on the CPU), one of them interrupted and resumed:
 their artifacts must be byte-identical, and each verifies against the other's manifest.
 """
 
@@ -19,70 +19,41 @@ import yaml
 
 from conftest import make_model_dir
 from helpers import snakemake, timekd_embed
+from runs import MODEL, NAME, resumed_run, uninterrupted_run
 from timekd_embed.config import config_hash
 from timekd_embed.errors import InputError
 from timekd_embed.manifest import MANIFEST, verify
-
-NAME = "weather"
-MODEL = "resources/gpt2"  # relative, like the CSV: both runs record the same model path
 
 # Every artifact of rule all, relative to results/<name>, with the rule that makes it: the
 # same bytes for the same inputs, config and versions.
 EXPECTED = {
     "windows/train.parquet": "windows", "windows/val.parquet": "windows", "windows/test.parquet": "windows",
     "sca.safetensors": "sca",
-    "embeddings/24/train.safetensors": "gather",
+    "embeddings/24/train.safetensors": "gather", "embeddings/48/train.safetensors": "gather",
     # fp32: no parity job and no histogram (nothing to compare)
     "validation/shapes.json": "validate",
 }
 # The run records outside logs/ and benchmarks/: they hold wall times, speeds and host names.
-RECORDS = {"embeddings/24/train.json": "gather", "validation/summary.html": "validate",
-           "validation/report/24_train.html": "validate"}
+RECORDS = {"embeddings/24/train.json": "gather", "embeddings/48/train.json": "gather",
+           "validation/summary.html": "validate", "validation/report/24_train.html": "validate",
+           "validation/report/48_train.html": "validate"}
 # One log and one benchmark per job but the manifest's own (written while and after it is made).
-JOBS = ["windows", "sca", "extract_train_0-8", "gather_24_train", "validate"]  # fp32: no parity job
+JOBS = ["windows", "sca", "extract_24_train_0-2", "extract_24_train_2-3", "extract_48_train_0-2",
+        "extract_48_train_2-3", "gather_24_train", "gather_48_train", "validate"]  # fp32: no parity job
 LOGS_AND_BENCHMARKS = {f"logs/{job}.log" for job in JOBS} | {f"benchmarks/{job}.tsv" for job in JOBS}
-
-
-def tiny_config(model_dir: Path | str) -> dict:
-    """A few seconds of extraction on the CPU in fp32: 8 windows of one horizon and split.
-
-    The CSV path is relative, like the default, so that a copy of the folder elsewhere
-    uses the same config.
-    """
-    return {"dataset": {"name": NAME, "csv": "resources/weather.csv"}, "pred_lens": [24], "splits": ["train"],
-            "limit_windows": 8, "precision": "fp32", "device": "cpu", "model": {"name_or_path": str(model_dir)},
-            "parity": {"windows": 2, "min_cosine": 0.99}}
-
-
-def real_run(work: Path, model_dir: Path, weather_csv: Path) -> Path:
-    """One uninterrupted run of `tiny_config` in `work`, with the CSV and model copied into resources/."""
-    (work / "resources").mkdir(parents=True)
-    shutil.copy(weather_csv, work / "resources" / "weather.csv")
-    shutil.copytree(model_dir, work / MODEL)
-    # Offline on purpose: a local model folder must never touch the network.
-    run = snakemake(work, tiny_config(MODEL), "--cores", "2", env={"HF_HUB_OFFLINE": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return work
-
-
-_FINISHED: dict[str, Path] = {}
-
-
-def finished_run(tmp_path_factory, model_dir: Path, weather_csv: Path, which: str = "first") -> Path:
-    """The working folder of one real run of `tiny_config`, made once per session per `which`."""
-    if which not in _FINISHED:
-        _FINISHED[which] = real_run(tmp_path_factory.mktemp(f"{which}_run"), model_dir, weather_csv)
-    return _FINISHED[which]
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, tiny_model_dir, weather_csv) -> Path:
-    return finished_run(tmp_path_factory, tiny_model_dir, weather_csv)
+    return uninterrupted_run(tmp_path_factory, tiny_model_dir, weather_csv)
 
 
 @pytest.fixture(scope="module")
 def second_work(tmp_path_factory, tiny_model_dir, weather_csv) -> Path:
-    return finished_run(tmp_path_factory, tiny_model_dir, weather_csv, "second")
+    """The same config once more: stopped by Ctrl-C and kill -9, then resumed (tests/test_faults.py)."""
+    resumed = resumed_run(tmp_path_factory, tiny_model_dir, weather_csv)
+    assert resumed["rerun"].returncode == 0, resumed["rerun"].stderr[-3000:]
+    return resumed["work"]
 
 
 def sha256(path: Path) -> str:
@@ -112,9 +83,9 @@ def test_an_offline_run_with_a_local_model_lists_artifacts_and_run_records_apart
     # batch_tokens, export_root), not where the CSV lies.
     assert set(config) == {"dataset", "seq_len", "pred_lens", "splits", "model", "precision", "fidelity", "seed",
                            "limit_windows", "shard_windows", "share_horizons", "parity"}
-    assert "csv" not in config["dataset"] and config["limit_windows"] == 8 and config["precision"] == "fp32"
+    assert "csv" not in config["dataset"] and config["limit_windows"] == 3 and config["precision"] == "fp32"
     assert manifest["inputs"] == {"csv": "resources/weather.csv"}
-    assert config["model"]["name_or_path"] == MODEL and config["pred_lens"] == [24]
+    assert config["model"]["name_or_path"] == MODEL and config["pred_lens"] == [24, 48]
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["timekd-embed"] and manifest["versions"]["python"]
 
@@ -246,14 +217,14 @@ def test_verify_names_embeddings_made_from_weights_or_an_input_that_changed_sinc
     shutil.copy(other / "model.safetensors", weights)
     swapped = sha256(weights)
     assert swapped != recorded
-    expected = (f"Error: {embeddings}: made from weights with sha256 {recorded}, but {weights} now has sha256 "
-                f"{swapped}; the weights changed since the run: rerun the workflow, or restore the weights it was "
-                "made from.")
+    expected = [f"Error: {results / 'embeddings' / str(P) / 'train.safetensors'}: made from weights with sha256 "
+                f"{recorded}, but {weights} now has sha256 {swapped}; the weights changed since the run: rerun the "
+                "workflow, or restore the weights it was made from." for P in (24, 48)]
     result = verify_cli(results)
-    assert result.returncode == 1 and errors(result) == [expected], result.stderr
+    assert result.returncode == 1 and errors(result) == expected, result.stderr
     # The same through the config as it is now, read as snakemake reads it in the working folder.
     result = verify_cli(Path("results") / NAME, "--configfile", "config.yaml", cwd=work)
-    assert result.returncode == 1 and len(errors(result)) == 1, result.stderr
+    assert result.returncode == 1 and len(errors(result)) == 2, result.stderr
     assert f"made from weights with sha256 {recorded}, but {weights} now has sha256 {swapped}" in errors(result)[0]
 
     csv = work / "resources" / "weather.csv"

@@ -155,12 +155,12 @@ def test_a_csv_that_grew_needs_one_rerun(tmp_path, weather_csv, tiny_model_dir):
     """Issue case: 1,500 rows, then 100 more. Split rule (70/10/20 %, val starts seq_len rows early):
     1,500 rows: train int(1050.0) = 1050, test int(300.0) = 300, val 150 -> 150 + 96 = 246 rows,
     246 - 96 - 24 + 1 = 127 windows at P = 24; 1,600 rows: train 1120, test 320, val 160 ->
-    256 rows, 137 windows."""
+    256 rows, 137 windows. With ranges of 128 windows: one range, then a second one, 128-137."""
     project = fresh_copy(tmp_path / "project")
     csv = project / "resources" / "weather.csv"
     weather_rows(csv, 1500, columns=[0, 21])           # date, OT: one variable keeps it quick
     config = {"dataset": {"name": "weather", "csv": "resources/weather.csv"}, "pred_lens": [24], "splits": ["val"],
-              "model": {"name_or_path": str(tiny_model_dir)}, "precision": "fp32", "shard_windows": 64}
+              "model": {"name_or_path": str(tiny_model_dir)}, "precision": "fp32", "shard_windows": 128}
     (project / "config.yaml").write_text(yaml.safe_dump(config))
     target = "results/weather/embeddings/24/val.safetensors"
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from helpers import snakemake
 from plain_teacher import plain_teacher
-from test_manifest import finished_run
+from runs import uninterrupted_run
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.extract import extract_split, load_sca, save_sca
@@ -194,19 +194,19 @@ def report_results(html) -> dict:
 
 
 def test_an_fp32_run_has_no_parity_job_and_its_report_says_so(tmp_path_factory, tiny_model_dir, weather_csv):
-    # The finished fp32 run of tests/test_manifest.py (made once per session): P = 24, train, 8 windows.
-    work = finished_run(tmp_path_factory, tiny_model_dir, weather_csv)
+    # The uninterrupted fp32 run of tests/runs.py (made once per session): P = 24 and 48, train, 3 windows.
+    work = uninterrupted_run(tmp_path_factory, tiny_model_dir, weather_csv)
     assert not list((work / "results" / "weather" / "logs").glob("parity*"))
     assert not list((work / "results" / "weather" / "validation").glob("*.png"))
     html = work / "report.html"
     run = snakemake(work, None, "--report", str(html))
     assert run.returncode == 0, run.stderr[-2000:]
     results = report_results(html)
-    assert sorted(e["name"] for e in results.values()) == ["24_train.html", "summary.html"]
-    page = next(e for e in results.values() if e["name"] == "24_train.html")
-    assert page["labels"] == {"horizon": 24, "split": "train"} and page["mime_type"] == "text/html"
+    assert sorted(e["name"] for e in results.values()) == ["24_train.html", "48_train.html", "summary.html"]
+    page = next(e for e in results.values() if e["name"] == "48_train.html")
+    assert page["labels"] == {"horizon": 48, "split": "train"} and page["mime_type"] == "text/html"
     text = base64.b64decode(page["data_uri"].split("base64,", 1)[1]).decode()
-    assert "<td>24</td><td>train</td><td>8</td><td>(8, 21, 64)</td>" in text and "not applicable" in text
+    assert "<td>48</td><td>train</td><td>3</td><td>(3, 21, 64)</td>" in text and "not applicable" in text
     for entry in results.values():
         assert "not applicable" in entry["caption"] and "sampled" not in entry["caption"]
     assert "64" not in next(e for e in results.values() if e["name"] == "summary.html")["caption"]

@@ -46,7 +46,8 @@ from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
 from .settings import Settings
 from .store import read_metadata, read_tensors, sha256_file, write_json, write_tensors
-from .windows import read_windows
+from .table import stamps
+from .windows import SplitWindows, read_windows
 
 log = logging.getLogger(__name__)
 
@@ -490,14 +491,13 @@ def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str
     n_positions = load_config(settings.model, settings.revision).n_positions
     prompts, stops, longest = {}, {}, {}
     for P in pred_lens:
-        prompts[P] = SplitPrompts(tokenizer, split_windows.raw, split_windows.stamps(), settings.name, P,
-                                  split_windows.meta["seq_len"], settings.template)
-        _, stops[P] = window_range(prompts[P].n_windows, settings.limit_windows)
+        _, stops[P] = window_range(split_windows.n_windows(P), settings.limit_windows)
         if stops[P] == 0:
             raise InputError(f"{windows_path}: split {settings.split} has no window of "
                              f"{split_windows.meta['seq_len']} + "
                              f"{P} rows; use a smaller pred_len or seq_len.")
-        # The whole split is checked (it is cheap), so that no shard starts when another must fail.
+        prompts[P] = split_prompts(tokenizer, split_windows, settings, P, stops[P])
+        # Every window of the split is checked (it is cheap), so that no shard starts when another must fail.
         longest[P] = check_context(prompts[P], n_positions, settings.split, np.arange(stops[P]),
                                    split_windows.variables)
     start, stop = 0, max(stops.values())
@@ -508,8 +508,6 @@ def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str
                              "since the plan was made: rerun snakemake.")
         start, stop = shard
     windows = np.arange(start, stop)
-    for P in pred_lens:                       # limit_windows may end a horizon before prompts[P].n_windows
-        prompts[P] = _capped(prompts[P], stops[P])
     ranges = {P: (start, min(stop, stops[P])) for P in pred_lens}
 
     teacher = load_teacher(settings, sca_path)
@@ -547,12 +545,24 @@ def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str
     return every
 
 
-def _capped(prompts: SplitPrompts, n_windows: int) -> SplitPrompts:
-    """The same prompts with windows from n_windows on treated as absent (limit_windows)."""
-    if n_windows < prompts.n_windows:
-        prompts = copy.copy(prompts)
-        prompts.n_windows = n_windows
-    return prompts
+def split_prompts(tokenizer, split_windows: SplitWindows, settings: Settings, pred_len: int,
+                  n_windows: int) -> SplitPrompts:
+    """The prompts of a split's first `n_windows` windows at one horizon, built from the rows
+    those windows read only: a limited run (limit_windows, a parity sample) never tokenizes
+    the rest of the split.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        split_windows: the split (raw values, dates, seq_len).
+        settings: the job's settings (dataset name, template).
+        pred_len: the horizon P, in rows.
+        n_windows: windows 0..n_windows-1, at most split_windows.n_windows(pred_len).
+    Returns:
+        SplitPrompts with exactly n_windows windows, indexed as in the split.
+    """
+    rows = slice(0, n_windows - 1 + split_windows.meta["seq_len"] + pred_len)
+    return SplitPrompts(tokenizer, split_windows.raw[rows], stamps(split_windows.dates[rows]), settings.name,
+                        pred_len, split_windows.meta["seq_len"], settings.template)
 
 
 def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, teacher: Teacher) -> dict:

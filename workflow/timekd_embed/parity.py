@@ -14,8 +14,7 @@ import numpy as np
 
 from .devices import resolve_devices, token_budget
 from .errors import InputError
-from .extract import embed_windows, load_teacher, out_of_memory_hint
-from .prompts import SplitPrompts
+from .extract import embed_windows, load_teacher, out_of_memory_hint, split_prompts
 from .sampling import sample_windows
 from .settings import Settings
 from .store import read_tensors
@@ -184,6 +183,6 @@ def layer_split_check(settings: Settings, sca_path: str, windows_by_split: dict,
 
 def _embed(teacher, settings: Settings, split_windows, windows: np.ndarray) -> np.ndarray:
     """embed_windows of the given windows of one split at settings.pred_len: (S, N, d) float32."""
-    prompts = SplitPrompts(teacher.tokenizer, split_windows.raw, split_windows.stamps(), settings.name,
-                           settings.pred_len, split_windows.meta["seq_len"], settings.template)
+    prompts = split_prompts(teacher.tokenizer, split_windows, settings, settings.pred_len,
+                            int(windows.max(initial=-1)) + 1)
     return embed_windows(teacher, prompts, windows, settings.fidelity, settings.batch_tokens)[0]

@@ -186,16 +186,16 @@ def load_horizons(config: dict, tokenizer, n_positions: int, n_windows: int) -> 
         prompts, longest, planned = None, 0, {}
         for split in config["splits"]:
             start, stop = borders[split]
-            split_stamps = stamps(table.dates[start:stop])
-            split_prompts = SplitPrompts(tokenizer, table.values[start:stop], split_stamps, data["name"], pred_len,
-                                         config["seq_len"], data["template"])
             planned[split] = planned_windows(stop - start, config["seq_len"], pred_len, config["limit_windows"])
             if planned[split] == 0:
                 raise InputError(f"pred_len {pred_len}: split {split} has no window of {config['seq_len']} + "
                                  f"{pred_len} rows; use a smaller pred_len or seq_len.")
-            longest = max(longest, check_context(split_prompts, n_positions, split, np.arange(planned[split]),
+            rows = slice(start, start + planned[split] - 1 + config["seq_len"] + pred_len)  # the rows they read
+            prompts_of_split = SplitPrompts(tokenizer, table.values[rows], stamps(table.dates[rows]), data["name"],
+                                            pred_len, config["seq_len"], data["template"])
+            longest = max(longest, check_context(prompts_of_split, n_positions, split, np.arange(planned[split]),
                                                  table.variables))
-            prompts = prompts or split_prompts
+            prompts = prompts or prompts_of_split
         first = config["splits"][0]
         sample = sample_windows({first: planned[first]}, n_windows)[first]
         horizons.append(Horizon(pred_len, prompts, sample, planned, longest))
