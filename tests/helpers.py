@@ -3,7 +3,9 @@ checkout, a config on and cuts of the real weather.csv, and the one parser of Sn
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import stat
 import subprocess
@@ -41,6 +43,21 @@ def timekd_embed(*args: str, cwd: Path | None = None, env: dict | None = None) -
     """The installed `timekd-embed` command, importing this checkout's package."""
     return subprocess.run([TIMEKD_EMBED, *args], check=False, capture_output=True, text=True, timeout=300,
                           cwd=cwd, env=os.environ | PACKAGE_ENV | (env or {}))
+
+
+def timekd_embed_in_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`timekd-embed ARGS` through the entry point the installed command calls (cli.main), in this
+    process: the same code without a fresh interpreter's seconds of imports. Environment variables
+    the libraries read at import time need the real command (timekd_embed)."""
+    from timekd_embed.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or Path.cwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+    return subprocess.CompletedProcess(["timekd-embed", *args], code, out.getvalue(), err.getvalue())
 
 
 def weather_config(**overrides) -> dict:

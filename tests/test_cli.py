@@ -19,7 +19,7 @@ import yaml
 from huggingface_hub import constants
 
 from conftest import ROOT
-from helpers import PACKAGE_ENV, snakemake, timekd_embed
+from helpers import PACKAGE_ENV, snakemake, timekd_embed, timekd_embed_in_process
 from timekd_embed.cli import parser
 from timekd_embed.config import validate_config
 from timekd_embed.manifest import MANIFEST, build, weights_file_here, write
@@ -63,7 +63,7 @@ def test_inspect_refuses_a_model_folder_the_extraction_refuses(tmp_path, weather
     (folder / "model.safetensors").unlink()  # config and tokenizer only: the extraction stops here
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": str(folder)}})
-    result = timekd_embed("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
+    result = timekd_embed_in_process("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     assert errors(result) == [(f"Error: model folder {folder} has no model.safetensors; only safetensors weights "
                                "are loaded (no pickle).")]
@@ -84,14 +84,14 @@ def test_inspect_reads_an_override_only_config_on_top_of_config_yaml_as_snakemak
 
     dry = snakemake(tmp_path, None, "-n", "--cores", "1", configfile="override.yaml")
     assert dry.returncode == 0, dry.stderr[-2000:]
-    result = timekd_embed("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
+    result = timekd_embed_in_process("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)[-1]["gt_prompt"].split("the values were <")[1].split(">")[0].split(", ")
     assert len(seen) == 48   # seq_len of the override; 96 in config/config.yaml
 
     # Without config/config.yaml (as in a folder of its own) the override alone is incomplete, for both.
     (tmp_path / "config" / "config.yaml").unlink()
-    alone = timekd_embed("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
+    alone = timekd_embed_in_process("inspect", "--configfile", "override.yaml", *WINDOW, cwd=tmp_path)
     assert alone.returncode == 1
     assert errors(alone) == [("Error: override.yaml: config key dataset is missing 'name'; add it (see "
                               "config/README.md).")]
@@ -104,7 +104,7 @@ def test_inspect_prints_each_token_list_on_one_line_and_one_variable_on_request(
     """Issue #13.5: one window was 23,453 lines of JSON."""
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": str(tiny_model_dir)}})
-    every = timekd_embed("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
+    every = timekd_embed_in_process("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
     assert every.returncode == 0, every.stderr
     # "[" and "]", and per variable "{", its 7 keys one line each, "}": 2 + 21 x 9 lines.
     assert len(every.stdout.splitlines()) == 191
@@ -112,11 +112,11 @@ def test_inspect_prints_each_token_list_on_one_line_and_one_variable_on_request(
     assert len(variables) == 21 and variables[-1]["variable"] == "OT"
     assert all(len(v["gt_ids"]) == len(v["gt_types"]) > 100 for v in variables)  # never empty
 
-    one = timekd_embed("inspect", "--configfile", str(config), *WINDOW, "--variable", "OT", cwd=tmp_path)
+    one = timekd_embed_in_process("inspect", "--configfile", str(config), *WINDOW, "--variable", "OT", cwd=tmp_path)
     assert one.returncode == 0, one.stderr
     assert len(one.stdout.splitlines()) == 11 and json.loads(one.stdout) == [variables[-1]]
 
-    unknown = timekd_embed("inspect", "--configfile", str(config), *WINDOW, "--variable", "ot", cwd=tmp_path)
+    unknown = timekd_embed_in_process("inspect", "--configfile", str(config), *WINDOW, "--variable", "ot", cwd=tmp_path)
     assert unknown.returncode == 1 and unknown.stdout == ""
     assert errors(unknown)[0].startswith(f"Error: --variable 'ot' is not a column of {weather_csv}; its variables "
                                          "are 'p (mbar)', 'T (degC)',")

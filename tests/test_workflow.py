@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from helpers import modes_against_umask, planned_jobs, snakemake, timekd_embed, weather_config
+from helpers import modes_against_umask, planned_jobs, snakemake, timekd_embed, timekd_embed_in_process, weather_config
 from runs import EMBEDDINGS, OFFLINE, RUN_CONFIG, new_work, uninterrupted_run
 
 
@@ -155,6 +155,6 @@ def test_inspect_prints_what_the_teacher_reads(tmp_path, weather_csv, tiny_model
     assert first["gt_prompt"].startswith("From <01/01/2020 00:10> to <01/01/2020 16:00>, the values were <1008, 1008,")
     assert first["hd_prompt"].endswith("every hour. Forecast the values for the next <24> hours")
     assert len(first["gt_ids"]) == len(first["gt_types"]) and set(first["gt_types"]) == {"language", "time_series"}
-    bad = timekd_embed("inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "val",
+    bad = timekd_embed_in_process("inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "val",
                        "--window", "99999")
     assert bad.returncode == 1 and "--window 99999 is outside split val, which has 5247 windows" in bad.stderr
