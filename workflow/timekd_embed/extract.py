@@ -45,6 +45,7 @@ from .packing import Prompt, Trie, TrieBatch, batches, build_trie, distinct_bran
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
 from .settings import Settings
+from .shards import planned_windows
 from .store import read_metadata, read_tensors, sha256_file, write_json, write_tensors
 from .table import stamps
 from .windows import SplitWindows, read_windows
@@ -407,18 +408,6 @@ def packed_window(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelity
     return build_trie(groups), slots
 
 
-def window_range(n_windows: int, limit_windows: int | None) -> tuple[int, int]:
-    """The windows a job covers: [0, n_windows), cut at limit_windows when it is set.
-
-    Args:
-        n_windows: the split's windows at the horizon.
-        limit_windows: the config key limit_windows (None: no limit).
-    Returns:
-        (start, stop), start always 0.
-    """
-    return 0, n_windows if limit_windows is None else min(n_windows, limit_windows)
-
-
 @contextmanager
 def out_of_memory_hint(settings: Settings, devices: list[str], pred_lens: list[int] | None = None):
     """A device out of memory: the budget to lower, in one sentence instead of a CUDA stack dump.
@@ -491,7 +480,8 @@ def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str
     n_positions = load_config(settings.model, settings.revision).n_positions
     prompts, stops, longest = {}, {}, {}
     for P in pred_lens:
-        _, stops[P] = window_range(split_windows.n_windows(P), settings.limit_windows)
+        stops[P] = planned_windows(len(split_windows.rows), split_windows.meta["seq_len"], P,
+                                   settings.limit_windows)
         if stops[P] == 0:
             raise InputError(f"{windows_path}: split {settings.split} has no window of "
                              f"{split_windows.meta['seq_len']} + "

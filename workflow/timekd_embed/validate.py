@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .shards import planned_windows
 from .store import read_metadata, read_tensors, sha256_file
 from .windows import read_windows
 
@@ -71,9 +72,7 @@ def check_all(files: dict[tuple[int, str], str], windows_paths: dict[str, str], 
     report, reference = {}, None
     for (P, split), path in sorted(files.items()):
         split_windows = windows_by_split[split]
-        expected = split_windows.n_windows(P)
-        if limit_windows is not None:
-            expected = min(expected, limit_windows)
+        expected = planned_windows(len(split_windows.rows), split_windows.meta["seq_len"], P, limit_windows)
         result = check_file(path, expected, len(split_windows.variables), d_model)
         meta = result.pop("metadata")
         if meta.get("sca_sha256") != sca_sha:
