@@ -1,4 +1,4 @@
-"""Batches of windows -> teacher embeddings (uses prompts, packing, lm, sca, devices, store).
+"""Batches of windows -> teacher embeddings (uses prompts, packing, lm, sca, devices, shards, store).
 
 For each window and horizon: 2N prompts (GT and HD per variable) through the frozen GPT-2
 with the calibrated mask, the last real token's state kept, then the SCA over the variables:
