@@ -1,6 +1,7 @@
 """Extraction against the deliberately plain oracle (tests/plain_teacher.py) on real weather windows."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +199,17 @@ def test_the_prompts_of_the_first_windows_read_only_their_rows(small_windows, to
     for i in (0, 4):
         assert all(np.array_equal(a, b) for a, b in zip(first.window_ids(i).gt + first.window_ids(i).hd,
                                                         whole.window_ids(i).gt + whole.window_ids(i).hd))
+
+
+def test_a_job_hashes_the_weights_and_the_sca_once_whatever_its_horizons(small_windows, tiny_model_dir, sca_path,
+                                                                          tmp_path, monkeypatch):
+    # GPT-2 small's weights are 548 MB: a job over the five horizons once hashed them five times.
+    import timekd_embed.extract as extract
+    hashed = []
+    monkeypatch.setattr(extract, "sha256_file", lambda path: hashed.append(Path(path).name) or "0" * 64)
+    out = {P: (tmp_path / f"{P}.safetensors", tmp_path / f"{P}.json") for P in (24, 36, 48)}
+    extract_horizons(settings(tiny_model_dir, limit_windows=1), [24, 36, 48], small_windows["train"], sca_path, out)
+    assert sorted(hashed) == ["model.safetensors", "sca.safetensors"]
+    for P in out:
+        meta = read_tensors(out[P][0])[1]
+        assert meta["pred_len"] == str(P) and json.loads(meta["settings"])["pred_len"] == P

@@ -67,8 +67,8 @@ def test_the_extraction_runs_the_kept_blocks_and_records_them(tiny_model_dir, tm
                         device="cpu")
     teacher = load_teacher(settings, tmp_path / "sca.safetensors", devices=["cpu"])
     assert len(teacher.model.h) == 1
-    meta = provenance(settings, {"input_sha256": "0" * 64, "seq_len": 96, "variables": []},
-                      tmp_path / "sca.safetensors", teacher)
+    meta = provenance(settings, [P], {"input_sha256": "0" * 64, "seq_len": 96, "variables": []},
+                      tmp_path / "sca.safetensors", teacher)[P]
     assert meta["layers"] == 1 and meta["settings"]["layers"] == 1
 
 

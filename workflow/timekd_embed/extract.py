@@ -515,11 +515,10 @@ def extract_horizons(settings: Settings, pred_lens: list[int], windows_path: str
                                             split_windows.variables)
     wall = time.perf_counter() - began
 
-    every = {}
+    every, metadata_by_pred_len = {}, provenance(settings, pred_lens, split_windows.meta, sca_path, teacher)
     for P in pred_lens:
         range_start, range_stop = ranges[P]
-        own = dataclasses.replace(settings, pred_len=P)
-        metadata = provenance(own, split_windows.meta, sca_path, teacher) | {"window_range": [range_start, range_stop]}
+        metadata = metadata_by_pred_len[P] | {"window_range": [range_start, range_stop]}
         window_start = torch.arange(range_start, range_stop, dtype=torch.int64)
         write_tensors(outputs[P][0], {"embeddings": torch.from_numpy(embeddings[P]), "window_start": window_start},
                       metadata)
@@ -555,24 +554,27 @@ def split_prompts(tokenizer, split_windows: SplitWindows, settings: Settings, pr
                         pred_len, split_windows.meta["seq_len"], settings.template)
 
 
-def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, teacher: Teacher) -> dict:
-    """The metadata of an embeddings file: its inputs' hashes, settings and versions.
+def provenance(settings: Settings, pred_lens: list[int], windows_meta: dict, sca_path: str | Path,
+               teacher: Teacher) -> dict[int, dict]:
+    """The metadata of a job's embeddings files, one per horizon: their inputs' hashes, settings and
+    versions. The weights and the SCA are hashed once, however many horizons the job embeds.
 
     Args:
-        settings: the settings of the file's horizon.
+        settings: the job's settings (settings.pred_len is replaced by each P).
+        pred_lens: the horizons whose files the job writes.
         windows_meta: the windows file's metadata (input_sha256, seq_len, variables).
         sca_path: the SCA weights (hashed; their seed recorded).
         teacher: the loaded teacher (layers, devices, placement, the model's commit).
     Returns:
-        {key: JSON-able value}; "settings" holds the output-affecting settings (compared on reruns),
-        "runtime" the speed-only ones (for information).
+        P -> {key: JSON-able value}; "settings" holds the output-affecting settings (compared on
+        reruns), "runtime" the speed-only ones (for information).
     """
     import transformers
     weights = weights_file(settings.model, settings.revision)
     revision = getattr(teacher.model.config, "_commit_hash", None) or settings.revision
-    return {
+    shared = {
         "input_sha256": windows_meta["input_sha256"], "seq_len": windows_meta["seq_len"],
-        "pred_len": settings.pred_len, "split": settings.split, "dataset": settings.name,
+        "split": settings.split, "dataset": settings.name,
         "model": settings.model, "revision": revision or "", "weights_sha256": sha256_file(weights),
         "layers": len(teacher.model.h),
         "precision": settings.precision, "fidelity": settings.fidelity,
@@ -580,7 +582,9 @@ def provenance(settings: Settings, windows_meta: dict, sca_path: str | Path, tea
         "limit_windows": settings.limit_windows,
         "variables": windows_meta["variables"],
         "package": f"timekd-embed {__version__}", "torch": torch.__version__,
-        "transformers": transformers.__version__, "settings": settings.output_fields(),
+        "transformers": transformers.__version__,
         # speed only: for information, never compared (settings.py)
         "runtime": settings.runtime_fields() | {"devices": teacher.devices, "placement": teacher.placement},
     }
+    return {P: shared | {"pred_len": P, "settings": dataclasses.replace(settings, pred_len=P).output_fields()}
+            for P in pred_lens}
