@@ -7,6 +7,7 @@ of 12 tensors plus wte, wpe and ln_f's two: 28 tensors, counted by hand.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -86,6 +87,21 @@ def test_weights_that_are_not_the_configured_gpt2_are_one_sentence(case, base, s
         for fragment in fragments:
             assert fragment in sentence, (fragment, sentence)
         assert sentence.endswith("whose config.json belongs to its model.safetensors.")
+
+
+def test_a_truncated_weights_file_is_refused_by_the_header_check(base, tmp_path):
+    """An interrupted download or copy keeps the header and loses tensors: the check that reads only the
+    header must still see it (it used to pass, and the job failed later, at loading)."""
+    folder = tmp_path / "truncated"
+    shutil.copytree(base, folder)
+    weights = folder / "model.safetensors"
+    size = weights.stat().st_size
+    os.truncate(weights, size // 2)
+    with pytest.raises(InputError) as caught:
+        check_model(str(folder))
+    sentence = str(caught.value)
+    assert sentence.startswith(f"model folder {folder} (config key model.name_or_path), model.safetensors")
+    assert "truncated" in sentence and sentence.endswith("the model's own model.safetensors.")
 
 
 def test_the_attention_buffers_old_checkpoints_carry_are_tolerated(base, state, tmp_path):

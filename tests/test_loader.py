@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from timekd_embed import TeacherDataset, load_embeddings
 from timekd_embed.errors import InputError
-from timekd_embed.store import write_tensors
+from timekd_embed.store import read_metadata, write_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.windows import write_windows
 
@@ -73,9 +73,15 @@ def test_damaged_or_missing_files_are_one_sentence(results, tmp_path):
         load_embeddings(results, "toy", 96, "train")
     path = embeddings_file(results)
     data = path.read_bytes()
-    path.write_bytes(data[:-8])
-    with pytest.raises(InputError, match="does not fit the file .truncated or damaged.; delete it and rerun"):
-        load_embeddings(results, "toy", P, "train")
+    # A copy cut short, or with bytes after the tensors: its header alone (the metadata, the shape) looks fine.
+    for damaged in (data[:-8], data + b"\0" * 8):
+        path.write_bytes(damaged)
+        told = (rf"truncated or damaged safetensors file \(its header describes {len(data):,} bytes, the file has "
+                rf"{len(damaged):,}\); delete it and rerun")
+        with pytest.raises(InputError, match=told):
+            load_embeddings(results, "toy", P, "train")
+        with pytest.raises(InputError, match=told):
+            read_metadata(path)
     path.write_bytes(b"\xff" * 64)
     with pytest.raises(InputError, match="not a readable safetensors file .damaged header."):
         load_embeddings(results, "toy", P, "train")

@@ -223,9 +223,9 @@ def check_weights(name_or_path: str, revision: str | None, config: GPT2Config) -
     weights = weights_file(name_or_path, revision)
     try:
         found = _as_model_names(file_shapes(weights))
-    except (InputError, OSError, KeyError, TypeError):  # a damaged header, an unreadable file, entries without shapes
+    except (InputError, OSError, KeyError, TypeError):  # a damaged header or size, an unreadable file, no shapes
         raise InputError(f"{_where(name_or_path, revision, weights)} cannot be read as safetensors (damaged "
-                         "header); replace the file with the model's own model.safetensors.") from None
+                         "header, or truncated); replace the file with the model's own model.safetensors.") from None
     wanted = expected_shapes(config)
     reshaped = [(name, found[name], wanted[name]) for name in sorted(wanted.keys() & found.keys())
                 if found[name] != wanted[name] and not TOLERATED.fullmatch(name)]

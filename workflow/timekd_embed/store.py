@@ -207,7 +207,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
         plus "__metadata__"; each tensor's data_offsets count from data_start.
 
     Raises:
-        InputError: the file is missing or its header is damaged.
+        InputError: the file is missing, its header is damaged, or its size is not the one the
+            header describes (a truncated copy: the header survives, the tensors do not).
     """
     path = Path(path)
     try:
@@ -217,14 +218,18 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
             if not 0 < header_size <= _HEADER_LIMIT:
                 raise ValueError("bad header length")
             header = json.loads(stream.read(header_size))
+            size = os.fstat(stream.fileno()).st_size
+        # the format's rule: the tensors' data fills the rest of the file exactly
+        described = 8 + header_size + max((entry["data_offsets"][1] for name, entry in header.items()
+                                           if name != "__metadata__"), default=0)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found; run the workflow to create it.") from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError):
         raise InputError(f"{path}: not a readable safetensors file (damaged header); delete it and rerun "
                          "the workflow.") from None
-    if not isinstance(header, dict):
-        raise InputError(f"{path}: not a readable safetensors file (header is not a JSON object); delete it and "
-                         "rerun the workflow.")
+    if described != size:
+        raise InputError(f"{path}: truncated or damaged safetensors file (its header describes {described:,} "
+                         f"bytes, the file has {size:,}); delete it and rerun the workflow.")
     return header, 8 + header_size
 
 
