@@ -32,7 +32,7 @@ from safetensors import safe_open
 from .devices import peak_memory, resolve_devices, token_budget
 from .errors import InputError
 from .extract import Teacher, _model_inputs, check_context, embed_windows, load_teacher, save_sca
-from .lm import NonFiniteState, first_block_attention, last_token_states, load_config, load_tokenizer, weights_file
+from .lm import NonFiniteState, check_model, first_block_attention, last_token_states, weights_file
 from .packing import TrieBatch
 from .parity import compare, sample_windows
 from .prompts import SplitPrompts
@@ -519,14 +519,14 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
     if failures:
         return
     name, revision = config["model"]["name_or_path"], config["model"]["revision"]
-    tokenizer = load_tokenizer(name, revision)
-    n_positions = load_config(name, revision).n_positions
-    horizons = load_horizons(config, tokenizer, n_positions, n_windows)
-    report["context"] = n_positions
+    # The model's files first (headers only): a damaged download fails in a second, before every
+    # split of every horizon is tokenized.
+    model_config, tokenizer = check_model(name, revision)
+    horizons = load_horizons(config, tokenizer, model_config.n_positions, n_windows)
+    report["context"] = model_config.n_positions
     sca_path = tmp / "sca.safetensors"
     settings = Settings.from_config(config, horizons[0].pred_len, config["splits"][0])
-    d_model = load_config(name, revision).n_embd
-    save_sca(sca_path, horizons[0].prompts.n_vars, d_model, config["seed"])
+    save_sca(sca_path, horizons[0].prompts.n_vars, model_config.n_embd, config["seed"])
 
     teacher = load_teacher(settings, sca_path, devices=devices, device_map=device_map)
     budget = settings.batch_tokens or token_budget(teacher.devices)
