@@ -8,8 +8,6 @@ import os
 import sys
 from contextlib import contextmanager
 
-import torch
-
 from .errors import InputError
 from .leases import DEFAULT_LOCK_DIR, lease_gpus
 
@@ -36,6 +34,8 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
     if threads:
+        import torch  # here, not above: jobs that never compute (windows, manifest, downloads) start 1 s sooner
+
         torch.set_num_threads(threads)
     if gpus:
         lease_gpus(gpus, os.environ.get("TIMEKD_GPU_LOCK_DIR", DEFAULT_LOCK_DIR))  # held until the process ends
