@@ -17,19 +17,16 @@ import torch
 
 from benchmarks.common import (
     BASELINE_P,
-    DATASET,
     FIDELITY,
     ROOFLINE_SIZE_NEARBY,
     ROOT,
-    SEQ_LEN,
     devices_for,
+    first_window_prompts,
     matmul_roofline,
     peak_rss_bytes,
     progress,
     settings_for,
-    spread_windows,
     synchronize,
-    train_split,
     warm_up,
 )
 
@@ -84,11 +81,8 @@ def run_baseline(args) -> dict:
     """The published way on one window at P = BASELINE_P, then embed_windows on the same window in
     the same process: a side-by-side ratio and a cross-check of the two results."""
     from timekd_embed.lm import load_tokenizer
-    from timekd_embed.prompts import SplitPrompts
-    _, raw, stamps = train_split(args.csv)
     tokenizer = load_tokenizer(str(args.workdir / "model"))
-    prompts = SplitPrompts(tokenizer, raw, stamps, DATASET, BASELINE_P, SEQ_LEN)
-    window = int(spread_windows(prompts.n_windows, args.windows)[0])   # the horizon run's first window
+    window, prompts = first_window_prompts(args, tokenizer, BASELINE_P)
     result, published = time_published(args, tokenizer, prompts, window)
     ours = time_embed_one(args, prompts, window)
     result.update({key: value for key, value in ours.items() if key != "embeddings"})

@@ -25,6 +25,7 @@ from benchmarks.common import (
     SPLIT,
     count_model_tokens,
     devices_for,
+    first_window_prompts,
     issued_matmul_flops,
     matmul_roofline,
     naive_flops,
@@ -215,11 +216,8 @@ def run_savings(args) -> dict:
     from timekd_embed.extract import window_prompts
     from timekd_embed.lm import DTYPES, load_lm, load_tokenizer
     from timekd_embed.packing import build_trie, distinct_branches
-    from timekd_embed.prompts import SplitPrompts
-    _, raw, stamps = train_split(args.csv)
     model_dir = args.workdir / "model"
-    prompts = SplitPrompts(load_tokenizer(str(model_dir)), raw, stamps, DATASET, BASELINE_P, SEQ_LEN)
-    window = int(spread_windows(prompts.n_windows, args.windows)[0])
+    window, prompts = first_window_prompts(args, load_tokenizer(str(model_dir)), BASELINE_P)
     groups, _ = window_prompts({BASELINE_P: prompts}, window, FIDELITY)       # per variable [GT, HD]
     every = [prompt for group in groups for prompt in group]                   # GT, HD alternating
     published_gelu = GPT2Model.from_pretrained(model_dir, dtype=DTYPES[args.precision]).to(args.device).eval()
