@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+import forked_cli
 from conftest import ROOT, WEATHER_CSV
 
 BIN = Path(sys.executable).parent
@@ -25,17 +26,31 @@ FINAL_RULES = ("all", "manifest")  # they rerun whenever anything does
 
 
 def snakemake(workdir: Path, config: dict | None, *args: str, configfile: str = "config.yaml", env: dict | None = None,
-              umask: int | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+              umask: int | None = None, timeout: int = 900, fresh: bool = False) -> subprocess.CompletedProcess:
     """This checkout's Snakefile run by the real CLI in `workdir` with the config file `workdir/configfile`.
 
     `config` is written there first; None runs the file as it is. `umask` is set in the child.
+    `fresh`: the installed `snakemake` script in a new interpreter, exactly as users type it (the
+    shared end-to-end runs); otherwise the same entry point forked from a server that imported
+    Snakemake once (forked_cli), a second faster per call.
     """
     configfile = workdir / configfile
     if config is not None:
         configfile.write_text(yaml.safe_dump(config))
     # The arguments first: --configfile takes every word after it up to the next option.
-    return subprocess.run(SNAKEMAKE + [*args, "-d", str(workdir), "--configfile", str(configfile)],
-                          capture_output=True, text=True, timeout=timeout, env=os.environ | (env or {}),
+    return snakemake_command([*args, "-d", str(workdir), "--configfile", str(configfile)], env=env, umask=umask,
+                             timeout=timeout, fresh=fresh, snakefile=ROOT / "Snakefile")
+
+
+def snakemake_command(args: list[str], cwd: Path | None = None, env: dict | None = None, umask: int | None = None,
+                      timeout: int = 900, fresh: bool = False, snakefile: Path | None = None
+                      ) -> subprocess.CompletedProcess:
+    """`snakemake ARGS` in `cwd` (with `-s snakefile` first when given), captured as text; see snakemake()."""
+    argv = [str(BIN / "snakemake"), *(["-s", str(snakefile)] if snakefile else []), *args]
+    environment = os.environ | (env or {})
+    if not fresh:
+        return forked_cli.run(argv, cwd or Path.cwd(), environment, umask=umask, timeout=timeout)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=environment, cwd=cwd,
                           preexec_fn=None if umask is None else functools.partial(os.umask, umask))
 
 

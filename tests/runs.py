@@ -1,7 +1,7 @@
 """The real pipeline runs that several test modules share, each made once per session: one
 uninterrupted run of rule all, and the same config stopped by Ctrl-C and kill -9, then resumed.
 
-test_workflow, test_manifest, test_faults, test_validate and test_export read them; under
+test_workflow, test_manifest, test_faults, test_validate, test_export and test_reruns read them; under
 pytest-xdist they run on one worker (conftest.SHARED_RUNS), so that each run is made once.
 Each run has a folder of its own with weather.csv and a tiny GPT-2 copied into resources/:
 the config's paths are relative, so a copy of the folder elsewhere uses the same config.
@@ -48,7 +48,7 @@ def uninterrupted_run(factory, model_dir: Path, weather_csv: Path) -> Path:
     other cores gets other torch threads, which sum floats in another order."""
     if "uninterrupted" not in _MADE:
         work = new_work(factory.mktemp("uninterrupted"), model_dir, weather_csv)
-        run = snakemake(work, None, "--cores", "1", env=OFFLINE, umask=0o027)
+        run = snakemake(work, None, "--cores", "1", env=OFFLINE, umask=0o027, fresh=True)
         assert run.returncode == 0, run.stderr[-3000:]
         _MADE["uninterrupted"] = work
     return _MADE["uninterrupted"]
@@ -130,7 +130,7 @@ def resumed_run(factory, model_dir: Path, weather_csv: Path) -> dict:
                        "shards": {p.relative_to(shards).as_posix(): read_tensors(p)[0]["window_start"].tolist()
                                   for p in shards.glob("*/train.shards/*.safetensors")}}
 
-    seen["unlock"] = snakemake(work, None, "--unlock")
-    seen["rerun"] = snakemake(work, None, "--cores", "1", env=OFFLINE)
+    seen["unlock"] = snakemake(work, None, "--unlock", fresh=True)
+    seen["rerun"] = snakemake(work, None, "--cores", "1", env=OFFLINE, fresh=True)
     _MADE["resumed"] = seen
     return seen

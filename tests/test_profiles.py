@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 from types import SimpleNamespace
 
 import pytest
 
 from conftest import ROOT, WEATHER_CSV
-from helpers import BIN
+from helpers import snakemake_command
 
 
 def dry_run(tmp_path, profile: str, *extra: str, targets: tuple[str, ...] = ()) -> str:
     config = tmp_path / "config.yaml"
     config.write_text(f"dataset: {{name: weather, csv: {WEATHER_CSV}}}\npred_lens: [24]\n")
-    result = subprocess.run([str(BIN / "snakemake"), *targets, "-n", "--profile", str(ROOT / "profiles" / profile),
-                             "--configfile", str(config), *extra],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = snakemake_command([*targets, "-n", "--profile", str(ROOT / "profiles" / profile),
+                                "--configfile", str(config), *extra], cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 

@@ -1,7 +1,8 @@
 """What reruns, with the real snakemake CLI: content decides, timestamps alone never do.
 
-Each case runs in a copy of the project's files (new timestamps, like a fresh clone), on
-real weather rows and a tiny random GPT-2 with the real tokenizer.
+Each case runs in a copy of the project's files (new timestamps, like a fresh clone) that
+received the results of the shared uninterrupted run (tests/runs.py: real weather.csv, a tiny
+random GPT-2 with the real tokenizer) as README "Copying results" says.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from conftest import ROOT, WEATHER_CSV, make_model_dir
-from helpers import BIN, planned_jobs, weather_rows
+from conftest import ROOT, make_model_dir
+from helpers import planned_jobs, snakemake_command, weather_rows
+from runs import MODEL, uninterrupted_run
 
-# fp32 runs have no parity job (nothing to compare with fp32).
-EVERY_JOB = {"windows": 1, "sca": 1, "extract": 2, "gather": 1, "validate": 1}
+# RUN_CONFIG's jobs: two horizons, two ranges each; fp32 runs have no parity job.
+EVERY_JOB = {"windows": 1, "sca": 1, "extract": 4, "gather": 2, "validate": 1}
 
 
 def fresh_copy(target: Path) -> Path:
@@ -36,11 +38,17 @@ def fresh_copy(target: Path) -> Path:
     return target
 
 
+def receive(run: Path, project: Path, *folders: str) -> None:
+    """README "Copying results": `folders` of `run` and its .snakemake/metadata, times kept (cp -a)."""
+    for folder in (*folders, ".snakemake/metadata"):
+        (project / folder).mkdir(parents=True, exist_ok=True)    # a clone has results/ and resources/ already
+        subprocess.run(["cp", "-a", f"{run / folder}/.", str(project / folder)], check=True)
+
+
 def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
     """The plain command in `project`: its own Snakefile, so its own profiles/default applies."""
-    return subprocess.run([str(BIN / "snakemake"), *args, "-s", str(project / "Snakefile"), "-d", str(project),
-                           "--configfile", str(project / "config.yaml"), "--cores", "2", "--resources", "gpu=2"],
-                          capture_output=True, text=True, timeout=900)
+    return snakemake_command([*args, "-d", str(project), "--configfile", str(project / "config.yaml"),
+                              "--cores", "2", "--resources", "gpu=2"], snakefile=project / "Snakefile")
 
 
 def planned(project: Path) -> dict[str, int]:
@@ -51,22 +59,17 @@ def planned(project: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, weather_csv):
-    """A complete small run in a fresh copy: weather.csv, P = 24, train, 2 windows in 2 ranges."""
+def finished(tmp_path_factory, tiny_model_dir, weather_csv):
+    """A fresh copy that received the finished uninterrupted run: its results, its resources (all of
+    weather.csv, 7.2 MB: above the 1 MB up to which Snakemake compares inputs by checksum itself,
+    and the model folder) and its config."""
+    run = uninterrupted_run(tmp_path_factory, tiny_model_dir, weather_csv)
     base = tmp_path_factory.mktemp("reruns")
     project = fresh_copy(base / "a")
-    model = make_model_dir(base / "model")
-    # All of weather.csv (7.2 MB): above the 1 MB up to which Snakemake compares inputs by checksum itself.
-    (project / "resources").mkdir(exist_ok=True)
-    shutil.copyfile(WEATHER_CSV, project / "resources" / "weather.csv")
-    config = {"dataset": {"name": "weather", "csv": "resources/weather.csv"}, "pred_lens": [24],
-              "splits": ["train"], "model": {"name_or_path": str(model)}, "precision": "fp32",
-              "limit_windows": 2, "shard_windows": 1, "parity": {"windows": 1, "min_cosine": 0.99}}
-    (project / "config.yaml").write_text(yaml.safe_dump(config))
-    run = snakemake(project)
-    assert run.returncode == 0, run.stderr[-3000:]
+    receive(run, project, "results", "resources")
+    shutil.copy(run / "config.yaml", project / "config.yaml")
     assert planned(project) == {}
-    return base, project, model
+    return base, project, project / MODEL
 
 
 def test_touching_the_csv_and_the_model_plans_nothing(finished):
@@ -88,10 +91,7 @@ def test_a_fresh_clone_that_receives_the_results_plans_nothing(finished):
     base, project, _ = finished
     clone = fresh_copy(base / "b")                       # every file of the workflow newer than the results
     shutil.copy(project / "config.yaml", clone / "config.yaml")
-    # README "Copying results": results/ and .snakemake/metadata, times kept (rsync -a, cp -a).
-    (clone / ".snakemake").mkdir()
-    subprocess.run(["cp", "-a", str(project / "results" / "weather"), str(clone / "results")], check=True)
-    subprocess.run(["cp", "-a", str(project / ".snakemake" / "metadata"), str(clone / ".snakemake")], check=True)
+    receive(project, clone, "results/weather", MODEL)    # the model folder goes along (README)
     assert planned(clone) == {}                          # without the CSV: the windows files stand in
     shutil.copyfile(project / "resources" / "weather.csv", clone / "resources" / "weather.csv")  # new time
     assert planned(clone) == {}
@@ -120,7 +120,7 @@ def test_other_weights_in_the_model_folder_plan_the_extraction_onward(finished):
     other = make_model_dir(base / "other-model", seed=1)  # same shape, other values
     shutil.copyfile(other / "model.safetensors", weights)
     try:
-        assert planned(project) == {"extract": 2, "gather": 1, "validate": 1}
+        assert planned(project) == {"extract": 4, "gather": 2, "validate": 1}
     finally:
         weights.write_bytes(original)
     assert planned(project) == {}
@@ -132,7 +132,7 @@ def test_another_width_plans_the_sca_too(finished):
     wider = make_model_dir(base / "wider-model", n_embd=128)
     (project / "config.yaml").write_text(yaml.safe_dump(config | {"model": {"name_or_path": str(wider)}}))
     try:
-        assert planned(project) == {"sca": 1, "extract": 2, "gather": 1, "validate": 1}
+        assert planned(project) == {"sca": 1, "extract": 4, "gather": 2, "validate": 1}
     finally:
         (project / "config.yaml").write_text(yaml.safe_dump(config))
 
