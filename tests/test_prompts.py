@@ -1,11 +1,14 @@
 """Prompts, token ids and token types, against the spec worked by hand (sections 2, 3, 7)."""
 
+import copy
+
 import numpy as np
 import pytest
 
 from timekd_embed.errors import InputError
 from timekd_embed.prompts import (
     TEMPLATES,
+    SplitPrompts,
     prompt_texts,
     stamp_text,
     template_key,
@@ -81,6 +84,19 @@ def test_assembled_ids_equal_the_tokenizer(train_prompts, tokenizer, name, P):
             assert ids.gt[c].tolist() == want_gt and ids.hd[c].tolist() == want_hd, (i, c)
             assert (gt_len[i, c], hd_len[i, c]) == (len(want_gt), len(want_hd))
     assert "-9999" in prompts.window_texts(7244 - 100)[20][0]
+
+
+def test_a_tokenizer_set_to_truncate_still_gives_the_tokenizers_ids(train_split, tokenizer):
+    """SplitPrompts tokenizes its pieces through the fast tokenizer's backend; a backend left set to
+    truncate (8 tokens here) must not cut them: the ids stay those the tokenizer call gives."""
+    _, raw, stamps = train_split
+    truncating = copy.deepcopy(tokenizer)
+    truncating.backend_tokenizer.enable_truncation(max_length=8)
+    prompts = SplitPrompts(truncating, raw[:130], stamps[:130], "weather", 24)   # 11 windows
+    gt, hd = prompts.window_texts(10)[0]
+    assert prompts.window_ids(10).gt[0].tolist() == tokenizer(gt)["input_ids"]
+    assert prompts.window_ids(10).hd[0].tolist() == tokenizer(hd)["input_ids"]
+    assert len(tokenizer(hd)["input_ids"]) > 200
 
 
 def test_prompt_lengths_match_the_spec(train_prompts):

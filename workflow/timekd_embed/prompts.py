@@ -15,6 +15,7 @@ Two ways to the same token ids:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,19 +143,43 @@ def time_series_flags(ids: np.ndarray, open_id: int, close_id: int) -> np.ndarra
     return opens | closes | open_before
 
 
-class _Pieces:
-    """Token ids of many short texts, tokenized once each and stored flat."""
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's ids without special tokens, from the fast tokenizer's Rust backend when it neither
+    truncates nor pads (the Python wrapper's per-text conversion was half of a split's prompt
+    building); SplitPrompts checks the result against the tokenizer itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation or backend.padding:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
 
-    def __init__(self, tokenizer, texts: list[str]):
-        distinct = list(dict.fromkeys(texts))
-        encoded = tokenizer(distinct, add_special_tokens=False)["input_ids"]
-        index = {text: position for position, text in enumerate(distinct)}
-        which = np.fromiter((index[text] for text in texts), dtype=np.int64, count=len(texts))
-        lens = np.array([len(piece_ids) for piece_ids in encoded], dtype=np.int64)[which]
+
+class _Pieces:
+    """Token ids of many short texts, each distinct text tokenized once, stored flat.
+
+    Args:
+        tokenizer: the GPT-2 tokenizer.
+        distinct: the distinct texts.
+        which: (n,) int64, the piece at each position as an index into `distinct`.
+    """
+
+    def __init__(self, tokenizer, distinct: list[str], which: np.ndarray):
+        encoded = _token_ids(tokenizer, distinct)
+        distinct_lens = np.array([len(piece_ids) for piece_ids in encoded], dtype=np.int64)
+        distinct_flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64,
+                                    count=int(distinct_lens.sum()))
+        distinct_starts = np.cumsum(distinct_lens) - distinct_lens
+        lens = distinct_lens[which]
         self.offsets = np.concatenate([[0], np.cumsum(lens)])  # (n + 1,)
-        flat = [encoded[position] for position in which]
-        self.flat = np.fromiter((token for piece_ids in flat for token in piece_ids), dtype=np.int64,
-                                count=int(self.offsets[-1]))
+        # each position's ids copied from its distinct text's, in one gather
+        self.flat = distinct_flat[np.repeat(distinct_starts[which] - self.offsets[:-1], lens)
+                                  + np.arange(self.offsets[-1])]
+
+    @classmethod
+    def of_texts(cls, tokenizer, texts: list[str]) -> _Pieces:
+        """The pieces `texts`, in order."""
+        index = {text: position for position, text in enumerate(dict.fromkeys(texts))}
+        return cls(tokenizer, list(index), np.fromiter((index[text] for text in texts), dtype=np.int64,
+                                                       count=len(texts)))
 
     def span(self, start: int, stop: int) -> np.ndarray:
         """Ids of pieces start..stop-1 concatenated: (tokens,) int64, a view."""
@@ -197,8 +222,8 @@ class SplitPrompts:
         mid, close = gt_rest.split(f" <{FUTURE}")  # close is the final ">"
         hd_tail = hd.split(f" <{VALUES}")[1]
         stamps_text = [stamp_text(stamp, dataset_name) for stamp in stamps]
-        self._head_a = _Pieces(tokenizer, [head_a.replace("t1", stamp) for stamp in stamps_text])  # per row: as t1
-        self._head_b = _Pieces(tokenizer, [f" to <{stamp}>{head_b}" for stamp in stamps_text])  # per row: as t2
+        self._head_a = _Pieces.of_texts(tokenizer, [head_a.replace("t1", stamp) for stamp in stamps_text])  # as t1
+        self._head_b = _Pieces.of_texts(tokenizer, [f" to <{stamp}>{head_b}" for stamp in stamps_text])  # as t2
 
         def encode(text: str) -> np.ndarray:
             """The text's token ids: (tokens,) int64."""
@@ -206,10 +231,14 @@ class SplitPrompts:
             return np.array(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
 
         self._gt_mid, self._hd_tail, self._close = encode(mid), encode(hd_tail), encode(close)
-        # Per variable: each row's value as the first of a list (" <v") and as a later one (", v").
-        cells = [[value_text(value) for value in raw[:, variable]] for variable in range(n_vars)]
-        self._first = [_Pieces(tokenizer, [" <" + text for text in column]) for column in cells]
-        self._later = [_Pieces(tokenizer, [", " + text for text in column]) for column in cells]
+        # Per variable: each row's value as the first of a list (" <v") and as a later one (", v"),
+        # from the column's distinct truncated values (value_text truncates; -0.0 and 0.0 are one).
+        self._first, self._later = [], []
+        for variable in range(n_vars):
+            values, which = np.unique(np.trunc(raw[:, variable]), return_inverse=True)
+            texts = [value_text(value) for value in values]
+            self._first.append(_Pieces(tokenizer, [" <" + text for text in texts], which.reshape(-1)))
+            self._later.append(_Pieces(tokenizer, [", " + text for text in texts], which.reshape(-1)))
         self._check_against_tokenizer()
 
     # -- ids ---------------------------------------------------------------------------
