@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from helpers import modes_against_umask, planned_jobs, snakemake, timekd_embed, timekd_embed_in_process, weather_config
+from helpers import modes_against_umask, planned_jobs, snakemake, timekd_embed_in_process, weather_config
 from runs import EMBEDDINGS, OFFLINE, RUN_CONFIG, new_work, uninterrupted_run
 
 
@@ -146,8 +146,9 @@ def test_shared_and_separate_horizons_give_the_same_files(e2e, tmp_path, weather
 def test_inspect_prints_what_the_teacher_reads(tmp_path, weather_csv, tiny_model_dir):
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(weather_config(model={"name_or_path": str(tiny_model_dir)})))
-    shown = timekd_embed("inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "train",
-                         "--window", "0")
+    # through cli.main in this process; tests/test_cli.py runs the installed command
+    shown = timekd_embed_in_process("inspect", "--configfile", str(configfile), "--pred-len", "24", "--split",
+                                    "train", "--window", "0")
     assert shown.returncode == 0, shown.stderr
     variables = json.loads(shown.stdout)
     assert len(variables) == 21 and variables[0]["variable"] == "p (mbar)" and variables[-1]["variable"] == "OT"
@@ -156,5 +157,5 @@ def test_inspect_prints_what_the_teacher_reads(tmp_path, weather_csv, tiny_model
     assert first["hd_prompt"].endswith("every hour. Forecast the values for the next <24> hours")
     assert len(first["gt_ids"]) == len(first["gt_types"]) and set(first["gt_types"]) == {"language", "time_series"}
     bad = timekd_embed_in_process("inspect", "--configfile", str(configfile), "--pred-len", "24", "--split", "val",
-                       "--window", "99999")
+                                  "--window", "99999")
     assert bad.returncode == 1 and "--window 99999 is outside split val, which has 5247 windows" in bad.stderr
