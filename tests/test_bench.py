@@ -1,21 +1,48 @@
-"""`make bench`'s workers (benchmarks/workers.py, benchmarks/baseline.py) on a tiny model, each in a fresh
-interpreter as benchmarks/run.py spawns them: every step runs, and the figures that are exact (model
-positions, prompt lengths, the differences between paths that compute the same function) are checked."""
+"""`make bench`'s workers (benchmarks/workers.py, benchmarks/baseline.py) on a tiny model: every step
+runs, and the figures that are exact (model positions, prompt lengths, the differences between paths
+that compute the same function) are checked. The whole-job worker runs in a fresh interpreter, as
+benchmarks/run.py spawns every worker (what the parent passes it is checked); the others run the same
+`worker_main` in this process, sparing an interpreter's imports each."""
+
+import contextlib
+import json
+import logging
 
 import pytest
+from transformers.utils import logging as hf_logging
 
 from benchmarks.run import main, parse_args, spawn
-from benchmarks.workers import SAVINGS_ROUNDS, TIMED_REPEATS, WHOLE_ROUNDS
+from benchmarks.workers import SAVINGS_ROUNDS, TIMED_REPEATS, WHOLE_ROUNDS, worker_main
 from conftest import TOKENIZER_DIR, make_model_dir
 from timekd_embed.extract import save_sca
 
 
-def worker(monkeypatch, tmp_path, weather_csv, name: str, *options: str, probe: bool = False) -> dict:
-    """Run one worker the way `make bench`'s parent does (run.spawn: a fresh `python -m benchmarks.run
-    --worker NAME`), from another folder than the repository root; its JSON."""
-    args = parse_args(["--csv", str(weather_csv), "--tokenizer", str(TOKENIZER_DIR), "--device", "cpu", *options])
+@contextlib.contextmanager
+def library_logging_kept():
+    """worker_main quiets the package's logger and transformers' for its own process; this one goes on."""
+    package = logging.getLogger("timekd_embed")
+    level, verbosity, bars = package.level, hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    try:
+        yield
+    finally:
+        package.setLevel(level)
+        hf_logging.set_verbosity(verbosity)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+
+
+def worker(monkeypatch, tmp_path, weather_csv, name: str, *options: str, probe: bool = False,
+           fresh: bool = False) -> dict:
+    """One worker with the options `make bench`'s parent gives it, from another folder than the
+    repository root; its JSON. `fresh`: through run.spawn (`python -m benchmarks.run --worker NAME`)."""
+    common = ["--csv", str(weather_csv), "--tokenizer", str(TOKENIZER_DIR), "--device", "cpu", *options]
     monkeypatch.chdir(tmp_path)
-    return spawn(args, name, tmp_path, 24, probe=probe)
+    if fresh:
+        return spawn(parse_args(common), name, tmp_path, 24, probe=probe)
+    args = parse_args([*common, "--worker", name, "--pred-len", "24", "--workdir", str(tmp_path)]
+                      + (["--memory-probe"] if probe else []))
+    with library_logging_kept():
+        worker_main(args)
+    return json.loads((tmp_path / f"{name}_P24.json").read_text())
 
 
 def tiny_teacher(tmp_path) -> None:
@@ -38,7 +65,8 @@ def test_each_exact_saving_runs_fewer_positions_and_equals_the_plain_path(monkey
 def test_the_whole_job_runs_fewer_positions_with_the_trie_and_agrees(monkeypatch, tmp_path, weather_csv):
     tiny_teacher(tmp_path)
     # The parent's --pred-lens and --whole-windows reach the worker (spawn once left --pred-lens out: all five ran).
-    whole = worker(monkeypatch, tmp_path, weather_csv, "whole", "--pred-lens", "24", "96", "--whole-windows", "2")
+    whole = worker(monkeypatch, tmp_path, weather_csv, "whole", "--pred-lens", "24", "96", "--whole-windows", "2",
+                   fresh=True)
     assert len(whole["windows"]) == 2 and whole["pred_lens"] == [24, 96]
     assert whole["positions_ratio"] > 1.3 and whole["max_abs_diff"] < 1e-5 and whole["max_abs_diff_states"] < 1e-5
     # the rounding floor: one job per horizon against itself at a quarter of the budget
