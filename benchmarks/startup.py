@@ -62,7 +62,8 @@ def main() -> None:
     from transformers import GPT2Config, GPT2Model
 
     from timekd_embed.extract import save_sca
-    from timekd_embed.windows import load_csv, write_windows
+    from timekd_embed.table import load_csv
+    from timekd_embed.windows import write_windows
 
     work = Path(tempfile.mkdtemp(prefix="startup-"))
     try:
@@ -72,7 +73,7 @@ def main() -> None:
         for name in ("vocab.json", "merges.txt"):
             shutil.copy(Path(args.tokenizer) / name, model / name)
         windows_paths = {split: str(work / f"{split}.parquet") for split in ("train", "val", "test")}
-        write_windows(load_csv(args.csv), "custom", 96, [args.pred_len], windows_paths)
+        write_windows(load_csv(args.csv, target="OT", layout="custom"), "custom", 96, [args.pred_len], windows_paths)
         save_sca(work / "sca.safetensors", 21, 768, seed=2024)
         runs = []
         for _ in range(args.repeats):
