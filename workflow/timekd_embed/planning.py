@@ -28,13 +28,11 @@ GPU_WINDOWS_PER_S = {24: 200.0, 192: 60.0}
 CPU_FP16_SLOWDOWN = 6.0
 REFERENCE_VARIABLES = 21
 REFERENCE_DIMS = (12, 768)
-# Fixed start-up of one extraction job: python + imports 7-8 s, the train split's prompts 4.6-7.4 s,
-# the weights 0.2-0.4 s; 11.9-16.0 s in all (benchmarks/startup.py, 3 fresh processes, P = 24, 2-core
-# AMD EPYC at load 3.7). The slowest is used.
-STARTUP_S = 16.0
-# Work per job that `shard_windows: auto` aims at: start-up stays under 10% of it while it runs at
-# least 9 x STARTUP_S = 144 s, and an interruption loses at most 10 minutes while the real rate is
-# no more than 2x slower than the figures above.
+# Work per job that `shard_windows: auto` aims at. An extraction job's fixed start-up (python and
+# imports, the split's prompts, the weights; benchmarks/startup.py, config/README.md) measured
+# 11.9-16.0 s on a 2-core AMD EPYC at load 3.7, 5.7-5.9 s at load 1.4-1.7 since prompts build faster:
+# it stays under 10% of a job that runs at least 9 x 16 s = 144 s, and an interruption loses at most
+# 10 minutes while the real rate is no more than 2x slower than the figures above.
 JOB_SECONDS = 300.0
 # `auto` plans at most this many extraction jobs per split (per horizon and split without
 # share_horizons): Snakemake plans thousands of jobs slowly (the default config on a CPU, fp16 at
