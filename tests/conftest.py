@@ -92,8 +92,8 @@ SHARED_RUNS = dict.fromkeys(["tests/test_export.py", "tests/test_faults.py", "te
 # The longest units start first, each on the next free worker, the rest after them: left to
 # xdist's order (most tests first), the demo once queued behind the shared runs' 150 worker-
 # seconds on one worker while the other idled. Measured worker-seconds here: the shared runs'
-# modules 150, test_demo 46, test_bench 39; no other module above 20.
-LONGEST_FIRST = ["tests/runs.py", "tests/test_demo.py", "tests/test_bench.py"]
+# modules about 150, test_demo about 50; no other module above 25.
+LONGEST_FIRST = ["tests/runs.py", "tests/test_demo.py"]
 
 
 @pytest.hookimpl(optionalhook=True)
