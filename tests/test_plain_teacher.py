@@ -152,21 +152,18 @@ def test_prompts_etth1_hourly_stamps():
     ]
 
 
-def test_prompts_weather_capitalised_and_exchange():
-    weather = plain_prompts(TINY_X, TINY_Y, TINY_STAMPS, 2, "Weather")
-    assert weather[1] == (
-        "From <31/12/2019 23:50> to <01/01/2020 00:10>, the values were <-2, 0, 11> every 10 minutes. "
-        "The values for the next <2> minutes are <0, 5>",
-        "From <31/12/2019 23:50> to <01/01/2020 00:10>, the values were <-2, 0, 11> every 10 minutes. "
-        "Forecast the values for the next <2> minutes",
-    )
-    exchange = plain_prompts(TINY_X, TINY_Y, TINY_STAMPS, 2, "Exchange")
-    assert exchange[0] == (
-        "From <31/12/2019 23:50> to <01/01/2020 00:10>, the exchange rates were <1008, 1008, 1009> every day. "
-        "The rates for the next <2> days are <1007, 1010>",
-        "From <31/12/2019 23:50> to <01/01/2020 00:10>, the exchange rates were <1008, 1008, 1009> every day. "
-        "Forecast the rates for the next <2> days",
-    )
+@pytest.mark.parametrize("name, variable, expected", [
+    ("Weather", 1, ("From <31/12/2019 23:50> to <01/01/2020 00:10>, the values were <-2, 0, 11> every 10 minutes. "
+                    "The values for the next <2> minutes are <0, 5>",
+                    "From <31/12/2019 23:50> to <01/01/2020 00:10>, the values were <-2, 0, 11> every 10 minutes. "
+                    "Forecast the values for the next <2> minutes")),
+    ("Exchange", 0, ("From <31/12/2019 23:50> to <01/01/2020 00:10>, the exchange rates were <1008, 1008, 1009> "
+                     "every day. The rates for the next <2> days are <1007, 1010>",
+                     "From <31/12/2019 23:50> to <01/01/2020 00:10>, the exchange rates were <1008, 1008, 1009> "
+                     "every day. Forecast the rates for the next <2> days")),
+])
+def test_prompts_weather_capitalised_and_exchange(name, variable, expected):
+    assert plain_prompts(TINY_X, TINY_Y, TINY_STAMPS, 2, name)[variable] == expected
 
 
 def _weather_head(n_rows: int):
