@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from transformers import GPT2TokenizerFast
 
 # Under pytest-xdist the workers already fill the cores: each worker, and each process it starts
 # without threads of its own (a job sets its own), computes on one thread. Two threads per worker
 # on 2 cores oversubscribed them: one oracle test took 23 s instead of 3.5 s, the suite 305 s
-# instead of 265 s. Set before torch is imported.
+# instead of 265 s. Set before torch is imported; torch, transformers and pandas are imported where
+# used, so that xdist's controller, which runs no test, starts without them (3 s).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -44,11 +46,16 @@ def weather_csv() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer() -> GPT2TokenizerFast:
+    from transformers import GPT2TokenizerFast
+
     return GPT2TokenizerFast.from_pretrained(need(TOKENIZER_DIR))
 
 
 def make_model_dir(path: Path, n_layer=2, n_embd=64, n_head=4, n_positions=1024, seed=0) -> Path:
     """A GPT-2 folder as users have it (config.json, model.safetensors, vocab.json, merges.txt)."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
     torch.manual_seed(seed)
     config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions, vocab_size=50257)
     GPT2Model(config).save_pretrained(path, safe_serialization=True)
@@ -65,6 +72,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def train_split(weather_csv):
     """Variables, raw values (R, N) and stamps (R, 6) of the weather train split."""
+    import pandas as pd
+
     df = pd.read_csv(weather_csv, nrows=TRAIN_ROWS)
     from timekd_embed.table import stamps
     return df.columns[1:].tolist(), df.iloc[:, 1:].to_numpy(), stamps(pd.to_datetime(df["date"]))
