@@ -215,17 +215,17 @@ def run_savings(args) -> dict:
 
     from timekd_embed.extract import window_prompts
     from timekd_embed.lm import DTYPES, load_lm, load_tokenizer
-    from timekd_embed.packing import build_trie, distinct_branches
+    from timekd_embed.packing import build_trie
     model_dir = args.workdir / "model"
     window, prompts = first_window_prompts(args, load_tokenizer(str(model_dir)), BASELINE_P)
     groups, _ = window_prompts({BASELINE_P: prompts}, window, FIDELITY)       # per variable [GT, HD]
     every = [prompt for group in groups for prompt in group]                   # GT, HD alternating
     published_gelu = GPT2Model.from_pretrained(model_dir, dtype=DTYPES[args.precision]).to(args.device).eval()
     fused_gelu = load_lm(str(model_dir), None, DTYPES[args.precision]).to(args.device)
-    alone = [build_trie([[prompt] for prompt in every], share_head=False)]     # each prompt its own branch
-    pairs = [build_trie(groups, share_head=False)]                             # GT and HD share their prefix
-    headed = [build_trie(groups)]                                              # + the window's head once
-    first, inverse = distinct_branches(headed[0])
+    alone = [build_trie([[prompt] for prompt in every], share_head=False, merge_equal=False)]  # each prompt alone
+    pairs = [build_trie(groups, share_head=False, merge_equal=False)]          # GT and HD share their prefix
+    headed = [build_trie(groups, merge_equal=False)]                           # + the window's head once
+    merged = [build_trie(groups)]                                              # + equal stems and leaves once
     all_alone, all_pairs = [(0, branch) for branch in range(len(every))], [(0, branch) for branch in range(len(groups))]
     steps = [  # (what, model, tries, items, rows of the states back to per-variable order)
         ("plain: each prompt its own sequence, GPT2Model's forward", published_gelu, None, None, None),
@@ -233,7 +233,8 @@ def run_savings(args) -> dict:
         ("+ fused tanh GELU", fused_gelu, alone, all_alone, None),
         ("+ GT and HD of a variable share their prefix", fused_gelu, pairs, all_pairs, None),
         ("+ the window's head once for all variables", fused_gelu, headed, all_pairs, None),
-        ("+ identical variables once", fused_gelu, headed, [(0, branch) for branch in first], inverse),
+        ("+ variables with equal inputs share a stem", fused_gelu, merged, [(0, branch) for branch in range(len(merged[0].branches))],
+         merged[0].leaf_of),
     ]
     trie_states(fused_gelu, headed, all_pairs[:2], args.batch_tokens, args.device)   # warm-up
     seconds: list[list[float]] = [[] for _ in steps]
@@ -247,7 +248,7 @@ def run_savings(args) -> dict:
                 else:
                     wall, got = trie_states(model, tries, items, args.batch_tokens, args.device)
             seconds[step].append(wall)
-            got = got[torch.from_numpy(rows)] if rows is not None else got
+            got = got[torch.from_numpy(rows[..., 0]), torch.from_numpy(rows[..., 1])] if rows is not None else got
             got = got.reshape(-1, got.shape[-1])                    # (prompts, d): GT, HD per variable
             if round_ == 0:
                 results.append({"step": what, "model_tokens": counts["model_tokens"], "states": got})

@@ -62,6 +62,21 @@ def test_all_horizons_in_one_trie_equal_the_plain_teacher(train_split, tokenizer
     assert counts["computed"] < 0.62 * counts["tokens"]
 
 
+@pytest.mark.parametrize("fidelity", ["reference", "corrected"])
+def test_all_horizons_in_one_job_give_each_horizons_own_job_bit_for_bit(train_split, tokenizer, tiny_model_dir,
+                                                                         sca_path, fidelity):
+    """share_horizons true and false run the same operations on the same tensors: equal bits."""
+    _, raw, stamps = train_split
+    teacher = load_teacher(settings(tiny_model_dir, fidelity=fidelity), sca_path, devices=["cpu"])
+    prompts = {P: SplitPrompts(tokenizer, raw[:8000], stamps[:8000], "weather", P) for P in PRED_LENS}
+    windows = np.array([0, 1, 2, 3, 5000, 7200])
+    for budget in (2048, 1 << 16):                   # several batches with split leaf buckets; one batch
+        together, _ = embed_horizons(teacher, prompts, windows, fidelity, budget)
+        for P in PRED_LENS:
+            alone, _ = embed_windows(teacher, prompts[P], windows, fidelity, budget)
+            assert np.array_equal(together[P], alone), (budget, P, np.abs(together[P] - alone).max())
+
+
 def test_horizons_with_fewer_windows_get_their_own_prefix_of_the_windows(train_split, tokenizer, tiny_model_dir,
                                                                          sca_path):
     """400 rows: P = 24 has windows 0-280, P = 192 only 0-112; windows 110-114 exist at P = 192 up to 112."""
@@ -74,6 +89,7 @@ def test_horizons_with_fewer_windows_get_their_own_prefix_of_the_windows(train_s
     for P in (192, 24):
         alone, alone_counts = embed_windows(teacher, prompts[P], np.arange(110, 110 + len(together[P])),
                                             "reference", 4096)
+        # Windows 113 and 114 share batches with 110-112 in the joint job only: equal within rounding.
         assert np.abs(together[P] - alone).max() < 1e-5
         assert counts["tokens_per_pred_len"][P] == alone_counts["tokens"]
 

@@ -37,10 +37,11 @@ def test_forward_equals_gpt2model_on_real_prompt_tries(prompts, tiny_model_dir, 
     tries = [build_trie(g) for g in groups]
     assert [len(t.head) for t in tries] == [25, 26]
     # Four of the 21 variables keep the test short; the last one is where `reference` borrows its types.
-    items = [(t, b) for t in range(2) for b in (0, 4, 12, 20)]
     ours = load_lm(str(tiny_model_dir), None, torch.float32)
     reference = GPT2Model.from_pretrained(tiny_model_dir).eval()          # GPT-2's own GELU (gelu_new)
-    want = {(w, c, j): gpt2_state(reference, p) for w, c in items for j, p in enumerate(groups[w][c])}
+    want = {(w, *map(int, tries[w].leaf_of[c, j])): gpt2_state(reference, p)    # by (window, branch, leaf)
+            for w in range(2) for c in (0, 4, 12, 20) for j, p in enumerate(groups[w][c])}
+    items = sorted({(w, branch) for w, branch, _ in want})
     for budget in (1 << 20, 2048):                                         # one batch; several, with leaf buckets
         for batch in batches(tries, items, budget):
             got = last_token_states(ours, batch, CPU)

@@ -4,10 +4,12 @@ For each window and horizon: 2N prompts (GT and HD per variable) through the fro
 with the calibrated mask, the last real token's state kept, then the SCA over the variables:
 (N, d) per window (TimeKD, Liu et al. ICDE 2025; the published store_emb.py). A window's
 prompts of every horizon form one trie (packing.py): the window's head once, each variable's
-prefix shared by all its prompts once, then one leaf per prompt; identical variables once. The
-nodes of many windows share one forward pass, stems sorted by length and leaves in length
-buckets so that padding stays small, bounded by a token budget (padded positions). A worker
-thread prepares the next batches meanwhile.
+prefix shared by all its prompts once (variables with equal inputs share it), then one leaf
+per distinct prompt. The nodes of many windows share one forward pass, stems sorted by length
+and each horizon's leaves in length buckets so that padding stays small, bounded by a token
+budget (padded positions). Batches do not depend on which other horizons run, so one job per
+horizon and one for all give the same bits for the same windows. A worker thread prepares the
+next batches meanwhile.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .lm import (
     load_tokenizer,
     weights_file,
 )
-from .packing import Prompt, Trie, TrieBatch, batches, build_trie, distinct_branches, type_codes
+from .packing import Prompt, Trie, TrieBatch, batches, build_trie, type_codes
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
 from .settings import Settings
@@ -177,7 +179,7 @@ def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, 
         prompts: the split's prompts at one horizon.
         windows: (W,) window indices, each < prompts.n_windows.
         fidelity: "reference" or "corrected".
-        batch_tokens: token budget of one forward pass (padded positions).
+        batch_tokens: token budget (packing.batches: heads and stems together, each leaf tensor).
         progress: a tqdm bar advanced by one per window.
     Returns:
         (W, N, d) float32 embeddings; counts {"tokens": every token of every prompt (what the
@@ -205,7 +207,7 @@ def embed_horizons(teacher: Teacher, prompts_by_pred_len: dict[int, SplitPrompts
         prompts_by_pred_len: the split's prompts per horizon P (all of the same split).
         windows: (W,) ascending window indices.
         fidelity: "reference" or "corrected".
-        batch_tokens: token budget of one forward pass (padded positions over the trie's levels).
+        batch_tokens: token budget (packing.batches: heads and stems together, each leaf tensor).
         progress: a tqdm bar advanced by one per (window, horizon).
         variables: the variables' names, for error messages.
     Returns:
@@ -243,6 +245,14 @@ def _prompt_tokens(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.nda
     return tokens
 
 
+def _inner_tokens(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray, fidelity: str) -> int:
+    """The head and stem tokens of the first window's trie (1 without windows): the same at every horizon."""
+    if not len(windows):
+        return 1
+    trie, _ = packed_window(prompts_by_pred_len, int(windows[0]), fidelity)
+    return max(1, len(trie.head) + sum(len(branch.stem) for branch in trie.branches))
+
+
 def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray, fidelity: str,
               batch_tokens: int, progress: tqdm | None, variables: list[str] | None) -> tuple[dict, dict]:
     first = next(iter(prompts_by_pred_len.values()))
@@ -250,9 +260,10 @@ def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], wi
     exists = {P: int((windows < prompts.n_windows).sum()) for P, prompts in prompts_by_pred_len.items()}  # a prefix
     tokens = _prompt_tokens(prompts_by_pred_len, windows)
     per_window = sum(tokens.values())                                       # (W,)
-    # Enough windows per chunk for several full batches, so that sorting by length pays off.
-    mean = float(per_window.mean()) if len(windows) else 1.0
-    chunk = max(1, math.ceil(8 * batch_tokens / max(mean, 1.0)))
+    # Enough windows per chunk for several full batches, so that sorting by length pays off;
+    # counted from the heads and stems alone, so that the chunks, and with them every batch,
+    # are the same whichever horizons run together (packing.py).
+    chunk = max(1, math.ceil(8 * batch_tokens / _inner_tokens(prompts_by_pred_len, windows, fidelity)))
     parts = [windows[chunk_start:chunk_start + chunk] for chunk_start in range(0, len(windows), chunk)]
     out = {P: np.empty((n_exist, N, d), dtype=np.float32) for P, n_exist in exists.items()}
     device = input_device(replica.model)
@@ -316,31 +327,33 @@ def _model_inputs(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndar
         batches; rows_of
         (W, N, 2 x |pred_lens|) int64: the row of the concatenated kept states holding the GT
         (2p) and HD (2p + 1) prompt of horizon number p, -1 where the window does not exist at
-        that horizon; the real (unpadded) positions the batches hold; the branch items the
-        batches' owners index: (window index into `windows`, variable) of each distinct branch.
+        that horizon; the real (unpadded) positions the batches hold; per branch item (what the
+        batches' owners index), its window (index into `windows`) and its first variable.
     """
-    tries, items, branch_item, slots = [], [], [], []
+    tries, items, named, first_item, slots = [], [], [], [], []
     for position, window in enumerate(windows):
         trie, window_slots = packed_window(prompts_by_pred_len, int(window), fidelity)
-        first, inverse = distinct_branches(trie)
-        branch_item.append(len(items) + inverse)                # (N,) each variable's item
-        items += [(position, branch) for branch in first]
+        first_item.append(len(items))                           # the window's branches are items from here
+        items += [(position, branch) for branch in range(len(trie.branches))]
+        branch_of_variable = trie.leaf_of[:, 0, 0]
+        named += [(position, int(np.argmax(branch_of_variable == branch))) for branch in range(len(trie.branches))]
         tries.append(trie)
         slots.append(window_slots)
     out = batches(tries, items, batch_tokens)
-    n_slots = 2 * len(prompts_by_pred_len)
-    row_of_leaf = np.full((len(items), n_slots), -1, np.int64)   # by (item, leaf index) first
+    most_leaves = max((len(branch.leaves) for trie in tries for branch in trie.branches), default=0)
+    row_of_leaf = np.full((len(items), most_leaves), -1, np.int64)   # by (item, leaf index) first
     offset = 0
     for batch in out:
         row_of_leaf[batch.kept[:, 0], batch.kept[:, 1]] = offset + np.arange(len(batch.kept))
         offset += len(batch.kept)
-    rows_of = np.full((len(windows), len(branch_item[0]) if branch_item else 0, n_slots), -1, np.int64)
-    for position, (its, window_slots) in enumerate(zip(branch_item, slots)):
-        rows_of[position][:, window_slots] = row_of_leaf[its][:, :len(window_slots)]
+    n_vars = tries[0].leaf_of.shape[0] if tries else 0
+    rows_of = np.full((len(windows), n_vars, 2 * len(prompts_by_pred_len)), -1, np.int64)
+    for position, (trie, first, window_slots) in enumerate(zip(tries, first_item, slots)):
+        rows_of[position][:, window_slots] = row_of_leaf[first + trie.leaf_of[..., 0], trie.leaf_of[..., 1]]
     computed = sum(batch.real_positions() for batch in out)
     if pin:
         out = [batch.pin_memory() for batch in out]
-    return out, rows_of, computed, items
+    return out, rows_of, computed, named
 
 
 def prompt_pairs(prompts: SplitPrompts, i: int, fidelity: str) -> list[tuple[np.ndarray, ...]]:
@@ -376,8 +389,8 @@ def window_prompts(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelit
         fidelity: "reference" or "corrected" (prompt_pairs).
     Returns:
         (groups, slots): groups[c] the list of packing.Prompt of variable c; slots the
-        positions 2p (GT) and 2p + 1 (HD), p the horizon's number in prompts_by_pred_len,
-        of each prompt in a group.
+        positions 2p (GT) and 2p + 1 (HD), p the horizon's number in prompts_by_pred_len
+        (also each Prompt's horizon), of each prompt in a group.
     Raises:
         ValueError: window i exists at none of the horizons (a caller's bug, not bad input).
     """
@@ -389,7 +402,8 @@ def window_prompts(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelit
         pairs = prompt_pairs(prompts, i, fidelity)
         groups = groups or [[] for _ in pairs]
         for group, (gt, hd, gt_types, hd_types) in zip(groups, pairs):
-            group += [Prompt(gt, type_codes(gt_types, len(gt))), Prompt(hd, type_codes(hd_types, len(hd)))]
+            group += [Prompt(gt, type_codes(gt_types, len(gt)), horizon_number),
+                      Prompt(hd, type_codes(hd_types, len(hd)), horizon_number)]
         slots += [2 * horizon_number, 2 * horizon_number + 1]
     if groups is None:
         raise ValueError(f"window {i} exists at none of the horizons {list(prompts_by_pred_len)}")

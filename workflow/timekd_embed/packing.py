@@ -21,10 +21,17 @@ Calibration: each token carries the type code its prompt's mask reads at its pos
 another variable's prompts (per horizon), so a node is shared only as far as the codes agree
 as well as the tokens: checked here, never assumed.
 
-Batching: the nodes of several (window, variable) branches go through the model together
-as one `TrieBatch`, one padded tensor per level; leaves are very unequal (HD tails about 10
-tokens, GT tails up to about 600), so they are cut into length buckets. The token budget
-bounds the padded positions of one batch, summed over its tensors.
+Variables whose input values agree over the whole window (rain gauges at 0, say) have equal
+stems: they share one branch, and equal leaves under it are one leaf.
+
+Batching: the nodes of several branches go through the model together as one `TrieBatch`,
+one padded tensor per level. Branches are grouped by their heads and stems alone, and each
+horizon's leaves get tensors of their own, so a horizon's tensors are the same whichever
+other horizons run with it: one job per horizon and one job for every horizon run the same
+operations on the same tensors, and give the same bits. Leaves are very unequal (HD tails
+about 10 tokens, GT tails up to about 600), so each horizon's are cut into length buckets.
+The token budget bounds the padded positions of a batch's heads and stems together, and
+those of each of its leaf tensors.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class Prompt:
     """One prompt as the model reads it."""
     ids: np.ndarray    # (L,) int64 token ids
     codes: np.ndarray  # (L,) int8 type code per token (what its mask reads)
+    horizon: int = 0   # its horizon's number: a leaf shares tensors only with its horizon's leaves
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Node:
     ids: np.ndarray    # (n,) int64
     codes: np.ndarray  # (n,) int8
     start: int
+    horizon: int = 0   # a leaf's: its prompt's Prompt.horizon
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,16 +67,17 @@ class Node:
 
 @dataclass(frozen=True)
 class Branch:
-    """One variable: its stem and one leaf per prompt, in the order the prompts were given."""
+    """A stem and its distinct leaves: one variable's, or those of variables with equal stems."""
     stem: Node
     leaves: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Trie:
-    """One window: the head every branch follows, then one branch per variable."""
+    """One window: the head every branch follows, then one branch per distinct stem."""
     head: Node
     branches: tuple[Branch, ...]
+    leaf_of: np.ndarray  # (variables, prompts, 2) int64: the (branch, leaf) that ends each prompt
 
 
 def type_codes(source: np.ndarray, length: int) -> np.ndarray:
@@ -96,54 +106,47 @@ def _shared_length(prompts: list[Prompt], start: int, cap: int) -> int:
     return cap if agree.all() else int(np.argmin(agree))
 
 
-def build_trie(groups: list[list[Prompt]], share_head: bool = True) -> Trie:
+def build_trie(groups: list[list[Prompt]], share_head: bool = True, merge_equal: bool = True) -> Trie:
     """The trie of one window: `groups` holds each variable's prompts.
 
     Args:
-        groups: per variable, its prompts (e.g. GT and HD for each horizon), each >= 1 token.
+        groups: per variable, its prompts (e.g. GT and HD for each horizon), each >= 1 token;
+            every variable has as many prompts.
         share_head: move the tokens all prompts share into one head; without it the head is
             empty and each variable's stem starts at position 0.
+        merge_equal: variables whose stems agree (ids and codes) share one branch, and equal
+            leaves of a branch (ids, codes and horizon) are one leaf; without it every
+            variable has its own branch and every prompt its own leaf.
     Returns:
         The trie; every leaf keeps at least its prompt's last token.
+    Raises:
+        ValueError: the variables have different numbers of prompts (a caller's bug).
     """
+    if len({len(group) for group in groups}) != 1:
+        raise ValueError(f"every variable needs as many prompts, got {[len(group) for group in groups]}")
     everything = [prompt for group in groups for prompt in group]
     shortest = min(len(prompt.ids) for prompt in everything)
     head_len = _shared_length(everything, 0, shortest - 1) if share_head else 0
     head = Node(everything[0].ids[:head_len], everything[0].codes[:head_len], 0)
-    branches = []
-    for group in groups:
+    branch_of: dict[tuple, int] = {}                # stem (ids, codes), or the variable -> its branch
+    stems: list[Node] = []
+    leaves: list[dict[tuple, tuple[int, Node]]] = []  # per branch: leaf key -> (its index, the leaf)
+    leaf_of = np.empty((len(groups), len(groups[0]), 2), np.int64)
+    for variable, group in enumerate(groups):
         stem_len = _shared_length(group, head_len, min(len(prompt.ids) for prompt in group) - 1 - head_len)
         leaf_start = head_len + stem_len
         stem = Node(group[0].ids[head_len:leaf_start], group[0].codes[head_len:leaf_start], head_len)
-        leaves = tuple(Node(prompt.ids[leaf_start:], prompt.codes[leaf_start:], leaf_start) for prompt in group)
-        branches.append(Branch(stem, leaves))
-
-    return Trie(head, tuple(branches))
-
-
-def distinct_branches(trie: Trie) -> tuple[list[int], np.ndarray]:
-    """The indices of the trie's distinct branches, and for each branch its index among them.
-
-    Variables whose truncated values agree over the whole window (rain gauges at 0, say)
-    give identical branches, hence identical states: about 3% of the weather branches.
-
-    Args:
-        trie: one window's trie (build_trie).
-    Returns:
-        (first, inverse): the index of the first branch of each distinct kind, in order; (branches,)
-        int64, each branch's position in `first`.
-    """
-    index: dict[tuple, int] = {}
-    first: list[int] = []
-    inverse = np.empty(len(trie.branches), dtype=np.int64)
-    for branch_index, branch in enumerate(trie.branches):
-        nodes = (branch.stem, *branch.leaves)
-        key = tuple(array.tobytes() for node in nodes for array in (node.ids, node.codes))
-        if key not in index:
-            index[key] = len(first)
-            first.append(branch_index)
-        inverse[branch_index] = index[key]
-    return first, inverse
+        branch = branch_of.setdefault((stem.ids.tobytes(), stem.codes.tobytes()) if merge_equal else variable,
+                                      len(stems))
+        if branch == len(stems):
+            stems.append(stem)
+            leaves.append({})
+        for number, prompt in enumerate(group):
+            leaf = Node(prompt.ids[leaf_start:], prompt.codes[leaf_start:], leaf_start, prompt.horizon)
+            key = (leaf.ids.tobytes(), leaf.codes.tobytes(), leaf.horizon) if merge_equal else number
+            leaf_of[variable, number] = branch, leaves[branch].setdefault(key, (len(leaves[branch]), leaf))[0]
+    branches = tuple(Branch(stem, tuple(leaf for _, leaf in own.values())) for stem, own in zip(stems, leaves))
+    return Trie(head, branches, leaf_of)
 
 
 @dataclass(frozen=True)
@@ -219,43 +222,46 @@ def _level(nodes: list[Node], parent: int, parent_rows: list[int], leaves: bool)
                  parent, torch.tensor(parent_rows, dtype=torch.int64), last)
 
 
-def leaf_buckets(lengths: list[int], ratio: float = BUCKET_RATIO) -> list[list[int]]:
+def leaf_buckets(lengths: list[int], ratio: float = BUCKET_RATIO, token_budget: int | None = None) -> list[list[int]]:
     """Leaf indices grouped longest first; a bucket takes leaves down to `ratio` of its longest,
     so that padding stays below 1 - ratio of each bucket.
 
     Args:
         lengths: the leaves' token counts.
         ratio: the shortest leaf a bucket takes, as a fraction of its longest.
+        token_budget: padded positions per bucket (rows x its longest leaf); a leaf longer than
+            the budget gets a bucket of its own. None: no bound.
     Returns:
         Buckets of leaf indices, each longest first.
     """
     order = sorted(range(len(lengths)), key=lambda leaf: -lengths[leaf])
     buckets: list[list[int]] = []
     for leaf in order:
-        if buckets and lengths[leaf] >= ratio * lengths[buckets[-1][0]]:
+        if buckets and lengths[leaf] >= ratio * lengths[buckets[-1][0]] and (
+                token_budget is None or (len(buckets[-1]) + 1) * max(1, lengths[buckets[-1][0]]) <= token_budget):
             buckets[-1].append(leaf)
         else:
             buckets.append([leaf])
     return buckets
 
 
-def _padded_cost(tries: list[Trie], items: list[tuple[int, int]]) -> int:
-    """Padded positions of one batch of branch items (rows x padded length, summed over tensors)."""
+def _inner_cost(tries: list[Trie], items: list[tuple[int, int]]) -> int:
+    """Padded positions of the heads and stems of one batch of branch items (rows x padded length)."""
     heads = {trie for trie, _ in items}
     cost = len(heads) * max(1, max(len(tries[trie].head) for trie in heads))
-    cost += len(items) * max(1, max(len(tries[trie].branches[branch].stem) for trie, branch in items))
-    lengths = [len(leaf) for trie, branch in items for leaf in tries[trie].branches[branch].leaves]
-    return cost + sum(len(bucket) * lengths[bucket[0]] for bucket in leaf_buckets(lengths))
+    return cost + len(items) * max(1, max(len(tries[trie].branches[branch].stem) for trie, branch in items))
 
 
 def batches(tries: list[Trie], items: list[tuple[int, int]], token_budget: int) -> list[TrieBatch]:
-    """The branch items (trie index, branch index) as batches of at most `token_budget` padded positions.
+    """The branch items (trie index, branch index) as batches.
 
     Items are taken longest stem first (in steps of STEM_STEP tokens, and within a step window by
     window), so that stems of similar lengths share a batch and a window's items stay together (its
-    head runs once per batch it appears in); an item larger than the budget on its own gets a
-    batch of its own. A batch holds the heads its items follow (once each), their stems, and
-    their leaves in length buckets.
+    head runs once per batch it appears in). A batch holds the heads its items follow (once each)
+    and their stems, at most `token_budget` padded positions together (an item larger than that
+    on its own gets a batch of its own), then their leaves: per horizon, in length buckets of at
+    most `token_budget` padded positions each. Which items share a batch, and so every tensor of
+    a horizon, depends on the heads and stems alone, not on the other horizons' leaves.
 
     Args:
         tries: the windows' tries.
@@ -272,14 +278,14 @@ def batches(tries: list[Trie], items: list[tuple[int, int]], token_budget: int) 
     order = sorted(range(len(items)), key=stem_step)
     groups: list[list[int]] = []
     for k in order:
-        if groups and _padded_cost(tries, [items[j] for j in groups[-1] + [k]]) <= token_budget:
+        if groups and _inner_cost(tries, [items[j] for j in groups[-1] + [k]]) <= token_budget:
             groups[-1].append(k)
         else:
             groups.append([k])
-    return [_batch(tries, items, group) for group in groups]
+    return [_batch(tries, items, group, token_budget) for group in groups]
 
 
-def _batch(tries: list[Trie], items: list[tuple[int, int]], group: list[int]) -> TrieBatch:
+def _batch(tries: list[Trie], items: list[tuple[int, int]], group: list[int], token_budget: int) -> TrieBatch:
     head_row: dict[int, int] = {}      # trie index -> its head's row
     for k in group:
         head_row.setdefault(items[k][0], len(head_row))
@@ -292,9 +298,11 @@ def _batch(tries: list[Trie], items: list[tuple[int, int]], group: list[int]) ->
     leaves = [(row, j, leaf) for row, k in enumerate(group)
               for j, leaf in enumerate(tries[items[k][0]].branches[items[k][1]].leaves)]
     levels, owners, kept = [heads, stems], [np.array([head_owner[t] for t in head_row]), np.array(group)], []
-    for bucket in leaf_buckets([len(leaf) for _, _, leaf in leaves]):
-        chosen = [leaves[k] for k in bucket]
-        levels.append(_level([leaf for _, _, leaf in chosen], 1, [row for row, _, _ in chosen], leaves=True))
-        owners.append(np.array([group[row] for row, _, _ in chosen]))
-        kept += [(group[row], j) for row, j, _ in chosen]
+    for horizon in sorted({leaf.horizon for _, _, leaf in leaves}):
+        own = [entry for entry in leaves if entry[2].horizon == horizon]
+        for bucket in leaf_buckets([len(leaf) for _, _, leaf in own], token_budget=token_budget):
+            chosen = [own[k] for k in bucket]
+            levels.append(_level([leaf for _, _, leaf in chosen], 1, [row for row, _, _ in chosen], leaves=True))
+            owners.append(np.array([group[row] for row, _, _ in chosen]))
+            kept += [(group[row], j) for row, j, _ in chosen]
     return TrieBatch(levels, owners, np.array(kept, dtype=np.int64).reshape(-1, 2))
