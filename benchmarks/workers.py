@@ -86,7 +86,7 @@ def memory_probe(args, prompts, longest: int, timed_peak: int) -> dict:
     """
     from timekd_embed.extract import embed_windows, load_teacher
     budget, n_vars = args.probe_batch_tokens, prompts.n_vars
-    # Enough windows for the first (longest-first) batch to be full: budget // longest sequences.
+    # More than enough windows for the first batch to be full (its stems fill PREFIX_SHARE of the budget).
     windows = spread_windows(prompts.n_windows, -(-budget // (longest * n_vars)) + 1)
     probe = load_teacher(settings_for(args, args.pred_len, args.workdir / "model-1layer"),
                          args.workdir / "sca.safetensors", devices=["cpu"])
@@ -233,8 +233,8 @@ def run_savings(args) -> dict:
         ("+ fused tanh GELU", fused_gelu, alone, all_alone, None),
         ("+ GT and HD of a variable share their prefix", fused_gelu, pairs, all_pairs, None),
         ("+ the window's head once for all variables", fused_gelu, headed, all_pairs, None),
-        ("+ variables with equal inputs share a stem", fused_gelu, merged, [(0, branch) for branch in range(len(merged[0].branches))],
-         merged[0].leaf_of),
+        ("+ variables with equal inputs share a stem", fused_gelu, merged,
+         [(0, branch) for branch in range(len(merged[0].branches))], merged[0].leaf_of),
     ]
     trie_states(fused_gelu, headed, all_pairs[:2], args.batch_tokens, args.device)   # warm-up
     seconds: list[list[float]] = [[] for _ in steps]

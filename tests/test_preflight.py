@@ -61,8 +61,8 @@ def nan_model_dir(tmp_path_factory):
 def test_one_cpu_device_measures_and_lists_the_gpu_checks_as_not_run(weather_csv, tiny_model_dir, tmp_path):
     report = run_preflight(config_for(weather_csv, tiny_model_dir, precision="fp16"), n_windows=3)
     assert report["passed"], report["failures"]
-    horizon = report["horizons"][P]
-    assert horizon["planned_windows"] == {"train": TRAIN_WINDOWS_AT_24}
+    (horizon,) = report["jobs"]
+    assert horizon["pred_lens"] == [P] and horizon["planned_windows"] == {"train": TRAIN_WINDOWS_AT_24}
     assert horizon["windows_per_s"] > 0
     assert report["eta_s"] == pytest.approx(TRAIN_WINDOWS_AT_24 / horizon["windows_per_s"])
     assert report["context"] == 1024 and 0 < horizon["longest_prompt"] <= 1024
@@ -79,6 +79,20 @@ def test_one_cpu_device_measures_and_lists_the_gpu_checks_as_not_run(weather_csv
     text = md_path.read_text()
     assert "**PASSED**" in text and "key_padding: not run: no CUDA device" in text and "| 24 |" in text
     require_passed(report, md_path)       # nothing to raise
+
+
+def test_the_speed_memory_and_eta_are_those_of_the_jobs_the_workflow_runs(weather_csv, tiny_model_dir):
+    """share_horizons: one job for both horizons, measured as one; false: one job per horizon."""
+    shared = run_preflight(config_for(weather_csv, tiny_model_dir, pred_lens=[48, 24], **FEW), n_windows=2)
+    assert shared["passed"], shared["failures"]
+    (job,) = shared["jobs"]
+    assert job["pred_lens"] == [48, 24] and job["planned_windows"] == {"train": 16}
+    assert shared["eta_s"] == pytest.approx(16 / job["windows_per_s"])
+    assert "| 48, 24 |" in render_markdown(shared) and "every horizon of a window in one job" in render_markdown(shared)
+    separate = run_preflight(config_for(weather_csv, tiny_model_dir, pred_lens=[48, 24], share_horizons=False, **FEW),
+                             n_windows=2)
+    assert [job["pred_lens"] for job in separate["jobs"]] == [[48], [24]]
+    assert separate["eta_s"] == pytest.approx(sum(16 / job["windows_per_s"] for job in separate["jobs"]))
 
 
 def test_two_devices_run_the_replica_and_layer_split_checks(weather_csv, tiny_model_dir):
@@ -169,9 +183,9 @@ def test_prefetch_timing_runs_the_extractions_batch_preparation(train_prompts):
     result = prefetch_pinning(horizon, "reference", 8192, threads=2, pins=(False,))
     assert result["pageable_s"] > 0 and result["threads"] == 2 and "pinned_s" not in result
     # the memory measurement fills one batch and keeps the sample windows among those it runs
-    filled = fill_windows(horizon, 1 << 16)
+    filled = fill_windows(horizon, 1 << 16, "reference")
     assert set(horizon.sample) <= set(filled) and len(filled) > len(horizon.sample)
-    assert filled.max() < 4 and np.array_equal(fill_windows(horizon, 1024), horizon.sample)
+    assert filled.max() < 4 and np.array_equal(fill_windows(horizon, 1024, "reference"), horizon.sample)
 
 
 def test_snakemake_target_writes_the_report_and_is_not_part_of_all(weather_csv, tiny_model_dir, tmp_path):

@@ -245,11 +245,17 @@ def _prompt_tokens(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.nda
     return tokens
 
 
-def _inner_tokens(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray, fidelity: str) -> int:
-    """The head and stem tokens of the first window's trie (1 without windows): the same at every horizon."""
-    if not len(windows):
-        return 1
-    trie, _ = packed_window(prompts_by_pred_len, int(windows[0]), fidelity)
+def prefix_tokens(prompts_by_pred_len: dict[int, SplitPrompts], window: int, fidelity: str) -> int:
+    """The tokens of a window's head and stems (its trie's inner nodes), the part of its prompts a
+    batch's token budget counts before the tails; the same at every horizon.
+
+    Args:
+        prompts_by_pred_len, fidelity: as window_prompts.
+        window: the window's index.
+    Returns:
+        The token count, at least 1.
+    """
+    trie, _ = packed_window(prompts_by_pred_len, window, fidelity)
     return max(1, len(trie.head) + sum(len(branch.stem) for branch in trie.branches))
 
 
@@ -263,7 +269,8 @@ def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], wi
     # Enough windows per chunk for several full batches, so that sorting by length pays off;
     # counted from the heads and stems alone, so that the chunks, and with them every batch,
     # are the same whichever horizons run together (packing.py).
-    chunk = max(1, math.ceil(8 * batch_tokens / _inner_tokens(prompts_by_pred_len, windows, fidelity)))
+    prefix = prefix_tokens(prompts_by_pred_len, int(windows[0]), fidelity) if len(windows) else 1
+    chunk = max(1, math.ceil(8 * batch_tokens / prefix))
     parts = [windows[chunk_start:chunk_start + chunk] for chunk_start in range(0, len(windows), chunk)]
     out = {P: np.empty((n_exist, N, d), dtype=np.float32) for P, n_exist in exists.items()}
     device = input_device(replica.model)

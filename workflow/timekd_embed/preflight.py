@@ -31,9 +31,18 @@ from safetensors import safe_open
 
 from .devices import peak_memory, resolve_devices, token_budget
 from .errors import InputError
-from .extract import Teacher, _model_inputs, check_context, embed_windows, load_teacher, save_sca
+from .extract import (
+    Teacher,
+    _model_inputs,
+    check_context,
+    embed_horizons,
+    embed_windows,
+    load_teacher,
+    prefix_tokens,
+    save_sca,
+)
 from .lm import NonFiniteState, check_model, first_block_attention, last_token_states, weights_file
-from .packing import TrieBatch
+from .packing import PREFIX_SHARE, TrieBatch
 from .parity import compare, sample_windows
 from .prompts import SplitPrompts
 from .settings import Settings
@@ -181,7 +190,10 @@ def load_horizons(config: dict, tokenizer, n_positions: int, n_windows: int) -> 
     table = load_csv(data["csv"], target=data["target"], layout=layout, date_format=data["date_format"])
     check_cadence(table, data["name"], layout)  # the windows stage's own check of the file
     borders = split_borders(len(table.values), config["seq_len"], layout, data["csv"])
-    horizons = []
+    horizons, first = [], config["splits"][0]
+    common = min(planned_windows(borders[first][1] - borders[first][0], config["seq_len"], pred_len,
+                                 config["limit_windows"]) for pred_len in config["pred_lens"])
+    sample = sample_windows({first: common}, n_windows)[first] if common > 0 else np.zeros(0, np.int64)
     for pred_len in config["pred_lens"]:
         prompts, longest, planned = None, 0, {}
         for split in config["splits"]:
@@ -196,8 +208,6 @@ def load_horizons(config: dict, tokenizer, n_positions: int, n_windows: int) -> 
             longest = max(longest, check_context(prompts_of_split, n_positions, split, np.arange(planned[split]),
                                                  table.variables))
             prompts = prompts or prompts_of_split
-        first = config["splits"][0]
-        sample = sample_windows({first: planned[first]}, n_windows)[first]
         horizons.append(Horizon(pred_len, prompts, sample, planned, longest))
     return horizons
 
@@ -210,36 +220,38 @@ def _reset_peaks(devices: list[str]) -> None:
             torch.cuda.reset_peak_memory_stats(torch.device(device))
 
 
-def timed_embed(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
-                batch_tokens: int) -> tuple[np.ndarray, float]:
-    """Embeddings of `windows` after a one-window warm-up, and the windows per second of the timed run.
+def timed_embed(teacher: Teacher, prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray, fidelity: str,
+                batch_tokens: int) -> tuple[dict[int, np.ndarray], float]:
+    """Embeddings of `windows` at the given horizons in one job after a one-window warm-up, and the
+    windows per second of the timed run.
 
     Args:
-        teacher, prompts, fidelity, batch_tokens: as extract.embed_windows.
-        windows: (W,) int window indices, W >= 1.
+        teacher, prompts_by_pred_len, fidelity, batch_tokens: as extract.embed_horizons.
+        windows: (W,) int window indices, W >= 1, each existing at every given horizon.
     Returns:
-        ((W, N, d) float32 embeddings, windows per second). Peak memory counters restart after the warm-up.
+        ({P: (W, N, d) float32 embeddings}, windows per second, every horizon of a window
+        counted once). Peak memory counters restart after the warm-up.
     """
-    embed_windows(teacher, prompts, windows[:1], fidelity, batch_tokens)     # kernels, allocator, caches
+    embed_horizons(teacher, prompts_by_pred_len, windows[:1], fidelity, batch_tokens)   # kernels, allocator, caches
     _reset_peaks(teacher.devices)
     began = time.perf_counter()
-    out, _ = embed_windows(teacher, prompts, windows, fidelity, batch_tokens)
+    out, _ = embed_horizons(teacher, prompts_by_pred_len, windows, fidelity, batch_tokens)
     return out, len(windows) / (time.perf_counter() - began)
 
 
-def fill_windows(horizon: Horizon, batch_tokens: int) -> np.ndarray:
+def fill_windows(horizon: Horizon, batch_tokens: int, fidelity: str) -> np.ndarray:
     """The sample windows, plus enough others (spread over the job's windows of the first split)
     for one full batch of `batch_tokens`: the peak memory is that of a full batch.
 
     Args:
         horizon: the horizon (its prompts, sample and planned windows).
-        batch_tokens: the token budget to fill.
+        batch_tokens: the token budget to fill (its PREFIX_SHARE holds a batch's heads and stems).
+        fidelity: "reference" or "corrected".
     Returns:
         (W,) int64 sorted window indices, the sample among them.
     """
-    gt, hd = horizon.prompts.lengths(horizon.sample)
-    per_window = float((gt.sum() + hd.sum()) / len(horizon.sample))  # every token; packing about halves them
-    need = math.ceil(batch_tokens / max(per_window / 2, 1.0))
+    per_window = prefix_tokens({horizon.pred_len: horizon.prompts}, int(horizon.sample[0]), fidelity)
+    need = math.ceil(batch_tokens * PREFIX_SHARE / per_window)
     available = next(iter(horizon.planned.values()))
     if need <= len(horizon.sample):
         return horizon.sample
@@ -247,43 +259,49 @@ def fill_windows(horizon: Horizon, batch_tokens: int) -> np.ndarray:
     return np.union1d(horizon.sample, spread)
 
 
-def measure_horizon(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> tuple[dict, np.ndarray]:
-    """windows/s, peak memory per device at `batch_tokens` (halved while a GPU runs out of memory),
-    the largest budget that fits with headroom, and the ETA of the whole job at this rate.
+def measure_job(teacher: Teacher, horizons: list[Horizon], fidelity: str, batch_tokens: int) -> tuple[dict, dict]:
+    """What one extraction job of these horizons does on these devices: windows/s, peak memory per
+    device at `batch_tokens` (halved while a GPU runs out of memory), the largest budget that fits
+    with headroom, and the ETA of all its windows at this rate.
 
     Args:
         teacher: the loaded teacher.
-        horizon: the horizon to measure.
+        horizons: one horizon (share_horizons: false), or every configured one (a shared job);
+            the windows run are spread over those of the horizon with the fewest (every
+            horizon has them), the sample among them.
         fidelity: "reference" or "corrected".
         batch_tokens: the configured (or device-default) token budget.
     Returns:
-        (the figures: JSON-ready, memory in bytes, eta_s in seconds; embeddings (S, N, d) float32
-        of the sample windows).
+        (the figures: JSON-ready, memory in bytes, eta_s in seconds, planned_windows per split
+        the most of any horizon; {P: (S, N, d) float32 embeddings of the sample windows}).
     Raises:
-        InputError: out of memory even at batch_tokens 1024; a non-finite state (embed_windows).
+        InputError: out of memory even at batch_tokens 1024; a non-finite state (embed_horizons).
     """
-    windows = fill_windows(horizon, batch_tokens)
+    shortest = min(horizons, key=lambda horizon: next(iter(horizon.planned.values())))
+    windows = fill_windows(shortest, batch_tokens, fidelity)
+    prompts = {horizon.pred_len: horizon.prompts for horizon in horizons}
+    named = "pred_lens " + ", ".join(map(str, prompts)) if len(prompts) > 1 else f"pred_len {shortest.pred_len}"
     budget, tried = batch_tokens, []
     while True:
         try:
-            out, rate = timed_embed(teacher, horizon.prompts, windows, fidelity, budget)
+            out, rate = timed_embed(teacher, prompts, windows, fidelity, budget)
             break
         except torch.OutOfMemoryError:
             tried.append(budget)
             torch.cuda.empty_cache()
             if budget // 2 < 1024:
-                raise InputError(f"pred_len {horizon.pred_len}: {', '.join(teacher.devices)} ran out of memory even "
-                                 "at batch_tokens = 1024; raise gpus_per_job or use a GPU with more memory.") from None
+                raise InputError(f"{named}: {', '.join(teacher.devices)} ran out of memory even at batch_tokens = "
+                                 "1024; raise gpus_per_job or use a GPU with more memory.") from None
             budget //= 2
     peaks = peak_memory(teacher.devices)
-    figures = {"pred_len": horizon.pred_len, "windows_timed": len(windows), "windows_per_s": rate,
+    planned = {split: max(horizon.planned[split] for horizon in horizons) for split in shortest.planned}
+    figures = {"pred_lens": list(prompts), "windows_timed": len(windows), "windows_per_s": rate,
                "batch_tokens": batch_tokens, "out_of_memory_at": tried, "measured_at_batch_tokens": budget,
-               "peak_memory_bytes": peaks, "longest_prompt": horizon.longest_prompt,
-               "planned_windows": horizon.planned,
-               "eta_s": sum(horizon.planned.values()) / rate}
+               "peak_memory_bytes": peaks, "longest_prompt": max(horizon.longest_prompt for horizon in horizons),
+               "planned_windows": planned, "eta_s": sum(planned.values()) / rate}
     figures["fitting_batch_tokens"] = fitting_budget(teacher, budget, peaks, bool(tried))
-    sample_rows = np.searchsorted(windows, horizon.sample)
-    return figures, out[sample_rows]
+    sample_rows = np.searchsorted(windows, shortest.sample)
+    return figures, {P: embeddings[sample_rows] for P, embeddings in out.items()}
 
 
 def fitting_budget(teacher: Teacher, measured_at: int, peaks: dict, ran_out: bool) -> int | None:
@@ -438,9 +456,10 @@ def replica_scaling(one: Teacher, replicated: Teacher, horizon: Horizon, fidelit
     Returns:
         {"windows", "devices", "windows_per_s_1", "windows_per_s_<n>", "speedup"}.
     """
-    windows = fill_windows(horizon, 2 * batch_tokens)
-    _, single = timed_embed(one, horizon.prompts, windows, fidelity, batch_tokens)
-    _, many = timed_embed(replicated, horizon.prompts, windows, fidelity, batch_tokens)
+    windows = fill_windows(horizon, 2 * batch_tokens, fidelity)
+    prompts = {horizon.pred_len: horizon.prompts}
+    _, single = timed_embed(one, prompts, windows, fidelity, batch_tokens)
+    _, many = timed_embed(replicated, prompts, windows, fidelity, batch_tokens)
     return {"windows": len(windows), "devices": replicated.devices, "windows_per_s_1": single,
             f"windows_per_s_{len(replicated.devices)}": many, "speedup": many / single}
 
@@ -497,7 +516,8 @@ def run_preflight(config: dict, n_windows: int = 8, devices: list[str] | None = 
     devices = devices or resolve_devices(config["device"], config["gpus_per_job"])
     failures: list[str] = []  # one sentence per failed check; any makes preflight exit 1
     report = {"config": {key: config[key] for key in ("precision", "placement", "gpus_per_job", "batch_tokens",
-                                                 "pred_lens", "splits", "fidelity")} | {"model": config["model"]},
+                                                 "pred_lens", "share_horizons", "splits", "fidelity")}
+              | {"model": config["model"]},
               "machine": machine(devices), "windows_per_horizon": n_windows, "failures": failures}
     try:
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -533,23 +553,27 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
     report["placement"] = teacher.placement
     if (problem := checkpoint_matches(teacher.model, weights_file(name, revision), name)) is not None:
         failures.append(problem)
-    measured, embeddings = {}, {}
-    for horizon in horizons:
+    measured, embeddings = [], {}
+    # The jobs the workflow runs: one for every horizon (share_horizons), or one per horizon.
+    for job in [horizons] if config["share_horizons"] else [[horizon] for horizon in horizons]:
+        named = "pred_len" + ("s " if len(job) > 1 else " ") + ", ".join(str(horizon.pred_len) for horizon in job)
         try:
-            measured[horizon.pred_len], embeddings[horizon.pred_len] = measure_horizon(
-                teacher, horizon, settings.fidelity, budget)
+            figures, sample_embeddings = measure_job(teacher, job, settings.fidelity, budget)
         except InputError as error:     # the extraction's own sentence (non-finite state, memory)
             failures.append(str(error))
             continue
         except RuntimeError as error:   # a device error on a path never run on this machine before
-            failures.append(f"pred_len {horizon.pred_len}: the extraction failed on {', '.join(devices)} "
+            failures.append(f"{named}: the extraction failed on {', '.join(devices)} "
                             f"({str(error).strip().splitlines()[0]}); report it with this preflight output.")
             continue
-        if not np.isfinite(embeddings[horizon.pred_len]).all():
-            failures.append(f"pred_len {horizon.pred_len}: non-finite values (NaN or inf) in the {settings.precision} "
-                            "embeddings of the sample windows; use precision bf16 or fp32, or check the weights.")
-    report["horizons"] = measured
-    report["eta_s"] = sum(figures["eta_s"] for figures in measured.values())
+        measured.append(figures)
+        embeddings |= sample_embeddings
+        for P, values in sample_embeddings.items():
+            if not np.isfinite(values).all():
+                failures.append(f"pred_len {P}: non-finite values (NaN or inf) in the {settings.precision} embeddings "
+                                "of the sample windows; use precision bf16 or fp32, or check the weights.")
+    report["jobs"] = measured
+    report["eta_s"] = sum(figures["eta_s"] for figures in measured)
     report["parity"] = precision_parity(config, settings, sca_path, devices, device_map, horizons, embeddings,
                                         failures)
     report["gpu_checks"] = gpu_checks(settings, sca_path, teacher, devices, device_map, horizons[0], budget, failures)
@@ -736,16 +760,18 @@ def render_markdown(report: dict) -> str:
     lines += [f"| {device['device']} | {device['name']} | {_gib(device['memory_bytes'])} | "
               f"{device['compute_capability'] or '-'} | {device['fp16']} | {device['bf16']} |"
               for device in system["devices"]]
-    if report.get("horizons"):
+    if report.get("jobs"):
         lines += ["", "## Speed and memory", "", (f"Context: {report['context']} tokens. "
-                  f"ETA of the whole job: **{_duration(report['eta_s'])}** (windows per split / measured rate)."), "",
+                  f"ETA of the whole job: **{_duration(report['eta_s'])}** (windows per split / measured rate"
+                  f"{', every horizon of a window in one job' if config['share_horizons'] else ''})."), "",
                   "| P | windows/s | peak memory | longest prompt | windows (job) | ETA | batch_tokens that fits |",
                   "|---|---|---|---|---|---|---|"]
-        for P, figures in report["horizons"].items():
+        for figures in report["jobs"]:
             peaks = ", ".join(f"{device} {_gib(peak)}" for device, peak in figures["peak_memory_bytes"].items())
             fits = figures["fitting_batch_tokens"] or f"{figures['batch_tokens']} (configured)"
-            lines.append(f"| {P} | {figures['windows_per_s']:.2f} | {peaks} | {figures['longest_prompt']} | "
-                         f"{sum(figures['planned_windows'].values())} | {_duration(figures['eta_s'])} | {fits} |")
+            lines.append(f"| {', '.join(map(str, figures['pred_lens']))} | {figures['windows_per_s']:.2f} | {peaks} | "
+                         f"{figures['longest_prompt']} | {sum(figures['planned_windows'].values())} | "
+                         f"{_duration(figures['eta_s'])} | {fits} |")
     if report.get("parity"):
         lines += ["", "## Parity with fp32", ""]
         for P, stats in report["parity"].items():
