@@ -191,7 +191,7 @@ def md_savings(report: dict) -> str | None:
         "## Exact savings, one at a time",
         "",
         f"Window {savings['window']} at P = {savings['pred_len']} ({fmt(savings['prompt_tokens'])} prompt tokens), "
-        f"{savings['precision']}, batches of at most {fmt(savings['batch_tokens'])} tokens sorted by length, "
+        f"{savings['precision']}, batch_tokens {fmt(savings['batch_tokens'])}, nodes sorted by length, "
         "in one process; "
         f"each step timed {savings['rounds']} times, interleaved with the others, the fastest kept. Each step adds one "
         "saving to the one above; the last is what `embed_windows` runs. The model positions are exact; the "

@@ -75,12 +75,6 @@ TOKENIZER_CANDIDATES = ("../shared/data/gpt2-tokenizer",)
 # so the CPU default keeps `make bench` near 10 minutes; a GPU needs hundreds so that its batches
 # are full and the rate is not launch-bound.
 DEFAULT_WINDOWS = {"cpu": 1, "cuda": 256}
-# Token budget per forward for the timing. On the CPU 2048 tokens already keep the cores busy
-# (the CPU time per model token was the same from 2048 to 65536 here), and with only a few windows
-# a larger budget puts a whole window into one batch padded to its longest prompt; 2048 keeps the
-# padding near what a full run with the workflow's budget has (its peak memory is probed apart).
-# On a GPU: the workflow's budget.
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": None}
 WHOLE_WINDOWS = {"cpu": 2, "cuda": 64}   # the whole-job section runs every horizon twice over, per window
 
 
@@ -112,8 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
                         help="default fp32 on CPU, fp16 on CUDA")
     parser.add_argument("--batch-tokens", type=int, default=None,
-                        help=f"token budget of the timed runs (default {DEFAULT_BATCH_TOKENS['cpu']} on CPU, "
-                             "the workflow's batch_tokens on CUDA)")
+                        help="token budget of the timed runs (default: the workflow's batch_tokens; a batch's "
+                             "heads and stems take a sixth of it, so a few windows fill batches as a whole job does)")
     parser.add_argument("--probe-batch-tokens", type=int, default=None,
                         help="token budget of the CPU memory probe (default: the workflow's batch_tokens)")
     parser.add_argument("--whole-windows", type=int, default=None,
@@ -133,7 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.whole_windows is None:
         args.whole_windows = WHOLE_WINDOWS[args.device]
     if args.batch_tokens is None:
-        args.batch_tokens = DEFAULT_BATCH_TOKENS[args.device] or workflow_batch_tokens(args.device)
+        args.batch_tokens = workflow_batch_tokens(args.device)
     if args.probe_batch_tokens is None:
         args.probe_batch_tokens = workflow_batch_tokens(args.device)
     args.csv = args.csv or first_existing(CSV_CANDIDATES, "weather.csv", "--csv")

@@ -259,6 +259,11 @@ def fill_windows(horizon: Horizon, batch_tokens: int, fidelity: str) -> np.ndarr
     return np.union1d(horizon.sample, spread)
 
 
+def _named(horizons: list[Horizon]) -> str:
+    """'pred_len 24' or 'pred_lens 24, 48': the horizons of a job, for its sentences."""
+    return f"pred_len{'s' if len(horizons) > 1 else ''} {', '.join(str(horizon.pred_len) for horizon in horizons)}"
+
+
 def measure_job(teacher: Teacher, horizons: list[Horizon], fidelity: str, batch_tokens: int) -> tuple[dict, dict]:
     """What one extraction job of these horizons does on these devices: windows/s, peak memory per
     device at `batch_tokens` (halved while a GPU runs out of memory), the largest budget that fits
@@ -280,7 +285,6 @@ def measure_job(teacher: Teacher, horizons: list[Horizon], fidelity: str, batch_
     shortest = min(horizons, key=lambda horizon: next(iter(horizon.planned.values())))
     windows = fill_windows(shortest, batch_tokens, fidelity)
     prompts = {horizon.pred_len: horizon.prompts for horizon in horizons}
-    named = "pred_lens " + ", ".join(map(str, prompts)) if len(prompts) > 1 else f"pred_len {shortest.pred_len}"
     budget, tried = batch_tokens, []
     while True:
         try:
@@ -290,8 +294,8 @@ def measure_job(teacher: Teacher, horizons: list[Horizon], fidelity: str, batch_
             tried.append(budget)
             torch.cuda.empty_cache()
             if budget // 2 < 1024:
-                raise InputError(f"{named}: {', '.join(teacher.devices)} ran out of memory even at batch_tokens = "
-                                 "1024; raise gpus_per_job or use a GPU with more memory.") from None
+                raise InputError(f"{_named(horizons)}: {', '.join(teacher.devices)} ran out of memory even at "
+                                 "batch_tokens = 1024; raise gpus_per_job or use a GPU with more memory.") from None
             budget //= 2
     peaks = peak_memory(teacher.devices)
     planned = {split: max(horizon.planned[split] for horizon in horizons) for split in shortest.planned}
@@ -556,14 +560,13 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
     measured, embeddings = [], {}
     # The jobs the workflow runs: one for every horizon (share_horizons), or one per horizon.
     for job in [horizons] if config["share_horizons"] else [[horizon] for horizon in horizons]:
-        named = "pred_len" + ("s " if len(job) > 1 else " ") + ", ".join(str(horizon.pred_len) for horizon in job)
         try:
             figures, sample_embeddings = measure_job(teacher, job, settings.fidelity, budget)
         except InputError as error:     # the extraction's own sentence (non-finite state, memory)
             failures.append(str(error))
             continue
         except RuntimeError as error:   # a device error on a path never run on this machine before
-            failures.append(f"{named}: the extraction failed on {', '.join(devices)} "
+            failures.append(f"{_named(job)}: the extraction failed on {', '.join(devices)} "
                             f"({str(error).strip().splitlines()[0]}); report it with this preflight output.")
             continue
         measured.append(figures)
