@@ -43,7 +43,7 @@ from .lm import (
     load_tokenizer,
     weights_file,
 )
-from .packing import Prompt, Trie, TrieBatch, batches, build_trie, type_codes
+from .packing import PREFIX_SHARE, Prompt, Trie, TrieBatch, batches, build_trie, type_codes
 from .prompts import SplitPrompts
 from .sca import SubtractiveCrossAttention, seeded_sca
 from .settings import Settings
@@ -266,11 +266,12 @@ def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], wi
     exists = {P: int((windows < prompts.n_windows).sum()) for P, prompts in prompts_by_pred_len.items()}  # a prefix
     tokens = _prompt_tokens(prompts_by_pred_len, windows)
     per_window = sum(tokens.values())                                       # (W,)
-    # Enough windows per chunk for several full batches, so that sorting by length pays off;
-    # counted from the heads and stems alone, so that the chunks, and with them every batch,
-    # are the same whichever horizons run together (packing.py).
+    # Enough windows per chunk for about 8 full batches, so that sorting by length pays off and the
+    # progress bar still moves; counted from the heads and stems alone (a batch's PREFIX_SHARE of
+    # the budget), so that the chunks, and with them every batch, are the same whichever horizons
+    # run together (packing.py).
     prefix = prefix_tokens(prompts_by_pred_len, int(windows[0]), fidelity) if len(windows) else 1
-    chunk = max(1, math.ceil(8 * batch_tokens / prefix))
+    chunk = max(1, math.ceil(8 * PREFIX_SHARE * batch_tokens / prefix))
     parts = [windows[chunk_start:chunk_start + chunk] for chunk_start in range(0, len(windows), chunk)]
     out = {P: np.empty((n_exist, N, d), dtype=np.float32) for P, n_exist in exists.items()}
     device = input_device(replica.model)
