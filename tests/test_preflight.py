@@ -83,8 +83,11 @@ def test_one_cpu_device_measures_and_lists_the_gpu_checks_as_not_run(weather_csv
 
 def test_the_speed_memory_and_eta_are_those_of_the_jobs_the_workflow_runs(weather_csv, tiny_model_dir):
     """share_horizons: one job for both horizons, measured as one; false: one job per horizon."""
-    shared = run_preflight(config_for(weather_csv, tiny_model_dir, pred_lens=[48, 24], **FEW), n_windows=2)
+    shared = run_preflight(config_for(weather_csv, tiny_model_dir, pred_lens=[48, 24], precision="bf16", **FEW),
+                           n_windows=2)
     assert shared["passed"], shared["failures"]
+    # parity against fp32 on the same sample windows at both horizons
+    assert [shared["parity"][P]["windows_compared"] for P in (48, 24)] == [[0, 15], [0, 15]]
     (job,) = shared["jobs"]
     assert job["pred_lens"] == [48, 24] and job["planned_windows"] == {"train": 16}
     assert shared["eta_s"] == pytest.approx(16 / job["windows_per_s"])
