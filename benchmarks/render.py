@@ -255,7 +255,24 @@ def md_whole(report: dict) -> str | None:
         + "Another token budget forms other batches, and so rounds differently (second row). The SCA is the same "
           "code on both ways; it amplifies the last-bit differences of the states it is given (by the ratio of the "
           "two columns).",
+        *md_prefix_shares(whole),
     ])
+
+
+def md_prefix_shares(whole: dict) -> list[str]:
+    """The shared trie at several shares of the budget for the heads and stems (none in older reports)."""
+    shares = whole.get("prefix_shares")
+    if not shares:
+        return []
+    rows = [[f"1/{round(1 / share['prefix_share'])}" if share["prefix_share"] < 1 else "all",
+             fmt(share["s_per_window"]), fmt(share["model_positions_per_window"]), fmt(share["peak_rss_bytes"] / GB)]
+            for share in shares]
+    return ["", f"The shared trie again, once per share, each in a fresh process (no warm-up, so each time includes "
+            f"the same first-call costs), with a batch's heads and stems given that share of batch_tokens "
+            f"{fmt(shares[0]['batch_tokens'])}; every horizon's tails are alive with them through the blocks, so a "
+            "larger share holds more memory. The workflow uses 1/6 (`packing.PREFIX_SHARE`).", "",
+            table(["heads and stems get", "s / window, all horizons", "model positions / window", "peak RSS (GB)"],
+                  rows)]
 
 
 def difference(value: float) -> str:

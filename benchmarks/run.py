@@ -75,7 +75,9 @@ TOKENIZER_CANDIDATES = ("../shared/data/gpt2-tokenizer",)
 # so the CPU default keeps `make bench` near 10 minutes; a GPU needs hundreds so that its batches
 # are full and the rate is not launch-bound.
 DEFAULT_WINDOWS = {"cpu": 1, "cuda": 256}
-WHOLE_WINDOWS = {"cpu": 2, "cuda": 64}   # the whole-job section runs every horizon twice over, per window
+WHOLE_WINDOWS = {"cpu": 2, "cuda": 64}
+# The shares of the token budget a batch's heads and stems are measured at (packing.PREFIX_SHARE is 1/6).
+PREFIX_SHARES = (1.0, 1 / 2, 1 / 4, 1 / 6)   # the whole-job section runs every horizon twice over, per window
 
 
 # ----------------------------------------------------------------------------- options
@@ -115,7 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["whole"], default=None,
                         help="run only this section and write it into the existing --out report (and its JSON)")
     # Internal: the parent runs each measurement in a fresh process through these.
-    parser.add_argument("--worker", choices=["horizon", "baseline", "savings", "whole"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["horizon", "baseline", "savings", "whole", "share"],
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--prefix-share", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--pred-len", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
@@ -157,16 +161,18 @@ def first_existing(candidates: tuple[str, ...], what: str, option: str) -> Path:
 # ----------------------------------------------------------------------------- parent
 
 
-def spawn(args, worker: str, workdir: Path, pred_len: int, probe: bool = False) -> dict:
+def spawn(args, worker: str, workdir: Path, pred_len: int, probe: bool = False, prefix_share: float | None = None
+          ) -> dict:
     """Run one worker in a fresh interpreter and return its JSON result."""
     out = workdir / f"{worker}_P{pred_len}.json"
     cmd = [sys.executable, "-m", "benchmarks.run", "--worker", worker, "--pred-len", str(pred_len),
            "--workdir", str(workdir), "--csv", str(args.csv), "--tokenizer", str(args.tokenizer),
            "--device", args.device, "--precision", args.precision,
-           "--windows", str(args.whole_windows if worker == "whole" else args.windows),
+           "--windows", str(args.whole_windows if worker in ("whole", "share") else args.windows),
            "--batch-tokens", str(args.batch_tokens), "--probe-batch-tokens", str(args.probe_batch_tokens),
            "--pred-lens", *map(str, args.pred_lens)]           # the whole job runs every one of them
     cmd += ["--memory-probe"] if probe else []
+    cmd += ["--prefix-share", repr(prefix_share)] if prefix_share is not None else []
     subprocess.run(cmd, check=True, env=bench_env())
     return json.loads(out.read_text())
 
@@ -213,6 +219,18 @@ def run_settings(args) -> dict:
             "fidelity": FIDELITY, "model": "GPT-2-small shape, random weights", "seed": SEED}
 
 
+def whole_job(args, workdir: Path) -> dict:
+    """The whole-job section: one job per horizon against the shared trie, then the shared trie at
+    each of PREFIX_SHARES, each share in a fresh process (its peak RSS is its own)."""
+    progress(f"whole job: every horizon, one job per horizon against the shared trie, {args.whole_windows} windows")
+    section = spawn(args, "whole", workdir, args.pred_lens[0])
+    section["prefix_shares"] = []
+    for share in PREFIX_SHARES:
+        progress(f"whole job: the shared trie with heads and stems at {share:.3g} of the budget")
+        section["prefix_shares"].append(spawn(args, "share", workdir, args.pred_lens[0], prefix_share=share))
+    return section
+
+
 def measure(args) -> dict:
     """Every measurement, each horizon and the baseline in a fresh process; returns the report."""
     from timekd_embed.extract import save_sca
@@ -235,8 +253,7 @@ def measure(args) -> dict:
         report["baseline"] = spawn(args, "baseline", workdir, BASELINE_P)
         progress(f"exact savings one at a time at P={BASELINE_P}")
         report["savings"] = spawn(args, "savings", workdir, BASELINE_P)
-        progress(f"whole job: every horizon, one job per horizon against the shared trie, {args.whole_windows} windows")
-        report["whole_job"] = spawn(args, "whole", workdir, args.pred_lens[0])
+        report["whole_job"] = whole_job(args, workdir)
     report["total_wall_s"] = elapsed()
     report["machine"]["load_average_at_end"] = os.getloadavg()
     summarize(report)
@@ -255,8 +272,7 @@ def measure_whole_only(args, json_path: Path) -> dict:
         make_model_dir(workdir / "model", args.tokenizer)
         save_sca(workdir / "sca.safetensors", n_vars=len(train_split(args.csv)[0]), d_model=GPT2_SMALL["n_embd"],
                  seed=SEED)
-        progress(f"whole job: every horizon, one job per horizon against the shared trie, {args.whole_windows} windows")
-        report["whole_job"] = spawn(args, "whole", workdir, args.pred_lens[0])
+        report["whole_job"] = whole_job(args, workdir)
     report["whole_job"]["machine"] = machine(args.device) | {"load_average_at_end": os.getloadavg()}
     summarize(report)
     return report

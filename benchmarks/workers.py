@@ -286,13 +286,10 @@ def concatenated(calls: list[torch.Tensor]) -> np.ndarray:
     return torch.cat(calls, dim=1).numpy()
 
 
-def run_whole(args) -> dict:
-    """The same windows through (a) one job per horizon (embed_windows per P, summed) and (b) the
-    shared trie (embed_horizons), in this process, interleaved: exact model positions (padding
-    included, counted at the token embedding), seconds per window for all horizons together, peak
-    RSS after each, and the largest differences between the two (per horizon, same precision) of
-    the language model's last-token states and of the embeddings after the SCA."""
-    from timekd_embed.extract import embed_horizons, embed_windows, load_teacher
+def whole_job_inputs(args) -> tuple[dict, np.ndarray, object, int]:
+    """The whole-job section's prompts per horizon (train split), its windows (spread over those
+    that exist at every horizon), the teacher, and the workflow's default token budget."""
+    from timekd_embed.extract import load_teacher
     from timekd_embed.lm import load_tokenizer
     from timekd_embed.prompts import SplitPrompts
     _, raw, stamps = train_split(args.csv)
@@ -300,10 +297,42 @@ def run_whole(args) -> dict:
     tokenizer = load_tokenizer(str(model_dir))
     prompts = {P: SplitPrompts(tokenizer, raw, stamps, DATASET, P, SEQ_LEN) for P in args.pred_lens}
     n_windows = min(horizon_prompts.n_windows for horizon_prompts in prompts.values())  # every window at every horizon
-    windows = spread_windows(n_windows, args.windows)
     teacher = load_teacher(settings_for(args, args.pred_lens[0], model_dir), args.workdir / "sca.safetensors",
                            devices=devices_for(args.device))
-    budget = args.probe_batch_tokens or workflow_batch_tokens(args.device)     # the workflow's default budget
+    budget = args.probe_batch_tokens or workflow_batch_tokens(args.device)
+    return prompts, spread_windows(n_windows, args.windows), teacher, budget
+
+
+def run_share(args) -> dict:
+    """The shared trie (embed_horizons) once on the whole-job windows with a batch's heads and stems
+    given args.prefix_share of the token budget (packing.PREFIX_SHARE, set in this fresh process;
+    the window chunks keep the default's, and these windows fit one chunk either way): seconds and
+    model positions per window, and the process's peak RSS, so that the shares compare."""
+    from timekd_embed import packing
+    from timekd_embed.extract import embed_horizons
+    prompts, windows, teacher, budget = whole_job_inputs(args)
+    chosen, packing.PREFIX_SHARE = packing.PREFIX_SHARE, args.prefix_share
+    try:
+        with count_model_tokens(teacher.model) as counts:
+            synchronize(args.device)
+            start = time.perf_counter()
+            embed_horizons(teacher, prompts, windows, FIDELITY, budget)
+            synchronize(args.device)
+            wall = time.perf_counter() - start
+    finally:
+        packing.PREFIX_SHARE = chosen
+    return {"prefix_share": args.prefix_share, "batch_tokens": budget, "s_per_window": wall / len(windows),
+            "model_positions_per_window": counts["model_tokens"] / len(windows), "peak_rss_bytes": peak_rss_bytes()}
+
+
+def run_whole(args) -> dict:
+    """The same windows through (a) one job per horizon (embed_windows per P, summed) and (b) the
+    shared trie (embed_horizons), in this process, interleaved: exact model positions (padding
+    included, counted at the token embedding), seconds per window for all horizons together, peak
+    RSS after each, and the largest differences between the two (per horizon, same precision) of
+    the language model's last-token states and of the embeddings after the SCA."""
+    from timekd_embed.extract import embed_horizons, embed_windows
+    prompts, windows, teacher, budget = whole_job_inputs(args)
     embed_windows(teacher, prompts[args.pred_lens[0]], windows[:1], FIDELITY, budget)       # warm-up
     recorder = StateRecorder(teacher.replicas[0].sca)       # the bench runs one replica
     teacher.replicas[0].sca = recorder
@@ -367,7 +396,8 @@ def run_whole(args) -> dict:
     return result
 
 
-WORKERS = {"horizon": run_horizon, "baseline": run_baseline, "savings": run_savings, "whole": run_whole}
+WORKERS = {"horizon": run_horizon, "baseline": run_baseline, "savings": run_savings, "whole": run_whole,
+           "share": run_share}
 
 
 def worker_main(args) -> None:
