@@ -45,8 +45,8 @@ BUCKET_RATIO = 0.75  # a leaf joins a bucket while it is at least this fraction 
 STEM_STEP = 16       # stems within this many tokens of each other count as equally long when batching
 # The share of the token budget a batch's heads and stems get. On weather the tails of the five
 # default horizons hold 4.6-5.3 times their positions, so a batch of all five holds about the
-# budget. A larger share keeps more tails alive at once (measured, the bench's two windows, GPT-2
-# small shape, fp32, budget 8,192: peak RSS 2.4 GB at share 1, 1.6 GB at 1/6, equally fast).
+# budget. A larger share keeps more tails alive at once: peak RSS 2.41 GB at share 1, 1.63 GB at
+# 1/6, about as fast (docs/benchmarks.md, whole job: GPT-2-small shape, fp32, budget 8,192).
 PREFIX_SHARE = 1 / 6
 
 
