@@ -20,12 +20,11 @@ from benchmarks.common import (
     FIDELITY,
     ROOFLINE_SIZE_NEARBY,
     ROOT,
-    devices_for,
     first_window_prompts,
+    load_bench_teacher,
     matmul_roofline,
     peak_rss_bytes,
     progress,
-    settings_for,
     synchronize,
     warm_up,
 )
@@ -80,7 +79,7 @@ def published_window(model, tokenizer, sca, prompts, window: int, device: str) -
 def run_baseline(args) -> dict:
     """The published way on one window at P = BASELINE_P, then embed_windows on the same window in
     the same process: a side-by-side ratio and a cross-check of the two results."""
-    from timekd_embed.lm import load_tokenizer
+    from timekd_embed.checkpoint import load_tokenizer
     tokenizer = load_tokenizer(str(args.workdir / "model"))
     window, prompts = first_window_prompts(args, tokenizer, BASELINE_P)
     result, published = time_published(args, tokenizer, prompts, window)
@@ -97,7 +96,7 @@ def time_published(args, tokenizer, prompts, window: int) -> tuple[dict, np.ndar
     (so that its peak RSS is its own)."""
     from transformers import GPT2Model
 
-    from timekd_embed.extract import load_sca
+    from timekd_embed.sca import load_sca
     model = GPT2Model.from_pretrained(args.workdir / "model", attn_implementation="eager").to(args.device).eval()
     sca = load_sca(args.workdir / "sca.safetensors").to(args.device)
     with torch.no_grad():
@@ -120,9 +119,8 @@ def time_published(args, tokenizer, prompts, window: int) -> tuple[dict, np.ndar
 
 def time_embed_one(args, prompts, window: int) -> dict:
     """embed_windows on the baseline's window, with the bench's precision and budget."""
-    from timekd_embed.extract import embed_windows, load_teacher
-    teacher = load_teacher(settings_for(args, BASELINE_P, args.workdir / "model"), args.workdir / "sca.safetensors",
-                           devices=devices_for(args.device))
+    from timekd_embed.extract import embed_windows
+    teacher = load_bench_teacher(args, args.workdir / "model")
     warm_up(teacher, prompts, np.array([window]), args.device, args.batch_tokens)
     progress(f"baseline: the same window through embed_windows ({args.precision})")
     synchronize(args.device)

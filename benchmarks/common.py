@@ -96,13 +96,19 @@ def make_model_dir(path: Path, tokenizer_dir: Path, seed: int = SEED, **shape) -
     return path
 
 
-def train_split(csv: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Variables, raw values (R, N) and stamps (R, 6) of the train split."""
-    from timekd_embed.table import load_csv, stamps
-    from timekd_embed.windows import split_borders
-    table = load_csv(csv, target="OT", layout="custom")
-    start, stop = split_borders(len(table.values), SEQ_LEN, "custom")[SPLIT]
-    return table.variables, table.values[start:stop], stamps(table.dates[start:stop])
+def train_split(csv: Path):
+    """The train split (timekd_embed.windows.SplitWindows), in memory."""
+    from timekd_embed.table import load_csv
+    from timekd_embed.windows import split_windows
+    return split_windows(load_csv(csv, target="OT", layout="custom"), "custom", SEQ_LEN)[SPLIT]
+
+
+def prepare(args, tokenizer, pred_lens: list[int], up_to: int | None = None):
+    """The train split prepared as an extraction job prepares it (timekd_embed.split_job.prepare_split):
+    prompts per horizon (windows 0..up_to-1 only, with up_to), every prompt checked against GPT-2's context."""
+    from timekd_embed.split_job import prepare_split
+    return prepare_split(tokenizer, train_split(args.csv), settings_for(args, Path()), pred_lens,
+                         GPT2_SMALL["n_positions"], up_to)
 
 
 def spread_windows(n_windows: int, count: int) -> np.ndarray:
@@ -114,26 +120,30 @@ def spread_windows(n_windows: int, count: int) -> np.ndarray:
 
 def first_window_prompts(args, tokenizer, pred_len: int):
     """The baseline's and the savings' window (the horizon run's first) and SplitPrompts built from
-    only the rows the windows up to it read, as an extraction job does (extract.split_prompts):
-    tokenizing the whole train split for one window took 3.8 s here, outside every timed part.
+    only the rows the windows up to it read (prepare with up_to): tokenizing the whole train split
+    for one window took 3.8 s here, outside every timed part.
 
     Returns:
         (window index in the train split, timekd_embed.prompts.SplitPrompts).
     """
-    from timekd_embed.prompts import SplitPrompts
     from timekd_embed.shards import planned_windows
-    _, raw, stamps = train_split(args.csv)
-    window = int(spread_windows(planned_windows(len(raw), SEQ_LEN, pred_len, None), args.windows)[0])
-    rows = window + SEQ_LEN + pred_len
-    return window, SplitPrompts(tokenizer, raw[:rows], stamps[:rows], DATASET, pred_len, SEQ_LEN)
+    window = int(spread_windows(planned_windows(len(train_split(args.csv).rows), SEQ_LEN, pred_len, None),
+                                args.windows)[0])
+    return window, prepare(args, tokenizer, [pred_len], up_to=window + 1).prompts[pred_len]
 
 
-def settings_for(args, pred_len: int, model_dir: Path):
-    """The job settings (timekd_embed.settings.Settings) of one horizon with the bench's options."""
+def settings_for(args, model_dir: Path):
+    """The job settings (timekd_embed.settings.Settings) with the bench's options."""
     from timekd_embed.settings import Settings
-    return Settings(name=DATASET, template=None, pred_len=pred_len, split=SPLIT, model=str(model_dir),
-                    revision=None, precision=args.precision, fidelity=FIDELITY, limit_windows=None,
-                    device=args.device, gpus_per_job=1, batch_tokens=args.batch_tokens)
+    return Settings(name=DATASET, template=None, seq_len=SEQ_LEN, model=str(model_dir), revision=None, layers=None,
+                    precision=args.precision, fidelity=FIDELITY, limit_windows=None)
+
+
+def load_bench_teacher(args, model_dir: Path, devices: list[str] | None = None):
+    """The teacher of `model_dir` with the bench's precision, on the bench's devices."""
+    from timekd_embed.teacher import load_teacher
+    return load_teacher(settings_for(args, model_dir).teacher, args.workdir / "sca.safetensors",
+                        devices or devices_for(args.device))
 
 
 def synchronize(device: str) -> None:

@@ -233,7 +233,7 @@ def whole_job(args, workdir: Path) -> dict:
 
 def measure(args) -> dict:
     """Every measurement, each horizon and the baseline in a fresh process; returns the report."""
-    from timekd_embed.extract import save_sca
+    from timekd_embed.sca import save_sca
     report = {"settings": run_settings(args), "machine": machine(args.device)}
     progress(f"{report['machine']['cpu']}, {args.device}, {args.precision}, {args.windows} window(s) per horizon")
     with tempfile.TemporaryDirectory(prefix="timekd-bench-") as tmp:
@@ -262,7 +262,7 @@ def measure(args) -> dict:
 
 def measure_whole_only(args, json_path: Path) -> dict:
     """The whole-job section alone, merged into the report of an earlier full run (its JSON)."""
-    from timekd_embed.extract import save_sca
+    from timekd_embed.sca import save_sca
     if not json_path.exists():             # the targets and the Markdown need the full run's figures
         sys.exit(f"bench: --only whole adds its section to an earlier full run's {json_path}, which does not "
                  f"exist; run without --only first (make bench).")

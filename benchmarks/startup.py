@@ -28,22 +28,22 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 began = time.perf_counter()
-from timekd_embed.extract import Settings, load_teacher
-from timekd_embed.lm import load_tokenizer
-from timekd_embed.prompts import SplitPrompts
+from timekd_embed.checkpoint import load_config, load_tokenizer
+from timekd_embed.settings import Settings
+from timekd_embed.split_job import prepare_split
+from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import read_windows
 imported = time.perf_counter()
 windows_path, sca, model, pred_len = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 split_windows = read_windows(windows_path)
 read = time.perf_counter()
+settings = Settings(name="weather", template=None, seq_len=split_windows.meta["seq_len"], model=model, revision=None,
+                    layers=None, precision="fp32", fidelity="reference", limit_windows=None)
 tokenizer = load_tokenizer(model)
-prompts = SplitPrompts(tokenizer, split_windows.raw, split_windows.stamps(), "weather", pred_len,
-                       split_windows.meta["seq_len"])
-prompts.lengths(list(range(prompts.n_windows)))
+job = prepare_split(tokenizer, split_windows, settings, [pred_len], load_config(model).n_positions)
+prompts = job.prompts[pred_len]
 built = time.perf_counter()
-settings = Settings(name="weather", template=None, pred_len=pred_len, split="train", model=model, revision=None,
-                    precision="fp32", fidelity="reference", limit_windows=None, device="cpu")
-load_teacher(settings, sca)
+load_teacher(settings.teacher, sca, ["cpu"])
 loaded = time.perf_counter()
 print(json.dumps({"imports_in_process": imported - began, "windows": read - imported, "prompts": built - read,
                   "model": loaded - built, "windows_in_split": prompts.n_windows}))
@@ -61,7 +61,7 @@ def main() -> None:
     import torch
     from transformers import GPT2Config, GPT2Model
 
-    from timekd_embed.extract import save_sca
+    from timekd_embed.sca import save_sca
     from timekd_embed.table import load_csv
     from timekd_embed.windows import write_windows
 

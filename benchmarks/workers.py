@@ -17,22 +17,19 @@ import torch
 from benchmarks.baseline import run_baseline
 from benchmarks.common import (
     BASELINE_P,
-    DATASET,
     FIDELITY,
     GPT2_SMALL,
     ROOFLINE_SIZE_NEARBY,
-    SEQ_LEN,
-    SPLIT,
     count_model_tokens,
-    devices_for,
     first_window_prompts,
     issued_matmul_flops,
+    load_bench_teacher,
     matmul_roofline,
     naive_flops,
     peak_rss_bytes,
+    prepare,
     progress,
     quiet_libraries,
-    settings_for,
     spread_windows,
     synchronize,
     train_split,
@@ -84,12 +81,11 @@ def memory_probe(args, prompts, longest: int, timed_peak: int) -> dict:
     full teacher stays loaded meanwhile, so the process holds every weight a job holds; the probe
     model's own weights are subtracted.
     """
-    from timekd_embed.extract import embed_windows, load_teacher
+    from timekd_embed.extract import embed_windows
     budget, n_vars = args.probe_batch_tokens, prompts.n_vars
     # More than enough windows for the first batch to be full (its stems fill PREFIX_SHARE of the budget).
     windows = spread_windows(prompts.n_windows, -(-budget // (longest * n_vars)) + 1)
-    probe = load_teacher(settings_for(args, args.pred_len, args.workdir / "model-1layer"),
-                         args.workdir / "sca.safetensors", devices=["cpu"])
+    probe = load_bench_teacher(args, args.workdir / "model-1layer", ["cpu"])
     own = sum(weight.numel() * weight.element_size() for weight in probe.model.parameters())   # (its SCA copy: < 6 MB)
     progress(f"P={args.pred_len}: memory probe at batch_tokens {budget} ({len(windows)} windows, 1 layer)")
     with count_model_tokens(probe.model) as counts:
@@ -100,22 +96,21 @@ def memory_probe(args, prompts, longest: int, timed_peak: int) -> dict:
 
 def run_horizon(args) -> dict:
     """One horizon in this (fresh) process: build prompts, load the teacher, time embed_windows."""
-    from timekd_embed.extract import check_context, embed_windows, load_teacher
-    from timekd_embed.lm import load_tokenizer
-    from timekd_embed.prompts import SplitPrompts
+    from timekd_embed.checkpoint import load_tokenizer
+    from timekd_embed.extract import embed_windows
 
     P, model_dir = args.pred_len, args.workdir / "model"
-    variables, raw, stamps = train_split(args.csv)
     tokenizer = load_tokenizer(str(model_dir))
+    train_split(args.csv)                      # the CSV read outside the timed preparation
     start = time.perf_counter()
-    prompts = SplitPrompts(tokenizer, raw, stamps, DATASET, P, SEQ_LEN)
+    job = prepare(args, tokenizer, [P])
     construct_s = time.perf_counter() - start
+    prompts = job.prompts[P]
     windows = spread_windows(prompts.n_windows, args.windows)
-    longest = check_context(prompts, GPT2_SMALL["n_positions"], SPLIT, windows, variables)
+    longest = int(prompts.lengths(windows)[0].max())
     gt_len, hd_len = prompts.lengths(windows)
 
-    teacher = load_teacher(settings_for(args, P, model_dir), args.workdir / "sca.safetensors",
-                           devices=devices_for(args.device))
+    teacher = load_bench_teacher(args, model_dir)
     warm_up(teacher, prompts, windows, args.device, args.batch_tokens)
     progress(f"P={P}: embedding {len(windows)} windows ({int(gt_len.sum() + hd_len.sum())} tokens) "
              f"on {args.device} in {args.precision}")
@@ -213,9 +208,9 @@ def run_savings(args) -> dict:
     difference from the plain path's (same precision)."""
     from transformers import GPT2Model
 
-    from timekd_embed.extract import window_prompts
-    from timekd_embed.lm import DTYPES, load_lm, load_tokenizer
-    from timekd_embed.packing import build_trie
+    from timekd_embed.checkpoint import load_lm, load_tokenizer
+    from timekd_embed.lm import DTYPES
+    from timekd_embed.packing import build_trie, window_prompts
     model_dir = args.workdir / "model"
     window, prompts = first_window_prompts(args, load_tokenizer(str(model_dir)), BASELINE_P)
     groups, _ = window_prompts({BASELINE_P: prompts}, window, FIDELITY)       # per variable [GT, HD]
@@ -289,16 +284,11 @@ def concatenated(calls: list[torch.Tensor]) -> np.ndarray:
 def whole_job_inputs(args) -> tuple[dict, np.ndarray, object, int]:
     """The whole-job section's prompts per horizon (train split), its windows (spread over those
     that exist at every horizon), the teacher, and the workflow's default token budget."""
-    from timekd_embed.extract import load_teacher
-    from timekd_embed.lm import load_tokenizer
-    from timekd_embed.prompts import SplitPrompts
-    _, raw, stamps = train_split(args.csv)
+    from timekd_embed.checkpoint import load_tokenizer
     model_dir = args.workdir / "model"
-    tokenizer = load_tokenizer(str(model_dir))
-    prompts = {P: SplitPrompts(tokenizer, raw, stamps, DATASET, P, SEQ_LEN) for P in args.pred_lens}
+    prompts = prepare(args, load_tokenizer(str(model_dir)), args.pred_lens).prompts
     n_windows = min(horizon_prompts.n_windows for horizon_prompts in prompts.values())  # every window at every horizon
-    teacher = load_teacher(settings_for(args, args.pred_lens[0], model_dir), args.workdir / "sca.safetensors",
-                           devices=devices_for(args.device))
+    teacher = load_bench_teacher(args, model_dir)
     budget = args.probe_batch_tokens or workflow_batch_tokens(args.device)
     return prompts, spread_windows(n_windows, args.windows), teacher, budget
 

@@ -124,3 +124,22 @@ def modes_against_umask(results: Path, umask: int) -> dict[str, tuple[str, str]]
         if mode != expected:
             wrong[str(path.relative_to(results))] = (oct(mode), oct(expected))
     return wrong
+
+
+def weather_settings(model_dir: Path, **overrides):
+    """The settings of a weather job on a local model folder (fp32, reference fidelity, every window)."""
+    from timekd_embed.settings import Settings
+
+    base = dict(name="weather", template=None, seq_len=96, model=str(model_dir), revision=None, layers=None,
+                precision="fp32", fidelity="reference", limit_windows=None)
+    return Settings(**(base | overrides))
+
+
+def extract_one(settings, windows_path: Path, sca_path: Path, out: Path, stats: Path, pred_len: int = 24,
+                split: str = "train", shard: tuple[int, int] | None = None, log_file=None, **runtime) -> dict:
+    """extract_horizons for one horizon on the CPU (runtime keys as overrides): its stats."""
+    from timekd_embed.extract import extract_horizons
+    from timekd_embed.settings import Runtime
+
+    return extract_horizons(settings, Runtime(**({"device": "cpu"} | runtime)), split, [pred_len], windows_path,
+                            sca_path, {pred_len: (out, stats)}, log_file, shard)[pred_len]

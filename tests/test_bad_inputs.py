@@ -29,13 +29,14 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2Model
 
 from conftest import ROOT, SHARED_DATA, make_model_dir, need
-from helpers import snakemake
+from helpers import extract_one, snakemake, weather_settings
+from timekd_embed.checkpoint import load_config
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
-from timekd_embed.extract import Settings, extract_split, load_teacher, save_sca
-from timekd_embed.lm import load_config
 from timekd_embed.prompts import SplitPrompts
+from timekd_embed.sca import save_sca
 from timekd_embed.table import load_csv
+from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import SPLITS, read_windows, write_windows
 
 SCRIPTS = ROOT / "workflow" / "scripts"
@@ -483,17 +484,15 @@ def small_windows(tmp_path_factory, lines) -> dict[str, Path]:
     return {"train": Path(out["train"]), "sca": folder / "sca.safetensors"}
 
 
-def settings(model_dir: Path, **overrides) -> Settings:
-    base = dict(name="weather", template=None, pred_len=24, split="train", model=str(model_dir), revision=None,
-                precision="fp32", fidelity="reference", limit_windows=2, device="cpu")
-    return Settings(**(base | overrides))
+def settings(model_dir: Path, **overrides):
+    return weather_settings(model_dir, limit_windows=2, **overrides)
 
 
 def test_a_horizon_whose_prompts_exceed_the_context(tmp_path, small_windows):
     short = make_model_dir(tmp_path / "short-context", n_positions=256)
     out = tmp_path / "out.safetensors"
     with pytest.raises(InputError) as caught:
-        extract_split(settings(short), small_windows["train"], small_windows["sca"], out, tmp_path / "out.json")
+        extract_one(settings(short), small_windows["train"], small_windows["sca"], out, tmp_path / "out.json")
     message = str(caught.value)
     assert "pred_len 24, split train: the longest prompt has" in message
     assert "the model reads at most 256; remove 24 from pred_lens" in message
@@ -507,8 +506,9 @@ def _model_copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
 
 def test_model_folder_without_weights(tmp_path, tiny_model_dir, small_windows):
     folder = _model_copy(tiny_model_dir, tmp_path / "no-weights", drop=("model.safetensors",))
-    with pytest.raises(InputError, match=rf"model folder {folder} has no model.safetensors; only safetensors"):
-        load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
+    expected = f"model folder {folder} has no model.safetensors (nor model.safetensors.index.json with its shards)"
+    with pytest.raises(InputError, match=re.escape(expected)):
+        load_teacher(settings(folder).teacher, small_windows["sca"], ["cpu"])
 
 
 def test_model_folder_with_pickle_weights_only_is_refused(tmp_path, tiny_model_dir, small_windows):
@@ -517,9 +517,9 @@ def test_model_folder_with_pickle_weights_only_is_refused(tmp_path, tiny_model_d
     # A pickle that would leave a marker file if anything ever unpickled it.
     torch.save({"payload": _Marker(str(marker))}, folder / "pytorch_model.bin")
     with pytest.raises(InputError) as caught:
-        load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
+        load_teacher(settings(folder).teacher, small_windows["sca"], ["cpu"])
     assert f"model folder {folder} has only pickle weights (pytorch_model.bin)" in str(caught.value)
-    assert "convert them to model.safetensors" in str(caught.value)
+    assert "convert them to safetensors" in str(caught.value)
     assert not marker.exists()
 
 
@@ -537,7 +537,7 @@ def test_tokenizer_vocabulary_differs_from_the_model(tmp_path, tiny_model_dir, s
     torch.manual_seed(0)
     GPT2Model(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=50_000)).save_pretrained(folder)
     with pytest.raises(InputError, match=r"the tokenizer has 50257 tokens but the model 50000 embeddings"):
-        load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
+        load_teacher(settings(folder).teacher, small_windows["sca"], ["cpu"])
 
 
 # --------------------------------------------------------------------------- security: network and remote code
@@ -566,7 +566,7 @@ def test_a_local_model_folder_needs_no_network_and_runs_no_remote_code(tmp_path,
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "evil.Config", "AutoModel": "evil.Model"}
     (folder / "config.json").write_text(json.dumps(config))
-    teacher = load_teacher(settings(folder), small_windows["sca"], devices=["cpu"])
+    teacher = load_teacher(settings(folder).teacher, small_windows["sca"], ["cpu"])
     assert teacher.model.config.n_embd == 64
     assert no_network == [] and not marker.exists()
 

@@ -15,8 +15,8 @@ from benchmarks.run import main, parse_args, spawn
 from benchmarks.workers import SAVINGS_ROUNDS, TIMED_REPEATS, WHOLE_ROUNDS, worker_main
 from conftest import TOKENIZER_DIR, make_model_dir
 from timekd_embed import packing
-from timekd_embed.extract import save_sca
 from timekd_embed.packing import PREFIX_SHARE
+from timekd_embed.sca import save_sca
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from conftest import make_model_dir
+from timekd_embed.checkpoint import check_model, check_weights, expected_shapes, load_config, load_lm
 from timekd_embed.errors import InputError
-from timekd_embed.lm import check_model, check_weights, expected_shapes, load_config, load_lm
 
 TENSORS = 28  # 2 blocks x 12 (ln_1, attn c_attn / c_proj, ln_2, mlp c_fc / c_proj; weight and bias each) + 4
 BLOCK = 12
@@ -136,4 +136,4 @@ def test_the_header_check_compares_names_and_shapes_with_the_meta_model(base, st
     shapes = expected_shapes(config)
     assert shapes == {name: tuple(t.shape) for name, t in state.items()}
     assert shapes["h.0.attn.c_attn.weight"] == (64, 192) and shapes["wte.weight"] == (50257, 64)
-    assert check_weights(str(base), None, config) == base / "model.safetensors"
+    assert check_weights(str(base), None, config) == [base / "model.safetensors"]

@@ -65,8 +65,9 @@ def test_inspect_refuses_a_model_folder_the_extraction_refuses(tmp_path, weather
                                                      "model": {"name_or_path": str(folder)}})
     result = timekd_embed_in_process("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
-    assert errors(result) == [(f"Error: model folder {folder} has no model.safetensors; only safetensors weights "
-                               "are loaded (no pickle).")]
+    assert errors(result) == [(f"Error: model folder {folder} has no model.safetensors (nor "
+                               "model.safetensors.index.json with its shards); only safetensors weights are loaded "
+                               "(no pickle).")]
 
 
 # --------------------------------------------------------------------------- configs as Snakemake reads them

@@ -9,22 +9,17 @@ import torch
 from transformers import GPT2Model
 
 from conftest import make_model_dir
+from helpers import weather_settings
 from plain_teacher import plain_teacher
 from timekd_embed.errors import InputError
-from timekd_embed.extract import (
-    Settings,
-    check_context,
-    embed_horizons,
-    embed_windows,
-    extract_horizons,
-    load_sca,
-    load_teacher,
-    save_sca,
-    split_prompts,
-)
+from timekd_embed.extract import embed_horizons, embed_windows, extract_horizons
 from timekd_embed.prompts import SplitPrompts
+from timekd_embed.sca import load_sca, save_sca
+from timekd_embed.settings import Runtime
+from timekd_embed.split_job import check_context, prepare_split
 from timekd_embed.store import read_tensors
 from timekd_embed.table import load_csv
+from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import read_windows, write_windows
 
 P = 24
@@ -38,9 +33,10 @@ def sca_path(tmp_path_factory):
 
 
 def settings(model_dir, **kw):
-    base = dict(name="weather", template=None, pred_len=P, split="train", model=str(model_dir), revision=None,
-                precision="fp32", fidelity="reference", limit_windows=None, device="cpu")
-    return Settings(**(base | kw))
+    return weather_settings(model_dir, **kw)
+
+
+CPU = Runtime(device="cpu")
 
 
 # One whose Tdew inputs start negative; one holding OT = -9999 (row 7244).
@@ -50,7 +46,7 @@ WINDOWS = [5000, 7200]
 @pytest.mark.parametrize("fidelity", ["reference", "corrected"])
 def test_all_horizons_in_one_trie_equal_the_plain_teacher(train_split, tokenizer, tiny_model_dir, sca_path, fidelity):
     _, raw, stamps = train_split
-    teacher = load_teacher(settings(tiny_model_dir, fidelity=fidelity), sca_path, devices=["cpu"])
+    teacher = load_teacher(settings(tiny_model_dir, fidelity=fidelity).teacher, sca_path, ["cpu"])
     prompts = {P: SplitPrompts(tokenizer, raw[:8000], stamps[:8000], "weather", P) for P in PRED_LENS}
     got, counts = embed_horizons(teacher, prompts, WINDOWS, fidelity, batch_tokens=8192)
     for P in PRED_LENS:
@@ -67,7 +63,7 @@ def test_all_horizons_in_one_job_give_each_horizons_own_job_bit_for_bit(train_sp
                                                                          sca_path, fidelity):
     """share_horizons true and false run the same operations on the same tensors: equal bits."""
     _, raw, stamps = train_split
-    teacher = load_teacher(settings(tiny_model_dir, fidelity=fidelity), sca_path, devices=["cpu"])
+    teacher = load_teacher(settings(tiny_model_dir, fidelity=fidelity).teacher, sca_path, ["cpu"])
     prompts = {P: SplitPrompts(tokenizer, raw[:8000], stamps[:8000], "weather", P) for P in PRED_LENS}
     windows = np.array([0, 1, 2, 3, 5000, 7200])
     for budget in (2048, 1 << 16):                   # several batches with split leaf buckets; one batch
@@ -81,7 +77,7 @@ def test_horizons_with_fewer_windows_get_their_own_prefix_of_the_windows(train_s
                                                                          sca_path):
     """400 rows: P = 24 has windows 0-280, P = 192 only 0-112; windows 110-114 exist at P = 192 up to 112."""
     _, raw, stamps = train_split
-    teacher = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
+    teacher = load_teacher(settings(tiny_model_dir).teacher, sca_path, ["cpu"])
     prompts = {P: SplitPrompts(tokenizer, raw[:400], stamps[:400], "weather", P) for P in (192, 24)}
     assert prompts[192].n_windows == 113 and prompts[24].n_windows == 281
     together, counts = embed_horizons(teacher, prompts, np.arange(110, 115), "reference", 4096)
@@ -95,7 +91,7 @@ def test_horizons_with_fewer_windows_get_their_own_prefix_of_the_windows(train_s
 
 
 def test_fidelities_differ_where_the_published_defect_bites(train_prompts, tiny_model_dir, sca_path):
-    teacher = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
+    teacher = load_teacher(settings(tiny_model_dir).teacher, sca_path, ["cpu"])
     prompts = train_prompts(P)
     ref, _ = embed_windows(teacher, prompts, [0], "reference", 8192)
     cor, _ = embed_windows(teacher, prompts, [0], "corrected", 8192)
@@ -103,7 +99,7 @@ def test_fidelities_differ_where_the_published_defect_bites(train_prompts, tiny_
 
 
 def test_batch_size_and_window_ranges_do_not_change_results(train_prompts, tiny_model_dir, sca_path):
-    teacher = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
+    teacher = load_teacher(settings(tiny_model_dir).teacher, sca_path, ["cpu"])
     prompts = train_prompts(P)
     one_by_one = np.concatenate([embed_windows(teacher, prompts, [i], "reference", 1024)[0] for i in range(3)])
     together, counts = embed_windows(teacher, prompts, [0, 1, 2], "reference", 1 << 16)
@@ -117,9 +113,9 @@ def test_layers_split_over_two_devices_equal_one_device(train_prompts, tiny_mode
     """A device map with the two blocks on two devices, dispatched by accelerate (last_token_states
     moves the activations to each block's device)."""
     prompts = train_prompts(P)
-    plain = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
+    plain = load_teacher(settings(tiny_model_dir).teacher, sca_path, ["cpu"])
     split_map = {"wte": "cpu", "wpe": "cpu", "drop": "cpu", "h.0": "cpu", "h.1": "cpu", "ln_f": "cpu"}
-    split = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu", "cpu"], device_map=split_map)
+    split = load_teacher(settings(tiny_model_dir).teacher, sca_path, ["cpu", "cpu"], device_map=split_map)
     assert hasattr(split.model.h[1], "_hf_hook")        # really dispatched, not just moved
     a, _ = embed_windows(plain, prompts, [0, 1], "reference", 8192)
     b, _ = embed_windows(split, prompts, [0, 1], "reference", 8192)
@@ -129,8 +125,8 @@ def test_layers_split_over_two_devices_equal_one_device(train_prompts, tiny_mode
 def test_one_replica_per_device_equals_one_device(train_prompts, tiny_model_dir, sca_path):
     """Data parallel over two (CPU) devices: the windows are shared out, the results unchanged."""
     prompts = train_prompts(P)
-    plain = load_teacher(settings(tiny_model_dir), sca_path, devices=["cpu"])
-    replicated = load_teacher(settings(tiny_model_dir, placement="data_parallel"), sca_path, devices=["cpu", "cpu"])
+    plain = load_teacher(settings(tiny_model_dir).teacher, sca_path, ["cpu"])
+    replicated = load_teacher(settings(tiny_model_dir).teacher, sca_path, ["cpu", "cpu"], "data_parallel")
     assert replicated.placement == "data_parallel" and len(replicated.replicas) == 2
     a, counts_a = embed_windows(plain, prompts, [0, 1, 2], "reference", 8192)
     b, counts_b = embed_windows(replicated, prompts, [0, 1, 2], "reference", 8192)
@@ -192,15 +188,15 @@ def test_an_fp16_overflow_stops_the_job_naming_precision_block_window_and_variab
     out = {P: (tmp_path / f"{P}.safetensors", tmp_path / f"{P}.json") for P in (24, 36)}
     job = settings(overflow_model_dir, precision="fp16", limit_windows=2)
     with pytest.raises(InputError) as error:
-        extract_horizons(job, [24, 36], small_windows["train"], sca_path, out)
+        extract_horizons(job, CPU, "train", [24, 36], small_windows["train"], sca_path, out)
     message = str(error.value)
     assert message.startswith("precision fp16: a hidden state became inf or NaN in block 2 of 4 (from 0), window ")
     assert "variable '" in message and "set config key precision to bf16" in message and "or fp32" in message
     assert len(message.splitlines()) == 1
     assert not any(path.exists() for pair in out.values() for path in pair)        # no file written
     for precision in ("bf16", "fp32"):                                            # fp32's range: finite
-        stats = extract_horizons(settings(overflow_model_dir, precision=precision, limit_windows=2), [24, 36],
-                                 small_windows["train"], sca_path, out)
+        stats = extract_horizons(settings(overflow_model_dir, precision=precision, limit_windows=2), CPU, "train",
+                                 [24, 36], small_windows["train"], sca_path, out)
         assert stats[36]["windows"] == 2 and json.loads(out[36][1].read_text())["precision"] == precision
         assert all(np.isfinite(read_tensors(out[P][0])[0]["embeddings"].numpy()).all() for P in out)
 
@@ -210,7 +206,7 @@ def test_the_prompts_of_the_first_windows_read_only_their_rows(small_windows, to
     # read rows 0..4 + 96 + 24 - 1 = 123: 124 rows.
     split_windows = read_windows(small_windows["train"])
     whole = SplitPrompts(tokenizer, split_windows.raw, split_windows.stamps(), "weather", 24)
-    first = split_prompts(tokenizer, split_windows, settings(tiny_model_dir), 24, 5)
+    first = prepare_split(tokenizer, split_windows, settings(tiny_model_dir), [24], 1024, up_to=5).prompts[24]
     assert whole.n_windows == 161 and first.n_windows == 5 and len(first.raw) == 124
     for i in (0, 4):
         assert all(np.array_equal(a, b) for a, b in zip(first.window_ids(i).gt + first.window_ids(i).hd,
@@ -224,7 +220,8 @@ def test_a_job_hashes_the_weights_and_the_sca_once_whatever_its_horizons(small_w
     hashed = []
     monkeypatch.setattr(extract, "sha256_file", lambda path: hashed.append(Path(path).name) or "0" * 64)
     out = {P: (tmp_path / f"{P}.safetensors", tmp_path / f"{P}.json") for P in (24, 36, 48)}
-    extract_horizons(settings(tiny_model_dir, limit_windows=1), [24, 36, 48], small_windows["train"], sca_path, out)
+    extract_horizons(settings(tiny_model_dir, limit_windows=1), CPU, "train", [24, 36, 48], small_windows["train"],
+                     sca_path, out)
     assert sorted(hashed) == ["model.safetensors", "sca.safetensors"]
     for P in out:
         meta = read_tensors(out[P][0])[1]

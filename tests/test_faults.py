@@ -16,10 +16,11 @@ import safetensors.torch
 import torch
 from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
+from helpers import extract_one, weather_settings
 from runs import EMBEDDINGS, NAME, resumed_run, uninterrupted_run
 from timekd_embed import store
-from timekd_embed.extract import Settings, extract_split, save_sca
 from timekd_embed.jobs import job
+from timekd_embed.sca import save_sca
 from timekd_embed.table import load_csv
 from timekd_embed.windows import SPLITS, write_windows
 
@@ -119,13 +120,11 @@ def test_out_of_memory_names_the_budget_to_lower(small_split, tiny_model_dir, tm
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total)")
 
     monkeypatch.setattr(GPT2MLP, "forward", oom)     # the widest activations: where a too-large batch fails on a GPU
-    settings = Settings(name=NAME, template=None, pred_len=24, split="train", model=str(tiny_model_dir),
-                        revision=None, precision="fp32", fidelity="reference", limit_windows=2, device="cpu",
-                        batch_tokens=4096)
+    settings = weather_settings(tiny_model_dir, name=NAME, limit_windows=2)
     out, log = tmp_path / "train.safetensors", tmp_path / "extract.log"
     # In a job: one sentence on stderr and in the log, exit 1, no stack dump.
     with pytest.raises(SystemExit) as exit_, job(str(log)):
-        extract_split(settings, *small_split, out, tmp_path / "train.json")
+        extract_one(settings, *small_split, out, tmp_path / "train.json", batch_tokens=4096)
     stderr = capsys.readouterr().err
     assert exit_.value.code == 1 and "Traceback" not in stderr and "Tried to allocate" not in stderr
     sentence = ("pred_len 24, split train: cpu ran out of memory with batch_tokens = 4096; "

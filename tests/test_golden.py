@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import WEATHER_CSV, make_model_dir
+from helpers import extract_one, weather_settings
 from timekd_embed import __version__
-from timekd_embed.extract import extract_split, save_sca
-from timekd_embed.settings import Settings
+from timekd_embed.sca import save_sca
 from timekd_embed.store import read_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.windows import write_windows
@@ -44,10 +44,9 @@ def golden_case(tmp_path_factory, weather_csv) -> Path:
     table = load_csv(tmp / "weather.csv", target="OT", layout="custom")
     write_windows(table, "custom", 96, [24], {"train": str(tmp / "train.parquet")})
     save_sca(tmp / "sca.safetensors", 3, 64, 2024)
-    settings = Settings(name="weather", template=None, pred_len=24, split="train", model=str(model), revision=None,
-                        precision="fp32", fidelity="reference", limit_windows=1, device="cpu")
-    extract_split(settings, tmp / "train.parquet", tmp / "sca.safetensors", tmp / "embeddings.safetensors",
-                  tmp / "embeddings.json")
+    settings = weather_settings(model, limit_windows=1)
+    extract_one(settings, tmp / "train.parquet", tmp / "sca.safetensors", tmp / "embeddings.safetensors",
+                tmp / "embeddings.json")
     return tmp / "embeddings.safetensors"
 
 

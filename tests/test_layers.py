@@ -6,9 +6,11 @@ import torch
 from transformers import GPT2Model
 
 from conftest import make_model_dir
+from helpers import weather_settings
+from timekd_embed.checkpoint import keep_layers, load_lm
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
-from timekd_embed.lm import calibrated_mask, keep_layers, last_token_states, load_lm
+from timekd_embed.lm import calibrated_mask, last_token_states
 from timekd_embed.packing import Prompt, batches, build_trie
 
 P = 24
@@ -59,28 +61,30 @@ def test_schema_knows_model_layers():
 
 
 def test_the_extraction_runs_the_kept_blocks_and_records_them(tiny_model_dir, tmp_path):
-    from timekd_embed.extract import Settings, load_teacher, provenance, save_sca
+    from timekd_embed.extract import provenance
+    from timekd_embed.sca import save_sca
+    from timekd_embed.settings import Runtime
+    from timekd_embed.teacher import load_teacher
 
     save_sca(tmp_path / "sca.safetensors", n_vars=21, d_model=64, seed=2024)
-    settings = Settings(name="weather", template=None, pred_len=P, split="train", model=str(tiny_model_dir),
-                        revision=None, precision="fp32", fidelity="reference", limit_windows=None, layers=1,
-                        device="cpu")
-    teacher = load_teacher(settings, tmp_path / "sca.safetensors", devices=["cpu"])
+    settings = weather_settings(tiny_model_dir, layers=1)
+    teacher = load_teacher(settings.teacher, tmp_path / "sca.safetensors", ["cpu"])
     assert len(teacher.model.h) == 1
-    meta = provenance(settings, [P], {"input_sha256": "0" * 64, "seq_len": 96, "variables": []},
-                      tmp_path / "sca.safetensors", teacher)[P]
+    meta = provenance(settings, Runtime(device="cpu"), "train", [P],
+                      {"input_sha256": "0" * 64, "seq_len": 96, "variables": []},
+                      tmp_path / "sca.safetensors", teacher, 8192)[P]
     assert meta["layers"] == 1 and meta["settings"]["layers"] == 1
 
 
 def test_model_layers_is_an_output_affecting_setting():
     """Tracked: the extraction rules' params and the settings every file records and shards compare."""
-    from timekd_embed.settings import Settings, embedding_settings
+    from timekd_embed.settings import RUNTIME_KEYS, Settings
 
     base = {"dataset": {"name": "w", "csv": "x.csv"}}
     all_blocks = validate_config(base)
     six = validate_config(base | {"model": {"name_or_path": "gpt2", "layers": 6}})
-    assert embedding_settings(all_blocks) != embedding_settings(six)
-    assert embedding_settings(six)["model"]["layers"] == 6
-    settings = Settings.from_config(six, 24, "train")
-    assert settings.layers == 6 and settings.output_fields()["layers"] == 6
-    assert "layers" not in settings.runtime_fields()
+    assert Settings.from_config(all_blocks).as_params() != Settings.from_config(six).as_params()
+    assert Settings.from_config(six).as_params()["model"]["layers"] == 6
+    settings = Settings.from_config(six)
+    assert settings.layers == 6 and settings.recorded(24, "train")["layers"] == 6
+    assert "layers" not in RUNTIME_KEYS and Settings.from_params(settings.as_params()) == settings

@@ -6,9 +6,9 @@ import torch
 from transformers import GPT2Model
 from transformers.activations import NewGELUActivation
 
-from timekd_embed.extract import window_prompts
-from timekd_embed.lm import _attend, calibrated_mask, last_token_states, load_lm
-from timekd_embed.packing import Prompt, batches, build_trie
+from timekd_embed.checkpoint import load_lm
+from timekd_embed.lm import _attend, calibrated_mask, last_token_states
+from timekd_embed.packing import Prompt, batches, build_trie, window_prompts
 from timekd_embed.prompts import SplitPrompts
 
 CPU = torch.device("cpu")

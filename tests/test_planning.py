@@ -90,7 +90,7 @@ def test_cpu_note_estimates_the_whole_job():
     assert "runs on the CPU" in text and "100 windows" in text and "about 14 min" in text  # 100 * 8.37 s
     assert "docs/benchmarks.md" in text and "make preflight" in text and "fp16" not in text
     slow = cpu_hint({24: 100, 192: 50}, 21, "gpt2", GPT2, "fp16")
-    assert "about 3.0 h" in slow  # (100 * 8.37 + 50 * 19.3) * 6 = 10,812 s
+    assert "about 3 h 00 min" in slow  # (100 * 8.37 + 50 * 19.3) * 6 = 10,812 s
     assert "fp16 on a CPU is slow" in slow
 
 

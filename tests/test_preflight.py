@@ -16,24 +16,13 @@ from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, make_model_dir
 from helpers import snakemake, weather_config
+from timekd_embed.checkpoint import checkpoint_matches, load_lm
 from timekd_embed.config import validate_config
+from timekd_embed.diagnostics import Horizon, device_usable, fill_windows, key_padding, prefetch_pinning
 from timekd_embed.errors import InputError
-from timekd_embed.extract import packed_window
-from timekd_embed.lm import load_lm
-from timekd_embed.packing import batches
-from timekd_embed.preflight import (
-    NO_CUDA,
-    Horizon,
-    checkpoint_matches,
-    device_usable,
-    fill_windows,
-    key_padding,
-    prefetch_pinning,
-    render_markdown,
-    require_passed,
-    run_preflight,
-    write_report,
-)
+from timekd_embed.packing import batches, packed_window
+from timekd_embed.preflight import NO_CUDA, require_passed, run_preflight, write_report
+from timekd_embed.report import preflight_markdown
 
 P = 24
 TRAIN_WINDOWS_AT_24 = 36768      # weather train: 36,887 rows - 96 - 24 + 1 (README "Results layout")
@@ -91,7 +80,8 @@ def test_the_speed_memory_and_eta_are_those_of_the_jobs_the_workflow_runs(weathe
     (job,) = shared["jobs"]
     assert job["pred_lens"] == [48, 24] and job["planned_windows"] == {"train": 16}
     assert shared["eta_s"] == pytest.approx(16 / job["windows_per_s"])
-    assert "| 48, 24 |" in render_markdown(shared) and "every horizon of a window in one job" in render_markdown(shared)
+    text = preflight_markdown(shared)
+    assert "| 48, 24 |" in text and "every horizon of a window in one job" in text
     separate = run_preflight(config_for(weather_csv, tiny_model_dir, pred_lens=[48, 24], share_horizons=False, **FEW),
                              n_windows=2)
     assert [job["pred_lens"] for job in separate["jobs"]] == [[48], [24]]
@@ -139,20 +129,20 @@ def test_cli_exits_1_with_one_sentence_on_a_damaged_checkpoint(weather_csv, tmp_
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert errors[0].startswith("Error: preflight failed: ") and str(model_dir) in errors[0], errors[0]
     report = json.loads((tmp_path / "out" / "preflight.json").read_text())
-    assert report["passed"] is False and "**FAILED**" in render_markdown(report)
+    assert report["passed"] is False and "**FAILED**" in preflight_markdown(report)
 
 
 def test_weights_other_than_the_named_ones_are_caught(tiny_model_dir, tmp_path):
     """A model whose parameters are not the file's (here: another seed's file) is named by parameter."""
     model = load_lm(str(tiny_model_dir), None, torch.float16)
-    assert checkpoint_matches(model, tiny_model_dir / "model.safetensors", "tiny") is None
+    assert checkpoint_matches(model, [tiny_model_dir / "model.safetensors"], "tiny") is None
     other = make_model_dir(tmp_path / "other", seed=1)
-    problem = checkpoint_matches(model, other / "model.safetensors", "tiny")
+    problem = checkpoint_matches(model, [other / "model.safetensors"], "tiny")
     assert problem.startswith("the loaded model is not the named weights: parameter wte.weight differs")
     partial = load_file(tiny_model_dir / "model.safetensors")
     del partial["h.1.attn.c_proj.weight"]
     save_file(partial, tmp_path / "partial.safetensors", metadata={"format": "pt"})
-    problem = checkpoint_matches(model, tmp_path / "partial.safetensors", "tiny")
+    problem = checkpoint_matches(model, [tmp_path / "partial.safetensors"], "tiny")
     assert "parameter h.1.attn.c_proj.weight is not in" in problem
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from helpers import extract_one
 from timekd_embed.errors import InputError
 from timekd_embed.shards import csv_rows, gather, planned_windows, ranges, split_rows
 from timekd_embed.store import read_tensors, write_json, write_tensors
@@ -58,7 +59,7 @@ def test_gather_refuses_shards_made_with_other_settings(tmp_path):
 def test_shards_made_with_other_speed_settings_gather(tmp_path, weather_csv, tiny_model_dir):
     """Following the out-of-memory advice (a lower batch_tokens) for some ranges keeps the run whole."""
     from timekd_embed.config import validate_config
-    from timekd_embed.extract import extract_split, save_sca
+    from timekd_embed.sca import save_sca
     from timekd_embed.settings import Settings
     from timekd_embed.table import load_csv
     from timekd_embed.windows import SPLITS, write_windows
@@ -72,9 +73,9 @@ def test_shards_made_with_other_speed_settings_gather(tmp_path, weather_csv, tin
         tiny_model_dir)}, "precision": "fp32", "device": "cpu", "gpus_per_job": 1, "limit_windows": 3})
     paths = []
     for (start, stop), batch_tokens in (((0, 2), 4096), ((2, 3), 1024)):
-        settings = Settings.from_config(config | {"batch_tokens": batch_tokens}, 24, "train")
         shard_path, stats = tmp_path / f"{start}-{stop}.safetensors", tmp_path / f"{start}-{stop}.json"
-        extract_split(settings, out["train"], tmp_path / "sca.safetensors", shard_path, stats, shard=(start, stop))
+        extract_one(Settings.from_config(config), out["train"], tmp_path / "sca.safetensors", shard_path, stats,
+                    shard=(start, stop), batch_tokens=batch_tokens)
         paths.append((str(shard_path), str(stats)))
     gather([p for p, _ in paths], [s for _, s in paths], str(tmp_path / "out.safetensors"), str(tmp_path / "o.json"))
     tensors, meta = read_tensors(tmp_path / "out.safetensors")

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from safetensors.torch import save_file
 
-from helpers import snakemake
+from helpers import extract_one, snakemake
 from plain_teacher import plain_teacher
 from runs import uninterrupted_run
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
-from timekd_embed.extract import extract_split, load_sca, save_sca
 from timekd_embed.parity import compare, parity_report, require_parity, sample_windows
 from timekd_embed.report import NOT_APPLICABLE, answer, histogram, item_html, summary_html
-from timekd_embed.settings import Settings
+from timekd_embed.sca import load_sca, save_sca
+from timekd_embed.settings import Runtime, Settings
 from timekd_embed.store import read_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.validate import check_all
@@ -28,7 +28,10 @@ P, LIMIT = 24, 3
 
 
 def settings_for(model_dir):
-    return Settings.from_config(config_for(model_dir), P, "train")
+    return Settings.from_config(config_for(model_dir))
+
+
+CPU = Runtime(device="cpu")
 
 
 def config_for(model_dir) -> dict:
@@ -46,9 +49,9 @@ def results(tmp_path_factory, weather_csv, tiny_model_dir):
     save_sca(sca, 21, 64, seed=2024)
     files = {}
     for split in ("train", "val"):
-        settings = Settings.from_config(config_for(tiny_model_dir), P, split)
         files[(P, split)] = str(root / f"{P}_{split}.safetensors")
-        extract_split(settings, windows[split], sca, files[(P, split)], root / f"{P}_{split}.json")
+        extract_one(settings_for(tiny_model_dir), windows[split], sca, files[(P, split)], root / f"{P}_{split}.json",
+                    split=split)
     return {"root": root, "windows": windows, "sca": sca, "files": files}
 
 
@@ -125,7 +128,7 @@ def test_sample_is_deterministic_and_spread_over_splits():
 def test_bf16_parity_against_the_plain_fp32_oracle(results, weather_csv, tokenizer, tiny_model_dir):
     windows = {s: results["windows"][s] for s in ("train", "val")}
     files = {s: results["files"][(P, s)] for s in ("train", "val")}
-    report, cos = parity_report(settings_for(tiny_model_dir), files, windows, results["sca"], 3, 0.99)
+    report, cos = parity_report(settings_for(tiny_model_dir), CPU, P, files, windows, results["sca"], 3, 0.99)
     assert report["sample"] == {"train": [0, 2], "val": [0]}
     # Direct computation: the oracle in fp32 against the stored bf16 rows.
     from transformers import GPT2Model
@@ -143,7 +146,7 @@ def test_bf16_parity_against_the_plain_fp32_oracle(results, weather_csv, tokeniz
     assert report["fp32_parity"]["max_abs_error"] == pytest.approx(direct["max_abs_error"], rel=1e-3)
     assert 0.99 < report["fp32_parity"]["cosine_min"] < 1.0   # bf16 really differs, and not by much
     assert report["passed"] and report["layer_split"].startswith("not applicable")
-    strict, _ = parity_report(settings_for(tiny_model_dir), files, windows, results["sca"], 1, 0.999999)
+    strict, _ = parity_report(settings_for(tiny_model_dir), CPU, P, files, windows, results["sca"], 1, 0.999999)
     with pytest.raises(InputError, match=r"pred_len 24: the lowest cosine similarity between bf16 and fp32 "
                                          r"embeddings is 0\.99\d+, under parity.min_cosine = 0.999999"):
         require_parity(strict)

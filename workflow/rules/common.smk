@@ -3,25 +3,31 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(
-    0, str(Path(workflow.basedir) / "workflow")
-)  # the package, even before `pip install -e .`
+PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PACKAGE_DIR)  # the package, even before `pip install -e .`
+# ... and in every job's Python: script jobs inherit the environment (also in --sdm conda
+# envs, and on cluster nodes, where each job's Snakemake reads this file again).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [PACKAGE_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+
+
+envvars:
+    "PYTHONPATH",
+
 
 from timekd_embed.config import config_origins, validate_config
 from timekd_embed.demo import DEMO_MODEL, DEMO_SEED, DEMO_SHAPE
 from timekd_embed.errors import InputError
 from timekd_embed.fingerprint import (
-    MODEL_RECORD,
-    ModelSource,
     Sha256Cache,
     csv_fingerprint,
-    local_model,
     model_config_fingerprint,
-    model_files,
     model_fingerprint,
-    model_source,
     package_version,
+    tracked_model_files,
 )
+from timekd_embed.model_files import RECORD, ModelSource, local_model, model_source
 from timekd_embed.resources import KNOWN_DATASETS
 from timekd_embed.planning import (
     cpu_hint,
@@ -32,8 +38,8 @@ from timekd_embed.planning import (
     shard_size,
     visible_gpus,
 )
-from timekd_embed.settings import embedding_settings
-from timekd_embed.shards import planned_windows, ranges, split_rows
+from timekd_embed.settings import Settings
+from timekd_embed.shards import no_windows, planned_windows, ranges, split_rows
 from timekd_embed.windows import SPLITS, resolve_layout
 
 
@@ -138,12 +144,12 @@ except InputError as error:
     fail(error)
 _sha256.save()
 PACKAGE = package_version()
-MODEL_INPUTS = [] if IS_DEMO else [ancient(str(p)) for p in model_files(MODEL)]
+MODEL_INPUTS = [] if IS_DEMO else [ancient(str(p)) for p in tracked_model_files(MODEL)]
 if MODEL.hub:
     # get_model's record as a plain input: when get_model reruns (another commit), the jobs
     # after it rerun too; Snakemake never reruns a job for an upstream job whose outputs
     # it reads only as `ancient` inputs, whatever its params say.
-    MODEL_INPUTS.append(f"{MODEL.folder}/{MODEL_RECORD}")
+    MODEL_INPUTS.append(f"{MODEL.folder}/{RECORD}")
     # Every job loads the files get_model put in resources/models/<id>/ ("./": a folder,
     # never looked up on the hub), and records the commit they come from.
     config["model"] = local_model(config["model"])
@@ -151,7 +157,7 @@ if MODEL.hub:
 # Every config key that changes an embedding (settings.py); the extraction rules take them
 # as params, so that changing one reruns the extraction. Keys that change only the speed
 # (device, gpus_per_job, placement, batch_tokens) are read by the scripts instead.
-EMBEDDING_SETTINGS = embedding_settings(config)
+EMBEDDING_SETTINGS = Settings.from_config(config).as_params()
 # What else decides an embedding: the model's bytes and the code that computed it.
 EMBEDDING_TRACKED = {"model": MODEL_TRACKED, "package": PACKAGE}
 
@@ -169,10 +175,7 @@ def plan_rows():
     for P in config["pred_lens"]:
         for split in config["splits"]:
             if planned_windows(rows[split], config["seq_len"], P, None) == 0:
-                fail(
-                    f"pred_len {P}: split {split} has {rows[split]} rows, fewer than seq_len + pred_len = "
-                    f"{config['seq_len'] + P}; remove {P} from pred_lens or use a longer file."
-                )
+                fail(no_windows(split, rows[split], config["seq_len"], P))
     return rows
 
 
@@ -279,6 +282,28 @@ def job_shard_windows(n_windows):
         for P in config["pred_lens"]
     )
     return shard_size(config["shard_windows"], seconds, n_windows)
+
+
+# With share_horizons (default) one job per (split, range) computes every pred_len and writes one
+# shard per pred_len (their common prompt prefixes run once, packing.py; ranges from job_ranges,
+# common.smk); else one job per (pred_len, split, range).
+if config["share_horizons"]:
+    EXTRACT_JOB = "{split}_{start}-{stop}"
+
+    def per_job(pattern):
+        return expand(pattern, pred_len=config["pred_lens"], allow_missing=True)
+
+    def job_pred_lens(wildcards):
+        return config["pred_lens"]
+
+else:
+    EXTRACT_JOB = "{pred_len}_{split}_{start}-{stop}"
+
+    def per_job(pattern):
+        return [pattern]
+
+    def job_pred_lens(wildcards):
+        return [int(wildcards.pred_len)]
 
 
 def shard_ranges(wildcards):

@@ -30,62 +30,29 @@ rule sca:
         "../scripts/sca.py"
 
 
-if config["share_horizons"]:
-
-    # One job per (split, range) for every pred_len: their common prompt prefixes run
-    # once (packing.py); one shard per pred_len, ranges from job_ranges (common.smk).
-    rule extract:
-        input:
-            windows=WINDOWS,
-            sca=SCA,
-            model=MODEL_INPUTS,
-        output:
-            embeddings=temp(
-                expand(SHARD, pred_len=config["pred_lens"], allow_missing=True)
-            ),
-            stats=temp(
-                expand(SHARD_STATS, pred_len=config["pred_lens"], allow_missing=True)
-            ),
-        log:
-            f"{LOGS}/extract_{{split}}_{{start}}-{{stop}}.log",
-        benchmark:
-            f"{BENCHMARKS}/extract_{{split}}_{{start}}-{{stop}}.tsv"
-        conda:
-            ENV
-        threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
-        resources:
-            gpu=config["gpus_per_job"],
-        params:
-            settings=EMBEDDING_SETTINGS,
-            tracked=EMBEDDING_TRACKED,
-            pred_lens=config["pred_lens"],
-        script:
-            "../scripts/extract.py"
-
-else:
-
-    rule extract:
-        input:
-            windows=WINDOWS,
-            sca=SCA,
-            model=MODEL_INPUTS,
-        output:
-            embeddings=temp(SHARD),
-            stats=temp(SHARD_STATS),
-        log:
-            f"{LOGS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.log",
-        benchmark:
-            f"{BENCHMARKS}/extract_{{pred_len}}_{{split}}_{{start}}-{{stop}}.tsv"
-        conda:
-            ENV
-        threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
-        resources:
-            gpu=config["gpus_per_job"],
-        params:
-            settings=EMBEDDING_SETTINGS,
-            tracked=EMBEDDING_TRACKED,
-        script:
-            "../scripts/extract.py"
+rule extract:
+    input:
+        windows=WINDOWS,
+        sca=SCA,
+        model=MODEL_INPUTS,
+    output:
+        embeddings=temp(per_job(SHARD)),
+        stats=temp(per_job(SHARD_STATS)),
+    log:
+        f"{LOGS}/extract_{EXTRACT_JOB}.log",
+    benchmark:
+        f"{BENCHMARKS}/extract_{EXTRACT_JOB}.tsv"
+    conda:
+        ENV
+    threads: EXTRACT_THREADS  # the CPU: every core; GPUs: 2 per GPU (common.smk)
+    resources:
+        gpu=config["gpus_per_job"],
+    params:
+        settings=EMBEDDING_SETTINGS,
+        tracked=EMBEDDING_TRACKED,
+        pred_lens=job_pred_lens,
+    script:
+        "../scripts/extract.py"
 
 
 rule gather:

@@ -30,8 +30,8 @@ if MODEL.hub:
 
     rule get_model:
         output:
-            [str(p) for p in model_files(MODEL)],
-            record=f"{MODEL.folder}/{MODEL_RECORD}",
+            [str(p) for p in tracked_model_files(MODEL)],
+            record=f"{MODEL.folder}/{RECORD}",
         log:
             f"{LOGS}/get_model.log",
         conda:

@@ -47,6 +47,7 @@ rule parity:
     resources:
         gpu=config["gpus_per_job"],
     params:
+        settings=EMBEDDING_SETTINGS,
         parity=config["parity"],
         splits=config["splits"],
     script:

@@ -3,10 +3,7 @@
 Outputs: the model folder's files (demo.MODEL_FILES). Params: seed, n_layer, n_embd, n_head.
 """
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
 from timekd_embed.demo import build_model_folder
 from timekd_embed.jobs import job

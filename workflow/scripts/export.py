@@ -5,9 +5,6 @@ Output: the folder <export_root>/<name>/<P>/<split>/ with one <i>.h5 per window 
 (N, d) float32), published whole (timekd_embed.export.export_split). Params: none.
 """
 
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
 from timekd_embed.export import export_split
 from timekd_embed.jobs import job

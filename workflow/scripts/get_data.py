@@ -3,9 +3,6 @@
 Output: the CSV at the configured path. Params: name (the dataset's name in the known list).
 """
 
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
 from timekd_embed.jobs import job
 from timekd_embed.resources import fetch_dataset

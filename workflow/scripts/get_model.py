@@ -5,12 +5,9 @@ record (timekd_embed.resources.fetch_model).
 Params: repo (the hub id), revision (the commit).
 """
 
-import sys
 
-sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
-
-from timekd_embed.fingerprint import model_source
 from timekd_embed.jobs import job
+from timekd_embed.model_files import model_source
 from timekd_embed.resources import fetch_model
 
 with job(snakemake.log[0]):

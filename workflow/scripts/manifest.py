@@ -6,10 +6,7 @@ Params: config_hash (rerun trigger), own_files (this job's own log and benchmark
 although the benchmark is written after the job).
 """
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
 from timekd_embed.jobs import job
 from timekd_embed.manifest import build, write

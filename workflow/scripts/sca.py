@@ -1,17 +1,13 @@
 """Rule sca (rules/extract.smk): the seeded subtractive cross attention layer's weights.
 
 Inputs: windows (the train split's Parquet, for the variable count N), model (the model files:
-checked here first, for d_model). Output: results/<name>/sca.safetensors (extract.save_sca).
+checked here first, for d_model). Output: results/<name>/sca.safetensors (sca.save_sca).
 Params: seed, model (the config's model section); model_config and package are rerun triggers.
 """
 
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
-
-from timekd_embed.extract import save_sca
+from timekd_embed.checkpoint import check_model
 from timekd_embed.jobs import job
-from timekd_embed.lm import check_model
+from timekd_embed.sca import save_sca
 from timekd_embed.windows import read_windows
 
 with job(snakemake.log[0]):

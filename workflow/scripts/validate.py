@@ -8,10 +8,7 @@ Raises InputError (timekd_embed.validate.check_all) on the first file with a wro
 """
 
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
 from timekd_embed.jobs import job
 from timekd_embed.report import write_report

@@ -7,9 +7,6 @@ Raises InputError when the CSV's sha256 differs from dataset.sha256, and for any
 """
 
 import logging
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, also in --sdm conda envs
 
 from timekd_embed.cadence import check_cadence, template_note
 from timekd_embed.errors import InputError

@@ -41,11 +41,11 @@ def with_local_model(config: dict) -> dict:
     Args:
         config: the validated config.
     Returns:
-        A copy with config["model"] as fingerprint.local_model gives it.
+        A copy with config["model"] as model_files.local_model gives it.
     Raises:
         InputError: a hub id whose folder get_model has not filled yet, or as model_source.
     """
-    from .fingerprint import local_model, model_source
+    from .model_files import local_model, model_source
 
     source = model_source(config["model"])
     if source.hub and not source.folder.is_dir():
@@ -62,7 +62,7 @@ def with_local_model(config: dict) -> dict:
 def inspect(args: argparse.Namespace) -> list[dict]:
     """The GT/HD prompts, token ids and token types of one window, one object per variable.
 
-    The model is checked exactly as the extraction checks it (lm.check_model: config,
+    The model is checked exactly as the extraction checks it (checkpoint.check_model: config,
     safetensors weights, tokenizer, vocabulary size), so an unreachable hub or a broken
     folder is one sentence, never empty token lists.
 
@@ -77,7 +77,7 @@ def inspect(args: argparse.Namespace) -> list[dict]:
         InputError: bad config, CSV or model; a window or variable the split does not have.
     """
     from .cadence import check_cadence
-    from .lm import check_model
+    from .checkpoint import check_model
     from .prompts import SplitPrompts
     from .table import load_csv, stamps
     from .windows import split_borders, window_count

@@ -17,28 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
 from .errors import InputError
+from .model_files import CONFIG, DOWNLOAD_FILES, WEIGHTS, ModelSource, model_files, model_source
 
 CACHE_PATH = Path(".snakemake") / "timekd-embed" / "sha256.json"
-MODELS_DIR = Path("resources") / "models"
-
-# The files a GPT-2 folder needs (lm.py) and the optional tokenizer files that
-# GPT2TokenizerFast.from_pretrained reads when present: all of them decide the embeddings.
-MODEL_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
-OPTIONAL_MODEL_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-# The record get_model writes beside the files it downloads.
-MODEL_RECORD = "download.json"
-
-# Hub commits used when model.revision is null. gpt2: the main branch's commit that holds
-# model.safetensors (huggingface.co/openai-community/gpt2, also reachable as "gpt2").
-PINNED_REVISIONS = {"gpt2": "607a30d783dfa663caf39e06633721c8d4cfcd7e",
-                    "openai-community/gpt2": "607a30d783dfa663caf39e06633721c8d4cfcd7e"}
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def package_version() -> str:
@@ -97,83 +82,19 @@ class Sha256Cache:
             self._changed = False
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the model comes from.
-
-    Attributes:
-        name: model.name_or_path as configured (a folder or a hub id).
-        folder: the folder the files are read from: the configured one, or
-            resources/models/<hub id>/ where get_model puts a hub model's files.
-        hub: True for a hub id (get_model downloads it), False for a local folder.
-        revision: for a hub id, the 40-hex commit the files come from; else None.
-    """
-
-    name: str
-    folder: Path
-    hub: bool
-    revision: str | None
-
-
-def model_source(model: dict) -> ModelSource:
-    """The model's source from config key `model` ({"name_or_path", "revision"}).
-
-    A path that exists, is absolute or starts with "." is a local folder; anything else is
-    a hub id, pinned to model.revision (a commit) or to PINNED_REVISIONS.
-
-    Args:
-        model: config key model ({"name_or_path", "revision"}).
-    Returns:
-        The ModelSource: name, folder, whether it is a hub id, the commit (None for a folder).
-    Raises:
-        InputError: a hub id with a revision that is not a commit and no pin.
-    """
-    name, revision = model["name_or_path"], model.get("revision")
-    path = Path(name)
-    if path.exists() or path.is_absolute() or name.startswith("."):
-        return ModelSource(name, path, False, None)
-    revision = revision or PINNED_REVISIONS.get(name)
-    if revision is None or not _COMMIT.match(revision):
-        raise InputError(f"model {name!r} (config key model.name_or_path) is a hub id, so config key "
-                         f"model.revision must be a commit (40 hex digits, from the model page's history), "
-                         f"not {revision!r}: the files are downloaded once at that commit, so that every run "
-                         "uses the same weights.")
-    return ModelSource(name, MODELS_DIR / name, True, revision)
-
-
-def local_model(model: dict) -> dict:
-    """Config key `model` as every job loads it: a hub id becomes the folder get_model fills.
-
-    Args:
-        model: config key model ({"name_or_path", "revision"}).
-
-    Returns:
-        For a hub id, the key with {"name_or_path": "./resources/models/<id>", "revision": <commit>}
-        ("./": lm.py takes it for a folder, never for a hub id, and the commit is what the
-        embeddings record); a local folder's config unchanged.
-
-    Raises:
-        InputError: as model_source.
-    """
-    source = model_source(model)
-    if not source.hub:
-        return dict(model)
-    return dict(model) | {"name_or_path": f"./{source.folder}", "revision": source.revision}  # layers kept
-
-
-def model_files(source: ModelSource) -> list[Path]:
+def tracked_model_files(source: ModelSource) -> list[Path]:
     """The files of the model that decide an embedding (inputs of sca and extraction).
 
     Args:
-        source: model_source's result.
+        source: model_files.model_source's result.
     Returns:
         For a hub id, the files get_model writes (they may not exist yet); for a local
-        folder, those of MODEL_FILES and OPTIONAL_MODEL_FILES that are there (a missing
-        one is the extraction's error to report, in lm.py's words).
+        folder, those model_files.model_files finds there (a missing one is the loader's
+        error to report).
     """
     if source.hub:
-        return [source.folder / name for name in MODEL_FILES]
-    return [source.folder / name for name in MODEL_FILES + OPTIONAL_MODEL_FILES if (source.folder / name).is_file()]
+        return [source.folder / name for name in DOWNLOAD_FILES]
+    return model_files(source.folder)
 
 
 def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
@@ -188,7 +109,7 @@ def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
     """
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
-    return {"files": {path.name: cache.sha256(path) for path in model_files(source)}}
+    return {"files": {path.name: cache.sha256(path) for path in tracked_model_files(source)}}
 
 
 def model_config_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
@@ -201,8 +122,8 @@ def model_config_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
     """
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
-    config = source.folder / "config.json"
-    return {"config.json": cache.sha256(config) if config.is_file() else None}
+    config = source.folder / CONFIG
+    return {CONFIG: cache.sha256(config) if config.is_file() else None}
 
 
 def recorded_windows_metadata(path: str | os.PathLike) -> dict:
@@ -268,7 +189,7 @@ def current_fingerprints(config: dict, cache_path: str | os.PathLike | None = CA
     cache = Sha256Cache(cache_path) if cache_path is not None else Sha256Cache(os.devnull)
     csv = Path(config["dataset"]["csv"])
     source = model_source(config["model"])
-    weights = source.folder / "model.safetensors"
+    weights = source.folder / WEIGHTS
     found = {
         "input_sha256": cache.sha256(csv) if csv.is_file() else None,
         "weights_sha256": cache.sha256(weights) if weights.is_file() else None,

@@ -50,7 +50,7 @@ NOT_RECORDED = ("device", "gpus_per_job", "placement", "batch_tokens", "export_r
 # The distributions whose versions decide the bytes of the artifacts.
 DISTRIBUTIONS = ("timekd-embed", "torch", "transformers", "tokenizers", "safetensors", "accelerate",
                  "numpy", "pandas", "pyarrow", "snakemake", "matplotlib")
-WEIGHTS_FILE = "model.safetensors"  # the only weights file the extraction loads (lm.weights_file)
+WEIGHTS_FILE = "model.safetensors"  # the only weights file the extraction loads (checkpoint.weights)
 
 
 def recorded_config(config: dict) -> dict:
@@ -356,7 +356,7 @@ def weights_file_here(name_or_path: str | None, revision: str | None, workdir: P
     """The weights file the extraction would load, if it is on this machine, without the network.
 
     A local folder's model.safetensors, or the hub cache's copy at `revision` (as
-    lm.weights_file finds it, but never downloading: verify must not).
+    checkpoint.weights finds it, but never downloading: verify must not).
 
     Args:
         name_or_path, revision: config key model's; workdir: the run's working folder.

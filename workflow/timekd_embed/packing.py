@@ -32,6 +32,9 @@ operations on the same tensors, and give the same bits. Leaves are very unequal 
 about 10 tokens, GT tails up to about 600), so each horizon's are cut into length buckets.
 The token budget bounds the padded positions of each leaf tensor, and a share of it
 (PREFIX_SHARE) those of a batch's heads and stems together.
+
+`model_inputs` is the whole way from a split's prompts to the batches of a set of windows,
+and says where each prompt's kept state lands among the batches' outputs.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+
+from .prompts import SplitPrompts
 
 BUCKET_RATIO = 0.75  # a leaf joins a bucket while it is at least this fraction of the bucket's longest
 STEM_STEP = 16       # stems within this many tokens of each other count as equally long when batching
@@ -313,3 +318,129 @@ def _batch(tries: list[Trie], items: list[tuple[int, int]], group: list[int], to
             owners.append(np.array([group[row] for row, _, _ in chosen]))
             kept += [(group[row], j) for row, j, _ in chosen]
     return TrieBatch(levels, owners, np.array(kept, dtype=np.int64).reshape(-1, 2))
+
+
+# --------------------------------------------------------------------------- a split's windows as model inputs
+
+
+def prompt_pairs(prompts: SplitPrompts, i: int, fidelity: str) -> list[tuple[np.ndarray, ...]]:
+    """(GT ids, HD ids, GT types, HD types) per variable of window i at one horizon: the types
+    are those the prompts' masks read.
+
+    Args:
+        prompts: the split's prompts at one horizon.
+        i: the window's index.
+        fidelity: "reference" (every prompt's mask reads the last variable's types, as the
+            published store_emb.py does) or "corrected" (each prompt its own).
+    Returns:
+        N tuples of int64 ids (L_gt,), (L_hd,) and int8 type flags (1: time series) of the same lengths.
+    """
+    ids = prompts.window_ids(i)
+    if fidelity == "reference":
+        # The published defect (store_emb.py): every GT (HD) prompt's mask uses the token types
+        # of the last variable's GT (HD) prompt.
+        last_gt, last_hd = (prompts.types(prompt_ids[-1]).astype(np.int8) for prompt_ids in (ids.gt, ids.hd))
+        gt_types, hd_types = [last_gt] * len(ids.gt), [last_hd] * len(ids.hd)
+    else:
+        gt_types = [prompts.types(prompt_ids).astype(np.int8) for prompt_ids in ids.gt]
+        hd_types = [prompts.types(prompt_ids).astype(np.int8) for prompt_ids in ids.hd]
+    return list(zip(ids.gt, ids.hd, gt_types, hd_types))
+
+
+def window_prompts(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelity: str) -> tuple[list, list[int]]:
+    """Per variable, its prompts at every horizon where window i exists: GT then HD per horizon.
+
+    Args:
+        prompts_by_pred_len: the split's prompts per horizon P.
+        i: the window's index.
+        fidelity: "reference" or "corrected" (prompt_pairs).
+    Returns:
+        (groups, slots): groups[c] the list of Prompt of variable c; slots the positions 2p (GT)
+        and 2p + 1 (HD), p the horizon's number in prompts_by_pred_len (also each Prompt's
+        horizon), of each prompt in a group.
+    Raises:
+        ValueError: window i exists at none of the horizons (a caller's bug, not bad input).
+    """
+    groups: list[list[Prompt]] | None = None
+    slots: list[int] = []
+    for horizon_number, prompts in enumerate(prompts_by_pred_len.values()):
+        if i >= prompts.n_windows:
+            continue
+        pairs = prompt_pairs(prompts, i, fidelity)
+        groups = groups or [[] for _ in pairs]
+        for group, (gt, hd, gt_types, hd_types) in zip(groups, pairs):
+            group += [Prompt(gt, type_codes(gt_types, len(gt)), horizon_number),
+                      Prompt(hd, type_codes(hd_types, len(hd)), horizon_number)]
+        slots += [2 * horizon_number, 2 * horizon_number + 1]
+    if groups is None:
+        raise ValueError(f"window {i} exists at none of the horizons {list(prompts_by_pred_len)}")
+    return groups, slots
+
+
+def packed_window(prompts_by_pred_len: dict[int, SplitPrompts], i: int, fidelity: str) -> tuple[Trie, list[int]]:
+    """Window i's prompts at all its horizons as one trie, and the prompts' slots (window_prompts)."""
+    groups, slots = window_prompts(prompts_by_pred_len, i, fidelity)
+    return build_trie(groups), slots
+
+
+def prefix_tokens(prompts_by_pred_len: dict[int, SplitPrompts], window: int, fidelity: str) -> int:
+    """The tokens of a window's head and stems (its trie's inner nodes), the part of its prompts a
+    batch's token budget counts before the tails; the same at every horizon. At least 1."""
+    trie, _ = packed_window(prompts_by_pred_len, window, fidelity)
+    return max(1, len(trie.head) + sum(len(branch.stem) for branch in trie.branches))
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The batches of a set of windows, and where each prompt's kept state lands.
+
+    rows_of[w, c, s]: the row of the batches' concatenated kept states (in batch order) that
+    holds window w's variable c at slot s (2p: GT, 2p + 1: HD of horizon number p), -1 where
+    the window does not exist at that horizon. items[k]: the (window position, first variable)
+    of branch item k, which the batches' owners and kept entries index.
+    """
+    batches: list[TrieBatch]
+    rows_of: np.ndarray
+    computed: int  # real (unpadded) positions the batches hold
+    items: list[tuple[int, int]]
+
+
+def model_inputs(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray, fidelity: str,
+                 batch_tokens: int, pin: bool = False) -> ModelInputs:
+    """The windows' tries as batches (batches), on the CPU; with `pin` in page-locked memory, so
+    that the copies to a GPU run asynchronously.
+
+    Args:
+        prompts_by_pred_len: the split's prompts per horizon P; window i exists at P when
+            i < prompts.n_windows.
+        windows: (W,) window indices, each existing at one horizon at least.
+        fidelity: "reference" or "corrected".
+        batch_tokens: the token budget (batches).
+        pin: page-locked host memory.
+    Returns:
+        The ModelInputs.
+    """
+    tries, items, named, first_item, slots = [], [], [], [], []
+    for position, window in enumerate(windows):
+        trie, window_slots = packed_window(prompts_by_pred_len, int(window), fidelity)
+        first_item.append(len(items))                           # the window's branches are items from here
+        items += [(position, branch) for branch in range(len(trie.branches))]
+        branch_of_variable = trie.leaf_of[:, 0, 0]
+        named += [(position, int(np.argmax(branch_of_variable == branch))) for branch in range(len(trie.branches))]
+        tries.append(trie)
+        slots.append(window_slots)
+    out = batches(tries, items, batch_tokens)
+    most_leaves = max((len(branch.leaves) for trie in tries for branch in trie.branches), default=0)
+    row_of_leaf = np.full((len(items), most_leaves), -1, np.int64)   # by (item, leaf index) first
+    offset = 0
+    for batch in out:
+        row_of_leaf[batch.kept[:, 0], batch.kept[:, 1]] = offset + np.arange(len(batch.kept))
+        offset += len(batch.kept)
+    n_vars = tries[0].leaf_of.shape[0] if tries else 0
+    rows_of = np.full((len(windows), n_vars, 2 * len(prompts_by_pred_len)), -1, np.int64)
+    for position, (trie, first, window_slots) in enumerate(zip(tries, first_item, slots)):
+        rows_of[position][:, window_slots] = row_of_leaf[first + trie.leaf_of[..., 0], trie.leaf_of[..., 1]]
+    computed = sum(batch.real_positions() for batch in out)
+    if pin:
+        out = [batch.pin_memory() for batch in out]
+    return ModelInputs(out, rows_of, computed, named)

@@ -14,6 +14,8 @@ import math
 import os
 from pathlib import Path
 
+from .units import duration
+
 # CPU seconds per window, GPT-2-small shape (12 layers, d = 768) in fp32, weather.csv (21 variables),
 # 2 torch threads on a 2-core AMD EPYC: `make bench` of 2026-11-28 (docs/benchmarks.md, "Extraction per
 # horizon", s / window), keyed by horizon P.
@@ -149,16 +151,6 @@ def shard_size(setting: int | str | None, seconds: float, n_windows: int) -> int
     return max(1, int(JOB_SECONDS / seconds), math.ceil(n_windows / MAX_AUTO_JOBS))
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 def cpu_hint(windows: dict[int, int], n_vars: int, model: str, dims: tuple[int, int], precision: str) -> str:
     """The plan-time note for `device: auto` without a GPU: the CPU, and how long.
 
@@ -173,7 +165,7 @@ def cpu_hint(windows: dict[int, int], n_vars: int, model: str, dims: tuple[int, 
     total = sum(count * seconds_per_window("cpu", P, n_vars, dims, precision) for P, count in windows.items())
     text = (f"No GPU is visible and device is auto: the extraction runs on the CPU. Estimate for all "
             f"{sum(windows.values()):,} windows ({len(windows)} horizon(s), {n_vars} variables, {model} with "
-            f"{dims[0]} layers, d = {dims[1]}, {precision}): about {_duration(total)}, from a rate measured by "
+            f"{dims[0]} layers, d = {dims[1]}, {precision}): about {duration(total)}, from a rate measured by "
             f"{CPU_RATE_SOURCE}, scaled to this model and dataset; more cores are faster.")
     if precision == "fp16":
         text += (f" fp16 on a CPU is slow (about {CPU_FP16_SLOWDOWN:.0f}x fp32 there, included above): set "

@@ -1,4 +1,5 @@
-"""The validation report: one HTML item per (horizon, split), a histogram per horizon, a summary.
+"""The reports people read: the validation report (one HTML item per (horizon, split), a histogram
+per horizon, a summary) and the preflight report (Markdown).
 
 Snakemake's HTML report (`snakemake --report report.html`) shows HTML and PNG results in
 place, so every item is a self-contained HTML page (tables, no links to other files) or a
@@ -14,15 +15,12 @@ import html
 from pathlib import Path
 
 from .store import atomic_path, write_text
+from .units import duration, gib
 
 NOT_APPLICABLE = "Parity with fp32: not applicable, the production precision is fp32 (nothing to compare)."
 STYLE = ("body{font-family:sans-serif;font-size:14px;margin:1em}table{border-collapse:collapse;margin:.5em 0}"
          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
          "td:first-child,th:first-child{text-align:left}")
-
-
-def _gib(size: int) -> str:
-    return f"{size / 2**30:.2f} GiB"
 
 
 def _measured(parity: dict[int, dict]) -> dict[int, dict]:
@@ -53,7 +51,8 @@ def answer(parity: dict[int, dict], precision: str) -> str:
     splits = [record["layer_split"] for record in parity.values() if isinstance(record.get("layer_split"), dict)]
     if splits:
         second = (f"Splitting the layers over {', '.join(splits[0]['devices'])} changed them by at most "
-                  f"{max(check['max_abs_difference'] for check in splits):.3g} against one device.")
+                  f"{max(check['parity_vs_one_device']['max_abs_difference'] for check in splits):.3g} against "
+                  "one device.")
     else:
         second = "The layer split over several GPUs was not measured: these jobs held a single device."
     return f"{first} {second}"
@@ -104,7 +103,7 @@ PARITY_HEADER = ["P", "split", "precision", "sampled windows", "cosine min", "co
 
 
 def _embedding_row(pred_len: int, split: str, shape: list[int], stats: dict) -> list[str]:
-    peaks = ", ".join(f"{device}: {_gib(peak)}" for device, peak in stats["peak_memory_bytes"].items())
+    peaks = ", ".join(f"{device}: {gib(peak)}" for device, peak in stats["peak_memory_bytes"].items())
     return [str(pred_len), split, str(stats["windows"]), str(tuple(shape)), f"{stats['wall_s']:.1f}",
             f"{stats['windows_per_s']:.2f}", f"{stats['tokens_per_s']:.0f}", peaks, ", ".join(stats["devices"])]
 
@@ -198,3 +197,63 @@ def write_report(summary: str | Path, items: dict[tuple[int, str], str | Path], 
     for (P, split), path in items.items():
         write_text(path, item_html(P, split, shapes, stats[(P, split)], parity.get(P), precision))
     write_text(summary, summary_html(name, shapes, stats, parity, precision, histograms))
+
+
+# --------------------------------------------------------------------------- the preflight report
+
+def _check_line(value) -> str:
+    if isinstance(value, str):
+        return value
+    if "within_rounding" in value:
+        return (f"max |diff| {value['max_abs_difference']:.3g} (bit-equal: {value['bit_equal']}; "
+                f"rounding tolerance {value['tolerance']:.3g}): {'ok' if value['within_rounding'] else 'FAILED'}")
+    return ", ".join(f"{key} {_check_line(item) if isinstance(item, dict) else item}" for key, item in value.items())
+
+
+def _held(machine_info: dict) -> str:
+    held = machine_info.get("held_gpus") or {"source": "the devices given"}
+    return held["source"] + (f", ids {held['ids']}" if held.get("ids") else "")
+
+
+def preflight_markdown(report: dict) -> str:
+    """The preflight report (preflight.run_preflight's) as Markdown: what `timekd-embed preflight`
+    prints and writes beside the JSON."""
+    system, config = report["machine"], report["config"]
+    layers = config["model"]["layers"]
+    lines = ["# Preflight", "",
+             (f"**{'PASSED' if report['passed'] else 'FAILED'}** in {duration(report['wall_s'])}, "
+             f"{report['windows_per_horizon']} sample windows per horizon; model {config['model']['name_or_path']}"
+             f"{'' if layers is None else ' (first ' + str(layers) + ' blocks)'}, "
+             f"{config['precision']}, placement {report.get('placement', config['placement'])}."), ""]
+    notes = report["failures"] + report.get("notes", [])
+    lines += [f"- {failure}" for failure in notes] + ([""] if notes else [])
+    lines += ["## Machine", "",
+              (f"torch {system['torch']}, CUDA {system['cuda'] or '-'}, driver {system['driver'] or '-'}; "
+               f"CUDA_VISIBLE_DEVICES={system['cuda_visible_devices'] or '(unset)'}; "
+               f"GPUs this job holds: {_held(system)}"), "",
+              "| device | name | memory | compute capability | fp16 | bf16 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {device['device']} | {device['name']} | {gib(device['memory_bytes'])} | "
+              f"{device['compute_capability'] or '-'} | {device['fp16']} | {device['bf16']} |"
+              for device in system["devices"]]
+    if report.get("jobs"):
+        lines += ["", "## Speed and memory", "", (f"Context: {report['context']} tokens. "
+                  f"ETA of the whole job: **{duration(report['eta_s'])}** (windows per split / measured rate"
+                  f"{', every horizon of a window in one job' if config['share_horizons'] else ''})."), "",
+                  "| P | windows/s | peak memory | longest prompt | windows (job) | ETA | batch_tokens that fits |",
+                  "|---|---|---|---|---|---|---|"]
+        for figures in report["jobs"]:
+            peaks = ", ".join(f"{device} {gib(peak)}" for device, peak in figures["peak_memory_bytes"].items())
+            fits = figures["fitting_batch_tokens"] or f"{figures['batch_tokens']} (configured)"
+            lines.append(f"| {', '.join(map(str, figures['pred_lens']))} | {figures['windows_per_s']:.2f} | {peaks} | "
+                         f"{figures['longest_prompt']} | {sum(figures['planned_windows'].values())} | "
+                         f"{duration(figures['eta_s'])} | {fits} |")
+    if report.get("parity"):
+        lines += ["", "## Parity with fp32", ""]
+        for P, stats in report["parity"].items():
+            lines.append(f"- {P}: {stats}" if isinstance(stats, str) else
+                         f"- P={P}: cosine min {stats['cosine_min']:.6f}, mean {stats['cosine_mean']:.6f}; max abs "
+                         f"{stats['max_abs_error']:.3g}; nearest-neighbour agreement {stats['nn_agreement']}")
+    if report.get("gpu_checks"):
+        lines += ["", "## GPU checks", ""]
+        lines += [f"- {name}: {_check_line(value)}" for name, value in report["gpu_checks"].items()]
+    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from .errors import InputError
-from .fingerprint import MODEL_FILES, MODEL_RECORD, ModelSource
+from .model_files import DOWNLOAD_FILES, RECORD, ModelSource
 
 # The official copy of the Time-Series-Library datasets (THUML) on the Hugging Face hub.
 DATA_REPO = "thuml/Time-Series-Library"
@@ -86,17 +86,17 @@ def fetch_dataset(name: str, csv: str | os.PathLike) -> str:
 
 
 def fetch_model(source: ModelSource) -> dict:
-    """Download a hub model's MODEL_FILES at its pinned commit into source.folder.
+    """Download a hub model's DOWNLOAD_FILES at its pinned commit into source.folder.
 
     Only safetensors weights, config.json and the tokenizer files are fetched: no pickle
-    weights, no code. Every file is written atomically; the record (MODEL_RECORD: repo,
+    weights, no code. Every file is written atomically; the record (RECORD: repo,
     commit, each file's sha256) last.
 
     Args:
-        source: fingerprint.model_source of a hub id (source.hub is True).
+        source: model_files.model_source of a hub id (source.hub is True).
 
     Returns:
-        The record written to source.folder / MODEL_RECORD.
+        The record written to source.folder / RECORD.
 
     Raises:
         InputError: a file cannot be downloaded (offline without it in the hub cache, an
@@ -105,16 +105,16 @@ def fetch_model(source: ModelSource) -> dict:
     from .store import sha256_file, write_json
 
     files = {}
-    for filename in MODEL_FILES:
+    for filename in DOWNLOAD_FILES:
         try:
             downloaded = _hub_download(source.name, filename, source.revision, None)
         except Exception as exc:  # offline, unknown id/commit, missing file
             raise InputError(f"model {source.name} (config key model.name_or_path) at commit {source.revision}: "
                              f"{filename} could not be downloaded ({_first_line(exc)}); allow network access for "
-                             f"this first run, or put {', '.join(MODEL_FILES)} of that commit into a folder and "
+                             f"this first run, or put {', '.join(DOWNLOAD_FILES)} of that commit into a folder and "
                              "set model.name_or_path to it.") from None
         _copy_atomically(downloaded, source.folder / filename)
         files[filename] = sha256_file(source.folder / filename)
     record = {"repo": source.name, "revision": source.revision, "files": files}
-    write_json(source.folder / MODEL_RECORD, record)
+    write_json(source.folder / RECORD, record)
     return record

@@ -5,13 +5,19 @@ stage; the published layers/Sub_CA.py (`sub_ac`) and its use in clm.py.
 
 Module and parameter names mirror the published `sub_ac` module, so a state dict saved
 from here loads into the published code with `load_state_dict`. Built in the same order
-as the published module, so the same seed draws the same weights there and here.
+as the published module, so the same seed draws the same weights there and here. The
+weights every horizon and split share are one safetensors file (save_sca, load_sca).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from . import __version__
+from .store import read_tensors, write_tensors
 
 
 class _Attention(nn.Module):
@@ -79,4 +85,26 @@ def seeded_sca(n_vars: int, d_model: int, seed: int) -> SubtractiveCrossAttentio
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sca = SubtractiveCrossAttention(n_vars, d_model)
+    return sca.eval().requires_grad_(False)
+
+
+def save_sca(path: str | Path, n_vars: int, d_model: int, seed: int) -> None:
+    """Write the seeded SCA's weights (seeded_sca) under the published parameter names, atomically;
+    the seed, N and d go into the metadata."""
+    sca = seeded_sca(n_vars, d_model, seed)
+    write_tensors(path, sca.state_dict(), {"seed": str(seed), "n_vars": str(n_vars), "d_model": str(d_model),
+                                           "package": f"timekd-embed {__version__}"})
+
+
+def load_sca(path: str | Path) -> SubtractiveCrossAttention:
+    """The SCA of save_sca's file, its shape read from the weights: eval mode, no gradients, float32 on the CPU.
+
+    Raises:
+        InputError: the file is missing or damaged (store.read_tensors).
+    """
+    tensors, _ = read_tensors(path)
+    n_vars = tensors["layers.0.norm_attn.weight"].shape[0]
+    d_model = tensors["layers.0.ff.0.weight"].shape[0] // 4
+    sca = SubtractiveCrossAttention(n_vars, d_model)
+    sca.load_state_dict(tensors)
     return sca.eval().requires_grad_(False)

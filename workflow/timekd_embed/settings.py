@@ -1,87 +1,89 @@
-"""What one extraction (or parity, or preflight) job needs, built from the validated config.
+"""The config keys a job needs, in two kinds, turned into job settings in one place.
 
-The one place that turns config keys into job settings. Two kinds of keys:
-- output-affecting keys decide the embeddings: they are the extraction rules' params (so a
-  change reruns them), are recorded in every file's metadata, and must agree between the
-  shards of one file;
-- runtime keys (device, gpus_per_job, batch_tokens, placement) change only the speed:
-  they are recorded for information and never compared, so following an out-of-memory hint
-  ("lower batch_tokens") or letting cluster nodes pick other placements never invalidates
-  work already done.
+- `Settings`: the keys that decide an embedding. They are the extraction rules' params (so a
+  change reruns them, and nothing else does), recorded in every file's metadata, and must
+  agree between the shards of one file. The rules pass them as `Settings.as_params()`, the
+  scripts read them back with `Settings.from_params`: one list of keys, written once.
+- `Runtime`: the keys that change only the speed (device, gpus_per_job, batch_tokens,
+  placement). They are never params, so following an out-of-memory hint ("lower
+  batch_tokens") or letting cluster nodes pick other placements never invalidates work
+  already done; jobs read them from the config (`Runtime.from_config`) and record them for
+  information only.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-RUNTIME_FIELDS = ("device", "gpus_per_job", "batch_tokens", "placement")
+from dataclasses import asdict, dataclass, fields
 
 
-def embedding_settings(config: dict) -> dict:
-    """The config keys that decide an embedding, as the extraction rules' params.
-
-    Args:
-        config: the validated config (config.validate_config), defaults filled in.
-
-    Returns:
-        A JSON-able dict; equal dicts mean equal embeddings for equal inputs.
-    """
-    return {
-        "name": config["dataset"]["name"],
-        "template": config["dataset"]["template"],
-        "seq_len": config["seq_len"],
-        "model": config["model"],  # name_or_path, revision, layers
-        "precision": config["precision"],
-        "fidelity": config["fidelity"],
-        "limit_windows": config["limit_windows"],
-    }
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Which teacher a job loads: config keys model.* and precision."""
+    model: str
+    revision: str | None
+    layers: int | None  # the first L blocks, then the final norm; None: all
+    precision: str
 
 
 @dataclass(frozen=True)
 class Settings:
-    """One job's settings: the first block decides the output, the second only the speed."""
-
-    name: str
-    template: str | None
-    pred_len: int
-    split: str
-    model: str
-    revision: str | None
+    """The config keys that decide an embedding (for given input data and model files)."""
+    name: str                # dataset.name: the template and the date format follow from it
+    template: str | None     # dataset.template
+    seq_len: int
+    model: str               # model.name_or_path, as every job loads it (a folder)
+    revision: str | None     # model.revision (a hub model's commit)
+    layers: int | None       # model.layers
     precision: str
     fidelity: str
     limit_windows: int | None
-    layers: int | None = None  # model.layers: the first L blocks, then ln_f (lm.keep_layers); None all
-    # runtime only (RUNTIME_FIELDS)
+
+    @classmethod
+    def from_config(cls, config: dict) -> Settings:
+        """The settings of the validated config (config.validate_config, defaults filled in)."""
+        model = config["model"]
+        return cls(name=config["dataset"]["name"], template=config["dataset"]["template"],
+                   seq_len=config["seq_len"], model=model["name_or_path"], revision=model["revision"],
+                   layers=model.get("layers"), precision=config["precision"], fidelity=config["fidelity"],
+                   limit_windows=config["limit_windows"])
+
+    def as_params(self) -> dict:
+        """The rules' params: config-shaped (model.* nested as in the config), so that equal settings
+        are equal params."""
+        return {"name": self.name, "template": self.template, "seq_len": self.seq_len,
+                "model": {"name_or_path": self.model, "revision": self.revision, "layers": self.layers},
+                "precision": self.precision, "fidelity": self.fidelity, "limit_windows": self.limit_windows}
+
+    @classmethod
+    def from_params(cls, params: dict) -> Settings:
+        """The settings a rule's params (as_params) carry."""
+        flat = {key: value for key, value in params.items() if key != "model"}
+        model = params["model"]
+        return cls(**flat, model=model["name_or_path"], revision=model["revision"], layers=model.get("layers"))
+
+    @property
+    def teacher(self) -> TeacherSpec:
+        """The teacher these settings load."""
+        return TeacherSpec(self.model, self.revision, self.layers, self.precision)
+
+    def recorded(self, pred_len: int, split: str) -> dict:
+        """What a file of one horizon and split records as its settings (and gather and parity
+        compare): these fields, the horizon and the split."""
+        return asdict(self) | {"pred_len": int(pred_len), "split": split}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The config keys that change only the speed; recorded for information, never compared."""
     device: str = "auto"
     gpus_per_job: int = 1
     batch_tokens: int | None = None  # None: devices.token_budget picks one for the devices
     placement: str = "auto"
 
     @classmethod
-    def from_config(cls, config: dict, pred_len: int, split: str) -> Settings:
-        """The settings of the job for one horizon and split.
+    def from_config(cls, config: dict) -> Runtime:
+        """The runtime keys of the validated config (jobs read them there: they are no rule params)."""
+        return cls(**{field.name: config[field.name] for field in fields(cls)})
 
-        Args:
-            config: the validated config (config.validate_config), defaults filled in.
-            pred_len: the horizon P, in time steps.
-            split: "train", "val" or "test".
-        Returns:
-            The Settings (batch_tokens None when the config leaves it to the devices).
-        """
 
-        return cls(
-            name=config["dataset"]["name"], template=config["dataset"]["template"], pred_len=int(pred_len),
-            split=str(split), model=config["model"]["name_or_path"], revision=config["model"]["revision"],
-            precision=config["precision"], fidelity=config["fidelity"], limit_windows=config["limit_windows"],
-            layers=config["model"].get("layers"),
-            device=config["device"], gpus_per_job=config["gpus_per_job"], batch_tokens=config["batch_tokens"],
-            placement=config["placement"],
-        )
-
-    def output_fields(self) -> dict:
-        """The fields that decide the embeddings (what shards must agree on)."""
-        return {key: value for key, value in asdict(self).items() if key not in RUNTIME_FIELDS}
-
-    def runtime_fields(self) -> dict:
-        """The fields that change only the speed (recorded for information)."""
-        return {key: getattr(self, key) for key in RUNTIME_FIELDS}
+RUNTIME_KEYS = tuple(field.name for field in fields(Runtime))

@@ -109,6 +109,18 @@ def planned_windows(rows: int, seq_len: int, pred_len: int, limit_windows: int |
     return count if limit_windows is None else min(count, limit_windows)
 
 
+def no_windows(split: str, rows: int, seq_len: int, pred_len: int) -> InputError:
+    """The one sentence for a split too short for a window at a horizon (to raise).
+
+    Args:
+        split: the split's name; rows: its rows; seq_len, pred_len: the window's input and future rows.
+    Returns:
+        The InputError.
+    """
+    return InputError(f"pred_len {pred_len}: split {split} has {rows} rows, fewer than seq_len + pred_len = "
+                      f"{seq_len + pred_len}; remove {pred_len} from pred_lens or use a longer file.")
+
+
 def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expected: int | None = None) -> None:
     """One embeddings file from its shards (in window order) and one stats file.
 

@@ -213,6 +213,27 @@ def write_windows(
     return metas
 
 
+def split_windows(table: Table, layout: str, seq_len: int) -> dict[str, SplitWindows]:
+    """Every split in memory, as read_windows gives it back from write_windows' files (for a job that
+    reads the CSV itself: the preflight).
+
+    Args:
+        table: the checked CSV (table.load_csv); layout: a concrete layout; seq_len: input rows per window.
+    Returns:
+        {split: SplitWindows}; meta holds split, seq_len, variables and input_sha256.
+    Raises:
+        InputError: as split_borders.
+    """
+    borders = split_borders(len(table.values), seq_len, layout, source=table.path)
+    mean, std, _ = _fit_scaler(table.values[slice(*borders["train"])], table.variables)
+    return {split: SplitWindows(split, np.arange(start, end, dtype=np.int64), table.dates[start:end],
+                                table.values[start:end], (table.values[start:end] - mean) / std,
+                                list(table.variables),
+                                {"split": split, "seq_len": int(seq_len), "variables": list(table.variables),
+                                 "input_sha256": table.sha256})
+            for split, (start, end) in borders.items()}
+
+
 def _check_out(out: dict[str, str]) -> None:
     if not out:
         raise InputError(f"No output paths were given; name at least one of the splits {', '.join(SPLITS)}.")
