@@ -13,8 +13,8 @@ sys.path.insert(0, f"{snakemake.scriptdir}/..")  # the timekd_embed package, als
 from timekd_embed.jobs import job
 from timekd_embed.preflight import held_gpus, require_passed, run_preflight, write_report
 
-with job(snakemake.log[0], snakemake.threads):
-    lease, held = held_gpus(snakemake.config)  # as an extraction job takes them, and where they came from
+# The GPUs as an extraction job takes them, held until the checks end, and where they came from.
+with job(snakemake.log[0], snakemake.threads), held_gpus(snakemake.config) as held:
     report = run_preflight(snakemake.config, snakemake.params.windows)
     report["machine"]["held_gpus"] = held
     _, md_path = write_report(report, Path(snakemake.output.json).parent)

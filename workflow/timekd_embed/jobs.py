@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import sys
 from contextlib import contextmanager
 
 from .errors import InputError
-from .leases import DEFAULT_LOCK_DIR, lease_gpus
+from .leases import lease_gpus
 
 
 @contextmanager
 def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
     """Log to the job's log file (and stderr); turn InputError into one line and exit 1.
 
-    With `gpus`, lease that many GPU ids first (before CUDA starts; see leases.py).
+    With `gpus`, lease that many GPU ids first (before CUDA starts; see leases.py) and hold
+    them until the job ends, however it ends.
 
     Args:
         log_path: the job's log file (appended to); None: stderr only.
@@ -37,9 +37,10 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
         import torch  # here, not above: jobs that never compute (windows, manifest, downloads) start 1 s sooner
 
         torch.set_num_threads(threads)
-    if gpus:
-        lease_gpus(gpus, os.environ.get("TIMEKD_GPU_LOCK_DIR", DEFAULT_LOCK_DIR))  # held until the process ends
+    lease = None
     try:
+        if gpus:
+            lease = lease_gpus(gpus)
         yield stream
     except InputError as error:
         logging.getLogger("timekd_embed").error("%s", error)
@@ -54,5 +55,7 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
                                                 "and rerun (nothing partial was kept).", error.filename or "a file")
         sys.exit(1)
     finally:
+        if lease is not None:
+            lease.release()
         if log_path:
             stream.close()
