@@ -68,6 +68,19 @@ def test_a_scheduler_assignment_wins(tmp_path, monkeypatch):
     assert lease_gpus(2, tmp_path) is None and os.environ["CUDA_VISIBLE_DEVICES"] == "3,5"
 
 
+def test_jobs_inside_one_allocation_lease_their_share_of_it(tmp_path, monkeypatch):
+    """A local run inside a 4-GPU allocation: every job inherits its CUDA_VISIBLE_DEVICES=4,5,6,7;
+    used as it is, two jobs of 2 GPUs both ran on GPUs 4 and 5."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    monkeypatch.setenv("TIMEKD_NODE_GPUS", "8")
+    with lease_gpus(2, tmp_path, timeout_s=0) as first:
+        assert first.ids == [4, 5] and os.environ["CUDA_VISIBLE_DEVICES"] == "4,5"
+        os.environ["CUDA_VISIBLE_DEVICES"] = "4,5,6,7"    # the next job's environment
+        with lease_gpus(2, tmp_path, timeout_s=0) as second:
+            assert second.ids == [6, 7] and os.environ["CUDA_VISIBLE_DEVICES"] == "6,7"
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"   # released: the value from before its lease
+
+
 # ------------------------------------------------------------------ the leases as the workflow's jobs hold them
 
 LEASED = re.compile(r"^(\S+ \S+) INFO timekd_embed\.leases: leased GPU\(s\) \[([\d, ]*)\]", re.M)

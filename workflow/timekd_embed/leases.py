@@ -220,14 +220,20 @@ def _owner(info: os.stat_result) -> str:
         return f"uid {info.st_uid}"
 
 
-def _not_lockable(path: Path) -> str:
+def _who_and_who_may_fix(path: Path) -> tuple[str, str]:
+    """("owner <name>, mode <octal>", "<name> or root") for a sentence about `path`."""
     info = path.stat()
-    return (f"cannot lock the GPU lock file {path} (owner {_owner(info)}, mode {stat.S_IMODE(info.st_mode):04o}): "
-            f"every user's jobs lock it to share this node's GPUs; ask {_owner(info)} or root to run "
-            f"`chmod 0666 {path}`.")
+    owner = _owner(info)
+    return f"owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}", owner if owner == "root" else f"{owner} or root"
+
+
+def _not_lockable(path: Path) -> str:
+    found, fixer = _who_and_who_may_fix(path)
+    return (f"cannot lock the GPU lock file {path} ({found}): every user's jobs lock it to share this node's "
+            f"GPUs; ask {fixer} to run `chmod 0666 {path}`.")
 
 
 def _not_writable(folder: Path) -> str:
-    info = folder.stat()
-    return (f"cannot create a GPU lock file in {folder} (owner {_owner(info)}, mode {stat.S_IMODE(info.st_mode):04o}): "
-            f"every user's jobs lock their GPUs there; ask {_owner(info)} or root to run `chmod 1777 {folder}`.")
+    found, fixer = _who_and_who_may_fix(folder)
+    return (f"cannot create a GPU lock file in {folder} ({found}): every user's jobs lock their GPUs there; "
+            f"ask {fixer} to run `chmod 1777 {folder}`.")
