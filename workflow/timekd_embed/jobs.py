@@ -6,6 +6,8 @@ import errno
 import logging
 import sys
 from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
 
 from .errors import InputError
 from .leases import lease_gpus
@@ -33,6 +35,9 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    differs = torch_is_not_the_pin()
+    if differs:
+        logging.getLogger("timekd_embed").warning("%s", differs)
     if threads:
         import torch  # here, not above: jobs that never compute (windows, manifest, downloads) start 1 s sooner
 
@@ -59,3 +64,26 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
             lease.release()
         if log_path:
             stream.close()
+
+
+def torch_is_not_the_pin() -> str | None:
+    """A warning when the torch this Python imports is not the one `make bootstrap` installs from
+    the pin (a site's own build: `make bootstrap SITE_TORCH=1`), found without importing torch.
+
+    Returns:
+        The sentence to log, or None for the pinned torch (its build labels, such as +cpu, count as
+        the pin) or where the package or torch is not installed as a distribution.
+    """
+    try:
+        pin = next((requirement.split("==", 1)[1].split(";")[0].strip()
+                    for requirement in metadata.requires("timekd-embed") or []
+                    if requirement.replace(" ", "").startswith("torch==")), None)
+        torch = metadata.distribution("torch")
+    except metadata.PackageNotFoundError:
+        return None
+    location = Path(torch.locate_file("")).resolve()
+    if pin is None or (torch.version.split("+")[0] == pin and location.is_relative_to(Path(sys.prefix).resolve())):
+        return None
+    return (f"torch {torch.version} from {location} is not the pinned torch=={pin} that make bootstrap installs "
+            "(a site's torch): results may differ in the last bits from runs with the pinned torch; every "
+            "artifact records the versions it was made with.")
