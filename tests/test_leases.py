@@ -242,3 +242,18 @@ def test_a_job_waits_for_the_gpu_until_its_holder_is_killed_or_ends(gpu_node, tm
     second_ended = last_line_at(next(iter(extract_logs(folders["second"]).values())))
     leased, ids = lease_line(folders["third"])
     assert ids == [0] and leased >= second_ended, (leased, second_ended)
+
+
+def test_preflight_holds_its_gpus_until_its_checks_end(tmp_path, monkeypatch):
+    from timekd_embed.preflight import held_gpus
+
+    monkeypatch.setenv("TIMEKD_NODE_GPUS", "1")
+    monkeypatch.setenv("TIMEKD_GPU_LOCK_DIR", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with held_gpus({"device": "auto", "gpus_per_job": 1}) as held:
+        assert held == {"source": "lease (file locks)", "ids": "0"}
+        del os.environ["CUDA_VISIBLE_DEVICES"]          # another job's environment
+        with pytest.raises(TimeoutError):
+            lease_gpus(1, timeout_s=0)
+    with lease_gpus(1, timeout_s=0) as lease:
+        assert lease.ids == [0]
