@@ -4,16 +4,54 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE_ARGS ?= --cores 8 --resources gpu=2
 
-.PHONY: run test lint format bench bootstrap preflight demo demo-run
+.PHONY: run test lint format bench bootstrap wheelhouse preflight demo demo-run
+
+# The extras of pyproject.toml that bootstrap installs and make wheelhouse downloads.
+EXTRAS ?= test,export,demo
+# WHEELHOUSE=<dir>: install from those wheels alone (pip --no-index; see make wheelhouse). SITE_TORCH=1:
+# use the torch this Python already has (a venv with --system-site-packages; a site's CUDA build, e.g.
+# after `module load pytorch`) and install every other pin. The venv remembers both, so that a later
+# `make run` neither reaches for an index nor swaps the site's torch for the pin.
+WHEELHOUSE ?= $(shell cat $(VENV)/.wheelhouse 2>/dev/null)
+SITE_TORCH ?= $(shell cat $(VENV)/.site-torch 2>/dev/null)
+PIP_INSTALL = $(BIN)/python -m pip install --quiet $(if $(WHEELHOUSE),--no-index --find-links $(abspath $(WHEELHOUSE)))
 
 bootstrap: $(VENV)/.installed
+	@test -z "$(SITE_TORCH)" -o -f $(VENV)/.site-torch || { echo "SITE_TORCH=1: $(VENV) was made with the \
+	pinned torch; remove it (rm -rf $(VENV)) and run this again." >&2; exit 1; }
 
 # Reinstall whenever the pins change.
 $(VENV)/.installed: pyproject.toml
+ifeq ($(SITE_TORCH),)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,export,demo]'
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e '.$(if $(EXTRAS),[$(EXTRAS)])'
+else
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python tools/pins.py site-torch
+	$(PIP_INSTALL) --upgrade pip
+	$(BIN)/python tools/pins.py requirements --without-torch --extras '$(EXTRAS)' > $(VENV)/requirements.txt
+	$(PIP_INSTALL) -r $(VENV)/requirements.txt
+	$(PIP_INSTALL) --no-deps -e .
+	echo 1 > $(VENV)/.site-torch
+	@$(BIN)/python tools/pins.py site-torch
+endif
+	echo '$(if $(WHEELHOUSE),$(abspath $(WHEELHOUSE)))' > $(VENV)/.wheelhouse
 	touch $@
+
+# On a machine with network, for one without (README "On a GPU node without internet"): every pin
+# of EXTRAS and all they need, as wheels in WHEELHOUSE (default wheelhouse/) for the node's
+# PYTHON_VERSION (default: this Python's) and PLATFORM (default: x86_64 Linux with glibc 2.28 or
+# newer; the older manylinux tags are added). Source-only pure-Python packages are built here.
+# torch comes from TORCH_INDEX when set (e.g. https://download.pytorch.org/whl/cu128 or .../cpu),
+# else from pip's index (on Linux a CUDA build: several GB); SITE_TORCH=1 leaves torch out.
+PYTHON_VERSION ?= $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PLATFORM ?= manylinux_2_28_x86_64
+TORCH_INDEX ?=
+wheelhouse:
+	$(PYTHON) tools/pins.py wheelhouse --dest $(or $(WHEELHOUSE),wheelhouse) --extras '$(EXTRAS)' \
+	  --python-version $(PYTHON_VERSION) --platform $(PLATFORM) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX)) \
+	  $(if $(SITE_TORCH),--without-torch)
 
 # Before `make run`: speed, memory, ETA and fp32 parity on a few windows per horizon, on this
 # machine's GPUs (README "Quick start"); results/<name>/preflight.{json,md}. CONFIG=my.yaml for another.

@@ -101,8 +101,9 @@ SHARED_RUNS = dict.fromkeys(["tests/test_export.py", "tests/test_faults.py", "te
 # The longest units start first, each on the next free worker, the rest after them: left to
 # xdist's order (most tests first), the demo once queued behind the shared runs' 150 worker-
 # seconds on one worker while the other idled. Measured worker-seconds here: the shared runs'
-# modules about 150, test_demo about 50; no other module above 25.
-LONGEST_FIRST = ["tests/runs.py", "tests/test_demo.py"]
+# modules about 150, test_offline_install about 130 (pip's work), test_demo about 50,
+# test_leases about 60 (snakemake runs side by side); no other module above 25.
+LONGEST_FIRST = ["tests/runs.py", "tests/test_offline_install.py", "tests/test_leases.py", "tests/test_demo.py"]
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -306,23 +307,29 @@ def require_passed(report: dict, md_path: str | Path) -> None:
         raise InputError(f"preflight failed: {failures[0].rstrip('.')}{more}.")
 
 
+@contextmanager
 def held_gpus(config: dict):
-    """Take the job's GPUs as an extraction job does (leases.py) before CUDA starts; say where they came from.
+    """Hold the job's GPUs as an extraction job does (leases.py), from before CUDA starts to the
+    end of the `with` block; say where they came from.
 
     Args:
         config: the validated config (device, gpus_per_job).
-    Returns:
-        (the lease or None, a dict for the report: source and CUDA_VISIBLE_DEVICES ids).
+    Yields:
+        A dict for the report: source and CUDA_VISIBLE_DEVICES ids.
     """
-    from .leases import DEFAULT_LOCK_DIR, lease_gpus
+    from .leases import lease_gpus
     if config["device"] == "cpu":
-        return None, {"source": "none: device cpu"}
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        return None, {"source": "scheduler (CUDA_VISIBLE_DEVICES)", "ids": os.environ["CUDA_VISIBLE_DEVICES"]}
-    lease = lease_gpus(config["gpus_per_job"], os.environ.get("TIMEKD_GPU_LOCK_DIR", DEFAULT_LOCK_DIR))
-    if lease is None:
-        return None, {"source": "none: no GPU on this node"}
-    return lease, {"source": "lease (file locks)", "ids": os.environ["CUDA_VISIBLE_DEVICES"]}
+        yield {"source": "none: device cpu"}
+        return
+    scheduled = os.environ.get("CUDA_VISIBLE_DEVICES")
+    with lease_gpus(config["gpus_per_job"]) or nullcontext() as lease:
+        if lease is not None:
+            among = "" if scheduled is None else f" among the scheduler's CUDA_VISIBLE_DEVICES={scheduled}"
+            yield {"source": f"lease (file locks){among}", "ids": os.environ["CUDA_VISIBLE_DEVICES"]}
+        elif scheduled is not None:
+            yield {"source": "scheduler (CUDA_VISIBLE_DEVICES)", "ids": scheduled}
+        else:
+            yield {"source": "none: no GPU on this node"}
 
 
 def main(config: dict, n_windows: int = 8, out: str | Path | None = None) -> dict:
@@ -339,12 +346,10 @@ def main(config: dict, n_windows: int = 8, out: str | Path | None = None) -> dic
     """
     if n_windows < 1:
         raise InputError(f"--windows {n_windows}: give at least 1 window per horizon.")
-    lease, held = held_gpus(config)
-    report = run_preflight(config, n_windows)
+    with held_gpus(config) as held:
+        report = run_preflight(config, n_windows)
     report["machine"]["held_gpus"] = held
     _, md_path = write_report(report, out or Path("results") / config["dataset"]["name"])
     print(preflight_markdown(report), end="")
-    if lease is not None:
-        lease.release()
     require_passed(report, md_path)
     return report
