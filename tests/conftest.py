@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data in ../shared/data, a tiny random GPT-2 with the real tokenizer."""
+"""Shared fixtures: the real data in ../shared/data, tiny random models of each teacher family with
+the real tokenizers."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 WEATHER_CSV = SHARED_DATA / "weather" / "weather.csv"
 TOKENIZER_DIR = SHARED_DATA / "gpt2-tokenizer"
+TOKENIZERS = SHARED_DATA / "tokenizers"  # real Qwen2, Llama 3 and Phi-3 tokenizers (its README)
 TRAIN_ROWS = 36887  # weather.csv: int(0.7 * 52,696)
 
 
@@ -67,6 +69,82 @@ def make_model_dir(path: Path, n_layer=2, n_embd=64, n_head=4, n_positions=1024,
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+# family: (tokenizer folder under TOKENIZERS, config class, checkpoint class, extra config).
+# Checkpoints are *ForCausalLM as on the hub (keys `model.layers...`, plus `lm_head.weight` when
+# untied); tied or not as the public configs: Qwen2.5-0.5B and Llama-3.2-1B tie, Phi-3 and
+# Mistral-7B do not. Mistral gets the phi3 tokenizer: Mistral-7B's own is a SentencePiece BPE with
+# byte fallback, `▁` for a space, one digit a token and `<s>` added, like Phi-3's (the Llama 2
+# vocabulary), so the Llama-family classes are also run with a SentencePiece tokenizer.
+FAMILIES = {
+    "qwen2": ("qwen2", "Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True}),
+    "llama": ("llama3", "LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True, "rope_theta": 500000.0}),
+    "mistral": ("phi3", "MistralConfig", "MistralForCausalLM", {"tie_word_embeddings": False}),
+    "phi3": ("phi3", "Phi3Config", "Phi3ForCausalLM", {"tie_word_embeddings": False}),
+}
+# The longest weather prompt at P = 192 (GT, any window of weather.csv): 1,784 tokens with qwen2,
+# 1,785 with phi3 (one digit a token, plus <s>), 1,194 with llama3 (GPT-2: 904). 2,048 fits them.
+FAMILY_POSITIONS = 2048
+
+
+def make_family_model_dir(path: Path, family: str, n_layer=2, hidden=64, heads=4, kv_heads=2, seed=0,
+                          intermediate=128, **config) -> Path:
+    """A random model folder of `family` as users have it: config.json, model.safetensors and the
+    family's REAL tokenizer files (tokenizer.json, tokenizer_config.json); "gpt2" is `make_model_dir`.
+
+    The vocabulary is the tokenizer's (`len(tokenizer)`). Weights are drawn with
+    initializer_range 0.2 (not HF's 0.02, under which attention is nearly uniform and position or
+    mask errors hide), and norm weights and biases are random too (HF starts them at 1 and 0).
+    `config` overrides config fields (e.g. sliding_window).
+    """
+    if family == "gpt2":
+        return make_model_dir(path, n_layer=n_layer, n_embd=hidden, n_head=heads, seed=seed)
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    tokenizer_name, config_class, model_class, family_config = FAMILIES[family]
+    tokenizer_dir = need(TOKENIZERS / tokenizer_name)
+    fields = dict(vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)), hidden_size=hidden,
+                  intermediate_size=intermediate, num_hidden_layers=n_layer, num_attention_heads=heads,
+                  num_key_value_heads=kv_heads, max_position_embeddings=FAMILY_POSITIONS,
+                  initializer_range=0.2) | family_config | config
+    if family == "phi3":
+        fields.setdefault("original_max_position_embeddings", fields["max_position_embeddings"])
+    model_config = getattr(transformers, config_class)(**fields)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(model_config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1 + 0.1 * torch.randn_like(param))
+            elif name.endswith(".bias"):
+                param.copy_(0.1 * torch.randn_like(param))
+    model.save_pretrained(path, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen2_model_dir(tmp_path_factory) -> Path:
+    return make_family_model_dir(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def llama_model_dir(tmp_path_factory) -> Path:
+    return make_family_model_dir(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def mistral_model_dir(tmp_path_factory) -> Path:
+    return make_family_model_dir(tmp_path_factory.mktemp("tiny-mistral"), "mistral")
+
+
+@pytest.fixture(scope="session")
+def phi3_model_dir(tmp_path_factory) -> Path:
+    return make_family_model_dir(tmp_path_factory.mktemp("tiny-phi3"), "phi3")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,11 @@ Semantics: docs/teacher.md (sections 2-5).  Everything here is done the slow,
 obvious way: one prompt at a time, batch of one, no padding, the calibrated mask as the plain
 statement "every language/time-series pair", and GPT-2's attention written out from the block weights.  It must not
 import the project package (`timekd_embed`): it is the independent side of the comparison.
+
+Other teacher families (Llama 2/3, Mistral, Qwen2/Qwen2.5, Phi-3) run through their own
+transformers model class with eager attention and the mask given as a 4D additive float mask
+(causal part plus calibration), which transformers uses as given; tests/test_plain_teacher.py
+checks that route against one Llama layer written out from its weights.
 """
 
 from __future__ import annotations
@@ -14,6 +19,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import (
+    GPT2Model,
+    LlamaForCausalLM,
+    LlamaModel,
+    MistralForCausalLM,
+    MistralModel,
+    Phi3ForCausalLM,
+    Phi3Model,
+    Qwen2ForCausalLM,
+    Qwen2Model,
+)
 
 SEQ_LEN = 96  # input window length used by the published runs
 
@@ -114,16 +130,31 @@ def plain_prompts(x, y, x_stamps, pred_len: int, dataset_name: str) -> list[tupl
     return prompts
 
 
-def plain_token_types(tokens: list[str]) -> list[str]:
-    """Spec section 3 flag walk over GPT-2 token strings.
+def space_marker(tokenizer) -> str:
+    """How the tokenizer writes a space inside its token strings: "Ġ" (byte-level BPE: GPT-2,
+    Qwen2, Llama 3) or "▁" (SentencePiece: Llama 2, Mistral, Phi-3).
 
-    Only the exact token "Ġ<" opens a span and only the exact token ">" closes it, so
-    "Ġ<-" (negative first value) opens nothing and ">," (after t2) closes nothing.
+    Read off the vocabulary: the token for " <" is spelled "Ġ<" in one kind and "▁<" in the other.
     """
+    vocab = tokenizer.backend_tokenizer  # token_to_id: the token's id, None if not in the vocabulary
+    found = [marker for marker in ("Ġ", "▁") if vocab.token_to_id(marker + "<") is not None]
+    if len(found) != 1:
+        raise ValueError(f"cannot tell the space marker: tokens for ' <' in the vocabulary: {found}")
+    return found[0]
+
+
+def plain_token_types(tokens: list[str], space: str = "Ġ") -> list[str]:
+    """Spec section 3 flag walk over token strings; `space` is the tokenizer's space marker.
+
+    Only the exact token " <" (space + "<") opens a span and only the exact token ">" closes it,
+    so " <-" (negative first value) opens nothing and ">," (after t2) closes nothing.  Any other
+    token, a BOS included, is language unless a span is open.
+    """
+    opener = space + "<"
     types = []
     open_span = False
     for tok in tokens:
-        if tok == "Ġ<":
+        if tok == opener:
             open_span = True
             types.append("time_series")
         elif tok == ">":
@@ -166,7 +197,63 @@ def _activation(h: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"plain oracle does not know activation {name!r}")
 
 
+# Model classes whose own forward computes the oracle's states (a *ForCausalLM: its `.model`).
+ROTARY_MODELS = (LlamaModel, MistralModel, Qwen2Model, Phi3Model)
+ROTARY_CAUSAL_LMS = (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM)
+
+
 def plain_last_hidden(model, ids: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """(d,) hidden state after the final norm at the last token of ONE prompt.
+
+    `mask` (L, L) is added, in every layer and head, to the causal-masked scores.  GPT-2 is
+    evaluated from its block weights by hand; the other families by their own model class.
+    """
+    if isinstance(model, GPT2Model):
+        return gpt2_last_hidden(model, ids, mask)
+    if isinstance(model, ROTARY_CAUSAL_LMS):
+        model = model.model  # the decoder without its LM head
+    if isinstance(model, ROTARY_MODELS):
+        return rotary_last_hidden(model, ids, mask)
+    raise TypeError(f"plain oracle does not know model class {type(model).__name__}")
+
+
+def causal_plus(mask: torch.Tensor) -> torch.Tensor:
+    """(1, 1, L, L) float32: the dtype's minimum above the diagonal (future keys), plus `mask`."""
+    L = mask.shape[0]
+    future = torch.ones((L, L), dtype=torch.bool).triu(diagonal=1)  # True where key j > query i
+    causal = torch.where(future, torch.finfo(torch.float32).min, 0.0)
+    return (causal + mask.to(torch.float32))[None, None]
+
+
+def rotary_last_hidden(model, ids: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """(d,) state after the final norm at the last token of ONE prompt, by the family's own
+    model class (LlamaModel, MistralModel, Qwen2Model, Phi3Model): eager attention, fp32,
+    positions 0..L-1, and the 4D mask `causal_plus(mask)`, which eager attention adds to the
+    scores as given (transformers builds no mask of its own when handed a 4D one).
+    """
+    cfg = model.config
+    assert cfg._attn_implementation == "eager", cfg._attn_implementation
+    assert model.dtype == torch.float32, "the oracle computes in float32: pass model.float()"
+    # The forward runs layers[:num_hidden_layers]; make "every layer the model holds" explicit.
+    assert len(model.layers) == cfg.num_hidden_layers, (len(model.layers), cfg.num_hidden_layers)
+    L = len(ids)
+    assert mask.shape == (L, L), (mask.shape, L)
+    if L > cfg.max_position_embeddings:
+        raise ValueError(f"prompt of {L} tokens exceeds the model context {cfg.max_position_embeddings}")
+    # A given 4D mask replaces the sliding-window mask too: refuse prompts the window would cut.
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None and L > window:
+        raise ValueError(f"prompt of {L} tokens exceeds the model's sliding window {window}")
+    out = model(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        attention_mask=causal_plus(mask),
+        position_ids=torch.arange(L, dtype=torch.long)[None],
+        use_cache=False,
+    )
+    return out.last_hidden_state[0, -1]  # (d,)
+
+
+def gpt2_last_hidden(model, ids: list[int], mask: torch.Tensor) -> torch.Tensor:
     """(d,) GPT-2 hidden state after ln_f at the last token of ONE prompt.
 
     `mask` (L, L) is added, in every layer and head, to the causal-masked scores.
@@ -294,6 +381,8 @@ def plain_teacher(
 ) -> np.ndarray:
     """Teacher embeddings (len(starts), N, d) float32 for windows of ONE split.
 
+    `model`: a GPT2Model, or a Llama / Mistral / Qwen2 / Phi-3 model (or *ForCausalLM) loaded
+    with attn_implementation="eager", in float32; `tokenizer`: the model's own.
     raw: (R, N) raw values of the split, stamps: (R, 6).  Window i: x = rows i..i+95,
     y = rows i+96..i+95+P.  fidelity "reference" reproduces the published mask defect
     (masks from the types of variable N-1's prompts); "corrected" uses each prompt's own.
@@ -303,7 +392,8 @@ def plain_teacher(
     raw = np.asarray(raw, dtype=np.float64)
     stamps = np.asarray(stamps)
     n_vars = raw.shape[1]
-    d = model.config.n_embd
+    d = model.config.hidden_size  # the LM width (GPT-2: n_embd)
+    space = space_marker(tokenizer)
     sca = PlainSCA.from_state_dict(sca_state_dict)
     out = np.zeros((len(starts), n_vars, d), dtype=np.float32)
 
@@ -315,10 +405,11 @@ def plain_teacher(
                 raise IndexError(f"window {i} does not fit in {raw.shape[0]} rows")
             prompts = plain_prompts(x, y, stamps[i : i + SEQ_LEN], pred_len, dataset_name)
 
+            # with the tokenizer's default special tokens (Phi-3 and Llama-family: a BOS)
             gt_ids = [tokenizer.encode(gt) for gt, _ in prompts]
             hd_ids = [tokenizer.encode(hd) for _, hd in prompts]
-            gt_types = [plain_token_types(tokenizer.convert_ids_to_tokens(ids)) for ids in gt_ids]
-            hd_types = [plain_token_types(tokenizer.convert_ids_to_tokens(ids)) for ids in hd_ids]
+            gt_types = [plain_token_types(tokenizer.convert_ids_to_tokens(ids), space) for ids in gt_ids]
+            hd_types = [plain_token_types(tokenizer.convert_ids_to_tokens(ids), space) for ids in hd_ids]
 
             gt_last = torch.zeros((d, n_vars), dtype=torch.float32)  # (d, N)
             hd_last = torch.zeros((d, n_vars), dtype=torch.float32)  # (d, N)

@@ -6,22 +6,28 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
+from safetensors import safe_open
 
-from conftest import TOKENIZER_DIR, WEATHER_CSV, need
+from conftest import TOKENIZER_DIR, TOKENIZERS, WEATHER_CSV, need
 from plain_teacher import (
     TEMPLATES,
     PlainSCA,
+    causal_plus,
     plain_last_hidden,
     plain_mask,
     plain_prompts,
     plain_teacher,
     plain_token_types,
+    space_marker,
     stamp_text,
     template_pair,
 )
@@ -479,3 +485,291 @@ def test_teacher_rejects_bad_arguments(tokenizer, small_model):
         plain_teacher(raw, stamps, [1], 2, "weather", tokenizer, small_model, sca_state)
     with pytest.raises(ValueError):
         plain_teacher(raw, stamps, [0], 2, "weather", tokenizer, small_model, sca_state, "fast")
+
+
+# ================================================================== other teacher families
+# Llama 2/3, Mistral, Qwen2/Qwen2.5 and Phi-3: the real tokenizers in ../shared/data/tokenizers and
+# tiny random models built by conftest.make_family_model_dir.
+
+
+@functools.cache
+def family_tokenizer(name: str):
+    """The real tokenizer `name` (gpt2, qwen2, llama3 or phi3), as AutoTokenizer loads it."""
+    if name == "gpt2":  # vocab.json and merges.txt only, as the workflow has always read them
+        return transformers.GPT2TokenizerFast.from_pretrained(str(need(TOKENIZER_DIR)))
+    return transformers.AutoTokenizer.from_pretrained(str(need(TOKENIZERS / name)))
+
+
+@pytest.mark.parametrize("name, marker", [("gpt2", "Ġ"), ("qwen2", "Ġ"), ("llama3", "Ġ"), ("phi3", "▁")])
+def test_space_marker_byte_level_or_sentencepiece(name, marker):
+    assert space_marker(family_tokenizer(name)) == marker
+
+
+@pytest.mark.parametrize("name, added", [("gpt2", []), ("qwen2", []), ("llama3", []), ("phi3", ["<s>"])])
+def test_special_tokens_each_tokenizer_adds_by_default(name, added):
+    # These converted tokenizers: only phi3 adds its BOS (the hub's Llama 3 adds <|begin_of_text|>).
+    tok = family_tokenizer(name)
+    plain = tok.encode(NEG_GT, add_special_tokens=False)
+    default = tok.encode(NEG_GT)
+    assert tok.convert_ids_to_tokens(default[: len(added)]) == added
+    assert default[len(added) :] == plain
+
+
+def test_token_types_sentencepiece_walk():
+    # With "▁" the opener is "▁<"; "Ġ<" is then an ordinary token, and <s> is language.
+    tokens = ["<s>", "▁From", "▁<", "1", ">,", "x", ">", "▁<-", "2", ">", "Ġ<", "3"]
+    assert plain_token_types(tokens, "▁") == [L, L, T, T, T, T, T, L, L, T, L, L]
+
+
+def typed(kind, *tokens):
+    return [(tok, kind) for tok in tokens]
+
+
+# Window 0 of the weather train split, P = 24, variable 3 (Tdew, first value -1.33): the GT prompt
+# "From <01/01/2020 00:10> to <01/01/2020 16:00>, the values were <-1, -1, ..., 0, -1> every hour.
+# The values for the next <24> hours are <-1, -1, ..., -2>".  Per tokenizer, written out by hand:
+# its first tokens, the stretch from the end of the input values into the future values, and the
+# last tokens.
+TDEW_GT = {
+    "qwen2": (  # byte-level BPE, one digit a token, nothing added
+        typed(L, "From") + typed(T, "Ġ<", "0", "1", "/", "0", "1", "/", "2", "0", "2", "0", "Ġ", "0", "0",
+                                 ":", "1", "0", ">")
+        + typed(L, "Ġto")
+        + typed(T, "Ġ<", "0", "1", "/", "0", "1", "/", "2", "0", "2", "0", "Ġ", "1", "6", ":", "0", "0",
+                ">,",  # does not close: ", the values were" stays time series
+                "Ġthe", "Ġvalues", "Ġwere", "Ġ<-", "1", ",", "Ġ-", "1"),
+        typed(T, "0", ",", "Ġ-", "1", ">")
+        + typed(L, "Ġevery", "Ġhour", ".", "ĠThe", "Ġvalues", "Ġfor", "Ġthe", "Ġnext")
+        + typed(T, "Ġ<", "2", "4", ">")
+        + typed(L, "Ġhours", "Ġare", "Ġ<-", "1", ",", "Ġ-", "1"),  # "Ġ<-" opens nothing
+        typed(L, ",", "Ġ-", "2") + typed(T, ">"),
+    ),
+    "llama3": (  # byte-level BPE, up to three digits a token, nothing added (these files)
+        typed(L, "From") + typed(T, "Ġ<", "01", "/", "01", "/", "202", "0", "Ġ", "00", ":", "10", ">")
+        + typed(L, "Ġto")
+        + typed(T, "Ġ<", "01", "/", "01", "/", "202", "0", "Ġ", "16", ":", "00", ">,",
+                "Ġthe", "Ġvalues", "Ġwere", "Ġ<-", "1", ",", "Ġ-", "1"),
+        typed(T, "0", ",", "Ġ-", "1", ">")
+        + typed(L, "Ġevery", "Ġhour", ".", "ĠThe", "Ġvalues", "Ġfor", "Ġthe", "Ġnext")
+        + typed(T, "Ġ<", "24", ">")
+        + typed(L, "Ġhours", "Ġare", "Ġ<-", "1", ",", "Ġ-", "1"),
+        typed(L, ",", "Ġ-", "2") + typed(T, ">"),
+    ),
+    "phi3": (  # SentencePiece, "▁" for a space (also before the first word), one digit a token, <s>
+        typed(L, "<s>", "▁From")
+        + typed(T, "▁<", "0", "1", "/", "0", "1", "/", "2", "0", "2", "0", "▁", "0", "0", ":", "1", "0", ">")
+        + typed(L, "▁to")
+        + typed(T, "▁<", "0", "1", "/", "0", "1", "/", "2", "0", "2", "0", "▁", "1", "6", ":", "0", "0", ">,",
+                "▁the", "▁values", "▁were", "▁<-", "1", ",", "▁-", "1"),
+        typed(T, "0", ",", "▁-", "1", ">")
+        + typed(L, "▁every", "▁hour", ".", "▁The", "▁values", "▁for", "▁the", "▁next")
+        + typed(T, "▁<", "2", "4", ">")
+        + typed(L, "▁hours", "▁are", "▁<-", "1", ",", "▁-", "1"),
+        typed(L, ",", "▁-", "2") + typed(T, ">"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TDEW_GT))
+def test_token_types_of_a_real_weather_prompt_per_tokenizer(name):
+    raw, stamps = _weather_head(96 + 24)
+    gt = plain_prompts(raw[:96], raw[96:], stamps[:96], 24, "weather")[3][0]
+    assert gt.startswith("From <01/01/2020 00:10> to <01/01/2020 16:00>, the values were <-1, -1, ")
+    assert "0, -1> every hour. The values for the next <24> hours are <-1, -1, " in gt
+    tok = family_tokenizer(name)
+    tokens = tok.convert_ids_to_tokens(tok.encode(gt))
+    types = plain_token_types(tokens, space_marker(tok))
+    got = list(zip(tokens, types))
+    head, middle, tail = TDEW_GT[name]
+    assert got[: len(head)] == head
+    every = tokens.index(middle[5][0])  # the first " every": the input values end 5 tokens before
+    assert got[every - 5 : every - 5 + len(middle)] == middle
+    assert got[-len(tail) :] == tail
+
+
+# ------------------------------------------------------------------ tiny models of each family
+
+
+def load_family(folder):
+    """The checkpoint as users have it (*ForCausalLM), eager attention, float32, eval."""
+    return transformers.AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager").float().eval()
+
+
+@pytest.fixture(scope="module")
+def family_models(qwen2_model_dir, llama_model_dir, mistral_model_dir, phi3_model_dir):
+    """family -> (folder, *ForCausalLM model, its tokenizer loaded from the folder)."""
+    folders = {"qwen2": qwen2_model_dir, "llama": llama_model_dir, "mistral": mistral_model_dir,
+               "phi3": phi3_model_dir}
+    return {family: (folder, load_family(folder), transformers.AutoTokenizer.from_pretrained(str(folder)))
+            for family, folder in folders.items()}
+
+
+ROTARY_FAMILIES = ["qwen2", "llama", "mistral", "phi3"]
+
+
+# vocabulary sizes: ../shared/data/tokenizers/README.md (llama3: 128,256 plus an <|endoftext|>)
+@pytest.mark.parametrize("family, architecture, tokenizer_name, vocab, tied", [
+    ("qwen2", "Qwen2ForCausalLM", "qwen2", 151936, True),
+    ("llama", "LlamaForCausalLM", "llama3", 128257, True),
+    ("mistral", "MistralForCausalLM", "phi3", 32064, False),
+    ("phi3", "Phi3ForCausalLM", "phi3", 32064, False),
+])
+def test_family_model_folders_are_laid_out_as_on_the_hub(family_models, family, architecture, tokenizer_name,
+                                                          vocab, tied):
+    folder, model, tok = family_models[family]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == [architecture] and config["tie_word_embeddings"] is tied
+    assert config["vocab_size"] == len(tok) == vocab
+    assert (folder / "tokenizer.json").read_bytes() == (TOKENIZERS / tokenizer_name / "tokenizer.json").read_bytes()
+    assert (config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]) == (64, 4, 2)
+    assert config["max_position_embeddings"] == 2048
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "model.embed_tokens.weight" in keys and "model.layers.1.input_layernorm.weight" in keys
+    assert ("lm_head.weight" in keys) is not tied
+
+
+@pytest.mark.parametrize("family", ROTARY_FAMILIES)
+def test_a_4d_float_mask_is_used_as_given(family_models, family):
+    # transformers 5.24 takes a 4D float mask as the additive mask itself: a causal-only one equals
+    # no mask (its own causal mask), one without the causal part lets position 0 see the future.
+    _, model, tok = family_models[family]
+    ids = torch.tensor([tok.encode(NEG_GT)])
+    n = ids.shape[1]
+    with torch.inference_mode():
+        own = model.model(input_ids=ids, use_cache=False).last_hidden_state[0]  # (n, d)
+        causal = model.model(input_ids=ids, attention_mask=causal_plus(torch.zeros(n, n)),
+                             use_cache=False).last_hidden_state[0]
+        nothing = model.model(input_ids=ids, attention_mask=torch.zeros(1, 1, n, n),
+                              use_cache=False).last_hidden_state[0]
+    torch.testing.assert_close(causal, own, atol=1e-6, rtol=0)
+    assert (nothing[0] - own[0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("family", ROTARY_FAMILIES)
+def test_the_calibration_changes_the_state_and_only_below_the_diagonal(family_models, family):
+    _, model, tok = family_models[family]
+    ids = tok.encode(NEG_GT)
+    n = len(ids)
+    calib = plain_mask(plain_token_types(tok.convert_ids_to_tokens(ids), space_marker(tok)), n)
+    with torch.inference_mode():
+        plain = plain_last_hidden(model, ids, torch.zeros(n, n))
+        calibrated = plain_last_hidden(model, ids, calib)
+        above = plain_last_hidden(model, ids, torch.full((n, n), -100.0).triu(1))
+        decoder_only = plain_last_hidden(model.model, ids, calib)  # the *Model class alone
+    assert plain.shape == (64,)
+    assert (calibrated - plain).abs().max() > 1e-2
+    torch.testing.assert_close(above, plain, atol=0, rtol=0)
+    torch.testing.assert_close(decoder_only, calibrated, atol=0, rtol=0)
+
+
+def test_rotary_oracle_refuses_prompts_beyond_the_window_or_the_context(mistral_model_dir):
+    model = load_family(mistral_model_dir)
+    model.config.sliding_window = 8  # a given 4D mask would silently drop the sliding window
+    with pytest.raises(ValueError, match="sliding window 8"):
+        plain_last_hidden(model, list(range(9)), torch.zeros(9, 9))
+    plain_last_hidden(model, list(range(8)), torch.zeros(8, 8))
+    model.config.sliding_window = None
+    with pytest.raises(ValueError, match="context 2048"):
+        plain_last_hidden(model, [5] * 2049, torch.zeros(2049, 2049))
+    with pytest.raises(TypeError, match="BertModel"):
+        plain_last_hidden(transformers.BertModel(transformers.BertConfig(hidden_size=8, num_hidden_layers=1,
+                                                                         num_attention_heads=2,
+                                                                         intermediate_size=8)), [1], torch.zeros(1, 1))
+
+
+# ------------------------------------------------------------------ one Llama written out by hand
+
+
+def _rms_norm(h, weight, eps):
+    return h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def _rotate(x, theta):
+    """Rotary position embedding of x (heads, L, d_head) at positions 0..L-1: dims i and
+    i + d_head/2 turn as a pair by the angle position * theta^(-2i / d_head)."""
+    _, n, d_head = x.shape
+    inv_freq = 1.0 / theta ** (torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)  # (d_head/2,)
+    angle = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (L, d_head/2)
+    cos, sin = angle.cos(), angle.sin()
+    x1, x2 = x[..., : d_head // 2], x[..., d_head // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def hand_llama_last_hidden(model, ids, mask):
+    """(d,) LlamaModel's state after the final norm at the last token, from its weights."""
+    cfg = model.config
+    assert not cfg.attention_bias and not cfg.mlp_bias and cfg.hidden_act == "silu"
+    assert cfg.rope_parameters["rope_type"] == "default"
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d_head = cfg.hidden_size // n_head
+    theta, eps = cfg.rope_parameters["rope_theta"], cfg.rms_norm_eps
+    n = len(ids)
+    future = torch.ones(n, n, dtype=torch.bool).triu(1)
+    h = model.embed_tokens.weight[ids]  # (L, d)
+    for layer in model.layers:
+        att, mlp = layer.self_attn, layer.mlp
+        a = _rms_norm(h, layer.input_layernorm.weight, eps)
+        q = (a @ att.q_proj.weight.T).view(n, n_head, d_head).transpose(0, 1)  # (heads, L, d_head)
+        k = (a @ att.k_proj.weight.T).view(n, n_kv, d_head).transpose(0, 1)  # (kv heads, L, d_head)
+        v = (a @ att.v_proj.weight.T).view(n, n_kv, d_head).transpose(0, 1)
+        q, k = _rotate(q, theta), _rotate(k, theta)
+        heads = []
+        for head in range(n_head):
+            kv = head // (n_head // n_kv)  # consecutive query heads share one key/value head
+            scores = q[head] @ k[kv].T / math.sqrt(d_head)  # (L, L)
+            scores = torch.where(future, torch.finfo(torch.float32).min, scores) + mask
+            heads.append(torch.softmax(scores, dim=-1) @ v[kv])  # (L, d_head)
+        h = h + torch.cat(heads, dim=1) @ att.o_proj.weight.T
+        m = _rms_norm(h, layer.post_attention_layernorm.weight, eps)
+        h = h + (F.silu(m @ mlp.gate_proj.weight.T) * (m @ mlp.up_proj.weight.T)) @ mlp.down_proj.weight.T
+    return _rms_norm(h, model.norm.weight, eps)[-1]
+
+
+def test_llama_by_hand_equals_the_llama_model_route(family_models):
+    folder, _, tok = family_models["llama"]
+    model = load_family(folder).model  # LlamaModel, a copy of its own: its layers are cut below
+    cfg = model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rope_parameters["rope_theta"]) == (4, 2, 500000.0)
+    ids = tok.encode(NEG_GT)
+    calib = plain_mask(plain_token_types(tok.convert_ids_to_tokens(ids), "Ġ"), len(ids))
+    with torch.inference_mode():
+        by_hand = hand_llama_last_hidden(model, ids, calib)
+        route = plain_last_hidden(model, ids, calib)
+        torch.testing.assert_close(route, by_hand, atol=1e-5, rtol=0)
+        # model.layers: 1 -- the first decoder layer, then the final norm
+        model.layers = model.layers[:1]
+        model.config.num_hidden_layers = 1
+        first = plain_last_hidden(model, ids, calib)
+        torch.testing.assert_close(first, hand_llama_last_hidden(model, ids, calib), atol=1e-5, rtol=0)
+    assert (first - route).abs().max() > 1e-2
+
+
+# ------------------------------------------------------------------ whole teacher, other families
+
+
+@pytest.mark.parametrize("family", ROTARY_FAMILIES)
+def test_teacher_wiring_other_families(family_models, family):
+    # As test_teacher_reference_wiring: the tokenizer's own ids (phi3: with <s>), its space marker,
+    # the model's hidden size for d.
+    _, model, tok = family_models[family]
+    P = 2
+    raw, stamps = _synthetic_split(96 + P)
+    n_vars, d = raw.shape[1], 64
+    sca_state = published_style_sca_state(n_vars, 4 * d, seed=3)
+    prompts = plain_prompts(raw[:96], raw[96:], stamps[:96], P, "weather")
+    space = "▁" if family in ("mistral", "phi3") else "Ġ"
+    gt_ids = [tok.encode(gt) for gt, _ in prompts]
+    hd_ids = [tok.encode(hd) for _, hd in prompts]
+    assert (gt_ids[0][0] == 1) is (family in ("mistral", "phi3"))  # <s> is id 1 in the phi3 vocabulary
+    last_gt = plain_token_types(tok.convert_ids_to_tokens(gt_ids[-1]), space)
+    last_hd = plain_token_types(tok.convert_ids_to_tokens(hd_ids[-1]), space)
+    with torch.inference_mode():
+        gt_last = torch.stack([plain_last_hidden(model, i, plain_mask(last_gt, len(i))) for i in gt_ids], dim=1)
+        hd_last = torch.stack([plain_last_hidden(model, i, plain_mask(last_hd, len(i))) for i in hd_ids], dim=1)
+        expected = PlainSCA.from_state_dict(sca_state)(gt_last, hd_last, hd_last).T.numpy()  # (N, d)
+    got = plain_teacher(raw, stamps, [0], P, "weather", tok, model, sca_state)
+    assert got.shape == (1, n_vars, d)
+    np.testing.assert_allclose(got[0], expected, atol=1e-6, rtol=0)
+    corrected = plain_teacher(raw, stamps, [0], P, "weather", tok, model, sca_state, "corrected")
+    assert np.abs(corrected - got).max() > 1e-4
