@@ -7,7 +7,7 @@ from transformers import GPT2Model
 from transformers.activations import NewGELUActivation
 
 from timekd_embed.checkpoint import load_lm
-from timekd_embed.lm import _attend, calibrated_mask, last_token_states
+from timekd_embed.lm import LAYOUTS, _attend, calibrated_mask, last_token_states
 from timekd_embed.packing import Prompt, batches, build_trie, window_prompts
 from timekd_embed.prompts import SplitPrompts
 
@@ -51,10 +51,10 @@ def test_forward_equals_gpt2model_on_real_prompt_tries(prompts, tiny_model_dir, 
 
 
 def test_the_mask_must_have_the_queries_dtype(tiny_model_dir):
-    attn = load_lm(str(tiny_model_dir), None, torch.float32).h[0].attn
+    model = load_lm(str(tiny_model_dir), None, torch.float32)
     q = torch.zeros(1, 4, 3, 16)
     with pytest.raises(AssertionError, match="attention mask dtype torch.float16 differs"):
-        _attend(attn, q, q, q, torch.zeros(1, 1, 3, 3, dtype=torch.float16))
+        _attend(LAYOUTS["gpt2"], model.h[0].attn, q, q, q, torch.zeros(1, 1, 3, 3, dtype=torch.float16))
 
 
 def test_gpt2_gelu_is_loaded_as_the_fused_kernel_equal_within_rounding(tiny_model_dir):

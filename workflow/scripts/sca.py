@@ -13,6 +13,6 @@ from timekd_embed.windows import read_windows
 with job(snakemake.log[0]):
     model = snakemake.params.model
     # The first job that reads the model: a broken model folder fails here, before any extraction.
-    d_model = check_model(model["name_or_path"], model["revision"])[0].n_embd
+    d_model = check_model(model["name_or_path"], model["revision"])[0].hidden_size
     n_vars = len(read_windows(snakemake.input[0]).variables)
     save_sca(snakemake.output[0], n_vars, d_model, snakemake.params.seed)

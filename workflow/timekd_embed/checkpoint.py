@@ -9,26 +9,20 @@ from a folder or the hub (trust_remote_code stays off).
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from .errors import InputError
-from .model_files import CONFIG, WEIGHTS, existing_folder, weight_files
+from .families import Family, family_of
+from .lm import decoder_blocks, layout_of
+from .model_files import CONFIG, WEIGHTS, existing_folder, tokenizer_files, weight_files
 from .store import read_header
 
-FOLDER_FILES = f"{CONFIG}, {WEIGHTS}, vocab.json, merges.txt"
-
-# Tensors a GPT-2 checkpoint may carry or lack without changing the model: the attention
-# buffers older checkpoints store (the causal-mask `bias`, the `masked_bias` constant; GPT2Model
-# builds both itself), and the LM head of a GPT2LMHeadModel checkpoint, tied to wte and unused
-# by GPT2Model. Every other difference is refused.
-TOLERATED = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight")
-HEAD_MODEL_PREFIX = GPT2Model.base_model_prefix + "."  # "transformer.": keys of a GPT2LMHeadModel checkpoint
+FOLDER_FILES = f"{CONFIG}, {WEIGHTS} (or its shards), the tokenizer files"
 SHOWN = 3  # names quoted per kind of difference
 
 
@@ -49,36 +43,32 @@ def _loading(name_or_path: str, revision: str | None):
                          f"{FOLDER_FILES}.") from None
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None) -> GPT2TokenizerFast:
-    """The model's GPT-2 byte-level BPE tokenizer (vocab.json, merges.txt).
+def load_tokenizer(name_or_path: str, revision: str | None = None):
+    """The model's own tokenizer (AutoTokenizer: fast, no remote code).
 
     Raises:
-        InputError: a local folder without the tokenizer files, or a hub id that cannot be loaded.
+        InputError: a local folder without tokenizer files, or a hub id that cannot be loaded.
     """
     local = existing_folder(name_or_path)
     if local is not None:
-        missing = [name for name in ("vocab.json", "merges.txt") if not (local / name).is_file()]
-        if missing:
-            raise InputError(f"model folder {local} lacks {', '.join(missing)}; put the GPT-2 tokenizer files there.")
+        tokenizer_files(local)
     with _loading(name_or_path, revision):
-        return GPT2TokenizerFast.from_pretrained(name_or_path, revision=revision)
+        return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=False)
 
 
-def load_config(name_or_path: str, revision: str | None = None) -> GPT2Config:
-    """The model's config.json, which must describe a GPT-2 (model_type gpt2).
+def load_config(name_or_path: str, revision: str | None = None) -> PretrainedConfig:
+    """The model's config.json, which must describe a supported family (families.py).
 
     Raises:
-        InputError: no config.json, another model type, or a hub id that cannot be loaded.
+        InputError: no config.json, an unsupported model type, or a hub id that cannot be loaded.
     """
     local = existing_folder(name_or_path)
     if local is not None and not (local / CONFIG).is_file():
-        raise InputError(f"model folder {local} has no config.json; point model.name_or_path at a GPT-2 model folder.")
+        raise InputError(f"model folder {local} has no config.json; point model.name_or_path at a model folder.")
     with _loading(name_or_path, revision):
-        raw, _ = GPT2Config.get_config_dict(name_or_path, revision=revision)  # GPT2Config would relabel any type
-        if raw.get("model_type") != "gpt2":
-            raise InputError(f"model {name_or_path} is a {raw.get('model_type')!r} model; only the GPT-2 family "
-                             "(gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2) is supported.")
-        return GPT2Config.from_pretrained(name_or_path, revision=revision)
+        raw, _ = PretrainedConfig.get_config_dict(name_or_path, revision=revision)
+        family = family_of(raw, f"model {name_or_path}")
+        return family.config_class.from_pretrained(name_or_path, revision=revision)
 
 
 def weights(name_or_path: str, revision: str | None = None) -> list[Path]:
@@ -96,10 +86,10 @@ def weights(name_or_path: str, revision: str | None = None) -> list[Path]:
         return [Path(cached_file(name_or_path, WEIGHTS, revision=revision))]
 
 
-def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor GPT2Model(config) loads, built on the meta device."""
+def expected_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor the family's base model loads, built on the meta device."""
     with torch.device("meta"):
-        model = GPT2Model(config)
+        model = family_of(config).model_class(config)
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
@@ -116,11 +106,11 @@ def file_shapes(paths: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _as_model_names(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Drop the `transformer.` prefix of a GPT2LMHeadModel checkpoint, as from_pretrained does."""
+def _as_model_names(shapes: dict[str, tuple[int, ...]], family: Family) -> dict[str, tuple[int, ...]]:
+    """Drop the base-model prefix of a *ForCausalLM checkpoint ("transformer.", "model."), as from_pretrained does."""
     body = [name for name in shapes if name != "lm_head.weight"]
-    if body and all(name.startswith(HEAD_MODEL_PREFIX) for name in body):
-        return {name.removeprefix(HEAD_MODEL_PREFIX): shape for name, shape in shapes.items()}
+    if body and all(name.startswith(family.prefix) for name in body):
+        return {name.removeprefix(family.prefix): shape for name, shape in shapes.items()}
     return shapes
 
 
@@ -129,11 +119,12 @@ def _listed(names: list[str]) -> str:
     return shown + (", ..." if len(names) > SHOWN else "")
 
 
-def _refuse_differences(where: str, config: GPT2Config, missing: list[str], unexpected: list[str],
-                        reshaped: list[tuple[str, tuple, tuple]]) -> None:
-    """One InputError naming every kind of difference between the file and the model, or nothing."""
-    missing = sorted(name for name in missing if not TOLERATED.fullmatch(name))
-    unexpected = sorted(name for name in unexpected if not TOLERATED.fullmatch(name))
+def _refuse_differences(where: str, config: PretrainedConfig, missing: list[str], unexpected: list[str],
+                        reshaped: list[tuple[str, tuple, tuple]], files: list[Path]) -> None:
+    """One InputError naming every kind of difference between the file(s) and the model, or nothing."""
+    family = family_of(config)
+    missing = sorted(name for name in missing if not family.tolerated.fullmatch(name))
+    unexpected = sorted(name for name in unexpected if not family.tolerated.fullmatch(name))
     if not (missing or unexpected or reshaped):
         return
     parts = []
@@ -146,11 +137,12 @@ def _refuse_differences(where: str, config: GPT2Config, missing: list[str], unex
                           for name, got, want in reshaped[:SHOWN])
         more = "; ..." if len(reshaped) > SHOWN else ""
         parts.append(f"{len(reshaped)} tensor(s) have another shape ({shown}{more})")
-    raise InputError(f"{where}: the weights are not the GPT-2 that config.json describes (n_layer {config.n_layer}, "
-                     f"n_embd {config.n_embd}, n_head {config.n_head}): {'; '.join(parts)}; the language model "
-                     "would run with weights that were initialised, not loaded, so use a folder saved by "
-                     "GPT2Model or GPT2LMHeadModel save_pretrained(..., safe_serialization=True) whose "
-                     "config.json belongs to its model.safetensors.")
+    dims = ", ".join(f"{name} {getattr(config, name)}" for name in family.dims)
+    weights_name = WEIGHTS if len(files) == 1 else "safetensors shards"
+    raise InputError(f"{where}: the weights are not the {family.name} that config.json describes ({dims}): "
+                     f"{'; '.join(parts)}; the language model would run with weights that were initialised, not "
+                     f"loaded, so use a folder saved by save_pretrained(..., safe_serialization=True) of the model "
+                     f"whose config.json belongs to its {weights_name}.")
 
 
 def _where(name_or_path: str, revision: str | None, files: list[Path]) -> str:
@@ -160,8 +152,8 @@ def _where(name_or_path: str, revision: str | None, files: list[Path]) -> str:
     return f"model {name_or_path!r} (config key model.name_or_path, revision {revision or 'default'}), {files[0]}"
 
 
-def check_weights(name_or_path: str, revision: str | None, config: GPT2Config) -> list[Path]:
-    """The safetensors file(s) hold exactly the tensors GPT2Model(config) loads, by name and shape.
+def check_weights(name_or_path: str, revision: str | None, config: PretrainedConfig) -> list[Path]:
+    """The safetensors file(s) hold exactly the tensors the family's base model loads, by name and shape.
 
     A header-only comparison: nothing is loaded, so a 6 GB gpt2-xl costs a few milliseconds.
 
@@ -174,32 +166,33 @@ def check_weights(name_or_path: str, revision: str | None, config: GPT2Config) -
     """
     files = weights(name_or_path, revision)
     try:
-        found = _as_model_names(file_shapes(files))
+        found = _as_model_names(file_shapes(files), family_of(config))
     except (InputError, OSError, KeyError, TypeError):  # a damaged header or size, an unreadable file, no shapes
         raise InputError(f"{_where(name_or_path, revision, files)} cannot be read as safetensors (damaged "
                          "header, or truncated); replace the file with the model's own model.safetensors.") from None
     wanted = expected_shapes(config)
     reshaped = [(name, found[name], wanted[name]) for name in sorted(wanted.keys() & found.keys())
-                if found[name] != wanted[name] and not TOLERATED.fullmatch(name)]
+                if found[name] != wanted[name] and not family_of(config).tolerated.fullmatch(name)]
     _refuse_differences(_where(name_or_path, revision, files), config, sorted(wanted.keys() - found.keys()),
-                        sorted(found.keys() - wanted.keys()), reshaped)
+                        sorted(found.keys() - wanted.keys()), reshaped, files)
     return files
 
 
-def check_vocab(tokenizer, config: GPT2Config, name_or_path: str) -> None:
-    """Fail when the tokenizer does not belong to the model (its size differs from config.vocab_size).
+def check_vocab(tokenizer, config: PretrainedConfig, name_or_path: str) -> None:
+    """Fail when the tokenizer does not belong to the model: it has more tokens than the model has
+    embeddings (fewer is usual: Qwen2.5 and Phi-3 pad their embedding tables).
 
     Raises:
         InputError: naming both sizes.
     """
-    # A different size means a tokenizer from another model: its ids would index the wrong embeddings.
-    if len(tokenizer) != config.vocab_size:
+    # Its ids would index embeddings the model does not have: a tokenizer from another model.
+    if len(tokenizer) > config.vocab_size:
         raise InputError(f"model {name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model "
                          f"{config.vocab_size} embeddings (config.json vocab_size); use the tokenizer that "
                          "belongs to this model.")
 
 
-def check_model(name_or_path: str, revision: str | None = None) -> tuple[GPT2Config, GPT2TokenizerFast]:
+def check_model(name_or_path: str, revision: str | None = None) -> tuple[PretrainedConfig, object]:
     """Config, safetensors weights that fit it exactly and a matching tokenizer; else one sentence.
 
     Returns:
@@ -223,8 +216,8 @@ def _mismatch_entry(entry) -> tuple[str, tuple, tuple]:
     return name, tuple(got), tuple(want)
 
 
-def load_lm(name_or_path: str, revision: str | None, dtype: torch.dtype) -> GPT2Model:
-    """GPT2Model in eval mode with frozen weights: exactly the tensors of the named file(s).
+def load_lm(name_or_path: str, revision: str | None, dtype: torch.dtype) -> PreTrainedModel:
+    """The family's base model in eval mode with frozen weights: exactly the tensors of the named file(s).
 
     Raises:
         InputError: as check_weights, or a model that cannot be loaded.
@@ -233,39 +226,39 @@ def load_lm(name_or_path: str, revision: str | None, dtype: torch.dtype) -> GPT2
     files = check_weights(name_or_path, revision, config)  # before any loading: fail early, in one sentence
     # GPT-2's tanh GELU as one fused kernel instead of five elementwise ops (about 11% of the
     # CPU time): the same formula, equal within float rounding (tests/test_lm.py).
-    if config.activation_function == "gelu_new":
+    if getattr(config, "activation_function", None) == "gelu_new":
         config.activation_function = "gelu_pytorch_tanh"
     with _loading(name_or_path, revision):
-        model, report = GPT2Model.from_pretrained(name_or_path, revision=revision, config=config, dtype=dtype,
-                                                  use_safetensors=True, trust_remote_code=False,
-                                                  output_loading_info=True)
+        model, report = family_of(config).model_class.from_pretrained(
+            name_or_path, revision=revision, config=config, dtype=dtype, use_safetensors=True,
+            trust_remote_code=False, output_loading_info=True)
     reshaped = [_mismatch_entry(entry) for entry in report.get("mismatched_keys", ())]
     _refuse_differences(_where(name_or_path, revision, files), config, list(report.get("missing_keys", ())),
-                        list(report.get("unexpected_keys", ())), reshaped)
+                        list(report.get("unexpected_keys", ())), reshaped, files)
     model.requires_grad_(False)
     return model.eval()
 
 
-def keep_layers(model: GPT2Model, layers: int | None) -> GPT2Model:
-    """Keep the first `layers` transformer blocks (the final norm stays): the published
-    `--l_layers` of store_emb.py, which cuts clm.py's GPT-2 to `h[:L]` and applies `ln_f` after it.
+def keep_layers(model: PreTrainedModel, layers: int | None) -> PreTrainedModel:
+    """Keep the first `layers` decoder blocks (the final norm stays): the published `--l_layers` of
+    store_emb.py, which cuts clm.py's GPT-2 to `h[:L]` and applies `ln_f` after it.
 
     Args:
-        model: a loaded model, changed in place (before any placement on devices).
+        model: a loaded base model, changed in place (before any placement on devices).
         layers: blocks to keep, 1 .. its number of blocks; None keeps all (the published default).
-    Returns:
-        The same model, its config saying how many blocks it now has.
     Raises:
         InputError: `layers` is outside 1 .. the model's number of blocks (config key model.layers).
     """
     if layers is None:
         return model
-    total = len(model.h)
-    if not 1 <= layers <= total:
+    blocks = decoder_blocks(model)
+    if not 1 <= layers <= len(blocks):
         raise InputError(f"config key model.layers = {layers}, but {model.config.name_or_path or 'the model'} has "
-                         f"{total} blocks; set it to 1 .. {total}, or null for all of them.")
-    model.h = model.h[:layers]
-    model.config.n_layer = layers
+                         f"{len(blocks)} blocks; set it to 1 .. {len(blocks)}, or null for all of them.")
+    setattr(model, layout_of(model).blocks, blocks[:layers])
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None) is not None:
+        model.config.layer_types = model.config.layer_types[:layers]
     return model
 
 
@@ -279,7 +272,8 @@ def checkpoint_matches(model: torch.nn.Module, files: list[Path], name: str) -> 
     stored = {}
     for path in files:
         with safe_open(str(path), framework="pt") as checkpoint:
-            stored |= {key.removeprefix(HEAD_MODEL_PREFIX): (path, key) for key in checkpoint.keys()}  # noqa: SIM118
+            stored |= {key.removeprefix(family_of(model.config).prefix): (path, key)
+                       for key in checkpoint.keys()}  # noqa: SIM118 (safe_open is no mapping)
     for key, param in model.named_parameters():
         if key not in stored:
             return (f"the loaded model is not the named weights: parameter {key} is not in {files[0].parent}, so it "

@@ -9,10 +9,10 @@ from accelerate import dispatch_model, infer_auto_device_map
 from accelerate.utils import get_balanced_memory
 
 from .errors import InputError
+from .families import family_of
+from .lm import layout_of
 
 log = logging.getLogger(__name__)
-
-BLOCK_CLASS = "GPT2Block"  # never split inside a transformer block
 
 
 def resolve_devices(device: str, gpus_per_job: int) -> list[str]:
@@ -70,10 +70,10 @@ def plan_device_map(model: torch.nn.Module, devices: list[str]) -> dict[str, str
         accelerate's device map: module name -> GPU index.
     """
     gpu_ids = [torch.device(device).index for device in devices]
+    block = [family_of(model.config).block_class]  # never split inside a decoder block
     max_memory = get_balanced_memory(model, max_memory={gpu: torch.cuda.mem_get_info(gpu)[0] for gpu in gpu_ids},
-                                     no_split_module_classes=[BLOCK_CLASS], dtype=model.dtype)
-    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=[BLOCK_CLASS],
-                                 dtype=model.dtype)
+                                     no_split_module_classes=block, dtype=model.dtype)
+    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=block, dtype=model.dtype)
 
 
 def place_model(model: torch.nn.Module, devices: list[str], device_map: dict | None = None) -> torch.nn.Module:
@@ -112,14 +112,8 @@ def token_budget(devices: list[str]) -> int:
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
-    """Where the token ids must go: the device of the token embeddings.
-
-    Args:
-        model: a placed GPT2 model.
-    Returns:
-        The torch.device of model.wte.
-    """
-    return model.wte.weight.device
+    """Where the token ids must go: the device of the placed model's token embeddings."""
+    return getattr(model, layout_of(model).token_embedding).weight.device
 
 
 def peak_memory(devices: list[str]) -> dict[str, int]:

@@ -25,7 +25,7 @@ import torch
 from .devices import peak_memory
 from .errors import InputError
 from .extract import embed_horizons, embed_windows
-from .lm import first_block_attention, last_token_states
+from .lm import decoder_blocks, first_block_attention, last_token_states, layout_of
 from .packing import PREFIX_SHARE, TrieBatch, model_inputs, prefix_tokens
 from .parity import within_rounding
 from .prompts import SplitPrompts
@@ -310,13 +310,13 @@ def key_padding(model: torch.nn.Module, batch: TrieBatch, device: str) -> dict:
         key_length, seconds per call, extra_memory_bytes (None on the CPU), warnings.
     """
     torch_device = torch.device(device)
-    block = model.h[0]
+    attn = getattr(decoder_blocks(model)[0], layout_of(model).attention)
     # The widest leaf level's queries, its ancestors' keys then its own, as lm.block_forward builds them.
     q, k, v, mask = first_block_attention(model, batch, torch_device)             # mask (R, 1, T, K)
     pad = -mask.shape[-1] % 8
     padded = (torch.nn.functional.pad(k, (0, 0, 0, pad)), torch.nn.functional.pad(v, (0, 0, 0, pad)),
               torch.nn.functional.pad(mask, (0, pad), value=torch.finfo(q.dtype).min))
-    runs = {name: _attention_run(q, *tensors, block.attn.scaling, torch_device)
+    runs = {name: _attention_run(q, *tensors, attn.scaling, torch_device)
             for name, tensors in {"unaligned": (k, v, mask), "padded_to_8": padded}.items()}
     same = float((runs["unaligned"].pop("output").float() - runs["padded_to_8"].pop("output").float()).abs().max())
     unaligned, aligned = runs["unaligned"], runs["padded_to_8"]

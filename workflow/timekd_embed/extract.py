@@ -31,7 +31,8 @@ from . import __version__
 from .checkpoint import load_config, load_tokenizer, weights
 from .devices import input_device, peak_memory, resolve_devices, token_budget
 from .errors import InputError
-from .lm import DTYPES, NonFiniteState, last_token_states
+from .families import context_length
+from .lm import DTYPES, NonFiniteState, decoder_blocks, last_token_states
 from .packing import PREFIX_SHARE, TrieBatch, model_inputs, prefix_tokens
 from .prompts import SplitPrompts
 from .settings import Runtime, Settings
@@ -121,7 +122,7 @@ def _prompt_tokens(prompts_by_pred_len: dict[int, SplitPrompts], windows: np.nda
 def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], windows: np.ndarray, fidelity: str,
               batch_tokens: int, progress: tqdm | None, variables: list[str] | None) -> tuple[dict, dict]:
     first = next(iter(prompts_by_pred_len.values()))
-    N, d = first.n_vars, replica.model.config.n_embd
+    N, d = first.n_vars, replica.model.config.hidden_size
     exists = {P: int((windows < prompts.n_windows).sum()) for P, prompts in prompts_by_pred_len.items()}  # a prefix
     tokens = _prompt_tokens(prompts_by_pred_len, windows)
     per_window = sum(tokens.values())                                       # (W,)
@@ -180,7 +181,8 @@ def _states(model, batch: TrieBatch, device: torch.device, windows: np.ndarray, 
         window, variable = items[item]
         name = f"{variables[variable]!r}" if variables else f"number {variable}"
         precision = next((name for name, dtype in DTYPES.items() if dtype == model.dtype), str(model.dtype))
-        where = "the final layer norm" if bad.block >= len(model.h) else f"block {bad.block} of {len(model.h)} (from 0)"
+        blocks = len(decoder_blocks(model))
+        where = "the final norm" if bad.block >= blocks else f"block {bad.block} of {blocks} (from 0)"
         raise InputError(f"precision {precision}: a hidden state became inf or NaN in {where}, window "
                          f"{int(windows[window])}, variable {name}: {precision} cannot hold this model's activations "
                          f"(beyond 65,504 in fp16); set config key precision to bf16 (fp32's range at half the "
@@ -232,7 +234,7 @@ def extract_horizons(settings: Settings, runtime: Runtime, split: str, pred_lens
     """
     split_windows = read_windows(windows_path)
     tokenizer = load_tokenizer(settings.model, settings.revision)
-    context = load_config(settings.model, settings.revision).n_positions
+    context = context_length(load_config(settings.model, settings.revision))
     # Every window of the split is checked (it is cheap), so that no shard starts when another must fail.
     job = prepare_split(tokenizer, split_windows, settings, pred_lens, context)
     stops = {P: job.windows(P) for P in pred_lens}
@@ -315,7 +317,7 @@ def provenance(settings: Settings, runtime: Runtime, split: str, pred_lens: list
         "split": split, "dataset": settings.name,
         "model": settings.model, "revision": revision or "",
         "weights_sha256": weights_sha256(weights(settings.model, settings.revision)),
-        "layers": len(teacher.model.h),
+        "layers": len(decoder_blocks(teacher.model)),
         "precision": settings.precision, "fidelity": settings.fidelity,
         "sca_sha256": sha256_file(Path(sca_path)), "seed": read_metadata(sca_path)["seed"],
         "limit_windows": settings.limit_windows,

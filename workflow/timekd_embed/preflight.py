@@ -39,6 +39,7 @@ from .diagnostics import (
 )
 from .errors import InputError
 from .extract import embed_horizons
+from .families import context_length
 from .lm import NonFiniteState
 from .parity import compare, layer_split_check
 from .report import preflight_markdown
@@ -236,8 +237,8 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
     # split of every horizon is tokenized.
     log.info("preflight: checking the model files of %s", name)
     model_config, tokenizer = check_model(name, revision)
-    horizons = load_horizons(config, tokenizer, model_config.n_positions, n_windows)
-    report["context"] = model_config.n_positions
+    horizons = load_horizons(config, tokenizer, context_length(model_config), n_windows)
+    report["context"] = context_length(model_config)
     report["windows_per_horizon"] = len(horizons[0].sample)
     if len(horizons[0].sample) < n_windows:
         report.setdefault("notes", []).append(
@@ -245,7 +246,7 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
             f"{len(horizons[0].sample)} that exist at every horizon: those were measured.")
     sca_path = tmp / "sca.safetensors"
     settings, runtime = Settings.from_config(config), Runtime.from_config(config)
-    save_sca(sca_path, horizons[0].prompts.n_vars, model_config.n_embd, config["seed"])
+    save_sca(sca_path, horizons[0].prompts.n_vars, model_config.hidden_size, config["seed"])
 
     log.info("preflight: loading the teacher on %s", ", ".join(devices))
     teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement, device_map)

@@ -1,21 +1,28 @@
-"""Window -> GT/HD prompt text -> GPT-2 token ids -> token types: docs/teacher.md sections 2-3.
+"""Window -> GT/HD prompt text -> the model's token ids -> token types: docs/teacher.md sections 2-3.
 
 References: the published store_emb.py (templates, time stamps, value formatting) and
 clm.py (the token-type walk that the calibrated mask reads).
 
-Two ways to the same token ids:
+The token ids are what the published `tokenizer.encode(prompt)` gives with the model's own
+tokenizer: its default special tokens included (the BOS of Llama-family and Phi-3 tokenizers).
+Two ways to the same ids:
 - `prompt_texts` + the tokenizer: the published code's way, used by `inspect` and tests.
-- `SplitPrompts`: assembles ids from cached pieces. GPT-2's byte-level pre-tokenizer
-  splits the text at every boundary between a value and its separator, so the ids of
-  ", 1008" or " <-2" never depend on their neighbours. Tokenizing each distinct piece
-  once makes prompt building thousands of times cheaper than tokenizing whole prompts
-  and gives every prompt's exact length before any model work. `SplitPrompts` checks
-  itself against the tokenizer on construction.
+- `SplitPrompts`: assembles ids from cached pieces. The tokenizers of every supported family
+  split the text at every boundary between a value and its separator (byte-level BPE by its
+  pre-tokenizer; SentencePiece because its vocabulary never merges a digit with anything), so
+  the ids of ", 1008" or " <-2" never depend on their neighbours. Only the text's start is
+  special (SentencePiece writes a space before it): pieces after it are tokenized as the middle
+  of a text (PromptTokenizer). Tokenizing each distinct piece once makes prompt building
+  thousands of times cheaper than tokenizing whole prompts and gives every prompt's exact
+  length before any model work. `SplitPrompts` checks itself against the tokenizer on construction.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +59,9 @@ TEMPLATES: dict[str, tuple[str, str]] = {
 FALLBACK_TEMPLATE = "ETTh1"  # the published lookup falls back to it, so "weather" gets "every hour"
 HOURLY_STAMP_NAMES = ("ETTh1", "ETTh2", "ECL")  # the published code writes HH:00 for these names
 
-TS_OPEN, TS_CLOSE = "Ġ<", ">"  # the only token strings that open / close a time-series span
+# The only token texts that open / close a time-series span, the tokenizer's word-boundary marker
+# (byte-level BPE: "Ġ", SentencePiece: "▁") read as a space: "Ġ<" / "▁<" and ">".
+TS_OPEN, TS_CLOSE = " <", ">"
 
 
 def template_key(dataset_name: str, template: str | None = None) -> str:
@@ -121,20 +130,20 @@ def prompt_texts(x: np.ndarray, y: np.ndarray, t1: str, t2: str, pred_len: int,
     return (gt.replace("t1", t1).replace("t2", t2), hd.replace("t1", t1).replace("t2", t2))
 
 
-def time_series_flags(ids: np.ndarray, open_id: int, close_id: int) -> np.ndarray:
+def time_series_flags(ids: np.ndarray, open_ids, close_ids) -> np.ndarray:
     """Spec section 3 as a vectorised flag walk: True where a token is typed time-series.
 
-    `Ġ<` opens a span and is time-series, `>` closes it and is time-series, tokens while
-    open are time-series. Other tokens that merely contain < or > (`Ġ<-`, `>,`) do nothing.
+    " <" opens a span and is time-series, ">" closes it and is time-series, tokens while
+    open are time-series. Other tokens that merely contain < or > (" <-", ">,") do nothing.
 
     Args:
         ids: (L,) int token ids of one prompt.
-        open_id, close_id: the ids of TS_OPEN and TS_CLOSE.
+        open_ids, close_ids: the ids whose text is TS_OPEN / TS_CLOSE (PromptTokenizer).
     Returns:
         (L,) bool flags.
     """
     ids = np.asarray(ids)
-    opens, closes = ids == open_id, ids == close_id
+    opens, closes = np.isin(ids, open_ids), np.isin(ids, close_ids)
     length = len(ids)
     last_event = np.where(opens | closes, np.arange(length), -1)
     np.maximum.accumulate(last_event, out=last_event)
@@ -143,27 +152,94 @@ def time_series_flags(ids: np.ndarray, open_id: int, close_id: int) -> np.ndarra
     return opens | closes | open_before
 
 
-def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Each text's ids without special tokens, from the fast tokenizer's Rust backend when it neither
-    truncates nor pads (the Python wrapper's per-text conversion was half of a split's prompt
-    building); SplitPrompts checks the result against the tokenizer itself."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.truncation or backend.padding:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+def _marker(spec: dict) -> str | None:
+    """The word-boundary marker of a tokenizer's JSON definition: "Ġ" (byte-level), "▁" (SentencePiece)."""
+    text = json.dumps({key: spec.get(key) for key in ("normalizer", "pre_tokenizer", "decoder")})
+    if '"ByteLevel"' in text:
+        return "Ġ"
+    if '"Metaspace"' in text or '"content": "\\u2581"' in text:
+        return "▁"
+    return None
+
+
+def _middle(node):
+    """A tokenizer definition's normalizer or pre-tokenizer without the steps that prefix a text's start
+    with a space (SentencePiece's Prepend and Metaspace prepend_scheme, ByteLevel add_prefix_space)."""
+    if isinstance(node, list):
+        return [step for step in map(_middle, node) if step is not None]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "Prepend":
+        return None
+    node = {key: _middle(value) for key, value in node.items()}
+    if node.get("type") == "Metaspace":
+        node |= {"prepend_scheme": "never", "add_prefix_space": False}
+    if node.get("type") == "ByteLevel":
+        node["add_prefix_space"] = False
+    return node
+
+
+class PromptTokenizer:
+    """What SplitPrompts needs of the model's tokenizer: the ids of texts at the start and in the
+    middle of a prompt, the special tokens `tokenizer.encode` puts around every prompt, and the ids
+    that open and close a time-series span. Built once per tokenizer (PromptTokenizer.of).
+
+    Raises:
+        InputError: a tokenizer that is neither byte-level BPE nor SentencePiece, or not a fast one.
+    """
+
+    _built: dict[int, tuple] = {}  # id(tokenizer) -> (tokenizer, its PromptTokenizer): the tokenizer kept alive
+
+    def __init__(self, tokenizer):
+        from tokenizers import Tokenizer
+
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        spec = json.loads(backend.to_str()) if backend is not None else {}
+        self.marker = _marker(spec)
+        if self.marker is None:
+            raise InputError(f"the tokenizer {type(tokenizer).__name__} is neither a byte-level BPE nor a "
+                             "SentencePiece tokenizer (no fast tokenizer.json with either), so its token types "
+                             "cannot be read; use the model's own tokenizer.json.")
+        middle = copy.deepcopy(spec)
+        middle["normalizer"], middle["pre_tokenizer"] = _middle(spec["normalizer"]), _middle(spec["pre_tokenizer"])
+        self._start, self._middle = Tokenizer.from_str(backend.to_str()), Tokenizer.from_str(json.dumps(middle))
+        for part in (self._start, self._middle):
+            part.no_truncation()
+            part.no_padding()
+        probe = "From <1>"  # where the special tokens go: around the text's own ids
+        plain, full = (tokenizer(probe, add_special_tokens=special)["input_ids"] for special in (False, True))
+        start = next(k for k in range(len(full) - len(plain) + 1) if full[k:k + len(plain)] == plain)
+        self.prefix = np.array(full[:start], dtype=np.int64)
+        self.suffix = np.array(full[start + len(plain):], dtype=np.int64)
+        texts = {token_id: token.replace(self.marker, " ") for token, token_id in tokenizer.get_vocab().items()}
+        self.open_ids = np.array(sorted(token_id for token_id, text in texts.items() if text == TS_OPEN))
+        self.close_ids = np.array(sorted(token_id for token_id, text in texts.items() if text == TS_CLOSE))
+        self.special_tokens = tokenizer.convert_ids_to_tokens([*self.prefix, *self.suffix])
+
+    @classmethod
+    def of(cls, tokenizer) -> PromptTokenizer:
+        """The tokenizer's PromptTokenizer, built on first use (its vocabulary scan takes a moment)."""
+        if id(tokenizer) not in cls._built:
+            cls._built[id(tokenizer)] = (tokenizer, cls(tokenizer))
+        return cls._built[id(tokenizer)][1]
+
+    def ids(self, texts: list[str], start: bool = False) -> list[list[int]]:
+        """Each text's ids without special tokens, tokenized as the start (`start`) or the middle of a prompt."""
+        backend = self._start if start else self._middle
+        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
 
 
 class _Pieces:
     """Token ids of many short texts, each distinct text tokenized once, stored flat.
 
     Args:
-        tokenizer: the GPT-2 tokenizer.
+        encode: texts -> their ids (PromptTokenizer.ids).
         distinct: the distinct texts.
         which: (n,) int64, the piece at each position as an index into `distinct`.
     """
 
-    def __init__(self, tokenizer, distinct: list[str], which: np.ndarray):
-        encoded = _token_ids(tokenizer, distinct)
+    def __init__(self, encode, distinct: list[str], which: np.ndarray):
+        encoded = encode(distinct)
         distinct_lens = np.array([len(piece_ids) for piece_ids in encoded], dtype=np.int64)
         distinct_flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64,
                                     count=int(distinct_lens.sum()))
@@ -175,10 +251,10 @@ class _Pieces:
                                   + np.arange(self.offsets[-1])]
 
     @classmethod
-    def of_texts(cls, tokenizer, texts: list[str]) -> _Pieces:
+    def of_texts(cls, encode, texts: list[str]) -> _Pieces:
         """The pieces `texts`, in order."""
         index = {text: position for position, text in enumerate(dict.fromkeys(texts))}
-        return cls(tokenizer, list(index), np.fromiter((index[text] for text in texts), dtype=np.int64,
+        return cls(encode, list(index), np.fromiter((index[text] for text in texts), dtype=np.int64,
                                                        count=len(texts)))
 
     def span(self, start: int, stop: int) -> np.ndarray:
@@ -213,7 +289,7 @@ class SplitPrompts:
         rows, n_vars = raw.shape
         self.n_windows = max(0, rows - seq_len - pred_len + 1)
         self.n_vars = n_vars
-        self.open_id, self.close_id = tokenizer.convert_tokens_to_ids([TS_OPEN, TS_CLOSE])
+        self.prompt_tokenizer = pieces = PromptTokenizer.of(tokenizer)
 
         # The text around the values, split where the pre-tokenizer always splits.
         gt, hd = (template.replace("output_len", str(pred_len)) for template in self.pair)
@@ -222,23 +298,20 @@ class SplitPrompts:
         mid, close = gt_rest.split(f" <{FUTURE}")  # close is the final ">"
         hd_tail = hd.split(f" <{VALUES}")[1]
         stamps_text = [stamp_text(stamp, dataset_name) for stamp in stamps]
-        self._head_a = _Pieces.of_texts(tokenizer, [head_a.replace("t1", stamp) for stamp in stamps_text])  # as t1
-        self._head_b = _Pieces.of_texts(tokenizer, [f" to <{stamp}>{head_b}" for stamp in stamps_text])  # as t2
-
-        def encode(text: str) -> np.ndarray:
-            """The text's token ids: (tokens,) int64."""
-
-            return np.array(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-
-        self._gt_mid, self._hd_tail, self._close = encode(mid), encode(hd_tail), encode(close)
+        # the prompt's start (as t1), the rest as the middle of a text (as t2)
+        self._head_a = _Pieces.of_texts(functools.partial(pieces.ids, start=True),
+                                        [head_a.replace("t1", stamp) for stamp in stamps_text])
+        self._head_b = _Pieces.of_texts(pieces.ids, [f" to <{stamp}>{head_b}" for stamp in stamps_text])
+        self._gt_mid, self._hd_tail, self._close = (np.array(ids, dtype=np.int64)
+                                                    for ids in pieces.ids([mid, hd_tail, close]))
         # Per variable: each row's value as the first of a list (" <v") and as a later one (", v"),
         # from the column's distinct truncated values (value_text truncates; -0.0 and 0.0 are one).
         self._first, self._later = [], []
         for variable in range(n_vars):
             values, which = np.unique(np.trunc(raw[:, variable]), return_inverse=True)
             texts = [value_text(value) for value in values]
-            self._first.append(_Pieces(tokenizer, [" <" + text for text in texts], which.reshape(-1)))
-            self._later.append(_Pieces(tokenizer, [", " + text for text in texts], which.reshape(-1)))
+            self._first.append(_Pieces(pieces.ids, [" <" + text for text in texts], which.reshape(-1)))
+            self._later.append(_Pieces(pieces.ids, [", " + text for text in texts], which.reshape(-1)))
         self._check_against_tokenizer()
 
     # -- ids ---------------------------------------------------------------------------
@@ -253,13 +326,14 @@ class SplitPrompts:
         Returns:
             WindowIds: N GT and N HD (L,) int64 arrays, equal to the tokenizer's ids of window_texts(i).
         """
-        L, P = self.seq_len, self.pred_len
-        head = [self._head_a.span(i, i + 1), self._head_b.span(i + L - 1, i + L)]
+        L, P, tok = self.seq_len, self.pred_len, self.prompt_tokenizer
+        head = [tok.prefix, self._head_a.span(i, i + 1), self._head_b.span(i + L - 1, i + L)]
         gt, hd = [], []
         for variable in range(self.n_vars):
             shared = head + self._values(variable, i, L)
-            hd.append(np.concatenate(shared + [self._hd_tail]))
-            gt.append(np.concatenate(shared + [self._gt_mid] + self._values(variable, i + L, P) + [self._close]))
+            hd.append(np.concatenate(shared + [self._hd_tail, tok.suffix]))
+            gt.append(np.concatenate(shared + [self._gt_mid] + self._values(variable, i + L, P)
+                                     + [self._close, tok.suffix]))
         return WindowIds(gt=gt, hd=hd)
 
     def lengths(self, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -272,7 +346,8 @@ class SplitPrompts:
         """
         i = np.arange(self.n_windows) if windows is None else np.asarray(windows, dtype=np.int64)
         L, P = self.seq_len, self.pred_len
-        head = self._head_a.span_lengths(i, i + 1) + self._head_b.span_lengths(i + L - 1, i + L)
+        special = len(self.prompt_tokenizer.prefix) + len(self.prompt_tokenizer.suffix)
+        head = self._head_a.span_lengths(i, i + 1) + self._head_b.span_lengths(i + L - 1, i + L) + special
         gt = np.empty((len(i), self.n_vars), dtype=np.int64)
         hd = np.empty_like(gt)
         for variable in range(self.n_vars):
@@ -307,18 +382,17 @@ class SplitPrompts:
             (L,) bool, True for time series.
         """
 
-        return time_series_flags(ids, self.open_id, self.close_id)
+        return time_series_flags(ids, self.prompt_tokenizer.open_ids, self.prompt_tokenizer.close_ids)
 
     def _check_against_tokenizer(self) -> None:
-        """Assembled ids must equal the tokenizer's on a real window; else this tokenizer splits differently."""
-        if self.n_windows == 0:
-            return
-        i = self.n_windows - 1
-        texts = self.window_texts(i)
-        ids = self.window_ids(i)
-        for variable, (gt_text, hd_text) in enumerate(texts):
-            want = self.tokenizer([gt_text, hd_text], add_special_tokens=False)["input_ids"]
-            if list(ids.gt[variable]) != want[0] or list(ids.hd[variable]) != want[1]:
-                raise InputError(
-                    f"the tokenizer of this model does not split prompts like GPT-2's byte-level BPE "
-                    f"(window {i}, variable {variable}); use a GPT-2-family tokenizer.")
+        """Assembled ids must equal `tokenizer.encode`'s on the first and last window; else this tokenizer
+        does not split prompts where the pieces end."""
+        for i in sorted({0, self.n_windows - 1}) if self.n_windows else ():
+            ids = self.window_ids(i)
+            for variable, (gt_text, hd_text) in enumerate(self.window_texts(i)):
+                want = self.tokenizer([gt_text, hd_text])["input_ids"]
+                if list(ids.gt[variable]) != want[0] or list(ids.hd[variable]) != want[1]:
+                    raise InputError(
+                        f"the model's tokenizer ({type(self.tokenizer).__name__}) splits the prompts of window {i}, "
+                        f"variable {variable} across the places where a value meets its separator, so they cannot "
+                        "be built from pieces; this tokenizer is not supported: report it with the model's name.")

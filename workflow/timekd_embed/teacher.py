@@ -66,9 +66,9 @@ def load_teacher(spec: TeacherSpec, sca_path: str | Path, devices: list[str], pl
     config, tokenizer = check_model(spec.model, spec.revision)
     model = keep_layers(load_lm(spec.model, spec.revision, DTYPES[spec.precision]), spec.layers)
     sca = load_sca(sca_path)
-    if sca.layers[0].ff[0].out_features != 4 * config.n_embd:
+    if sca.layers[0].ff[0].out_features != 4 * config.hidden_size:
         raise InputError(f"{sca_path}: made for a language model of width {sca.layers[0].ff[0].out_features // 4}, "
-                         f"but {spec.model} has width {config.n_embd}; delete it and rerun.")
+                         f"but {spec.model} has width {config.hidden_size}; delete it and rerun.")
     placement = "model_parallel" if device_map else choose_placement(placement, model, devices)
     if placement == "data_parallel":
         replicas = [Replica(place_model(copy.deepcopy(model), [device]), copy.deepcopy(sca).to(device), device)
