@@ -35,6 +35,7 @@ from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.prompts import SplitPrompts
 from timekd_embed.sca import save_sca
+from timekd_embed.store import is_record
 from timekd_embed.table import load_csv
 from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import SPLITS, read_windows, write_windows
@@ -78,13 +79,14 @@ def one_sentence(text: str) -> str:
 
 
 def artifacts(work: Path) -> list[str]:
-    """Files under results/ that could pass for output: everything but logs, benchmarks and temporaries."""
+    """Files under results/ that could pass for output: everything but logs, benchmarks, temporaries and the
+    hidden sha256 records beside the files."""
     results = work / "results"
     if not results.exists():
         return []
     return sorted(p.relative_to(results).as_posix() for p in results.rglob("*")
                   if p.is_file() and not {"logs", "benchmarks"} & set(p.relative_to(results).parts)
-                  and not p.name.endswith(".tmp"))
+                  and not p.name.endswith(".tmp") and not is_record(p.name))
 
 
 def small_config(csv: Path, model_dir: Path, **overrides) -> dict:
