@@ -21,7 +21,6 @@ from safetensors import safe_open
 from conftest import ROOT, make_model_dir
 from helpers import planned_jobs, snakemake_command, timekd_embed, weather_rows
 from runs import MODEL, uninterrupted_run
-from timekd_embed.fingerprint import Sha256Cache
 
 # RUN_CONFIG's jobs: two horizons, two ranges each; fp32 runs have no parity job.
 EVERY_JOB = {"windows": 1, "sca": 1, "extract": 4, "gather": 2, "validate": 1}
@@ -160,8 +159,9 @@ def test_a_same_size_csv_with_its_timestamp_kept_plans_everything_and_verify_adv
     receive(project, copy, "results", "resources")
     shutil.copy(project / "config.yaml", copy / "config.yaml")
     csv = copy / "resources" / "weather.csv"
-    # The dry run that fills the cache, later than a timestamp tick after the copy: its entry is trusted.
-    time.sleep(max(0.0, (csv.stat().st_ctime_ns + Sha256Cache.RACY_NS - time.time_ns()) / 1e9 + 0.1))
+    # The dry run that fills the cache, more than 2 s after the copy (README: an entry hashed within 2 s of the
+    # file's last change is not trusted): its entry is trusted, as a dry run long after a download is.
+    time.sleep(max(0.0, (csv.stat().st_ctime_ns - time.time_ns()) / 1e9 + 2.1))
     assert planned(copy) == {}
     original = csv.read_bytes()
     lines = original.split(b"\r\n")
