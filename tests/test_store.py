@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT
 from timekd_embed import store
 from timekd_embed.errors import InputError
-from timekd_embed.extract import load_sca, save_sca
+from timekd_embed.sca import load_sca, save_sca
 
 
 def sha256(data: bytes) -> str:
