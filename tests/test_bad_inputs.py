@@ -35,6 +35,7 @@ from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.prompts import SplitPrompts
 from timekd_embed.sca import save_sca
+from timekd_embed.store import is_record
 from timekd_embed.table import load_csv
 from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import SPLITS, read_windows, write_windows
@@ -78,13 +79,14 @@ def one_sentence(text: str) -> str:
 
 
 def artifacts(work: Path) -> list[str]:
-    """Files under results/ that could pass for output: everything but logs, benchmarks and temporaries."""
+    """Files under results/ that could pass for output: everything but logs, benchmarks, temporaries and the
+    hidden sha256 records beside the files."""
     results = work / "results"
     if not results.exists():
         return []
     return sorted(p.relative_to(results).as_posix() for p in results.rglob("*")
                   if p.is_file() and not {"logs", "benchmarks"} & set(p.relative_to(results).parts)
-                  and not p.name.endswith(".tmp"))
+                  and not p.name.endswith(".tmp") and not is_record(p.name))
 
 
 def small_config(csv: Path, model_dir: Path, **overrides) -> dict:
@@ -432,6 +434,74 @@ def test_command_line_numbers_are_read_by_the_key_type_and_errors_name_their_ori
                             [("my.yaml", file), ("--config", {"pred_lens": bad})])
     with pytest.raises(InputError, match=re.escape("b.yaml: config key seq_len = 0 is invalid")):
         validate_config({**file, "seq_len": 0}, "a.yaml + b.yaml", [("a.yaml", file), ("b.yaml", {"seq_len": 0})])
+
+
+# Every key of workflow/schemas/config.schema.yaml that holds integers, where a value sits (lists: an item).
+INTEGER_KEYS = {("seq_len",): 96, ("pred_lens", 0): 24, ("model", "layers"): 2, ("seed",): 2024,
+                ("gpus_per_job",): 2, ("limit_windows",): 4, ("shard_windows",): 2, ("batch_tokens",): 4096,
+                ("parity", "windows"): 8}
+
+
+def integer_keys(schema: dict, path: tuple = ()) -> set[tuple]:
+    """The paths of the schema's integer-only keys (an array's items as index 0)."""
+    found = set()
+    for key, sub in schema.get("properties", {}).items():
+        found |= integer_keys(sub, (*path, key))
+    if "items" in schema:
+        found |= integer_keys(schema["items"], (*path, 0))
+    types = {schema["type"]} if isinstance(schema.get("type"), str) else set(schema.get("type", []))
+    if "integer" in types and "number" not in types:
+        found.add(path)
+    return found
+
+
+def with_value(config: dict, path: tuple, value) -> dict:
+    """A deep copy of `config` with `value` at `path` (a list key becomes a one-item list)."""
+    config = json.loads(json.dumps(config))
+    target = config
+    for step in path[:-1]:
+        target = target.setdefault(step, {})
+    if path[-1] == 0:
+        config[path[0]] = [value]
+    else:
+        target[path[-1]] = value
+    return config
+
+
+def test_the_integer_keys_listed_here_are_every_integer_key_of_the_schema():
+    from timekd_embed.config import load_schema
+
+    assert integer_keys(load_schema()) == set(INTEGER_KEYS)
+
+
+@pytest.mark.parametrize("path", list(INTEGER_KEYS), ids=lambda path: ".".join(map(str, path)))
+def test_a_float_in_an_integer_key_is_one_sentence(path):
+    """The issue's case: jsonschema counts 4.0 as an integer, and limit_windows: 4.0 or shard_windows: 2.0
+    (from the file or --config) ended in a TypeError traceback at plan time."""
+    value = INTEGER_KEYS[path]
+    base = {"dataset": {"name": "weather", "csv": "x.csv"}}
+    key = "pred_lens[0]" if path == ("pred_lens", 0) else ".".join(path)
+    for origin in ("my.yaml", "--config"):
+        config = with_value(base, path, float(value))
+        origins = [("my.yaml", base if origin == "--config" else config)]
+        if origin == "--config":  # Snakemake reads limit_windows=4.0 as the float 4.0
+            origins.append(("--config", with_value({}, path, float(value))))
+        with pytest.raises(InputError) as caught:
+            validate_config(config, "my.yaml", origins)
+        assert str(caught.value) == (f"{origin}: config key {key} = {float(value)!r} must be an integer; write "
+                                     f"{value}, without the decimal point (see config/README.md).")
+    assert validate_config(with_value(base, path, value))  # the integer itself is fine
+
+
+def test_floats_in_integer_keys_stop_the_real_cli_in_one_sentence(tmp_path, weather_csv):
+    with open(weather_csv, encoding="utf-8") as f:
+        write(tmp_path / "weather.csv", [next(f).rstrip("\n") for _ in range(2001)])
+    config = {"dataset": {"name": "weather", "csv": "weather.csv"}, "limit_windows": 4.0, "shard_windows": 2.0}
+    from_file = snakemake(tmp_path, config, "-n", "--cores", "2")
+    assert_fails_cleanly(from_file, "config.yaml: config key limit_windows = 4.0 must be an integer; write 4")
+    config = {"dataset": {"name": "weather", "csv": "weather.csv"}}
+    from_command_line = snakemake(tmp_path, config, "-n", "--cores", "2", "--config", "shard_windows=2.0")
+    assert_fails_cleanly(from_command_line, "--config: config key shard_windows = 2.0 must be an integer; write 2")
 
 
 def test_date_format_key_is_checked():

@@ -19,10 +19,10 @@ import yaml
 
 from conftest import make_model_dir
 from helpers import snakemake, timekd_embed
-from runs import MODEL, NAME, resumed_run, uninterrupted_run
+from runs import MODEL, NAME, OFFLINE, resumed_run, uninterrupted_run
 from timekd_embed.config import config_hash
 from timekd_embed.errors import InputError
-from timekd_embed.manifest import MANIFEST, verify
+from timekd_embed.manifest import MANIFEST, build, verify
 
 # Every artifact of rule all, relative to results/<name>, with the rule that makes it: the
 # same bytes for the same inputs, config and versions.
@@ -269,3 +269,94 @@ def test_a_preflight_report_in_the_results_folder_is_no_problem(work, tmp_path):
     found = errors(result)
     assert len(found) == 1 and f"{copy / 'windows' / 'preflight.json'}: not in the manifest" in found[0], found
     assert "preflight.md" not in result.stderr and f"{copy / 'preflight.json'}:" not in result.stderr
+
+
+def test_a_byte_flipped_in_the_finished_sca_stops_the_rerun_and_the_advice_restores_the_run(work, tmp_path):
+    """The issue's case: one byte flipped in the middle of a finished sca.safetensors (its mtime changes);
+    the rerun extracted every embedding from the damaged weights, exited 0, and the new manifest passed verify."""
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)              # times kept: nothing to do before the flip
+    results = copy / "results" / NAME
+    sca = results / "sca.safetensors"
+    written, manifest = sca.read_bytes(), (results / MANIFEST).read_bytes()
+    damaged = bytearray(written)
+    damaged[len(damaged) // 2] ^= 0x01
+    sca.write_bytes(bytes(damaged))
+    advice = f"rerun the workflow with --forcerun results/{NAME}/sca.safetensors to write it again (and what was " \
+             "made from it)."
+
+    rerun = snakemake(copy, None, "--cores", "1", env=OFFLINE)
+    assert rerun.returncode == 1 and "Traceback" not in rerun.stderr, rerun.stderr[-3000:]
+    said = [line.split("ERROR timekd_embed: ", 1)[1] for line in rerun.stderr.splitlines()
+            if "ERROR timekd_embed: " in line]
+    assert said == [f"results/{NAME}/sca.safetensors: damaged: its sha256 is {sha256_of(bytes(damaged))}, not the "
+                    f"{sha256_of(written)} recorded when it was written; {advice}"]
+    assert (results / MANIFEST).read_bytes() == manifest    # nothing blessed
+    found = verify_cli(Path("results") / NAME, cwd=copy)    # verify gives the same advice
+    assert found.returncode == 1 and len(errors(found)) == 1 and errors(found)[0].endswith(
+        f"the file changed after rule sca wrote it: {advice}"), found.stderr
+
+    fixed = snakemake(copy, None, "--cores", "1", "--forcerun", f"results/{NAME}/sca.safetensors", env=OFFLINE)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert sca.read_bytes() == written                      # seeded: the same weights again
+    assert verify_cli(results).returncode == 0
+    against_the_first = verify_cli(results, "--manifest", str(work / "results" / NAME / MANIFEST))
+    assert against_the_first.returncode == 0 and errors(against_the_first) == [], against_the_first.stderr
+
+
+def test_a_missing_intermediate_artifact_is_made_again_by_the_advice_of_verify(work, tmp_path):
+    """Deleting a file that only feeds up-to-date jobs (the SCA weights, a windows file) and rerunning plans
+    "Nothing to be done": verify's advice names the command that writes it again."""
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    (copy / "results" / NAME / "windows" / "test.parquet").unlink()
+    found = verify_cli(Path("results") / NAME, cwd=copy)
+    assert errors(found) == [f"Error: results/{NAME}/windows/test.parquet: missing (made by rule windows); restore "
+                             f"it, or rerun the workflow with --forcerun results/{NAME}/windows/test.parquet to write "
+                             "it again (and what was made from it)."]
+    plain = snakemake(copy, None, "-n", "--cores", "1")
+    assert "Nothing to be done" in plain.stdout + plain.stderr   # why a plain rerun is not the advice
+    advised = snakemake(copy, None, "-n", "--cores", "1", "--forcerun", f"results/{NAME}/windows/test.parquet")
+    assert advised.returncode == 0 and "rule windows:" in advised.stdout, advised.stderr[-3000:]
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_the_manifest_lists_the_writers_records_and_refuses_a_file_that_differs_from_its_record(work, tmp_path):
+    copy = tmp_path / NAME
+    shutil.copytree(work / "results" / NAME, copy)
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    from timekd_embed.config import validate_config
+
+    config = validate_config(config)
+    embeddings = copy / "embeddings" / "24" / "train.safetensors"
+    record = copy / "embeddings" / "24" / ".train.safetensors.sha256"
+    recorded = record.read_text().split()[0]
+    listed = build(copy, {"gather": [str(embeddings)]}, config)
+    assert [(entry["path"], entry["sha256"]) for entry in listed["artifacts"]] == [
+        ("embeddings/24/train.safetensors", recorded)]
+    data = bytearray(embeddings.read_bytes())
+    data[-1] ^= 1                                           # one flipped bit in the last float
+    embeddings.write_bytes(bytes(data))
+    with pytest.raises(InputError) as caught:
+        build(copy, {"gather": [str(embeddings)]}, config)
+    assert str(caught.value) == (f"{embeddings}: damaged: its sha256 is {sha256_of(bytes(data))}, not the {recorded} "
+                                 f"recorded when it was written; rerun the workflow with --forcerun {embeddings} to "
+                                 "write it again (and what was made from it).")
+
+
+def test_verify_lists_no_record_and_notes_a_record_whose_file_is_gone(work, tmp_path):
+    copy = tmp_path / NAME
+    shutil.copytree(work / "results" / NAME, copy)
+    assert (copy / "windows" / ".train.parquet.sha256").is_file()          # beside every file a job wrote
+    checked = subprocess.run("cd results/weather/windows && sha256sum -c .train.parquet.sha256", shell=True,
+                             cwd=work, capture_output=True, text=True)      # as README shows it
+    assert checked.returncode == 0 and checked.stdout == "train.parquet: OK\n", checked.stderr
+    (copy / "windows" / ".extra.parquet.sha256").write_text(f"{'0' * 64}  extra.parquet\n")
+    result = verify_cli(copy)
+    assert result.returncode == 0, result.stderr
+    mentioned = [line for line in result.stderr.splitlines() if ".sha256" in line]
+    assert mentioned == [f"Note: {copy / 'windows' / '.extra.parquet.sha256'}: the sha256 record of a file that is "
+                         "gone (a leftover of an interrupted or failed job), not an artifact; it can be deleted."]

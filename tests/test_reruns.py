@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ import yaml
 from safetensors import safe_open
 
 from conftest import ROOT, make_model_dir
-from helpers import planned_jobs, snakemake_command, weather_rows
+from helpers import planned_jobs, snakemake_command, timekd_embed, weather_rows
 from runs import MODEL, uninterrupted_run
 
 # RUN_CONFIG's jobs: two horizons, two ranges each; fp32 runs have no parity job.
@@ -151,6 +151,53 @@ def test_a_package_version_bump_plans_the_extraction(finished):
     assert planned(project) == {}
 
 
+def test_a_same_size_csv_with_its_timestamp_kept_plans_everything_and_verify_advice_fixes_it(finished):
+    """The issue's case: weather.csv replaced by another file of the same size with its timestamp kept
+    (`touch -r`) planned "Nothing to be done", and so did verify's advice, "rerun the workflow"."""
+    base, project, _ = finished
+    copy = fresh_copy(base / "same-size")
+    receive(project, copy, "results", "resources")
+    shutil.copy(project / "config.yaml", copy / "config.yaml")
+    csv = copy / "resources" / "weather.csv"
+    # The dry run that fills the cache, more than 2 s after the copy (README: an entry hashed within 2 s of the
+    # file's last change is not trusted): its entry is trusted, as a dry run long after a download is.
+    time.sleep(max(0.0, (csv.stat().st_ctime_ns - time.time_ns()) / 1e9 + 2.1))
+    assert planned(copy) == {}
+    original = csv.read_bytes()
+    lines = original.split(b"\r\n")
+    fields = lines[5].split(b",")
+    fields[1] = fields[1][:-1] + (b"1" if fields[1][-1:] != b"1" else b"2")  # p (mbar) of row 5: one digit
+    lines[5] = b",".join(fields)
+    subprocess.run(["cp", "-p", str(csv), str(base / "reference.csv")], check=True)
+    csv.write_bytes(b"\r\n".join(lines))
+    subprocess.run(["touch", "-r", str(base / "reference.csv"), str(csv)], check=True)
+    assert csv.stat().st_size == len(original) and csv.read_bytes() != original
+    assert csv.stat().st_mtime_ns == (base / "reference.csv").stat().st_mtime_ns
+    assert planned(copy) == EVERY_JOB
+
+    stale = timekd_embed("verify", "results/weather", cwd=copy)
+    assert stale.returncode == 1 and "the input changed since the run: rerun the workflow" in stale.stderr
+    rerun = snakemake(copy)                              # the advice, followed
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    fixed = timekd_embed("verify", "results/weather", cwd=copy)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_a_damaged_sha256_cache_is_a_missing_one_with_one_line(finished):
+    """The issue's case: .snakemake/timekd-embed/sha256.json holding [] stopped every command, -n too,
+    with an AttributeError in common.smk."""
+    _, project, _ = finished
+    cache = project / ".snakemake" / "timekd-embed" / "sha256.json"
+    cache.write_text("[]")
+    result = snakemake(project, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned_jobs(result) == {}
+    said = [line for line in (result.stdout + result.stderr).splitlines() if "sha256.json" in line]
+    assert said == [".snakemake/timekd-embed/sha256.json: it does not hold path -> {size, times, sha256} entries; "
+                    "ignoring it and hashing the files again (it is only a cache)."]
+    assert isinstance(json.loads(cache.read_text()), dict)
+
+
 def test_a_csv_that_grew_needs_one_rerun(tmp_path, weather_csv, tiny_model_dir):
     """Issue case: 1,500 rows, then 100 more. Split rule (70/10/20 %, val starts seq_len rows early):
     1,500 rows: train int(1050.0) = 1050, test int(300.0) = 300, val 150 -> 150 + 96 = 246 rows,
@@ -178,25 +225,6 @@ def test_a_csv_that_grew_needs_one_rerun(tmp_path, weather_csv, tiny_model_dir):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert windows_in_final_file() == (137, 1, 64)
     assert "start=128, stop=137" in rerun.stdout + rerun.stderr   # the ranges come from the grown CSV
-
-
-def test_the_sha256_cache_rehashes_only_when_size_or_mtime_change(tmp_path):
-    from timekd_embed.fingerprint import Sha256Cache
-
-    data = tmp_path / "data.csv"
-    data.write_bytes(b"date,OT\n2020-01-01 00:10:00,1.0\n")
-    real = hashlib.sha256(data.read_bytes()).hexdigest()
-    cache = Sha256Cache(tmp_path / "cache.json")
-    assert cache.sha256(data) == real
-    cache.save()
-    # A digest planted under the same (path, size, mtime_ns) is returned as is: nothing was read again.
-    entries = json.loads((tmp_path / "cache.json").read_text())
-    entries[str(data.resolve())]["sha256"] = "0" * 64
-    (tmp_path / "cache.json").write_text(json.dumps(entries))
-    assert Sha256Cache(tmp_path / "cache.json").sha256(data) == "0" * 64
-    stat = data.stat()
-    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched: hashed again
-    assert Sha256Cache(tmp_path / "cache.json").sha256(data) == real
 
 
 def test_the_plan_follows_the_csv_not_older_windows_files(tmp_path, weather_csv):

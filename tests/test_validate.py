@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-from safetensors.torch import save_file
 
 from helpers import extract_one, snakemake
 from plain_teacher import plain_teacher
@@ -19,7 +18,7 @@ from timekd_embed.parity import compare, parity_report, require_parity, sample_w
 from timekd_embed.report import NOT_APPLICABLE, answer, histogram, item_html, summary_html
 from timekd_embed.sca import load_sca, save_sca
 from timekd_embed.settings import Runtime, Settings
-from timekd_embed.store import read_tensors
+from timekd_embed.store import read_tensors, write_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.validate import check_all
 from timekd_embed.windows import read_windows, write_windows
@@ -56,12 +55,13 @@ def results(tmp_path_factory, weather_csv, tiny_model_dir):
 
 
 def damaged(results, tmp_path, change) -> dict:
-    """A copy of the results' files where `change(tensors, metadata)` altered the train file."""
+    """A copy of the results' files where `change(tensors, metadata)` altered the train file, written with
+    its sha256 record as a job writes its output (the content is wrong, not the bytes after the write)."""
     files = dict(results["files"])
     tensors, meta = read_tensors(files[(P, "train")])
     change(tensors, meta)
     files[(P, "train")] = str(tmp_path / "train.safetensors")
-    save_file(tensors, files[(P, "train")], metadata=meta)
+    write_tensors(files[(P, "train")], tensors, meta)
     return files
 
 

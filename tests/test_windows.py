@@ -7,6 +7,7 @@ from the code under test.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from datetime import datetime, timedelta
@@ -283,7 +284,10 @@ def test_small_file_round_trip(tmp_path):
     assert val.n_windows(4) == 1
     # train rows 0..27: the OT column holds i (header order date,OT,a,b), so its mean is 13.5.
     assert val.meta["scaler"]["mean"][2] == pytest.approx(13.5)
-    assert sorted(os.listdir(tmp_path / "out")) == ["test.parquet", "train.parquet", "val.parquet"]
+    # Each file with its sha256 record (store.record_path), nothing else.
+    assert sorted(os.listdir(tmp_path / "out")) == [".test.parquet.sha256", ".train.parquet.sha256",
+                                                    ".val.parquet.sha256", "test.parquet", "train.parquet",
+                                                    "val.parquet"]
 
 
 def test_irregularities_reported_not_fatal(tmp_path, caplog):
@@ -442,7 +446,7 @@ def test_failure_during_replace_leaves_nothing(tmp_path, monkeypatch):
 
     def replace_then_crash(src, dst):
         calls.append(dst)
-        if len(calls) == 2:  # the first split is already in place
+        if len(calls) == 4:  # the first split and its record are already in place, the second's record too
             raise OSError("I/O error")
         real_replace(src, dst)
 
@@ -450,7 +454,7 @@ def test_failure_during_replace_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="I/O error"):
         write_windows(table, "custom", 8, [1], out)
     monkeypatch.undo()
-    assert len(calls) == 2
+    assert len(calls) == 4
     assert not any(Path(p).exists() for p in out.values())
     assert os.listdir(tmp_path / "out") == []
 
@@ -469,6 +473,33 @@ def test_read_windows_rejects_foreign_files(tmp_path):
             read_windows(path)
         assert str(path) in str(caught.value)
         assert "\n" not in str(caught.value)
+
+
+def test_a_flipped_byte_that_parquet_reads_without_error_is_refused(tmp_path, weather_csv):
+    """The issue's case: a byte flipped in windows/train.parquet changed one value (23.88 -> 14.95) and
+    pyarrow read the file without error; read_windows used it."""
+    out = out_paths(tmp_path)
+    write_windows(load_csv(weather_csv), "custom", 96, [24], out)
+    path = Path(out["train"])
+    original = path.read_bytes()
+    clean = pq.read_table(path)
+    for offset in range(len(original) // 2, len(original)):  # the first flip pyarrow does not notice
+        damaged = bytearray(original)
+        damaged[offset] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        try:
+            read = pq.read_table(path)
+        except Exception:  # this flip broke the format: look further
+            continue
+        if not read.equals(clean):
+            break
+    else:
+        pytest.fail("no flipped byte of the file changed a value silently")
+    with pytest.raises(InputError) as caught:
+        read_windows(path)
+    assert str(caught.value) == (f"{path}: damaged: its sha256 is {sha256_file(path)}, not the "
+                                 f"{hashlib.sha256(original).hexdigest()} recorded when it was written; rerun the "
+                                 f"workflow with --forcerun {path} to write it again (and what was made from it).")
 
 
 # --------------------------------------------------------------------------- time step vs template (issue #12.3)

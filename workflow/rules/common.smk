@@ -29,6 +29,7 @@ from timekd_embed.fingerprint import (
 )
 from timekd_embed.model_files import RECORD, ModelSource, local_model, model_source
 from timekd_embed.resources import KNOWN_DATASETS
+from timekd_embed.store import unwritable_folder
 from timekd_embed.planning import (
     cpu_hint,
     extraction_threads,
@@ -191,7 +192,10 @@ def count_variables():
         return KNOWN["variables"]
     from timekd_embed.windows import read_windows
 
-    return len(read_windows(WINDOWS.format(split="train")).variables)
+    try:
+        return len(read_windows(WINDOWS.format(split="train")).variables)
+    except InputError as error:
+        fail(error)
 
 
 # Where the extraction jobs run (planning.py; `device: auto` follows the GPUs visible here),
@@ -323,3 +327,21 @@ def shard_files(pattern):
         )
         for a, b in shard_ranges(wildcards)
     ]
+
+
+onstart:
+    # Before any job: a read-only results folder (or one the user may not write) is one sentence,
+    # not Snakemake's traceback when it cannot remove a job's old outputs there.
+    _refused = unwritable_folder(
+        sorted(
+            str(path)
+            for job in workflow.dag.needrun_jobs()
+            for path in (*job.output, *job.log, *filter(None, [job.benchmark]))
+            if not getattr(path, "is_storage", False)
+        )
+    )
+    if _refused:
+        fail(
+            f"{_refused[1]} cannot be written ({_refused[0]} is to be written there): the folder is read-only "
+            "or not yours to write; make it writable, or run in another working directory (snakemake -d)."
+        )

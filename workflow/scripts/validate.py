@@ -7,12 +7,9 @@ Params: name, pred_lens, splits, limit_windows, precision; parity_sample and min
 Raises InputError (timekd_embed.validate.check_all) on the first file with a wrong shape or metadata.
 """
 
-import json
-from pathlib import Path
-
 from timekd_embed.jobs import job
 from timekd_embed.report import write_report
-from timekd_embed.store import write_json
+from timekd_embed.store import read_json, write_json
 from timekd_embed.validate import check_all
 
 with job(snakemake.log[0]):
@@ -21,8 +18,8 @@ with job(snakemake.log[0]):
     keys = [(P, split) for P in params.pred_lens for split in params.splits]
     shapes = check_all(dict(zip(keys, inputs.embeddings)), dict(zip(params.splits, inputs.windows)), inputs.sca,
                        params.limit_windows)
-    stats = {key: json.loads(Path(path).read_text()) for key, path in zip(keys, inputs.stats)}
-    parity = {P: json.loads(Path(path).read_text()) for P, path in zip(params.pred_lens, inputs.parity)}  # none in fp32
+    stats = {key: read_json(path) for key, path in zip(keys, inputs.stats)}
+    parity = {P: read_json(path) for P, path in zip(params.pred_lens, inputs.parity)}  # none in fp32
     write_json(outputs.shapes, shapes)
     write_report(outputs.summary, dict(zip(keys, outputs.pages)), dict(zip(params.pred_lens, outputs.histograms)),
                  params.name, shapes, stats, parity, params.precision)

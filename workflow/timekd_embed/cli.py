@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from . import __version__
 from .config import load_run_config
 from .errors import InputError
+from .store import refused_write
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         status = 130
+    except Exception as error:  # a full disk or a read-only folder under the report preflight writes
+        sentence = refused_write(error)
+        if sentence is None:
+            raise
+        print(f"Error: {sentence}", file=sys.stderr)
+        status = 1
     sys.exit(status)
 
 

@@ -64,10 +64,31 @@ def _fill_defaults(config: dict, schema: dict) -> None:
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
+    return _format_path(tuple(error.absolute_path))
+
+
+def _format_path(path: tuple) -> str:
+    """A key's path as the messages write it: parity.windows, pred_lens[1]."""
     parts = ""
-    for step in error.absolute_path:
+    for step in path:
         parts += f"[{step}]" if isinstance(step, int) else (f".{step}" if parts else str(step))
     return parts or "(top level)"
+
+
+def _integer_floats(value, schema: dict, path: tuple = ()) -> Iterable[tuple[tuple, float]]:
+    """(path, value) of every float in a key that holds integers only.
+
+    JSON Schema counts 4.0 as an integer, and YAML and Snakemake's --config read `4.0` as a
+    float, which then reaches range() and the slices: such a value is refused, never guessed at.
+    """
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _integer_floats(item, schema.get("properties", {}).get(key, {}), (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _integer_floats(item, schema.get("items", {}), (*path, index))
+    elif isinstance(value, float) and "integer" in _types(schema) and "number" not in _types(schema):
+        yield path, value
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -234,6 +255,9 @@ def validate_config(config: dict, source: str = "config", origins: list | None =
         if error.validator == "required":  # the missing key itself: name every file that could have set it
             path = (*path, error.message.split("'")[1])
         raise InputError(_sentence(error, _origin(path, origins, source)))
+    for path, value in _integer_floats(config, schema):  # past the schema: integral, such as 4.0
+        raise InputError(f"{_origin(path, origins, source)}: config key {_format_path(path)} = {value!r} must be "
+                         f"an integer; write {int(value)}, without the decimal point (see config/README.md).")
     _check_date_format(config, _origin(("dataset", "date_format"), origins, source))
     config["dataset"]["layout"] = resolve_layout(config["dataset"]["layout"], config["dataset"]["name"])
     return config

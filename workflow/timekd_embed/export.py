@@ -8,17 +8,20 @@ Atomic and resumable:
 - Files are written into a staging folder `.<split>.partial` beside `out_dir`, each under a
   temporary name renamed when complete, and the folder is renamed to `out_dir` only when all
   are there: the published loader never sees a half-exported split.
-- The staging folder records which embeddings file it comes from (size, mtime, header hash).
-  A rerun after a crash or kill keeps the complete files already there and writes the rest;
-  a staging folder from another embeddings file is discarded. (Snakemake deletes a failed
-  job's declared output, so the staging folder must not be the output itself.)
+- The staging folder records which embeddings file it comes from (its sha256, checked against
+  the file's record before anything is written). A rerun after a crash or kill keeps the
+  complete files already there and writes the rest; a staging folder from another
+  embeddings file is discarded. (Snakemake deletes a failed job's declared output, so the
+  staging folder must not be the output itself.)
+- Each file is built in memory by HDF5's core driver (the same bytes as a file written in
+  place) and written by Python: a full disk is then one OSError naming the file, not HDF5's
+  error stack (and a crash in h5py's cleanup) with a torn temporary file behind.
 - Files are fsynced together at the end, in parallel, not one by one: 40k sequential fsyncs
   would cost minutes, and the final rename comes after them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +35,7 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .loader import map_tensor
-from .store import atomic_path, fsync, publish_dir, read_header, read_metadata, write_json
+from .store import atomic_path, check_record, fsync, publish_dir, read_metadata, write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +65,27 @@ def staging_dir(out_dir: Path) -> Path:
 
 
 def source_stamp(path: Path) -> dict:
-    """Identifies one embeddings file cheaply: a rerun of its extraction changes mtime and header.
+    """Identifies one embeddings file by content: its sha256, checked against its record.
 
     Args:
         path: the embeddings file.
     Returns:
-        {"file", "size", "mtime_ns", "header_sha256"}.
+        {"file", "sha256"}.
     Raises:
-        InputError: as store.read_header.
+        InputError: as store.check_record (the file is damaged, or has no record).
     """
-    header, data_start = read_header(path)
-    file_stat = path.stat()
-    return {"file": path.name, "size": file_stat.st_size, "mtime_ns": file_stat.st_mtime_ns,
-            "header_sha256": hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()}
+    return {"file": path.name, "sha256": check_record(path)}
 
 
 def _write_h5(h5py, path: Path, row: np.ndarray) -> None:
-    with atomic_path(path, durable=False) as tmp, h5py.File(tmp, "w") as h5_file:  # fsync in bulk later
+    # HDF5's core driver builds the file in memory (backing_store=False: nothing is written by
+    # HDF5 itself); Python writes its bytes, so a full disk raises a plain OSError.
+    with h5py.File(path.name, "w", driver="core", backing_store=False) as h5_file:
         h5_file.create_dataset(DATASET, data=row)  # contiguous, uncompressed: as the published store_emb.py
+        h5_file.flush()
+        image = h5_file.id.get_file_image()
+    with atomic_path(path, durable=False, record=False) as tmp:  # fsync in bulk later; train.py reads no records
+        tmp.write_bytes(image)
 
 
 def _file_size(h5py, folder: Path, shape: tuple[int, ...]) -> int:
@@ -105,7 +111,7 @@ def _prepare_staging(staging: Path, stamp: dict) -> bool:
         log.info("%s: left by an export of another embeddings file; starting over", staging)
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    write_json(stamp_path, stamp)
+    write_json(stamp_path, stamp, record=False)
     return False
 
 
@@ -120,7 +126,8 @@ def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_
     Returns:
         {"files", "written", "resumed" (kept from an interrupted run), "shape" [N, d], "wall_s"}.
     Raises:
-        InputError: the file is not an extraction result (shape, dtype, window starts), or as map_tensor.
+        InputError: the file is not an extraction result (shape, dtype, window starts), or as map_tensor
+            and store.check_record (a file damaged since it was written is never exported).
     """
     h5py = _h5py()
     embeddings, out_dir = Path(embeddings), Path(out_dir)

@@ -9,14 +9,19 @@ whatever the files' timestamps say (the workflow profile turns Snakemake's scrip
 
 sha256 of a large file costs seconds (a 500 MB model: about 1-2 s of disk and CPU), so
 every digest is cached in `.snakemake/timekd-embed/sha256.json`, keyed on the file's
-absolute path, size and mtime in nanoseconds, and recomputed only when one of those
-changes: a `touch` costs one rehash, after which the params are the same as before.
+absolute path, size, mtime, inode number and inode change time, and recomputed when one of
+those changes or when it was hashed within a timestamp tick of its last change
+(Sha256Cache): a `touch` costs one rehash, after which the params are the same as before,
+and a same-size replacement that keeps the timestamp is hashed again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import time
 from pathlib import Path
 
 from . import __version__
@@ -36,22 +41,59 @@ def package_version() -> str:
 
 
 class Sha256Cache:
-    """sha256 of files, remembered by (absolute path, size, mtime_ns) across Snakemake runs.
+    """sha256 of files, remembered across Snakemake runs by what no same-size replacement keeps.
+
+    An entry is trusted only while the file's size, mtime, inode number and inode change time
+    (ctime) are those recorded. ctime is set by the kernel on every change of the file's bytes
+    or times and cannot be set by any user command, so `cp -p`, `touch -r` or `rsync -t` over
+    the file (same size, the old mtime put back) changes it; a replacement by rename changes
+    the inode. A filesystem's timestamps have a resolution (1 s on some network and older
+    filesystems, 2 s on FAT; the kernel's clock tick elsewhere), so a file written again within
+    the tick it was hashed in keeps all four: as git does with its index ("racy git"), an entry
+    hashed within RACY_NS of the file's last change is hashed again next time, and only an
+    entry hashed later than that is trusted.
 
     Args:
         path: the cache file, relative to the working directory (Snakemake's --directory).
     """
 
+    RACY_NS = 2_000_000_000  # the coarsest timestamp resolution in common use (FAT: 2 s)
+    _FIELDS = ("size", "mtime_ns", "ctime_ns", "inode", "hashed_ns")
+    _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
     def __init__(self, path: str | os.PathLike = CACHE_PATH):
         self.path = Path(path)
         self._changed = False
+        self.entries = self._load()
+
+    def _load(self) -> dict:
+        """The entries of the cache file; {} (and one log line) when it is absent or not ours.
+
+        It is only a cache: anything but a mapping of path -> well-formed entry (a truncated
+        write, another program's file, junk) is dropped whole, and every file is hashed again.
+        """
         try:
-            self.entries = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # absent or damaged: start empty, it is only a cache
-            self.entries = {}
+            entries = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+            problem = f"it cannot be read as JSON ({error.__class__.__name__})"
+        else:
+            if isinstance(entries, dict) and all(self._well_formed(entry) for entry in entries.values()):
+                return entries
+            problem = "it does not hold path -> {size, times, sha256} entries"
+        logging.getLogger(__name__).warning("%s: %s; ignoring it and hashing the files again (it is only a cache).",
+                                            self.path, problem)
+        self._changed = True  # rewrite it whole on save
+        return {}
+
+    @classmethod
+    def _well_formed(cls, entry) -> bool:
+        return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and cls._SHA256.match(entry["sha256"])
+                is not None and all(type(entry.get(name)) is int for name in cls._FIELDS))
 
     def sha256(self, path: str | os.PathLike) -> str:
-        """Hex sha256 of the file's bytes; hashed only when its size or mtime changed.
+        """Hex sha256 of the file's bytes, hashed unless a trusted entry matches it.
 
         Args:
             path: the file (cached under its absolute path).
@@ -65,20 +107,33 @@ class Sha256Cache:
         path = Path(path).resolve()
         stat = path.stat()
         key = str(path)
+        identity = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns,
+                    "inode": stat.st_ino}
         entry = self.entries.get(key)
-        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+        if entry is not None and all(entry[name] == value for name, value in identity.items()) \
+                and entry["hashed_ns"] - max(entry["mtime_ns"], entry["ctime_ns"]) > self.RACY_NS:
             return entry["sha256"]
+        hashed_ns = time.time_ns()  # before reading: a write while hashing counts as after it
         digest = sha256_file(path)
-        self.entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+        self.entries[key] = identity | {"hashed_ns": hashed_ns, "sha256": digest}
         self._changed = True
         return digest
 
     def save(self) -> None:
-        """Write the cache (atomically) if a digest was computed since it was read."""
+        """Write the cache (atomically, without a record: it is no output) if it changed since it was read.
+
+        A cache that cannot be written (a full disk, a read-only folder) is one log line, never an error:
+        the files are hashed again next time.
+        """
         if self._changed:
             from .store import write_json
 
-            write_json(self.path, self.entries)
+            try:
+                write_json(self.path, self.entries, record=False)
+            except OSError as error:
+                logging.getLogger(__name__).warning("%s: not saved (%s); the files are hashed again next time.",
+                                                    self.path, error.strerror or error)
+                return
             self._changed = False
 
 
@@ -142,8 +197,10 @@ def recorded_windows_metadata(path: str | os.PathLike) -> dict:
     from .windows import METADATA_KEY
 
     try:
-        blob = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
-        return json.loads(blob)
+        meta = json.loads((pq.read_schema(path).metadata or {}).get(METADATA_KEY))
+        if not isinstance(meta, dict) or not isinstance(meta.get("input_sha256"), str):
+            raise ValueError("not the metadata write_windows stores")
+        return meta
     except Exception:  # pyarrow's own errors for a damaged file, or no metadata
         raise InputError(f"{path} is not a readable windows file; delete it and rerun the workflow.") from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import sys
 from contextlib import contextmanager
@@ -11,6 +10,63 @@ from pathlib import Path
 
 from .errors import InputError
 from .leases import lease_gpus
+from .store import disk_full, refused_write
+
+
+class _LogFile:
+    """The job's log file, which never fails the job: the first write it refuses (a full disk, a
+    read-only folder) closes it with one line on stderr, and the log goes on on stderr alone.
+
+    Without it each logging call on a full disk printed its own "--- Logging error ---" traceback,
+    and a progress bar's write ended the job with an error that named no file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.stream = open(path, "a", buffering=1)
+        except OSError as error:
+            self._give_up(error)
+
+    def _give_up(self, error: OSError) -> None:
+        self.stream = None
+        reason = "no space left on the device" if disk_full(error) else (error.strerror or str(error))
+        print(f"Note: the log file {self.path} cannot be written ({reason}); this job logs to stderr only.",
+              file=sys.stderr)
+
+    def write(self, text: str) -> int:
+        if self.stream is not None:
+            try:
+                self.stream.write(text)
+            except OSError as error:
+                self._close_quietly()
+                self._give_up(error)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.flush()
+            except OSError as error:
+                self._close_quietly()
+                self._give_up(error)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.flush()
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        stream, self.stream = self.stream, None
+        try:
+            stream.close()  # flushes what is buffered: fails again on a full disk
+        except OSError:
+            pass
+
+    encoding = "utf-8"
+
+    def isatty(self) -> bool:
+        return False
 
 
 @contextmanager
@@ -21,16 +77,18 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
     them until the job ends, however it ends.
 
     Args:
-        log_path: the job's log file (appended to); None: stderr only.
+        log_path: the job's log file (appended to); None: stderr only. A log file that cannot be
+            written (a full disk, a read-only folder) is given up with one line on stderr.
         threads: torch's intra-op threads; None: torch's default.
         gpus: GPU ids to lease (0: none).
     Yields:
-        The open log stream, for progress bars.
+        The log stream, for progress bars.
     Raises:
-        SystemExit: 1 after logging an InputError or a full disk, 130 on an interrupt.
+        SystemExit: 1 after logging an InputError, a full disk or a refused write (one sentence
+            naming the file), 130 on an interrupt.
     """
 
-    stream = open(log_path, "a", buffering=1) if log_path else sys.stderr
+    stream = _LogFile(log_path) if log_path else sys.stderr
     handlers = [logging.StreamHandler(stream)] + ([logging.StreamHandler(sys.stderr)] if log_path else [])
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,11 +111,11 @@ def job(log_path: str | None, threads: int | None = None, gpus: int = 0):
     except KeyboardInterrupt:
         logging.getLogger("timekd_embed").error("interrupted; nothing partial was kept, rerun to finish.")
         sys.exit(130)
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
+    except Exception as error:  # an OSError, or a native writer's own type that only says the disk is full
+        sentence = refused_write(error)
+        if sentence is None:
             raise
-        logging.getLogger("timekd_embed").error("no space left on the device while writing %s; free some space "
-                                                "and rerun (nothing partial was kept).", error.filename or "a file")
+        logging.getLogger("timekd_embed").error("%s", sentence)
         sys.exit(1)
     finally:
         if lease is not None:

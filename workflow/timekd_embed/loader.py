@@ -3,7 +3,9 @@ Dataset pairing each z-scored window (x, y) with its teacher embedding.
 
 safetensors' own `safe_open(...).get_tensor` returns a copy, which for a 40k-window split is
 gigabytes of RAM per process; numpy.memmap at the tensor's byte range lets the page cache
-hold it once for every DataLoader worker.
+hold it once for every DataLoader worker. load_embeddings and TeacherDataset check the file
+against the sha256 its writer recorded (store.check_record) once, in the process that opens
+it: a read of the whole file (about 2-3 s for a 2.4 GB split), never per DataLoader worker.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import InputError
-from .store import read_header, read_metadata
+from .store import check_record, read_header, read_metadata
 from .windows import read_windows
 
 # safetensors dtype names -> numpy (little-endian by the format's definition).
@@ -93,9 +95,12 @@ def load_embeddings(results_dir: str | os.PathLike, name: str, pred_len: int, sp
     Returns:
         The (n_windows, N, d) float32 memmap.
     Raises:
-        InputError: as map_tensor.
+        InputError: as map_tensor, and the file's bytes differ from its record (store.check_record).
     """
-    return map_tensor(embeddings_path(results_dir, name, pred_len, split), "embeddings")
+    path = embeddings_path(results_dir, name, pred_len, split)
+    embeddings = map_tensor(path, "embeddings")
+    check_record(path)
+    return embeddings
 
 
 class TeacherDataset(Dataset):
@@ -116,6 +121,7 @@ class TeacherDataset(Dataset):
         self.window_start = np.array(map_tensor(self.path, "window_start"), dtype=np.int64)  # small: copy
         self._embeddings: np.memmap | None = None
         self._check(source, split_windows.meta, read_metadata(self.path))
+        check_record(self.path)  # here, once: the workers map the file the checks here passed
 
     def _check(self, source: Path, windows_meta: dict, meta: dict) -> None:
         embeddings = self.embeddings

@@ -13,9 +13,13 @@ It keeps two lists apart:
   speeds, peak memory and host names, so they differ between two runs of the same
   science; verify says which differ, as a note, never as a problem.
 
-Paths are relative to the results folder, so the folder can be moved or copied. verify
-also checks that each embeddings file's recorded weights and input (`weights_sha256`,
-`input_sha256` in its metadata) are still what the config points at.
+Every file a job wrote through store.py carries the sha256 its writer recorded (store.py);
+the manifest lists those recorded hashes, after checking that each file still has them, so
+a file damaged after its job wrote it stops the manifest job instead of being blessed. The
+records themselves (hidden `.<name>.sha256` files) are not listed. Paths are relative to the
+results folder, so the folder can be moved or copied. verify also checks that each
+embeddings file's recorded weights and input (`weights_sha256`, `input_sha256` in its
+metadata) are still what the config points at.
 Nothing here imports torch: `timekd-embed verify` starts in a fraction of a second.
 """
 
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from .config import config_hash
 from .errors import InputError
-from .store import read_metadata, sha256_file, write_json
+from .store import check_record, is_record, read_metadata, recorded_file, rerun_advice, sha256_file, write_json
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 2
@@ -87,13 +91,17 @@ def _is_temporary(relative: str) -> bool:
 
 
 def _entry(folder: Path, path: str | Path, rule: str | None) -> dict:
+    """A file's manifest entry: for a job's output (`rule` given) the sha256 its writer recorded, checked
+    against the file; for a log or benchmark (no rule: written by logging and Snakemake, without a
+    record) the file's own."""
     path = Path(path).resolve()
     try:
         relative = path.relative_to(folder).as_posix()
     except ValueError:
         raise InputError(f"{path}: the output of rule {rule} lies outside {folder}; only files under the "
                          "results folder can be listed in its manifest.") from None
-    return {"path": relative, "rule": rule, "size": path.stat().st_size, "sha256": sha256_file(path)}
+    digest = check_record(path) if rule is not None else sha256_file(path)
+    return {"path": relative, "rule": rule, "size": path.stat().st_size, "sha256": digest}
 
 
 def _record_folder_files(folder: Path, leave_out: set[Path]) -> list[Path]:
@@ -126,7 +134,9 @@ def build(folder: str | Path, outputs: dict[str, list[str]], config: dict,
         logs/ and benchmarks/).
 
     Raises:
-        InputError: an output lies outside `folder`.
+        InputError: an output lies outside `folder`, or its bytes differ from the sha256 its writer
+            recorded, or it has no record (store.check_record): the manifest never lists a file
+            damaged after it was written.
     """
     folder = Path(folder).resolve()
     artifacts, records = [], []
@@ -144,9 +154,11 @@ def build(folder: str | Path, outputs: dict[str, list[str]], config: dict,
 
 
 def _folder_files(folder: Path) -> set[str]:
-    """Every file of the results folder, relative to it, but for the manifest itself."""
+    """Every file of the results folder, relative to it, but for the manifest itself and the sha256
+    records whose files are there (store.record_path: part of their files, never listed)."""
     return {path.relative_to(folder).as_posix() for path in folder.rglob("*")
-            if path.is_file() and path.relative_to(folder).as_posix() != MANIFEST}
+            if path.is_file() and path.relative_to(folder).as_posix() != MANIFEST
+            and not (is_record(path.name) and recorded_file(path).is_file())}
 
 
 def _in_record_folder(relative: str) -> bool:
@@ -242,15 +254,17 @@ def verify(folder: str | Path, manifest_path: str | Path | None = None, config: 
         verdict.problems.append(f"{manifest_path}: config_hash {manifest.get('config_hash')} does not match the "
                                 "config recorded beside it; the manifest was edited.")
     intact = []  # artifacts whose bytes match: their metadata can be trusted
+    own = manifest_path.resolve() == (folder / MANIFEST).resolve()
     for entry in manifest["artifacts"]:
         path = folder / entry["path"]
+        # A plain rerun does not make a missing file again while what was made from it is up to date.
         if not path.is_file():
-            verdict.problems.append(f"{path}: missing (made by rule {entry['rule']}); restore it or rerun the "
-                                    "workflow.")
+            verdict.problems.append(f"{path}: missing (made by rule {entry['rule']}); restore it, or "
+                                    f"{rerun_advice(path)}.")
         elif changed := _changed(path, entry):
             verdict.problems.append(f"{path}: sha256 {changed[1]} and size {changed[0]} B differ from the manifest "
                                     f"({entry['sha256']}, {entry['size']} B); the file changed after rule "
-                                    f"{entry['rule']} wrote it.")
+                                    f"{entry['rule']} wrote it" + (f": {rerun_advice(path)}." if own else "."))
         else:
             intact.append(entry)
     for entry in manifest["run_records"]:
@@ -268,6 +282,9 @@ def verify(folder: str | Path, manifest_path: str | Path | None = None, config: 
         if _is_temporary(relative):
             verdict.notes.append(f"{folder / relative}: a leftover of an interrupted write, not an artifact; "
                                  "it can be deleted.")
+        elif is_record(relative.rsplit("/", 1)[-1]):
+            verdict.notes.append(f"{folder / relative}: the sha256 record of a file that is gone (a leftover of an "
+                                 "interrupted or failed job), not an artifact; it can be deleted.")
         elif not _in_record_folder(relative):  # later jobs' logs, the manifest job's own
             verdict.problems.append(f"{folder / relative}: not in the manifest; remove it or rerun the workflow.")
     verdict.notes += _other_run_notes(folder, manifest_path, manifest)

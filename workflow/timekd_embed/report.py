@@ -81,9 +81,11 @@ def histogram(pred_len: int, cosines: list[float], precision: str, path: str | P
     ax.set_ylabel("count")
     ax.set_title(f"P = {pred_len}: {len(gap)} sampled (window, variable) pairs")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})  # no version string: same bytes on rerun
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a full disk: an OSError naming `path`, nothing left (store.atomic_paths)
+            fig.savefig(tmp, format="png", metadata={"Software": None})  # no version string: same bytes on rerun
+    finally:
+        plt.close(fig)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -132,13 +132,15 @@ def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expect
             no final file is written.
 
     Raises:
-        InputError: shards made with other settings, not covering 0..n-1, or not `expected` windows.
+        InputError: a shard or its stats damaged since they were written (store.check_record), shards
+            made with other settings, not covering 0..n-1, or not `expected` windows.
     """
     import torch  # here, not at the top: the Snakefile imports this module to plan, and torch is slow to load
 
-    from .store import read_tensors, write_json, write_tensors
+    from .store import forget_record, read_json, read_tensors, write_json, write_tensors
 
     parts = [read_tensors(path) for path in shards]
+    shard_stats = [read_json(path) for path in stats]
     # What decides the embeddings must agree; the window range and the speed-only runtime
     # record (devices, placement, batch_tokens: settings.py) may differ from shard to shard.
     metas = [{key: value for key, value in meta.items() if key not in ("window_range", "runtime")}
@@ -159,7 +161,11 @@ def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expect
                            "runtime": runtimes[0] if len(runtimes) == 1 else "[" + ", ".join(runtimes) + "]"}
     embeddings = torch.cat([tensors["embeddings"] for tensors, _ in parts])
     write_tensors(out, {"embeddings": embeddings, "window_start": starts}, metadata)
-    write_json(stats_out, merge_stats([json.loads(Path(path).read_text()) for path in stats]))
+    write_json(stats_out, merge_stats(shard_stats))
+    # The shards are temporary: Snakemake deletes them next, and their records must not outlive them
+    # (left behind, they would keep the .shards folders that Snakemake removes once empty).
+    for path in [*shards, *stats]:
+        forget_record(path)
 
 
 def merge_stats(stats: list[dict]) -> dict:

@@ -1,30 +1,62 @@
-"""Files in and out: the one module that writes the product's files, hashes them and reads
-safetensors headers.
+"""Files in and out: the one module that writes the product's files, records and checks their
+sha256, and reads safetensors headers.
 
 Every write goes to a hidden temporary name beside its target and is renamed over it
 only when complete, so a crash, kill or full disk never leaves a file under a final name
 that looks complete. Files are created like any other file of the user's (mode 0666 less
 the umask), so a shared results folder stays readable by the group when the umask says so.
+
+Each written file gets a record of its sha256: a hidden `.<name>.sha256` beside it, in the
+format of `sha256sum` (so `sha256sum -c .<name>.sha256` checks it in that folder). A file
+beside its file, not one record per results folder: every job writes only the records of
+its own outputs, so concurrent jobs (also on other cluster nodes, where file locks are not
+to be trusted) never write the same file, and a record travels with its file through
+`rsync -a` or `cp -a`. The record is renamed into place just before its file, so a kill
+between the two renames leaves a record that matches no file under that name, never a new
+file without its record. Readers of the workflow's files (read_tensors, windows.read_windows,
+the jobs that read JSON) call check_record before using one: a file damaged after it was
+written (a flipped byte, a truncated copy, another file copied over it) stops the job with
+one sentence instead of being consumed.
+
+A full disk, a read-only folder or a write the permissions forbid ends any write in an
+OSError naming the final file (never the hidden temporary one), also where the writer
+(safetensors, pyarrow, h5py, matplotlib) raised an error of its own type; jobs.job() turns
+it into one sentence.
+
 Format: safetensors (github.com/huggingface/safetensors), whose header is an 8-byte
 little-endian length, that many bytes of JSON, then the tensor data.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
 
 _HEADER_LIMIT = 100 * 1024 * 1024  # the format caps the JSON header at 100 MB; more means a damaged file
+RECORD_SUFFIX = ".sha256"
+_RECORD_LINE = re.compile(r"([0-9a-f]{64})  (.+)\n?")  # sha256sum's "<digest>  <name>"
+# The errors a full disk or an exhausted quota give; the native writers' own exceptions carry
+# only the operating system's text ("No space left on device (os error 28)" from safetensors).
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "os error 28", "errno = 28")
+_REFUSED_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only folder, or one the user may not write
+# A file verified by check_record in this process, by what a change would alter (as
+# fingerprint.Sha256Cache): a second read (parity reads each embeddings file twice) costs no hash.
+_VERIFIED: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+_RACY_NS = 2_000_000_000  # fingerprint.Sha256Cache.RACY_NS: only a file older than a timestamp tick is memoised
 
 
 def _temporary_beside(path: Path) -> Path:
@@ -53,22 +85,115 @@ def fsync(path: str | os.PathLike) -> None:
         os.close(descriptor)
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether an error means the disk (or the user's quota) is full, whatever its type.
+
+    Args:
+        error: any exception; native writers raise their own types with the system's text.
+    Returns:
+        True for ENOSPC or EDQUOT, as an OSError or in the text of another error.
+    """
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        return True
+    return not isinstance(error, OSError) and any(text in str(error) for text in _DISK_FULL_TEXTS)
+
+
+def refused_write(error: BaseException) -> str | None:
+    """One sentence for a write the disk or the permissions refused (jobs.job and the CLI print it).
+
+    Args:
+        error: any exception; the writers here raise an OSError naming the final file.
+    Returns:
+        The sentence naming the file and what to do, or None for any other error.
+    """
+    where = getattr(error, "filename", None) or "a file"
+    if disk_full(error):
+        return (f"no space left on the device while writing {where}; free some space and rerun (nothing partial "
+                "was kept).")
+    if isinstance(error, OSError) and error.errno in _REFUSED_ERRNOS:
+        return (f"cannot write {where} ({error.strerror}): its folder is read-only or not yours to write; make it "
+                "writable, or run in another working directory (snakemake -d), and rerun (nothing partial was kept).")
+    return None
+
+
+def _naming_the_final(error: BaseException, temps: list[Path], finals: list[Path]) -> BaseException:
+    """The error to raise for a failed write: a full disk (whatever the writer raised) or another
+    OSError about a temporary file, as an OSError naming the final file it was for; else `error`.
+
+    Called before the temporary files are removed: without a file name in the error, the file
+    being written is the one whose temporary file changed last.
+    """
+    if not (isinstance(error, OSError) or disk_full(error)):
+        return error
+    named = Path(error.filename) if isinstance(error, OSError) and error.filename is not None else None
+    if named is not None:
+        owners = [final for final in finals if named.parent == final.parent and named.name.endswith(".tmp")
+                  and named.name.startswith((f".{final.name}.", f".{record_path(final).name}."))]
+        if not owners:
+            return error  # it names a folder or a file of its own (the parent folder's mkdir): keep it
+        final = owners[0]
+    else:
+        changed = [(tmp.stat().st_mtime_ns, index) for index, tmp in enumerate(temps[:len(finals)]) if tmp.exists()]
+        final = finals[max(changed)[1]] if changed else finals[0]
+    code = errno.ENOSPC if disk_full(error) else error.errno
+    return OSError(code, os.strerror(code) if code else str(error), str(final))
+
+
+def record_path(path: str | os.PathLike) -> Path:
+    """The sha256 record of a file the workflow wrote.
+
+    Args:
+        path: the file.
+    Returns:
+        The hidden `.<name>.sha256` beside it.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}{RECORD_SUFFIX}")
+
+
+def is_record(name: str) -> bool:
+    """Whether a file name is that of a sha256 record (record_path).
+
+    Args:
+        name: a file name (not a path).
+    Returns:
+        True for `.<name>.sha256`.
+    """
+    return name.startswith(".") and name.endswith(RECORD_SUFFIX) and len(name) > len(RECORD_SUFFIX) + 1
+
+
+def recorded_file(record: str | os.PathLike) -> Path:
+    """The file a sha256 record belongs to (the inverse of record_path).
+
+    Args:
+        record: a record's path.
+    Returns:
+        The path of its file, which may no longer exist.
+    """
+    record = Path(record)
+    return record.with_name(record.name[1:-len(RECORD_SUFFIX)])
+
+
 @contextmanager
-def atomic_paths(*paths: str | os.PathLike, durable: bool = True) -> Iterator[list[Path]]:
+def atomic_paths(*paths: str | os.PathLike, durable: bool = True, record: bool = True) -> Iterator[list[Path]]:
     """Temporary paths for `paths`, renamed over them together when the block succeeds.
 
     Args:
         paths: the final file paths; their folders are created.
         durable: fsync each file before its rename; False for callers that write many
             small files and fsync them in bulk afterwards (see export.py).
+        record: write each file's sha256 record beside it (record_path), renamed into place
+            just before the file; False for files that are no output of a job (a cache).
 
     Yields:
         One temporary path per final path, in order, each an existing empty file.
 
     Raises:
-        Whatever the block raises. Then, and when a rename fails, no temporary file is
-        left and no final path of this call remains, so a set of files (one Parquet per
-        split, say) is all new or absent, never half new.
+        Whatever the block raises; a full disk, also from a native writer, and any other
+        OSError as an OSError naming the final path being written. Then, and when a
+        rename fails, no temporary file is left and no final path (or record) of this
+        call remains, so a set of files (one Parquet per split, say) is all new or absent,
+        never half new.
     """
     finals = [Path(path) for path in paths]
     temps: list[Path] = []
@@ -83,25 +208,39 @@ def atomic_paths(*paths: str | os.PathLike, durable: bool = True) -> Iterator[li
             os.chmod(tmp, mode)
             if durable:
                 fsync(tmp)
-        for tmp, final in zip(temps, finals):
+        renames = []
+        for tmp, final in zip(temps[:len(finals)], finals):
+            if record:
+                record_tmp = _temporary_beside(record_path(final))
+                temps.append(record_tmp)
+                record_tmp.write_text(f"{sha256_file(tmp)}  {final.name}\n", encoding="ascii")
+                if durable:
+                    fsync(record_tmp)
+                # The record just before its file: a kill between leaves no new file without its record.
+                renames.append((record_tmp, record_path(final)))
+            renames.append((tmp, final))
+        for tmp, final in renames:
             os.replace(tmp, final)
             replaced.append(final)
-    except BaseException:
+    except BaseException as error:
+        named = _naming_the_final(error, temps, finals)
         for leftover in [temp for temp in temps if temp.exists()] + replaced:
             leftover.unlink(missing_ok=True)
-        raise
+        if named is error:
+            raise
+        raise named from error
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = True, record: bool = True) -> Iterator[Path]:
     """One temporary path beside `path`, renamed over it if the block succeeds (see atomic_paths).
 
     Args:
-        path: the final file path; durable: fsync before the rename.
+        path: the final file path; durable: fsync before the rename; record: write its sha256 record.
     Yields:
         The temporary path (an existing empty file).
     """
-    with atomic_paths(path, durable=durable) as (tmp,):
+    with atomic_paths(path, durable=durable, record=record) as (tmp,):
         yield tmp
 
 
@@ -131,36 +270,36 @@ def publish_dir(staging: str | os.PathLike, out_dir: str | os.PathLike) -> None:
         shutil.rmtree(old)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (atomic_path).
+def write_bytes(path: str | os.PathLike, data: bytes, record: bool = True) -> None:
+    """Write `data` to `path` atomically (atomic_path), with its sha256 record.
 
     Args:
-        path: the final path; data: the file's bytes.
+        path: the final path; data: the file's bytes; record: write the record (atomic_paths).
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path, record=record) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` as UTF-8 to `path` atomically.
+def write_text(path: str | os.PathLike, text: str, record: bool = True) -> None:
+    """Write `text` as UTF-8 to `path` atomically, with its sha256 record.
 
     Args:
-        path: the final path; text: the file's text.
+        path: the final path; text: the file's text; record: write the record (atomic_paths).
     """
-    write_bytes(path, text.encode("utf-8"))
+    write_bytes(path, text.encode("utf-8"), record)
 
 
-def write_json(path: str | os.PathLike, data) -> None:
-    """JSON with sorted keys and a final newline, so equal data gives equal bytes.
+def write_json(path: str | os.PathLike, data, record: bool = True) -> None:
+    """JSON with sorted keys and a final newline, so equal data gives equal bytes; with its record.
 
     Args:
-        path: the final path; data: anything json.dumps takes.
+        path: the final path; data: anything json.dumps takes; record: write the record (atomic_paths).
     """
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", record)
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict, metadata: dict) -> None:
-    """A safetensors file, byte-reproducible.
+    """A safetensors file, byte-reproducible, with its sha256 record.
 
     Args:
         path: the final path.
@@ -192,7 +331,6 @@ def _sort_header(path: Path) -> None:
             raise ValueError(f"{path}: the sorted safetensors header is longer than the original")
         stream.seek(8)
         stream.write(text.ljust(size))
-
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:
@@ -260,12 +398,121 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
 
     try:
         with safe_open(str(path), framework="pt") as stream:
-            return {name: stream.get_tensor(name) for name in stream.keys()}, dict(stream.metadata() or {})
+            tensors, metadata = {name: stream.get_tensor(name) for name in stream.keys()}, dict(stream.metadata() or {})
     except FileNotFoundError:
         raise InputError(f"{path}: file not found; run the workflow to create it.") from None
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise InputError(f"{path}: not a readable safetensors file ({exc}); delete it and rerun the "
                          "workflow.") from None
+    check_record(path)  # after the format's own checks, whose sentences say more about a torn file
+    return tensors, metadata
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file the workflow wrote (write_json), checked against its record.
+
+    Args:
+        path: the file.
+    Returns:
+        Its content.
+    Raises:
+        InputError: the file is missing, not JSON, or not the bytes its record names (check_record).
+    """
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found; run the workflow to create it.") from None
+    except ValueError:
+        raise InputError(f"{path}: not a readable JSON file; delete it and rerun the workflow.") from None
+    check_record(path)
+    return data
+
+
+def check_record(path: str | os.PathLike) -> str:
+    """Stop unless a file still has the bytes its writer recorded (atomic_paths' record).
+
+    A file verified before in this process and unchanged since (size, times, inode) is not
+    hashed again. Hashing costs a read of the whole file (sha256 at about 1 GB/s).
+
+    Args:
+        path: a file the workflow wrote.
+    Returns:
+        Its sha256 (hex), as recorded and found.
+    Raises:
+        InputError: the file is missing, has no record beside it or an unreadable one, or its
+            bytes differ from the record; the sentence names the file and how to write it again.
+    """
+    path = Path(path)
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found; run the workflow to create it.") from None
+    key, identity = str(path.resolve()), (found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino)
+    if key in _VERIFIED and _VERIFIED[key][0] == identity:
+        return _VERIFIED[key][1]
+    record = record_path(path)
+    try:
+        match = _RECORD_LINE.fullmatch(record.read_text(encoding="ascii"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: its sha256 record {record.name} is missing beside it, so its bytes cannot be "
+                         "checked (a copy without hidden files, or a file the workflow did not write); copy the "
+                         f"record along (rsync -a, cp -a), or {rerun_advice(path)}.") from None
+    except (OSError, ValueError):
+        match = None
+    if match is None or match[2] != path.name:
+        raise InputError(f"{record}: not the sha256 record of {path.name}, so its bytes cannot be checked; "
+                         f"{rerun_advice(path)}.")
+    began = time.time_ns()
+    actual = sha256_file(path)
+    if actual != match[1]:
+        raise InputError(f"{path}: damaged: its sha256 is {actual}, not the {match[1]} recorded when it was written; "
+                         f"{rerun_advice(path)}.")
+    if began - max(found.st_mtime_ns, found.st_ctime_ns) > _RACY_NS:
+        _VERIFIED[key] = (identity, actual)
+    return actual
+
+
+def rerun_advice(path: str | os.PathLike) -> str:
+    """How to write a workflow file again, for a sentence: Snakemake's --forcerun of that file, which
+    also redoes what was made from it. (Deleting it is not enough: a missing file that only feeds jobs
+    whose outputs are up to date is not made again.)
+
+    Args:
+        path: the file, relative to the workflow's working directory or under the current one.
+    Returns:
+        "rerun the workflow with --forcerun <path> to write it again (and what was made from it)".
+    """
+    absolute, here = Path(os.path.abspath(path)), Path.cwd()
+    target = absolute.relative_to(here).as_posix() if here in absolute.parents else str(path)  # a target is relative
+    return f"rerun the workflow with --forcerun {target} to write it again (and what was made from it)"
+
+
+def forget_record(path: str | os.PathLike) -> None:
+    """Remove the record of a file that is about to go (a temporary input Snakemake deletes next).
+
+    Args:
+        path: the file whose record goes; the file itself is left alone.
+    """
+    record_path(path).unlink(missing_ok=True)
+
+
+def unwritable_folder(paths: Iterable[str | os.PathLike]) -> tuple[Path, Path] | None:
+    """The first of `paths` that could not be written: its nearest existing folder refuses writes.
+
+    A read-only file system refuses every user, root included (os.access checks the mount).
+
+    Args:
+        paths: files a run will write.
+    Returns:
+        (path, folder) for the first refused one, or None when all can be written.
+    """
+    for path in paths:
+        folder = Path(path).parent
+        while not folder.exists():
+            folder = folder.parent
+        if not os.access(folder, os.W_OK):
+            return Path(path), folder
+    return None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -4,14 +4,12 @@ should ((n_windows, N, d) float32, as the published store_emb.py writes per wind
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from .errors import InputError
 from .shards import planned_windows
-from .store import read_metadata, read_tensors, sha256_file
+from .store import check_record, read_metadata, read_tensors
 from .windows import read_windows
 
 # Metadata that must be the same in every file of one results folder.
@@ -62,12 +60,13 @@ def check_all(files: dict[tuple[int, str], str], windows_paths: dict[str, str], 
     Returns:
         {"files": {"<P>/<split>": check_file's result + path, windows_expected}, "shared_metadata", "passed"}.
     Raises:
-        InputError: the first violation: a file check_file rejects, or made with other SCA weights,
-            another input, another (P, split), or metadata of SHARED_KEYS that differs between files.
+        InputError: the first violation: an input whose bytes differ from its record (store.check_record),
+            a file check_file rejects, or made with other SCA weights, another input, another (P, split),
+            or metadata of SHARED_KEYS that differs between files.
     """
 
-    sca_meta = read_metadata(sca_path)
-    d_model, sca_sha = int(sca_meta["d_model"]), sha256_file(Path(sca_path))
+    sca_sha = check_record(sca_path)  # damaged weights are refused before their hash is compared
+    d_model = int(read_metadata(sca_path)["d_model"])
     windows_by_split = {split: read_windows(path) for split, path in windows_paths.items()}
     report, reference = {}, None
     for (P, split), path in sorted(files.items()):

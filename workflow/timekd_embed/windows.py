@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from .config import LAYOUTS, resolve_layout
 from .errors import InputError
-from .store import atomic_paths
+from .store import atomic_paths, check_record
 from .table import Table, stamps
 
 SPLITS = ("train", "val", "test")
@@ -294,8 +294,9 @@ def read_windows(path: str | os.PathLike) -> SplitWindows:
     Returns:
         The SplitWindows (float64 raw and z-scored values, int64 rows, the dates, the metadata).
     Raises:
-        InputError: the file is missing, not Parquet, not ours (another format version), or its
-            columns differ from its metadata's variables.
+        InputError: the file is missing, not Parquet, not ours (another format version), its
+            columns differ from its metadata's variables, or its bytes are not those recorded when
+            it was written (store.check_record: Parquet reads a changed value without complaint).
     """
     path = str(path)
     arrow = _read_parquet(path)
@@ -309,6 +310,7 @@ def read_windows(path: str | os.PathLike) -> SplitWindows:
             f"{path} does not have the columns its timekd_embed metadata lists; "
             f"delete it and re-run the windows step."
         )
+    check_record(path)
 
     def block(prefix: str) -> np.ndarray:
         """The columns of one prefix ("raw:" or "z:") as (R_s, N) float64."""
