@@ -94,7 +94,7 @@ def test_cpu_note_estimates_the_whole_job():
     assert "docs/benchmarks.md" in text and "make preflight" in text and "fp16" not in text
     slow = cpu_hint({24: 100, 192: 50}, 21, "gpt2", GPT2, "fp16", jobs=100)
     # (100 * 8.37 + 50 * 19.3) * (0.05 + 0.95 * 6) + 100 jobs * 16 s = 11,962 s
-    assert "in 100 job(s): about 3.3 h" in slow
+    assert "in 100 job(s): about 3 h 19 min" in slow
     assert "fp16 on a CPU is slow" in slow
 
 
