@@ -277,7 +277,8 @@ def plan_on_the_cpu():
     )
     stop = too_slow(cpu_seconds(windows, jobs, *args, config["seq_len"]))
     if stop and not config["allow_slow_cpu"]:
-        if not workflow.dryrun:  # known here, in an input function, not when the Snakefile is read
+        # workflow.dryrun is known here, in an input function, not when the Snakefile is read
+        if not workflow.dryrun:
             fail(stop)
         print(f"Dry run: a real run stops here: {stop}", file=sys.stderr)
 
