@@ -4,7 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE_ARGS ?= --cores 8 --resources gpu=2
 
-.PHONY: run test lint format bench bootstrap wheelhouse preflight demo demo-run
+.PHONY: help run test test-data lint format bench bootstrap wheelhouse preflight demo demo-run
+
+# The first target: plain `make` lists the others (tests/test_commands.py runs each as listed here).
+help:
+	@echo "make demo        the whole workflow offline on a synthetic CSV and a tiny GPT-2 (a few minutes)"
+	@echo "make preflight   speed, memory, ETA and fp32 parity on a few windows (CONFIG=my.yaml for another config)"
+	@echo "make run         snakemake \$$SNAKEMAKE_ARGS ($(SNAKEMAKE_ARGS)) on config/config.yaml"
+	@echo "make test        ruff, snakemake --lint, snakefmt --check and pytest (make test-data first, once)"
+	@echo "make test-data   fetch the data the tests read into \$$TIMEKD_TEST_DATA (default ~/.cache/timekd-embed/test-data)"
+	@echo "make lint        ruff, snakemake --lint, snakefmt --check"
+	@echo "make format      snakefmt on the Snakemake files"
+	@echo "make bench       speed and memory on this machine into docs/benchmarks.md (BENCH_ARGS=...)"
+	@echo "make bootstrap   .venv with the pinned packages (every target does it first; WHEELHOUSE=, SITE_TORCH=1)"
+	@echo "make wheelhouse  every pin as wheels, for a machine without internet (README)"
 
 # The extras of pyproject.toml that bootstrap installs and make wheelhouse downloads.
 EXTRAS ?= test,export,demo
@@ -56,8 +69,10 @@ wheelhouse:
 # Before `make run`: speed, memory, ETA and fp32 parity on a few windows per horizon, on this
 # machine's GPUs (README "Quick start"); results/<name>/preflight.{json,md}. CONFIG=my.yaml for another.
 CONFIG ?= config/config.yaml
+# The target before --configfile: --configfile takes every word after it (a target too) as a file.
+# --keep-going: both downloads run, so that an offline first run names both files to fetch.
 preflight: bootstrap
-	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) fetch
+	$(BIN)/snakemake --cores 1 --keep-going fetch --configfile $(CONFIG)
 	$(BIN)/timekd-embed preflight --configfile $(CONFIG)
 
 run: bootstrap
@@ -83,9 +98,16 @@ demo-run:
 	@echo "  results/demo/validation/                   shapes.json, parity_<P>.json, summary.html"
 	@echo "  results/demo/MANIFEST.json                 every artifact's sha256: timekd-embed verify results/demo"
 
+# The data the tests read (tests/fetch_data.py): nothing to do when ../shared/data lies beside the
+# clone, else fetched once into $TIMEKD_TEST_DATA (default ~/.cache/timekd-embed/test-data).
+test-data: bootstrap
+	$(BIN)/python tests/fetch_data.py
+
 # pytest-xdist workers, a test module at a time (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+# The data is fetched first if it can be; offline, the tests that need it skip (one line says how to get it).
 TEST_WORKERS ?= 2
 test: bootstrap lint
+	-$(BIN)/python tests/fetch_data.py
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: bootstrap

@@ -1,5 +1,7 @@
 # TimeKD teacher embeddings: raw CSV -> windows -> per-horizon extraction -> validation.
 # Run: snakemake --cores 8 --resources gpu=2   (README.md; every config key: config/README.md)
+import atexit
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -27,3 +29,9 @@ rule all:
         all_embeddings(),
         rules.validate.output,
         rules.manifest.output,
+
+
+onerror:
+    # Snakemake prints its footer (the log's path, the WorkflowError) after this handler; run
+    # at exit, the failed jobs' sentences are the last lines the user reads.
+    atexit.register(print_failures, log)

@@ -22,23 +22,42 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The real data the tests read (weather.csv, the ETT files, tokenizers): ../shared/data where it lies
+# beside the clone (CI, this project's machines), else the cache `make test-data` fills once
+# (tests/fetch_data.py): $TIMEKD_TEST_DATA, by default ~/.cache/timekd-embed/test-data.
+BESIDE_THE_CLONE = ROOT.parent / "shared" / "data"
+TEST_DATA_CACHE = Path(os.environ.get("TIMEKD_TEST_DATA") or Path.home() / ".cache" / "timekd-embed" / "test-data")
+SHARED_DATA = BESIDE_THE_CLONE if BESIDE_THE_CLONE.is_dir() else TEST_DATA_CACHE
 WEATHER_CSV = SHARED_DATA / "weather" / "weather.csv"
 TOKENIZER_DIR = SHARED_DATA / "gpt2-tokenizer"
 TOKENIZERS = SHARED_DATA / "tokenizers"  # real Qwen2, Llama 3 and Phi-3 tokenizers (its README)
 TRAIN_ROWS = 36887  # weather.csv: int(0.7 * 52,696)
+# One reason for every test that lacks its data, so that pytest -ra folds their skips into one line.
+NO_DATA = (f"the test data is not on this machine: run `make test-data` once (it fetches weather.csv, the ETT "
+           f"files and the GPT-2 tokenizer into {TEST_DATA_CACHE}; TIMEKD_TEST_DATA moves it), or put "
+           "../shared/data beside the clone")
 
 
 def need(path: Path) -> Path:
-    """`path`, or a skip where the shared data is absent; in CI (CI=true) its absence fails.
+    """`path`, or a skip (one reason for all: NO_DATA) where the test data is absent; in CI (CI=true)
+    its absence fails.
 
     CI always has ../shared beside the clone: a test that skipped there would prove nothing.
     """
     if not path.exists():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{path} is missing in CI; ../shared/data must lie beside the clone")
-        pytest.skip(f"{path} is not available on this machine")
+        pytest.skip(NO_DATA)
     return path
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every NO_DATA skip reported at need()'s own line, so that `pytest -ra` prints one line for all."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2].endswith(NO_DATA):
+        report.longrepr = (str(Path(__file__).relative_to(ROOT)), need.__code__.co_firstlineno, report.longrepr[2])
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -143,3 +143,15 @@ def extract_one(settings, windows_path: Path, sca_path: Path, out: Path, stats: 
 
     return extract_horizons(settings, Runtime(**({"device": "cpu"} | runtime)), split, [pred_len], windows_path,
                             sca_path, {pred_len: (out, stats)}, log_file, shard)[pred_len]
+
+
+def not_ignored(folder: Path, leave_out: set[str] = frozenset()) -> list[str]:
+    """Files under `folder` (a working directory the workflow ran in) that this repository's .gitignore
+    does not cover: what `git status` would offer to commit had they been written in the clone.
+    `leave_out`: the files that were there before (relative paths; a name ending in "/" a whole folder)."""
+    folders = tuple(name for name in leave_out if name.endswith("/"))
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()]
+    files = [f for f in files if f not in leave_out and not f.startswith(folders)]
+    checked = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "--verbose", "--non-matching",
+                              "--stdin"], input="\n".join(files), capture_output=True, text=True)
+    return sorted(line.split("\t", 1)[1] for line in checked.stdout.splitlines() if line.startswith("::"))

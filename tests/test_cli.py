@@ -19,7 +19,7 @@ import yaml
 from huggingface_hub import constants
 
 from conftest import ROOT
-from helpers import PACKAGE_ENV, snakemake, timekd_embed, timekd_embed_in_process
+from helpers import PACKAGE_ENV, snakemake, timekd_embed, timekd_embed_in_process, weather_rows
 from timekd_embed.cli import parser
 from timekd_embed.config import validate_config
 from timekd_embed.manifest import MANIFEST, build, weights_file_here, write
@@ -205,3 +205,49 @@ def test_verify_finds_a_hub_model_in_the_hub_cache_without_the_network(tmp_path,
     assert missing is None
     assert why == (f"model someone/other-gpt2 (revision main) is neither a folder in {tmp_path} nor in the model hub "
                    "cache here, so the embeddings' weights were not rechecked.")
+
+
+# --------------------------------------------------------------------------- --config, as Snakemake reads it
+
+
+def test_inspect_reads_config_overrides_as_the_same_keys_in_a_config_file(tmp_path, weather_csv, tiny_model_dir):
+    keys = {"dataset": {"name": "weather", "csv": str(weather_csv)}, "model": {"name_or_path": str(tiny_model_dir)}}
+    write_config(tmp_path / "config" / "config.yaml", keys)
+    override = write_config(tmp_path / "short.yaml", {"seq_len": 48, "dataset": {"template": "ETTm1"}})
+    from_file = timekd_embed_in_process("inspect", *WINDOW, "--variable", "OT", "--configfile", str(override),
+                                        cwd=tmp_path)
+    from_line = timekd_embed_in_process("inspect", *WINDOW, "--variable", "OT", "--config", "seq_len=48",
+                                        "dataset={template: ETTm1}", cwd=tmp_path)
+    default = timekd_embed_in_process("inspect", *WINDOW, "--variable", "OT", cwd=tmp_path)
+    assert from_line.returncode == from_file.returncode == default.returncode == 0, from_line.stderr
+    assert from_line.stdout == from_file.stdout != default.stdout
+    assert "every 15 minutes" in from_line.stdout and "every 15 minutes" not in default.stdout
+
+
+def test_verify_checks_the_input_a_config_override_points_at(results_folder):
+    work = results_folder.parents[1]
+    write_config(work / "config" / "config.yaml", {"dataset": {"name": "weather", "csv": "weather.csv"},
+                                                   "model": {"name_or_path": "gpt2"}})
+    weather_rows(work / "other.csv", 500)
+    same = timekd_embed_in_process("verify", str(results_folder), "--config", "dataset={csv: weather.csv}", cwd=work)
+    assert same.returncode == 0, same.stdout + same.stderr
+    other = timekd_embed_in_process("verify", str(results_folder), "--config", "dataset={csv: other.csv}", cwd=work)
+    assert other.returncode == 1 and "other.csv" in other.stdout + other.stderr
+
+
+def test_a_bad_config_override_is_the_sentence_snakemake_prints(tmp_path, weather_csv):
+    write_config(tmp_path / "config" / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)}})
+    planned = snakemake(tmp_path, None, "-n", "--config", "limit_windows=x", configfile="config/config.yaml")
+    sentence = ("Error: --config: config key limit_windows = 'x' is invalid: 'x' is not of type 'integer', 'null'; "
+                "see config/README.md.")
+    assert errors(planned) == [sentence]
+    for command in (["inspect", *WINDOW], ["verify", str(tmp_path), "--configfile", "config/config.yaml"],
+                    ["preflight"]):
+        result = timekd_embed_in_process(*command, "--config", "limit_windows=x", cwd=tmp_path)
+        assert (result.returncode, errors(result)) == (1, [sentence]), command
+    # A target typed after --config: Snakemake reads it as an entry; so does the CLI, in one sentence.
+    result = timekd_embed_in_process("inspect", *WINDOW, "--config", "export_timekd", cwd=tmp_path)
+    assert result.returncode == 1 and errors(result) == [
+        "Error: --config 'export_timekd' is not KEY=VALUE (Invalid config definition: Config entries have to be "
+        "defined as name=value pairs); every word after --config up to the next option is read as a config entry, "
+        "so put targets before it (config/README.md, \"On the command line\")."]

@@ -25,8 +25,9 @@ import pytest
 import yaml
 from safetensors import safe_open
 
+from browser import open_pages
 from conftest import ROOT
-from helpers import BIN, modes_against_umask, planned_jobs, snakemake
+from helpers import BIN, modes_against_umask, not_ignored, planned_jobs, snakemake
 from timekd_embed.demo import tokenizer_files
 
 WINDOWS = {(24, "train"): 392 - 48 - 24 + 1, (48, "train"): 392 - 48 - 48 + 1,
@@ -89,6 +90,13 @@ def test_demo_runs_the_whole_workflow_and_says_where_to_look(demo):
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert modes_against_umask(results, 0o002) == {}   # group-writable, as the umask asks
+    assert not_ignored(work, {".test/"}) == []          # git status stays clean after make demo
+    # Progress where the user looks: each extraction job's bar on the console too, in windows of the job
+    # (the train range 0-200 holds 200 windows, each at P = 24 and 48), not (window, horizon) pairs.
+    bar = r"^P=24,48 train: 100%\|[^|]*\| 200/200 \[[^]]*(window/s|s/window)"   # tqdm inverts a rate below 1
+    assert re.search(bar, run.stderr, flags=re.M), run.stderr[-3000:]
+    logs = (results / "logs").glob("extract_*.log")
+    assert not any("GPT-2 small" in log.read_text() for log in logs)   # no guess made for another model
 
 
 def test_the_report_shows_every_horizon_and_split_with_its_parity(demo):
@@ -111,8 +119,31 @@ def test_the_report_shows_every_horizon_and_split_with_its_parity(demo):
     summary = next(e for e in results.values() if e["name"] == "summary.html")
     text = decoded(summary)
     assert "bf16 changed the embeddings by at most" in text and "data:image/png;base64," in text
+    # share_horizons: one job per range embedded both horizons; each horizon's row says the time is that job's
+    assert text.count(" (one job for P = 24, 48)</td>") == 4 * 3      # 4 rows: time, windows/s, tokens/s
     assert "not applicable" not in text and "not applicable" not in summary["caption"]
     assert "bf16" in summary["caption"] and "16 windows at P = 24" in summary["caption"]
+
+
+def test_every_report_label_is_text(demo):
+    # The report's JavaScript sorts label values with String.localeCompare: a number there
+    # (horizon 24) left the Embeddings and Parity pages blank.
+    labels = [e["labels"] for e in report_results(demo[0] / "report.html").values() if e["labels"]]
+    assert labels and all(isinstance(value, str) for entry in labels for value in entry.values())
+
+
+def test_every_page_of_the_report_shows_in_a_browser_without_console_errors(demo):
+    pages = open_pages(demo[0] / "report.html", ["Embeddings", "Parity with fp32", "Summary", "Workflow",
+                                                 "Statistics"])
+    assert {entry: page.errors for entry, page in pages.items()} == dict.fromkeys(pages, [])
+    # one row per horizon (the split is a toggle above the table); the page shown holds its two tables
+    assert [row[0] for row in pages["Embeddings"].rows] == ["24", "48"]
+    assert pages["Embeddings"].shown == {"img": 0, "iframe tables": 2}
+    assert [row[:2] for row in pages["Parity with fp32"].rows] == [["24", "train, val"], ["48", "train, val"]]
+    assert pages["Parity with fp32"].shown == {"img": 1, "iframe tables": 0}          # the histogram
+    assert [row[0] for row in pages["Summary"].rows] == ["results/demo/validation/summary.html"]
+    assert pages["Summary"].shown == {"img": 0, "iframe tables": 2}
+    assert pages["Workflow"].graphics and pages["Statistics"].graphics          # the rule graph, the runtime plot
 
 
 def test_parity_settings_rerun_the_parity_and_validation_only(demo):

@@ -360,3 +360,22 @@ def test_verify_lists_no_record_and_notes_a_record_whose_file_is_gone(work, tmp_
     mentioned = [line for line in result.stderr.splitlines() if ".sha256" in line]
     assert mentioned == [f"Note: {copy / 'windows' / '.extra.parquet.sha256'}: the sha256 record of a file that is "
                          "gone (a leftover of an interrupted or failed job), not an artifact; it can be deleted."]
+def test_a_failed_attempts_log_is_no_run_record_and_a_later_success_lists_it(tmp_path):
+    """Offline, get_data failed (its log ends in its one sentence); the CSV was then put in place by hand
+    and the run finished: that log recorded no job of this run's outputs."""
+    from timekd_embed.jobs import job
+    from timekd_embed.manifest import build
+
+    folder = tmp_path / "results" / NAME
+    log = folder / "logs" / "get_data.log"
+    log.parent.mkdir(parents=True)
+    with pytest.raises(SystemExit), job(str(log)):
+        raise InputError("resources/weather.csv not found and could not be downloaded; put it there.")
+    (folder / "logs" / "windows.log").write_text("")
+    config = {"dataset": {"name": NAME, "csv": "resources/weather.csv"}}
+    listed = [entry["path"] for entry in build(folder, {}, config)["run_records"]]
+    assert listed == ["logs/windows.log"]
+    with log.open("a") as more:                        # a later attempt that downloaded it
+        more.write("2026-01-01 00:00:00,000 INFO timekd_embed: wrote resources/weather.csv (sha256 34ee)\n")
+    assert [entry["path"] for entry in build(folder, {}, config)["run_records"]] == ["logs/get_data.log",
+                                                                                    "logs/windows.log"]

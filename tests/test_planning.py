@@ -17,11 +17,13 @@ import pytest
 from helpers import snakemake, weather_config
 from timekd_embed.planning import (
     cpu_hint,
+    cpu_seconds,
     extraction_threads,
     job_device,
     model_dims,
     seconds_per_window,
     shard_size,
+    too_slow,
     visible_gpus,
 )
 
@@ -32,7 +34,7 @@ GPT2 = (12, 768)
     ("cpu", 24, "fp32", 1, 35),        # 300 / 8.37 = 35.8
     ("cpu", 30, "fp32", 1, 35),        # 300 / (8.37 + 0.03 / 2) = 35.8
     ("cpu", 192, "fp32", 1, 15),       # 300 / 19.3 = 15.5
-    ("cpu", 24, "fp16", 1, 5),         # 300 / (8.37 * 6) = 5.97
+    ("cpu", 24, "fp16", 1, 6),         # 300 / (8.37 * (0.05 + 0.95 * 6)) = 6.23: fp16 slows the model's part
     ("cuda", 24, "fp16", 2, 120_000),  # 300 * 200 * 2
     ("cuda", 192, "fp16", 1, 18_000),  # 300 * 60
 ])
@@ -48,7 +50,7 @@ def test_configured_shard_sizes_are_kept():
 def test_auto_plans_at_most_100_jobs_per_split(tmp_path, weather_csv):
     """The default config on a CPU: fp16 there costs 342 s per window for the five horizons, so
     `auto` gave one window per job, 41,679 jobs, and the dry run took 4 minutes."""
-    result = dry_run(tmp_path, {"device": "cpu"}, "--cores", "2")
+    result = dry_run(tmp_path, {"device": "cpu", "allow_slow_cpu": True}, "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     # train: 36,600 windows at P = 192 in ranges of 366; val: 5,079 in ranges of 51 (the last of 30).
     wildcards = [dict(kv.split("=") for kv in job["wildcards"].split(", ")) for job in extract_jobs(result.stdout)]
@@ -60,8 +62,9 @@ def test_auto_plans_at_most_100_jobs_per_split(tmp_path, weather_csv):
 def test_cost_scales_with_variables_and_model_size():
     base = seconds_per_window("cpu", 24, 21, GPT2, "fp32")
     assert seconds_per_window("cpu", 24, 7, GPT2, "fp32") == pytest.approx(base / 3)
-    # gpt2-medium: 24 layers of width 1024 -> 2 * (1024 / 768)^2 = 3.56x the weight matmuls
-    assert seconds_per_window("cpu", 24, 21, model_dims("gpt2-medium"), "fp32") == pytest.approx(base * 32 / 9)
+    # gpt2-medium: 24 layers of width 1024 -> 2 * (1024 / 768)^2 = 3.56x the weight matmuls, the rest (0.05) alike
+    assert seconds_per_window("cpu", 24, 21, model_dims("gpt2-medium"), "fp32") == \
+        pytest.approx(base * (0.05 + 0.95 * 32 / 9))
 
 
 def test_model_dims_from_a_folder_or_a_hub_id(tiny_model_dir):
@@ -87,11 +90,29 @@ def test_threads_are_what_the_job_keeps_busy():
 
 def test_cpu_note_estimates_the_whole_job():
     text = cpu_hint({24: 100}, 21, "gpt2", GPT2, "fp32")
-    assert "runs on the CPU" in text and "100 windows" in text and "about 14 min" in text  # 100 * 8.37 s
+    assert "runs on the CPU" in text and "100 windows" in text and "about 14 min" in text  # 100 * 8.37 s + 16 s
     assert "docs/benchmarks.md" in text and "make preflight" in text and "fp16" not in text
-    slow = cpu_hint({24: 100, 192: 50}, 21, "gpt2", GPT2, "fp16")
-    assert "about 3 h 00 min" in slow  # (100 * 8.37 + 50 * 19.3) * 6 = 10,812 s
+    slow = cpu_hint({24: 100, 192: 50}, 21, "gpt2", GPT2, "fp16", jobs=100)
+    # (100 * 8.37 + 50 * 19.3) * (0.05 + 0.95 * 6) + 100 jobs * 16 s = 11,962 s
+    assert "in 100 job(s): about 3 h 19 min" in slow
     assert "fp16 on a CPU is slow" in slow
+
+
+def test_the_estimate_counts_each_jobs_start_up_and_the_work_that_does_not_shrink_with_the_model():
+    # The demo (make demo): 2 layers, d = 64, 5 variables, seq_len 48, bf16, 3 extraction jobs. The estimate
+    # said "about 2 s" for extraction jobs that took 65 s: no start-up, and all of a window's work scaled
+    # with n_layer * d^2 (1/864 of GPT-2 small's).
+    demo = cpu_seconds({24: 354, 48: 306}, 3, 5, (2, 64), "bf16", seq_len=48)
+    per_window_24 = 8.37 * 5 / 21 * (2 * 48 + 24) / (2 * 96 + 24) * (0.05 + 0.95 * (2 * 64 ** 2) / (12 * 768 ** 2))
+    assert seconds_per_window("cpu", 24, 5, (2, 64), "bf16", seq_len=48) == pytest.approx(per_window_24)
+    assert 85 < demo < 95                       # 3 x 16 s of start-up and about 41 s of windows
+
+
+def test_a_cpu_estimate_beyond_a_day_is_one_sentence_with_the_ways_forward():
+    assert too_slow(86400) is None
+    stop = too_slow(3 * 86400)
+    assert stop.startswith("the extraction on the CPU would take about 3.0 days")
+    assert "GPU" in stop and "limit_windows=4" in stop and "allow_slow_cpu: true" in stop
 
 
 # --------------------------------------------------------------------------- the real snakemake CLI
@@ -123,7 +144,23 @@ def test_plan_on_the_cpu_cuts_small_ranges_uses_every_core_and_prints_no_shell_c
     cores = min(os.cpu_count(), 8)
     assert all(j.get("threads", "1") == str(cores) for j in jobs)
     assert "Shell command: None" not in result.stdout + result.stderr
-    assert "No GPU is visible" not in result.stderr  # device: cpu was asked for, nothing to say
+    assert "No GPU is visible" not in result.stderr  # device: cpu was asked for: the estimate says so
+    assert result.stderr.count("device is cpu: the extraction runs on the CPU. Estimate for all 100 windows") == 1
+
+
+def test_a_cpu_run_estimated_beyond_a_day_stops_at_plan_time_unless_allowed(tmp_path, weather_csv):
+    config = {"device": "cpu", "precision": "fp32"}       # weather, 5 horizons, train and val: weeks
+    stopped = snakemake(tmp_path, weather_config(**config), "--cores", "2")          # a real run: no job starts
+    assert stopped.returncode == 1
+    assert stopped.stderr.rstrip().splitlines()[-1].startswith("Error: the extraction on the CPU would take about ")
+    assert not (tmp_path / "results").exists()
+    planned = dry_run(tmp_path, config, "--cores", "2")       # a dry run plans, and says where a run would stop
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert "Dry run: a real run stops here: the extraction on the CPU would take about " in planned.stderr
+    allowed = dry_run(tmp_path, config | {"allow_slow_cpu": True}, "--cores", "2")
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert "days, start-up included" in allowed.stderr and "rule extract" in allowed.stdout
+    assert "a real run stops here" not in allowed.stderr
 
 
 def test_plan_for_gpus_holds_two_threads_per_gpu_and_one_range(tmp_path, weather_csv):
@@ -139,6 +176,6 @@ def test_auto_without_a_gpu_says_once_where_the_run_goes_and_how_long(tmp_path, 
     result = dry_run(tmp_path, {"pred_lens": [24], "splits": ["train"], "limit_windows": 100}, "--cores", "2")
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).count("No GPU is visible and device is auto") == 1
-    # 100 windows * 8.37 s * 6 (fp16, the default precision) = 5,022 s
-    assert "about 84 min" in result.stderr and "fp16 on a CPU is slow" in result.stderr
+    # 100 windows * 8.37 s * (0.05 + 0.95 * 6) (fp16, the default precision) + 17 jobs of 6 windows * 16 s = 5,085 s
+    assert "in 17 job(s): about 85 min" in result.stderr and "fp16 on a CPU is slow" in result.stderr
     assert "make preflight" in result.stderr

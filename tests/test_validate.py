@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from browser import open_pages
 from helpers import extract_one, snakemake
 from plain_teacher import plain_teacher
 from runs import uninterrupted_run
@@ -186,6 +187,7 @@ def test_fp32_pages_say_parity_is_not_applicable(results):
                  summary_html("weather", shapes, stats, {}, "fp32", {})):
         assert "Parity with fp32: not applicable, the production precision is fp32" in page
         assert "<img" not in page and "cosine min" not in page
+        assert page.count("not applicable") == 1        # said once, not under a heading of its own again
     assert answer({}, "fp32") == NOT_APPLICABLE
 
 
@@ -207,9 +209,14 @@ def test_an_fp32_run_has_no_parity_job_and_its_report_says_so(tmp_path_factory, 
     results = report_results(html)
     assert sorted(e["name"] for e in results.values()) == ["24_train.html", "48_train.html", "summary.html"]
     page = next(e for e in results.values() if e["name"] == "48_train.html")
-    assert page["labels"] == {"horizon": 48, "split": "train"} and page["mime_type"] == "text/html"
+    assert page["labels"] == {"horizon": "48", "split": "train"} and page["mime_type"] == "text/html"
     text = base64.b64decode(page["data_uri"].split("base64,", 1)[1]).decode()
     assert "<td>48</td><td>train</td><td>3</td><td>(3, 21, 64)</td>" in text and "not applicable" in text
+    assert "one job for" not in text            # share_horizons: false, each horizon's time is its own
+    pages = open_pages(html, ["Embeddings", "Summary"])
+    assert {entry: page.errors for entry, page in pages.items()} == {"Embeddings": [], "Summary": []}
+    assert [row[0] for row in pages["Embeddings"].rows] == ["24", "48"]
+    assert pages["Embeddings"].shown["iframe tables"] == 1 and pages["Summary"].shown["iframe tables"] == 1
     for entry in results.values():
         assert "not applicable" in entry["caption"] and "sampled" not in entry["caption"]
     assert "64" not in next(e for e in results.values() if e["name"] == "summary.html")["caption"]

@@ -19,6 +19,7 @@ envvars:
 from timekd_embed.config import config_origins, validate_config
 from timekd_embed.demo import DEMO_MODEL, DEMO_SEED, DEMO_SHAPE
 from timekd_embed.errors import InputError
+from timekd_embed.jobs import failure_summary
 from timekd_embed.fingerprint import (
     Sha256Cache,
     csv_fingerprint,
@@ -32,11 +33,13 @@ from timekd_embed.resources import KNOWN_DATASETS
 from timekd_embed.store import unwritable_folder
 from timekd_embed.planning import (
     cpu_hint,
+    cpu_seconds,
     extraction_threads,
     job_device,
     model_dims,
     seconds_per_window,
     shard_size,
+    too_slow,
     visible_gpus,
 )
 from timekd_embed.settings import Settings
@@ -48,6 +51,13 @@ def fail(message):
     """One sentence on stderr and a non-zero exit, instead of a traceback."""
     print(f"Error: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def print_failures(snakemake_logs):
+    """Each failed job's one-sentence error from its log, on stderr (the Snakefile's onerror)."""
+    summary = failure_summary(snakemake_logs)
+    if summary:
+        print(f"\n{summary}", file=sys.stderr)
 
 
 try:
@@ -222,31 +232,62 @@ def shard_windows(split, pred_len):
         MODEL_DIMS,
         config["precision"],
         config["gpus_per_job"],
+        config["seq_len"],
     )
     return shard_size(
         config["shard_windows"], seconds, horizon_windows(split, pred_len)
     )
 
 
-if config["device"] == "auto" and JOB_DEVICE == "cpu" and workflow.is_main_process:
+def plan_on_the_cpu():
+    """On the CPU: the estimate of the extraction still to run, once, and the stop when it exceeds a day.
+
+    Called by the gather jobs' input functions, so only for targets that extract (not `fetch`,
+    `preflight`); only missing final files count, so a finished run plans (and reports) as before.
+    A dry run (-n) only says that a real run would stop.
+    """
+    if JOB_DEVICE != "cpu" or PLANNED_ON_THE_CPU or not workflow.is_main_process:
+        return
+    PLANNED_ON_THE_CPU.append(True)
+    windows, jobs = {}, 0
+    for split in config["splits"]:
+        missing = [
+            P
+            for P in config["pred_lens"]
+            if not Path(EMBEDDINGS.format(pred_len=P, split=split)).is_file()
+        ]
+        if config["share_horizons"] and missing:
+            missing = config["pred_lens"]  # the shared jobs compute every horizon
+            jobs += len(job_ranges(split))
+        for P in missing:
+            windows[P] = windows.get(P, 0) + horizon_windows(split, P)
+            if not config["share_horizons"]:
+                jobs += len(ranges(horizon_windows(split, P), shard_windows(split, P)))
+    if not windows:
+        return
+    args = (N_VARS, MODEL_DIMS, config["precision"])
     print(
         cpu_hint(
-            {
-                P: sum(
-                    planned_windows(
-                        ROWS[s], config["seq_len"], P, config["limit_windows"]
-                    )
-                    for s in config["splits"]
-                )
-                for P in config["pred_lens"]
-            },
+            windows,
             N_VARS,
             config["model"]["name_or_path"],
             MODEL_DIMS,
             config["precision"],
+            jobs,
+            config["seq_len"],
+            config["device"],
         ),
         file=sys.stderr,
     )
+    stop = too_slow(cpu_seconds(windows, jobs, *args, config["seq_len"]))
+    if stop and not config["allow_slow_cpu"]:
+        # workflow.dryrun is known here, in an input function, not when the Snakefile is read
+        if not workflow.dryrun:
+            fail(stop)
+        print(f"Dry run: a real run stops here: {stop}", file=sys.stderr)
+
+
+PLANNED_ON_THE_CPU = []  # plan_on_the_cpu has spoken (the gather jobs each call it)
 
 
 def horizon_windows(split, pred_len):
@@ -282,6 +323,7 @@ def job_shard_windows(n_windows):
             MODEL_DIMS,
             config["precision"],
             config["gpus_per_job"],
+            config["seq_len"],
         )
         for P in config["pred_lens"]
     )
@@ -320,13 +362,18 @@ def shard_ranges(wildcards):
 
 
 def shard_files(pattern):
-    """Input function: the shard files of one (pred_len, split) for `pattern`."""
-    return lambda wildcards: [
-        pattern.format(
-            pred_len=wildcards.pred_len, split=wildcards.split, start=a, stop=b
-        )
-        for a, b in shard_ranges(wildcards)
-    ]
+    """Input function: the shard files of one (pred_len, split) for `pattern` (after the CPU plan)."""
+
+    def files(wildcards):
+        plan_on_the_cpu()
+        return [
+            pattern.format(
+                pred_len=wildcards.pred_len, split=wildcards.split, start=a, stop=b
+            )
+            for a, b in shard_ranges(wildcards)
+        ]
+
+    return files
 
 
 onstart:

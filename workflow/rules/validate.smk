@@ -1,7 +1,8 @@
 # Stage 3: validation. `parity` recomputes a sample of each horizon in fp32 (so it holds
 # GPUs like an extraction job); with fp32 production there is nothing to compare and no
 # parity job. `validate` checks every file and writes the report items: one page per
-# (horizon, split), a histogram per horizon, a summary (labels: horizon, split).
+# (horizon, split), a histogram per horizon, a summary (labels: horizon, split; every label value
+# a string: the report's JavaScript sorts them as text, and a number left its pages blank).
 # Changing only the `parity` settings reruns these rules, never an extraction.
 from timekd_embed.sampling import sample_sizes
 
@@ -75,7 +76,7 @@ rule validate:
                 REPORT_ITEM.format(pred_len=P, split=s),
                 caption="../report/item.rst",
                 category="Embeddings",
-                labels={"horizon": P, "split": s},
+                labels={"horizon": str(P), "split": s},
             )
             for P in config["pred_lens"]
             for s in config["splits"]
@@ -85,7 +86,7 @@ rule validate:
                 HISTOGRAM.format(pred_len=P),
                 caption="../report/histogram.rst",
                 category="Parity with fp32",
-                labels={"horizon": P, "split": ", ".join(config["splits"])},
+                labels={"horizon": str(P), "split": ", ".join(config["splits"])},
             )
             for P in (config["pred_lens"] if MEASURE_PARITY else [])
         ],

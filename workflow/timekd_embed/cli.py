@@ -68,7 +68,7 @@ def inspect(args: argparse.Namespace) -> list[dict]:
     folder is one sentence, never empty token lists.
 
     Args:
-        args: configfile (list or None), pred_len, split, window, variable (or None).
+        args: configfile and config (lists or None), pred_len, split, window, variable (or None).
 
     Returns:
         [{variable, gt_prompt, hd_prompt, gt_ids, hd_ids, gt_types, hd_types}], ids int,
@@ -83,7 +83,7 @@ def inspect(args: argparse.Namespace) -> list[dict]:
     from .table import load_csv, stamps
     from .windows import split_borders, window_count
 
-    config = with_local_model(load_run_config(args.configfile))
+    config = with_local_model(load_run_config(args.configfile, command_line=args.config))
     data = config["dataset"]
     _, tokenizer = check_model(config["model"]["name_or_path"], config["model"]["revision"])
     layout = data["layout"]  # concrete: validate_config resolves "auto"
@@ -170,7 +170,7 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_verify(args: argparse.Namespace) -> int:
     from .manifest import main_verify
-    config = load_run_config(args.configfile) if args.configfile else None
+    config = load_run_config(args.configfile, command_line=args.config) if args.configfile or args.config else None
     return main_verify(args.folder, args.manifest, config)
 
 
@@ -191,12 +191,16 @@ def _run_preflight(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.captureWarnings(True)
     from .preflight import main as preflight_main
-    preflight_main(with_local_model(load_run_config(args.configfile)), args.windows, args.out)
+    preflight_main(with_local_model(load_run_config(args.configfile, command_line=args.config)), args.windows, args.out)
     return 0
 
 
 def _configfile_argument(parser: argparse.ArgumentParser, text: str) -> None:
+    """--configfile FILE ... and --config KEY=VALUE ..., read as `snakemake` reads them."""
     parser.add_argument("--configfile", nargs="+", action="extend", metavar="FILE", help=text)
+    parser.add_argument("--config", nargs="+", action="extend", metavar="KEY=VALUE",
+                        help="config keys on top of the config files, as in snakemake --config (e.g. limit_windows=4 "
+                             "'pred_lens=[24, 48]' 'dataset={name: demo}'); quote lists and mappings")
 
 
 SUBCOMMANDS: list[Subcommand] = [

@@ -113,12 +113,14 @@ def _types(schema: dict) -> set[str]:
 
 
 def _typed(text: str, schema: dict):
-    """A command-line string as the number (or null) its key holds, when that reading is the only one."""
+    """A command-line string as the number (or null, or boolean) its key holds, when that reading is the only one."""
     types = _types(schema)
     if "string" in types or not types:
         return text  # a text key (or an enum): the string is meant
     if "null" in types and text in ("null", "~"):
         return None
+    if "boolean" in types and text.lower() in ("true", "false"):  # Snakemake reads only True/False as booleans
+        return text.lower() == "true"
     if "integer" in types and _INTEGER.fullmatch(text):
         return int(text)
     if "number" in types and _NUMBER.fullmatch(text):
@@ -300,23 +302,51 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT_CONFIG) -> dict:
-    """The config a `snakemake --configfile ...` run in the current directory would use.
+def parse_command_line(entries: list[str]) -> dict:
+    """`--config KEY=VALUE ...` read exactly as Snakemake reads it (snakemake.cli.parse_config).
+
+    Args:
+        entries: the words after --config, e.g. ["limit_windows=4", "pred_lens=[24, 48]"].
+    Returns:
+        The nested mapping they set (numbers read as numbers, lists and mappings as YAML
+        whose items stay text, as Snakemake hands them over; validate_config types those).
+    Raises:
+        InputError: an entry is not KEY=VALUE or its key is not a name, naming the entry.
+    """
+    from snakemake.cli import parse_config  # here: a second of imports, only when --config is given
+
+    for entry in entries:
+        try:
+            parse_config([entry])
+        except ValueError as error:
+            reason = str(error).split(". (")[0].rstrip(".")
+            raise InputError(f"{COMMAND_LINE} {entry!r} is not KEY=VALUE ({reason}); every word after {COMMAND_LINE} "
+                             "up to the next option is read as a config entry, so put targets before it "
+                             "(config/README.md, \"On the command line\").") from None
+    return parse_config(entries)
+
+
+def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT_CONFIG,
+                    command_line: list[str] | None = None) -> dict:
+    """The config a `snakemake --configfile ... --config ...` run in the current directory would use.
 
     Snakemake reads the Snakefile's `configfile:` (config/config.yaml, relative to the
     working directory) when it exists, then each --configfile on top of it; a file that
-    sets only a few keys keeps the others. The schema's defaults fill the rest.
+    sets only a few keys keeps the others; `--config` values go on top of all. The schema's
+    defaults fill the rest.
 
     Args:
         configfiles: the --configfile paths, in order; None or [] for the default alone.
         default: the Snakefile's config file.
+        command_line: the --config entries (KEY=VALUE), typed and checked as Snakemake's
+            (`parse_command_line`, then validate_config's reading of command-line values).
 
     Returns:
         The validated config (config.validate_config), defaults filled in.
 
     Raises:
-        InputError: a file is missing or not YAML, there is no config at all, or a key is
-            invalid (naming the files it came from).
+        InputError: a file is missing or not YAML, there is no config at all, an entry of
+            --config is not KEY=VALUE, or a key is invalid (naming the file or --config).
     """
     paths = ([Path(default)] if Path(default).is_file() else []) + [Path(path) for path in configfiles or []]
     if not paths:
@@ -327,6 +357,10 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
         loaded = read_config_file(path)
         origins.append((str(path), loaded))
         merged = _merge(merged, loaded)
+    if command_line:
+        overrides = parse_command_line(command_line)
+        origins.append((COMMAND_LINE, copy.deepcopy(overrides)))
+        merged = _merge(merged, overrides)
     return validate_config(merged, " + ".join(map(str, paths)), origins)
 
 

@@ -29,7 +29,8 @@ def resolve_devices(device: str, gpus_per_job: int) -> list[str]:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "cpu" or (device == "auto" and visible == 0):
         if device == "auto":
-            log.warning("no CUDA device visible: running on the CPU (expect hours per horizon with GPT-2 small)")
+            # No guess of the time here: the plan printed an estimate for this model and dataset.
+            log.warning("no CUDA device visible: running on the CPU (the plan's estimate says how long)")
         return ["cpu"]
     if visible == 0:
         raise InputError("config key device = 'cuda' but no CUDA device is visible; set device: auto or cpu, "

@@ -32,6 +32,7 @@ from .checkpoint import load_config, load_tokenizer, weights
 from .devices import input_device, peak_memory, resolve_devices, token_budget
 from .errors import InputError
 from .families import context_length
+from .jobs import progress_bar
 from .lm import DTYPES, NonFiniteState, decoder_blocks, last_token_states
 from .packing import PREFIX_SHARE, TrieBatch, model_inputs, prefix_tokens
 from .prompts import SplitPrompts
@@ -82,7 +83,7 @@ def embed_horizons(teacher: Teacher, prompts_by_pred_len: dict[int, SplitPrompts
         windows: (W,) ascending window indices.
         fidelity: "reference" or "corrected".
         batch_tokens: token budget (packing.batches: heads and stems together, each leaf tensor).
-        progress: a tqdm bar advanced by one per (window, horizon).
+        progress: a tqdm bar advanced by one per window (all its horizons).
         variables: the variables' names, for error messages.
     Returns:
         {P: (W_P, N, d) float32} for the W_P given windows that exist at P; counts {"tokens":
@@ -162,7 +163,7 @@ def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], wi
                     # the SCA over the variables: (here, N, d)
                     out[P][chunk_start:chunk_start + here] = replica.sca(*sca_in).transpose(1, 2).cpu().numpy()
             if progress is not None:  # shared by the replicas' threads; a display, so no lock
-                done = sum(max(0, min(len(part), n_exist - chunk_start)) for n_exist in exists.values())
+                done = len(part)  # windows, each at every horizon it exists at
                 chunk_tokens = int(per_window[chunk_start:chunk_start + chunk].sum())
                 progress.tokens = getattr(progress, "tokens", 0) + chunk_tokens
                 progress.set_postfix(tokens_per_s=f"{progress.tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}",
@@ -223,7 +224,7 @@ def extract_horizons(settings: Settings, runtime: Runtime, split: str, pred_lens
         split: the split's name; pred_lens: the horizons, each a key of `outputs`.
         windows_path, sca_path: the split's windows file and the SCA weights.
         outputs: per P, (embeddings file, stats file) to write.
-        log_file: where the progress bar goes.
+        log_file: where the progress bar goes (jobs.progress_bar: the log and the console; windows).
         shard: the window range [start, stop); None: the whole split.
     Returns:
         Per P, the stats written (wall_s and tokens_computed are the whole job's: the horizons
@@ -257,8 +258,7 @@ def extract_horizons(settings: Settings, runtime: Runtime, split: str, pred_lens
              start, stop, len(job.variables), pairs, max(job.longest.values()), ", ".join(teacher.devices),
              settings.precision)
     began = time.perf_counter()
-    with tqdm(total=pairs, unit="win", file=log_file, mininterval=5.0, dynamic_ncols=False,
-              desc=f"P={','.join(map(str, pred_lens))} {split}") as bar, \
+    with progress_bar(log_file, len(windows), "window", f"P={','.join(map(str, pred_lens))} {split}") as bar, \
             out_of_memory_hint(batch_tokens, teacher.devices, pred_lens, split):
         embeddings, counts = embed_horizons(teacher, job.prompts, windows, settings.fidelity, batch_tokens, bar,
                                             job.variables)

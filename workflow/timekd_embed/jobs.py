@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -145,3 +147,120 @@ def torch_is_not_the_pin() -> str | None:
     return (f"torch {torch.version} from {location} is not the pinned torch=={pin} that make bootstrap installs "
             "(a site's torch): results may differ in the last bits from runs with the pinned torch; every "
             "artifact records the versions it was made with.")
+
+
+# What job() writes before its one sentence (the "timekd_embed" logger at level ERROR, in the
+# format set above): the line failed_jobs() looks for in a failed job's log.
+ERROR_MARK = " ERROR timekd_embed: "
+
+
+def job_error(log_path: str | os.PathLike) -> str | None:
+    """The one-sentence error job() logged last in a job's log file.
+
+    Args:
+        log_path: the job's log file.
+    Returns:
+        The sentence, or None when the log has none (a crash with a traceback, or no log).
+    """
+    try:
+        lines = open(log_path, encoding="utf-8", errors="replace").read().splitlines()
+    except OSError:
+        return None
+    found = [line.split(ERROR_MARK, 1)[1] for line in lines if ERROR_MARK in line]
+    return found[-1] if found else None
+
+
+def failed_jobs(snakemake_logs: list[str | os.PathLike]) -> list[tuple[str, list[str]]]:
+    """The failed jobs of a Snakemake run, read from its own log file(s).
+
+    Snakemake writes an "Error in rule NAME:" block per failed job, with a line
+    "log: PATHS (check log file(s) for error details)" when the rule has a log.
+
+    Args:
+        snakemake_logs: the run's log files (what Snakemake passes to `onerror` as `log`).
+    Returns:
+        [(rule, [its log files])] in the order they failed (rules without a log: []).
+    """
+    failed: list[tuple[str, list[str]]] = []
+    for path in snakemake_logs:
+        try:
+            lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("Error in rule ") and line.rstrip().endswith(":"):
+                failed.append((line[len("Error in rule "):].rstrip().rstrip(":"), []))
+            elif failed and line.startswith("    log: ") and "(check log file(s)" in line:
+                failed[-1][1].extend(p.strip() for p in line[len("    log: "):].split(" (check log file(s)")[0]
+                                     .split(","))
+    return failed
+
+
+def failure_summary(snakemake_logs: list[str | os.PathLike]) -> str:
+    """What the user reads last when a run fails: each failed job's one sentence.
+
+    Args:
+        snakemake_logs: the run's log files (Snakemake's `onerror` argument).
+    Returns:
+        A few lines (no trailing newline): a heading, then per failed job its rule, its log file
+        and its sentence (or where to look when it has none); "" when no failed job is found.
+    """
+    failed = failed_jobs(snakemake_logs)
+    if not failed:
+        return ""
+    lines = [f"{len(failed)} job(s) failed:"]
+    for rule, logs in failed:
+        sentences = [sentence for sentence in map(job_error, logs) if sentence]
+        where = f" (log: {', '.join(logs)})" if logs else ""
+        text = sentences[-1] if sentences else "no one-sentence error in its log; see the traceback above"
+        lines.append(f"- {rule}{where}: {text}")
+    return "\n".join(lines)
+
+
+class _LogAndConsole:
+    """A file for tqdm: every update to the job's log; to stderr, where Snakemake's console shows it,
+    one full line at most every `every` seconds, so that lines of jobs running side by side stay apart."""
+
+    def __init__(self, log_file, every: float):
+        self.log_file, self.every = log_file, every
+        self.shown_at, self.last, self.last_shown = float("-inf"), "", ""
+
+    def write(self, text: str) -> None:
+        if self.log_file is not None and self.log_file is not sys.stderr:
+            self.log_file.write(text)
+        line = text.strip("\r\n ")
+        if line:
+            self.last = line
+            if time.monotonic() - self.shown_at >= self.every:
+                self.show()
+
+    def show(self) -> None:
+        if self.last and self.last != self.last_shown:
+            sys.stderr.write(self.last + "\n")
+            self.shown_at, self.last_shown = time.monotonic(), self.last
+
+    def flush(self) -> None:
+        if self.log_file is not None:
+            self.log_file.flush()
+        sys.stderr.flush()
+
+
+@contextmanager
+def progress_bar(log_file, total: int, unit: str, desc: str, every: float = 30.0, mininterval: float = 5.0):
+    """A tqdm bar for a long job: in its log as it moves, and on the console (stderr) a line every
+    `every` seconds and at the end (done of total, rate, ETA).
+
+    Args:
+        log_file: the job's log stream (job()'s); None or sys.stderr: the console only.
+        total: the units of the whole job; unit: their name (e.g. "window"); desc: the bar's label.
+        every: seconds between two console lines; mininterval: between two updates in the log.
+    Yields:
+        The tqdm bar (update(n) as n units finish).
+    """
+    from tqdm import tqdm
+
+    out = _LogAndConsole(log_file, every)
+    with tqdm(total=total, unit=unit, file=out, mininterval=mininterval, dynamic_ncols=False, desc=desc,
+              ascii=False) as bar:
+        yield bar
+    out.show()  # the final state, also when the last line fell between two console lines

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .config import config_hash
 from .errors import InputError
+from .jobs import ERROR_MARK
 from .store import check_record, is_record, read_metadata, recorded_file, rerun_advice, sha256_file, write_json
 
 MANIFEST = "MANIFEST.json"
@@ -48,9 +49,9 @@ PREFLIGHT_FILES = ("preflight.json", "preflight.md")
 # (manifest.smk); the other names are the rules that made the artifacts.
 RECORDS_SUFFIX = "_records"
 # Config keys that do not decide anything under results/: those that change only the speed
-# (config/README.md) and the opt-in export's folder. They neither enter the hash nor rerun
-# the manifest, just as they rerun no extraction.
-NOT_RECORDED = ("device", "gpus_per_job", "placement", "batch_tokens", "export_root")
+# (config/README.md), the opt-in export's folder and the CPU run's opt-in. They neither enter
+# the hash nor rerun the manifest, just as they rerun no extraction.
+NOT_RECORDED = ("device", "gpus_per_job", "placement", "batch_tokens", "export_root", "allow_slow_cpu")
 # The distributions whose versions decide the bytes of the artifacts.
 DISTRIBUTIONS = ("timekd-embed", "torch", "transformers", "tokenizers", "safetensors", "accelerate",
                  "numpy", "pandas", "pyarrow", "snakemake", "matplotlib")
@@ -104,13 +105,24 @@ def _entry(folder: Path, path: str | Path, rule: str | None) -> dict:
     return {"path": relative, "rule": rule, "size": path.stat().st_size, "sha256": digest}
 
 
+def _failed_log(path: Path) -> bool:
+    """A job log that ends in the job's one-sentence error (jobs.ERROR_MARK): the record of an attempt
+    that failed (an offline get_data before the CSV was put in place by hand), not of a job that made
+    this run's files."""
+    if path.suffix != ".log":
+        return False
+    lines = path.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()
+    return bool(lines) and ERROR_MARK in lines[-1]
+
+
 def _record_folder_files(folder: Path, leave_out: set[Path]) -> list[Path]:
-    """The files of logs/ and benchmarks/, but for `leave_out` and leftovers of interrupted writes."""
+    """The files of logs/ and benchmarks/, but for `leave_out`, failed jobs' logs and leftovers of
+    interrupted writes."""
     found = []
     for name in RECORD_FOLDERS:
         for path in sorted((folder / name).rglob("*")):
             if path.is_file() and path.resolve() not in leave_out \
-                    and not _is_temporary(path.relative_to(folder).as_posix()):
+                    and not _is_temporary(path.relative_to(folder).as_posix()) and not _failed_log(path):
                 found.append(path)
     return found
 

@@ -30,6 +30,18 @@ GPU_WINDOWS_PER_S = {24: 200.0, 192: 60.0}
 CPU_FP16_SLOWDOWN = 6.0
 REFERENCE_VARIABLES = 21
 REFERENCE_DIMS = (12, 768)
+REFERENCE_SEQ_LEN = 96
+# The part of GPT-2 small's CPU time per window that does not shrink with the model (the masks, the
+# SCA, the batches' Python side). A 2-layer d = 64 model took 0.02 of the 8.37 s above per window on
+# weather (P = 24, fp32) and 0.06-0.19 of its scaled figure on the demo's 5 short variables (their
+# fixed per-window work weighs more): 0.05 keeps both within a factor of two (config/README.md,
+# "Sizing `shard_windows: auto`").
+CPU_MODEL_FREE_SHARE = 0.05
+# An extraction job's fixed start-up on the CPU: python and the imports, the split's prompts, the
+# weights (benchmarks/startup.py: 5.7-16 s on a 2-core AMD EPYC; the slowest, as JOB_SECONDS keeps it).
+CPU_JOB_STARTUP_S = 16.0
+# A whole run on the CPU longer than this stops at plan time unless allow_slow_cpu is set.
+SLOW_CPU_SECONDS = 86400.0
 # Work per job that `shard_windows: auto` aims at. An extraction job's fixed start-up (python and
 # imports, the split's prompts, the weights; benchmarks/startup.py, config/README.md) measured
 # 11.9-16.0 s on a 2-core AMD EPYC at load 3.7, 5.7-5.9 s at load 1.4-1.7 since prompts build faster:
@@ -113,25 +125,32 @@ def _interpolate(table: dict[int, float], pred_len: int) -> float:
 
 
 def seconds_per_window(device: str, pred_len: int, n_vars: int, dims: tuple[int, int], precision: str,
-                       gpus: int = 1) -> float:
+                       gpus: int = 1, seq_len: int = REFERENCE_SEQ_LEN) -> float:
     """Estimated wall seconds per window of one job.
 
     Args:
         device: `cpu` or `cuda` (`job_device`).
         pred_len: the horizon P.
         n_vars: variables N of the dataset (2N prompts per window).
-        dims: (n_layer, n_embd) of the model; the cost scales with n_layer * n_embd^2 (the
-            weight matmuls, 24 d^2 per token and layer, dominate).
+        dims: (n_layer, n_embd) of the model; the weight matmuls (24 d^2 per token and layer)
+            scale with n_layer * n_embd^2, the rest of a window's work (CPU_MODEL_FREE_SHARE of
+            it for GPT-2 small on the CPU) does not.
         precision: fp16 on the CPU is CPU_FP16_SLOWDOWN times slower.
         gpus: GPUs a job holds (data parallel over them).
+        seq_len: the input window; the prompts' values (seq_len + P in the GT prompt, seq_len in
+            the HD one) are most of their tokens.
 
     Returns:
         Seconds per window (float).
     """
-    scale = n_vars / REFERENCE_VARIABLES * (dims[0] * dims[1] ** 2) / (REFERENCE_DIMS[0] * REFERENCE_DIMS[1] ** 2)
+    model = (dims[0] * dims[1] ** 2) / (REFERENCE_DIMS[0] * REFERENCE_DIMS[1] ** 2)
+    tokens = (2 * seq_len + pred_len) / (2 * REFERENCE_SEQ_LEN + pred_len)
+    scale = n_vars / REFERENCE_VARIABLES * tokens
     if device == "cpu":
-        return _interpolate(CPU_S_PER_WINDOW, pred_len) * scale * (CPU_FP16_SLOWDOWN if precision == "fp16" else 1.0)
-    return scale / (_interpolate(GPU_WINDOWS_PER_S, pred_len) * max(1, gpus))
+        per_window = _interpolate(CPU_S_PER_WINDOW, pred_len) * scale
+        return per_window * (CPU_MODEL_FREE_SHARE + (1 - CPU_MODEL_FREE_SHARE) * model
+                             * (CPU_FP16_SLOWDOWN if precision == "fp16" else 1.0))
+    return scale * model / (_interpolate(GPU_WINDOWS_PER_S, pred_len) * max(1, gpus))
 
 
 def shard_size(setting: int | str | None, seconds: float, n_windows: int) -> int | None:
@@ -151,26 +170,62 @@ def shard_size(setting: int | str | None, seconds: float, n_windows: int) -> int
     return max(1, int(JOB_SECONDS / seconds), math.ceil(n_windows / MAX_AUTO_JOBS))
 
 
-def cpu_hint(windows: dict[int, int], n_vars: int, model: str, dims: tuple[int, int], precision: str) -> str:
-    """The plan-time note for `device: auto` without a GPU: the CPU, and how long.
+def cpu_seconds(windows: dict[int, int], jobs: int, n_vars: int, dims: tuple[int, int], precision: str,
+                seq_len: int = REFERENCE_SEQ_LEN) -> float:
+    """Estimated wall seconds of extraction jobs on the CPU, one after another (each takes every core).
+
+    Args:
+        windows: windows to embed per horizon P (all its jobs together).
+        jobs: how many extraction jobs share them out (each pays CPU_JOB_STARTUP_S first).
+        n_vars, dims, precision, seq_len: as seconds_per_window.
+    Returns:
+        Seconds (float).
+    """
+    work = sum(count * seconds_per_window("cpu", P, n_vars, dims, precision, seq_len=seq_len)
+               for P, count in windows.items())
+    return jobs * CPU_JOB_STARTUP_S + work
+
+
+def cpu_hint(windows: dict[int, int], n_vars: int, model: str, dims: tuple[int, int], precision: str,
+             jobs: int = 1, seq_len: int = REFERENCE_SEQ_LEN, device: str = "auto") -> str:
+    """The plan-time note for extraction on the CPU: why the CPU, and how long.
 
     Args:
         windows: windows to embed per horizon P (all configured splits together).
         n_vars: variables N; model: model.name_or_path; dims: its (n_layer, n_embd) (`model_dims`);
         precision: the config key.
+        jobs: the extraction jobs (cpu_seconds); seq_len: the config key.
+        device: the config key ("auto" without a GPU, or "cpu").
 
     Returns:
         A few sentences for stderr.
     """
-    total = sum(count * seconds_per_window("cpu", P, n_vars, dims, precision) for P, count in windows.items())
-    text = (f"No GPU is visible and device is auto: the extraction runs on the CPU. Estimate for all "
-            f"{sum(windows.values()):,} windows ({len(windows)} horizon(s), {n_vars} variables, {model} with "
-            f"{dims[0]} layers, d = {dims[1]}, {precision}): about {duration(total)}, from a rate measured by "
-            f"{CPU_RATE_SOURCE}, scaled to this model and dataset; more cores are faster.")
+    total = cpu_seconds(windows, jobs, n_vars, dims, precision, seq_len)
+    why = ("No GPU is visible and device is auto: the extraction runs on the CPU." if device == "auto"
+           else "device is cpu: the extraction runs on the CPU.")
+    text = (f"{why} Estimate for all {sum(windows.values()):,} windows ({len(windows)} horizon(s), {n_vars} "
+            f"variables, {model} with {dims[0]} layers, d = {dims[1]}, {precision}) in {jobs} job(s): about "
+            f"{duration(total)}, start-up included, from rates measured by {CPU_RATE_SOURCE}, scaled to this "
+            "model and dataset; more cores are faster.")
     if precision == "fp16":
         text += (f" fp16 on a CPU is slow (about {CPU_FP16_SLOWDOWN:.0f}x fp32 there, included above): set "
                  "precision: fp32 (or bf16) for CPU runs.")
     return text + " `make preflight` measures this machine for a real estimate."
+
+
+def too_slow(seconds: float) -> str | None:
+    """The plan-time stop for a CPU run that would take more than SLOW_CPU_SECONDS.
+
+    Args:
+        seconds: cpu_seconds of the extraction jobs still to run.
+    Returns:
+        One sentence naming the estimate and the ways forward, or None when the run is short enough.
+    """
+    if seconds <= SLOW_CPU_SECONDS:
+        return None
+    return (f"the extraction on the CPU would take about {duration(seconds)} (the estimate above); run it on a "
+            "machine with a GPU (device: auto or cuda), embed fewer windows (e.g. --config limit_windows=4 for a "
+            "smoke run, or fewer pred_lens or splits), or set config key allow_slow_cpu: true to run it anyway.")
 
 
 def extraction_threads(device: str, gpus_per_job: int, cores: int) -> int:

@@ -106,8 +106,13 @@ PARITY_HEADER = ["P", "split", "precision", "sampled windows", "cosine min", "co
 
 def _embedding_row(pred_len: int, split: str, shape: list[int], stats: dict) -> list[str]:
     peaks = ", ".join(f"{device}: {gib(peak)}" for device, peak in stats["peak_memory_bytes"].items())
-    return [str(pred_len), split, str(stats["windows"]), str(tuple(shape)), f"{stats['wall_s']:.1f}",
-            f"{stats['windows_per_s']:.2f}", f"{stats['tokens_per_s']:.0f}", peaks, ", ".join(stats["devices"])]
+    # With share_horizons one job embeds every horizon of a window range: its time is that job's,
+    # and the rates are this horizon's work over it, so the cells say whose they are.
+    shared = stats.get("job_pred_lens", [pred_len])
+    whose = f" (one job for P = {', '.join(map(str, shared))})" if len(shared) > 1 else ""
+    return [str(pred_len), split, str(stats["windows"]), str(tuple(shape)), f"{stats['wall_s']:.1f}{whose}",
+            f"{stats['windows_per_s']:.2f}{whose}", f"{stats['tokens_per_s']:.0f}{whose}", peaks,
+            ", ".join(stats["devices"])]
 
 
 def _parity_row(pred_len: int, split: str, precision: str, stats: dict) -> list[str]:
@@ -167,11 +172,10 @@ def summary_html(name: str, shapes: dict, stats: dict[tuple[int, str], dict], pa
 
     body = [f"<p>{html.escape(answer(parity, precision))}</p>", "<h4>Embeddings</h4>", _table(EMBEDDING_HEADER, rows),
             (f"<p>All files: float32, window_start 0..n-1, every value finite, metadata consistent "
-             f"({html.escape(_shared(shapes))}).</p>"), "<h4>Parity with fp32</h4>"]
+             f"({html.escape(_shared(shapes))}).</p>")]
     measured = _measured(parity)
-    if precision == "fp32" or not measured:
-        body.append(f"<p>{NOT_APPLICABLE}</p>")
-    else:
+    if precision != "fp32" and measured:  # else the first line said "not applicable" already
+        body.append("<h4>Parity with fp32</h4>")
         body.append(_table(PARITY_HEADER, [_parity_row(P, "all sampled", parity[P]["precision"], stats)
                                            for P, stats in sorted(measured.items())]))
         for P, path in sorted(histograms.items()):

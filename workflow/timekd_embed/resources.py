@@ -28,10 +28,35 @@ KNOWN_DATASETS = {
 }
 
 
-def _hub_download(repo_id: str, filename: str, revision: str | None, repo_type: str | None) -> Path:
-    """One file through the hub cache; huggingface_hub honours HF_HUB_OFFLINE and HF_HUB_CACHE."""
-    from huggingface_hub import hf_hub_download
+# Seconds to wait for a TCP connection to the hub before calling it unreachable. Without this
+# check huggingface_hub retries a failed request five times with backoff (about 25 s offline).
+HUB_CONNECT_TIMEOUT = 5.0
 
+
+def _hub_download(repo_id: str, filename: str, revision: str | None, repo_type: str | None) -> Path:
+    """One file through the hub cache; huggingface_hub honours HF_HUB_OFFLINE and HF_HUB_CACHE.
+
+    The cache answers first, without the network (the caller checks the pinned sha256, so a cached
+    copy is as good as a fresh one); only a file missing there is downloaded, and only once the hub
+    answers a TCP connection within HUB_CONNECT_TIMEOUT seconds.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type, local_files_only=True))
+    except LocalEntryNotFoundError:
+        if constants.is_offline_mode():
+            raise
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ConnectionError(f"the hub {endpoint.hostname}:{port} cannot be reached: {exc}") from None
     return Path(hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type))
 
 
