@@ -35,7 +35,7 @@ from .families import context_length
 from .jobs import progress_bar
 from .lm import DTYPES, NonFiniteState, decoder_blocks, last_token_states
 from .packing import PREFIX_SHARE, TrieBatch, model_inputs, prefix_tokens
-from .prompts import SplitPrompts
+from .prompts import PromptTokenizer, SplitPrompts
 from .settings import Runtime, Settings
 from .split_job import prepare_split
 from .store import read_metadata, sha256_file, write_json, write_tensors
@@ -312,11 +312,16 @@ def provenance(settings: Settings, runtime: Runtime, split: str, pred_lens: list
     """
     import transformers
     revision = getattr(teacher.model.config, "_commit_hash", None) or settings.revision
+    tokens, special = teacher.tokenizer, PromptTokenizer.of(teacher.tokenizer)
     shared = {
         "input_sha256": windows_meta["input_sha256"], "seq_len": windows_meta["seq_len"],
         "split": split, "dataset": settings.name,
         "model": settings.model, "revision": revision or "",
         "weights_sha256": weights_sha256(weights(settings.model, settings.revision)),
+        # The teacher's identity: its family, and what tokenizer.encode puts around every prompt.
+        "architecture": teacher.model.config.model_type,
+        "special_tokens": {"prefix": tokens.convert_ids_to_tokens(list(special.prefix)),
+                           "suffix": tokens.convert_ids_to_tokens(list(special.suffix))},
         "layers": len(decoder_blocks(teacher.model)),
         "precision": settings.precision, "fidelity": settings.fidelity,
         "sca_sha256": sha256_file(Path(sca_path)), "seed": read_metadata(sca_path)["seed"],

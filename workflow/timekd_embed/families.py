@@ -84,12 +84,19 @@ def family_of(config: PretrainedConfig | dict, where: str = "the model") -> Fami
 
 
 def context_length(config: PretrainedConfig) -> int:
-    """The longest prompt the model reads as its own forward would: its position limit, or its sliding
-    window where every layer attends through one (Mistral v0.1, Phi-3-mini-4k): a longer prompt would
-    see a window of keys, not its whole past, so it is refused rather than run differently."""
-    limit = config.max_position_embeddings
+    """The longest prompt the teacher reads exactly as the model's own forward would, one prompt at a
+    time: its position limit, capped where longer prompts would run differently. A sliding window
+    (Mistral v0.1, Phi-3-mini-4k) would show a longer prompt only a window of its past; rotary
+    frequencies that depend on the sequence's length (Phi-3's longrope, dynamic NTK) switch beyond
+    the original context, and a batch holds prompts of many lengths. Such prompts are refused
+    before any model work rather than computed differently."""
+    limit = int(config.max_position_embeddings)
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
-    slides = window is not None and (layer_types is None and getattr(config, "use_sliding_window", True)
-                                     or layer_types is not None and "sliding_attention" in layer_types)
-    return min(limit, int(window)) if slides else int(limit)
+    if window is not None and (layer_types is None and getattr(config, "use_sliding_window", True)
+                               or layer_types is not None and "sliding_attention" in layer_types):
+        limit = min(limit, int(window))
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type") in ("longrope", "dynamic"):
+        limit = min(limit, int(rope.get("original_max_position_embeddings", limit)))
+    return limit

@@ -214,7 +214,6 @@ class PromptTokenizer:
         texts = {token_id: token.replace(self.marker, " ") for token, token_id in tokenizer.get_vocab().items()}
         self.open_ids = np.array(sorted(token_id for token_id, text in texts.items() if text == TS_OPEN))
         self.close_ids = np.array(sorted(token_id for token_id, text in texts.items() if text == TS_CLOSE))
-        self.special_tokens = tokenizer.convert_ids_to_tokens([*self.prefix, *self.suffix])
 
     @classmethod
     def of(cls, tokenizer) -> PromptTokenizer:
