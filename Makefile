@@ -11,7 +11,7 @@ help:
 	@echo "make demo        the whole workflow offline on a synthetic CSV and a tiny GPT-2 (a few minutes)"
 	@echo "make preflight   speed, memory, ETA and fp32 parity on a few windows (CONFIG=my.yaml for another config)"
 	@echo "make run         snakemake \$$SNAKEMAKE_ARGS ($(SNAKEMAKE_ARGS)) on config/config.yaml"
-	@echo "make test        ruff, snakemake --lint, snakefmt --check and pytest (make test-data first, once)"
+	@echo "make test        ruff, snakemake --lint, snakefmt --check and pytest (TEST_WORKERS=2, PYTEST_ARGS=...)"
 	@echo "make test-data   fetch the data the tests read into \$$TIMEKD_TEST_DATA (default ~/.cache/timekd-embed/test-data)"
 	@echo "make lint        ruff, snakemake --lint, snakefmt --check"
 	@echo "make format      snakefmt on the Snakemake files"
@@ -104,11 +104,13 @@ test-data: bootstrap
 	$(BIN)/python tests/fetch_data.py
 
 # pytest-xdist workers, a test module at a time (tests/conftest.py); TEST_WORKERS=0 runs in one process.
+# PYTEST_ARGS: pytest's own arguments, e.g. PYTEST_ARGS="tests/test_windows.py -k sha256" for some tests.
 # The data is fetched first if it can be; offline, the tests that need it skip (one line says how to get it).
 TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 test: bootstrap lint
 	-$(BIN)/python tests/fetch_data.py
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import io
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -145,13 +146,53 @@ def extract_one(settings, windows_path: Path, sca_path: Path, out: Path, stats: 
                             sca_path, {pred_len: (out, stats)}, log_file, shard)[pred_len]
 
 
-def not_ignored(folder: Path, leave_out: set[str] = frozenset()) -> list[str]:
-    """Files under `folder` (a working directory the workflow ran in) that this repository's .gitignore
-    does not cover: what `git status` would offer to commit had they been written in the clone.
-    `leave_out`: the files that were there before (relative paths; a name ending in "/" a whole folder)."""
-    folders = tuple(name for name in leave_out if name.endswith("/"))
-    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()]
-    files = [f for f in files if f not in leave_out and not f.startswith(folders)]
-    checked = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "--verbose", "--non-matching",
-                              "--stdin"], input="\n".join(files), capture_output=True, text=True)
-    return sorted(line.split("\t", 1)[1] for line in checked.stdout.splitlines() if line.startswith("::"))
+def fresh_clone(folder: Path) -> Path:
+    """This checkout as `git clone` gives it to a user, in `folder`: the tracked files and the untracked ones
+    git does not ignore (the change under test), committed in a git repository of its own so that
+    `git status` there says what a command left behind; modification times kept, and this test run's
+    environment linked in as `.venv`.
+
+    `make` then finds `.venv` up to date and does not reinstall it: every make target installs into
+    `.venv` first when pyproject.toml is newer than `.venv/.installed`, and that `.venv` is the test run's
+    own, whose editable install would then point into `folder`. So a checkout whose pyproject.toml changed
+    since `make bootstrap` is refused (run it first).
+    """
+    venv = Path(sys.executable).parents[1]
+    installed = venv / ".installed"
+    if not installed.is_file() or installed.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        raise RuntimeError(f"{venv} is older than pyproject.toml (or not made by make bootstrap): run `make "
+                           "bootstrap` before the tests that run make targets in a clone")
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, folder / name)
+    git = ["git", "-C", str(folder), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "clone"], check=True)
+    (folder / ".venv").symlink_to(venv)
+    # The test's own arrangements, not the user's: the linked environment (a symlink, which the
+    # .gitignore's `.venv/` does not match) and the hub cache the tests point at.
+    (folder / ".git" / "info" / "exclude").write_text("/.venv\n/.hub-cache/\n")
+    return folder
+
+
+# A user's shell has none of these: the test run's own (PYTHONPATH; MAKELEVEL and friends when `make test`
+# runs the tests, with which a make started by a test would think it is a sub-make).
+NOT_A_USERS = ("PYTHONPATH", "MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
+
+
+def users_environment(**extra: str) -> dict[str, str]:
+    """This process's environment as a user's shell has it (NOT_A_USERS left out), with `extra` set."""
+    return {key: value for key, value in os.environ.items() if key not in NOT_A_USERS} | extra
+
+
+def left_in_the_tree(clone: Path) -> list[str]:
+    """What `git status` in a fresh_clone offers to commit: every file the commands there left that the
+    repository's .gitignore does not cover, and every tracked file they changed."""
+    status = subprocess.run(["git", "-C", str(clone), "status", "--porcelain", "--untracked-files=all"], check=True,
+                            capture_output=True, text=True)
+    return status.stdout.splitlines()

@@ -1,8 +1,8 @@
 """`make demo`: the whole workflow offline on .test/config.yaml, and the HTML report it renders.
 
-One run of the real `make demo-run` target (the command `make demo` runs after its bootstrap)
-in a temporary working directory: the rule-built tiny GPT-2 with the real tokenizer files,
-windows, two horizons in bf16, fp32 parity, validation, the manifest and `snakemake --report`.
+One run of `make demo` as the README's Quick start types it, in a fresh clone (helpers.fresh_clone:
+this test run's `.venv` linked in, so its bootstrap has nothing to do): the rule-built tiny GPT-2 with
+the real tokenizer files, windows, two horizons in bf16, fp32 parity, validation, the manifest and `snakemake --report`.
 The expected counts are worked out from the demo's CSV (560 rows; custom layout 70/10/20 %:
 train 392 rows, val 56 + seq_len 48 rows) and config (seq_len 48, P = 24 and 48, 16 parity
 windows shared by train and val, shard_windows 200).
@@ -17,7 +17,6 @@ import json
 import os
 import re
 import runpy
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from safetensors import safe_open
 
 from browser import open_pages
 from conftest import ROOT
-from helpers import BIN, modes_against_umask, not_ignored, planned_jobs, snakemake
+from helpers import BIN, fresh_clone, left_in_the_tree, modes_against_umask, planned_jobs, snakemake, users_environment
 from timekd_embed.demo import tokenizer_files
 
 WINDOWS = {(24, "train"): 392 - 48 - 24 + 1, (48, "train"): 392 - 48 - 48 + 1,
@@ -50,10 +49,9 @@ def decoded(entry: dict) -> str:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    work = tmp_path_factory.mktemp("demo")
-    shutil.copytree(ROOT / ".test", work / ".test")
-    run = subprocess.run(["make", "-C", str(ROOT), "demo-run", f"BIN={BIN}", f"DEMO_DIR={work}"],
-                         check=False, capture_output=True, text=True, timeout=1200,
+    work = fresh_clone(tmp_path_factory.mktemp("demo"))
+    run = subprocess.run(["make", "demo"], cwd=work, check=False, capture_output=True, text=True, timeout=1200,
+                         env=users_environment(),
                          preexec_fn=functools.partial(os.umask, 0o002))   # a group-shared folder
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return work, run
@@ -90,7 +88,7 @@ def test_demo_runs_the_whole_workflow_and_says_where_to_look(demo):
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert modes_against_umask(results, 0o002) == {}   # group-writable, as the umask asks
-    assert not_ignored(work, {".test/"}) == []          # git status stays clean after make demo
+    assert left_in_the_tree(work) == []          # git status stays clean after make demo
     # Progress where the user looks: each extraction job's bar on the console too, in windows of the job
     # (the train range 0-200 holds 200 windows, each at P = 24 and 48), not (window, horizon) pairs.
     bar = r"^P=24,48 train: 100%\|[^|]*\| 200/200 \[[^]]*(window/s|s/window)"   # tqdm inverts a rate below 1
@@ -120,7 +118,7 @@ def test_the_report_shows_every_horizon_and_split_with_its_parity(demo):
     text = decoded(summary)
     assert "bf16 changed the embeddings by at most" in text and "data:image/png;base64," in text
     # share_horizons: one job per range embedded both horizons; each horizon's row says the time is that job's
-    assert text.count(" (one job for P = 24, 48)</td>") == 4 * 3      # 4 rows: time, windows/s, tokens/s
+    assert text.count(" (shared by P = 24, 48)</td>") == 4 * 3      # 4 rows: time, windows/s, tokens/s
     assert "not applicable" not in text and "not applicable" not in summary["caption"]
     assert "bf16" in summary["caption"] and "16 windows at P = 24" in summary["caption"]
 

@@ -106,10 +106,10 @@ PARITY_HEADER = ["P", "split", "precision", "sampled windows", "cosine min", "co
 
 def _embedding_row(pred_len: int, split: str, shape: list[int], stats: dict) -> list[str]:
     peaks = ", ".join(f"{device}: {gib(peak)}" for device, peak in stats["peak_memory_bytes"].items())
-    # With share_horizons one job embeds every horizon of a window range: its time is that job's,
-    # and the rates are this horizon's work over it, so the cells say whose they are.
+    # With share_horizons one job embeds every horizon of a window range: the time is those jobs'
+    # (summed over the split's ranges), the rates this horizon's work over it, so the cells say so.
     shared = stats.get("job_pred_lens", [pred_len])
-    whose = f" (one job for P = {', '.join(map(str, shared))})" if len(shared) > 1 else ""
+    whose = f" (shared by P = {', '.join(map(str, shared))})" if len(shared) > 1 else ""
     return [str(pred_len), split, str(stats["windows"]), str(tuple(shape)), f"{stats['wall_s']:.1f}{whose}",
             f"{stats['windows_per_s']:.2f}{whose}", f"{stats['tokens_per_s']:.0f}{whose}", peaks,
             ", ".join(stats["devices"])]
