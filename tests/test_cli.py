@@ -250,4 +250,4 @@ def test_a_bad_config_override_is_the_sentence_snakemake_prints(tmp_path, weathe
     assert result.returncode == 1 and errors(result) == [
         "Error: --config 'export_timekd' is not KEY=VALUE (Invalid config definition: Config entries have to be "
         "defined as name=value pairs); every word after --config up to the next option is read as a config entry, "
-        "so put targets before it (config/README.md, \"On the command line\")."]
+        "so put targets before it (README.md, \"Quick start\")."]

@@ -322,7 +322,7 @@ def parse_command_line(entries: list[str]) -> dict:
             reason = str(error).split(". (")[0].rstrip(".")
             raise InputError(f"{COMMAND_LINE} {entry!r} is not KEY=VALUE ({reason}); every word after {COMMAND_LINE} "
                              "up to the next option is read as a config entry, so put targets before it "
-                             "(config/README.md, \"On the command line\").") from None
+                             "(README.md, \"Quick start\").") from None
     return parse_config(entries)
 
 
