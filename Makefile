@@ -92,7 +92,7 @@ demo-run:
 	$(DEMO_SNAKEMAKE) $(DEMO_ARGS)
 	$(DEMO_SNAKEMAKE) --report report.html
 	@echo
-	@echo "Demo finished. Look at, under $(DEMO_DIR):"
+	@echo "Demo finished. Look at, under $(abspath $(DEMO_DIR)):"
 	@echo "  report.html                                the report: open it in a browser"
 	@echo "  results/demo/embeddings/<P>/<split>.safetensors   the embeddings (P = 24, 48; train, val)"
 	@echo "  results/demo/validation/                   shapes.json, parity_<P>.json, summary.html"

@@ -109,6 +109,32 @@ def test_batch_size_and_window_ranges_do_not_change_results(train_prompts, tiny_
     assert counts["computed"] < 0.7 * counts["tokens"]     # the shared GT/HD prefix runs once
 
 
+class Recorder:
+    """What the progress bar is told: every update."""
+
+    format_dict = {"elapsed": 1.0}
+
+    def __init__(self):
+        self.updates = []
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def set_postfix(self, **_):
+        pass
+
+
+def test_the_progress_moves_as_each_batch_finishes_not_only_after_a_whole_chunk(train_prompts, tiny_model_dir,
+                                                                                sca_path):
+    # On a CPU a chunk of windows (or a whole job's few windows) takes many minutes: the bar must not sit at 0 until
+    # every batch of it is done. 3 windows at a budget of 1024 tokens: many batches per window.
+    teacher = load_teacher(settings(tiny_model_dir).teacher, sca_path, ["cpu"])
+    bar = Recorder()
+    embed_windows(teacher, train_prompts(P), [0, 1, 2], "reference", 1024, bar)
+    assert sum(bar.updates) == pytest.approx(3) and all(0 < step <= 3 for step in bar.updates)
+    assert len(bar.updates) > 10 and bar.updates[0] < 1    # fractions of a window, from the first batch on
+
+
 def test_layers_split_over_two_devices_equal_one_device(train_prompts, tiny_model_dir, sca_path):
     """A device map with the two blocks on two devices, dispatched by accelerate (last_token_states
     moves the activations to each block's device)."""

@@ -83,7 +83,8 @@ def embed_horizons(teacher: Teacher, prompts_by_pred_len: dict[int, SplitPrompts
         windows: (W,) ascending window indices.
         fidelity: "reference" or "corrected".
         batch_tokens: token budget (packing.batches: heads and stems together, each leaf tensor).
-        progress: a tqdm bar advanced by one per window (all its horizons).
+        progress: a tqdm bar advanced by one per window (all its horizons), in fractions of the
+            chunk's windows as its batches finish.
         variables: the variables' names, for error messages.
     Returns:
         {P: (W_P, N, d) float32} for the W_P given windows that exist at P; counts {"tokens":
@@ -149,8 +150,18 @@ def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], wi
                                        batch_tokens, device.type == "cuda")
             chunk_start = chunk_index * chunk
             counts["computed"] += inputs.computed
-            states = torch.cat([_states(replica.model, batch, device, part, inputs.items, variables)
-                                for batch in inputs.batches])  # (kept, d)
+            # The bar moves after every batch by the chunk's windows times the batch's share of the
+            # chunk's positions: a chunk (or a whole job on a CPU) can take many minutes, and a window
+            # is done only when every batch of its chunk is.
+            sizes = [batch.padded_positions() for batch in inputs.batches]
+            states, moved = [], 0.0
+            for batch, size in zip(inputs.batches, sizes):
+                states.append(_states(replica.model, batch, device, part, inputs.items, variables))
+                if progress is not None and batch is not inputs.batches[-1]:
+                    step = len(part) * size / max(1, sum(sizes))
+                    progress.update(step)
+                    moved += step
+            states = torch.cat(states)  # (kept, d)
             with torch.inference_mode():
                 for number, (P, n_exist) in enumerate(exists.items()):   # slots 2 number (GT), 2 number + 1 (HD)
                     here = max(0, min(len(part), n_exist - chunk_start))   # this chunk's windows that exist at P
@@ -163,7 +174,7 @@ def _embed_on(replica: Replica, prompts_by_pred_len: dict[int, SplitPrompts], wi
                     # the SCA over the variables: (here, N, d)
                     out[P][chunk_start:chunk_start + here] = replica.sca(*sca_in).transpose(1, 2).cpu().numpy()
             if progress is not None:  # shared by the replicas' threads; a display, so no lock
-                done = len(part)  # windows, each at every horizon it exists at
+                done = len(part) - moved  # windows, each at every horizon it exists at; the rest of the chunk
                 chunk_tokens = int(per_window[chunk_start:chunk_start + chunk].sum())
                 progress.tokens = getattr(progress, "tokens", 0) + chunk_tokens
                 progress.set_postfix(tokens_per_s=f"{progress.tokens / max(progress.format_dict['elapsed'], 1e-9):.0f}",

@@ -257,10 +257,24 @@ def progress_bar(log_file, total: int, unit: str, desc: str, every: float = 30.0
     Yields:
         The tqdm bar (update(n) as n units finish).
     """
-    from tqdm import tqdm
-
     out = _LogAndConsole(log_file, every)
-    with tqdm(total=total, unit=unit, file=out, mininterval=mininterval, dynamic_ncols=False, desc=desc,
+    with _bar_class()(total=total, unit=unit, file=out, mininterval=mininterval, dynamic_ncols=False, desc=desc,
               ascii=False) as bar:
         yield bar
     out.show()  # the final state, also when the last line fell between two console lines
+
+
+def _bar_class():
+    """tqdm showing a count advanced in fractions (a window in parts, as its batches finish) with one
+    decimal, and whole numbers as such: "1.3/4 window", "200/200 window"."""
+    from tqdm import tqdm
+
+    class FractionBar(tqdm):
+        @property
+        def format_dict(self):
+            shown = super().format_dict
+            n = round(float(shown["n"]), 1)
+            shown["n"] = int(n) if n.is_integer() else n
+            return shown
+
+    return FractionBar
