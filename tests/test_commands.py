@@ -173,9 +173,10 @@ def test_make_preflight_with_a_config_of_ones_own_passes_offline_and_prints_each
     run = make(clone, "preflight", "CONFIG=my.yaml")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "**PASSED**" in run.stdout and "8 sample windows per horizon" in run.stdout
-    steps = [line.split("preflight: ", 1)[1] for line in run.stderr.splitlines()
-             if "INFO" in line and "preflight: " in line]
-    assert [step.split()[0] for step in steps][:3] == ["checking", "loading", "building"], run.stderr[-3000:]
+    # each step on the console as it begins, in the order it runs
+    steps = [line.split(": preflight: ", 1)[1].split()[0] for line in run.stderr.splitlines()
+             if line.startswith("INFO ") and ": preflight: " in line]
+    assert steps == ["checking", "building", "loading", "timing", "GPU"], run.stderr[-3000:]
     assert (clone / "results" / "mine" / "preflight.md").read_text().startswith("# Preflight")
     assert left_in_the_tree(clone) == ["?? mine.csv", "?? my.yaml"]      # the user's own two files, nothing else
 
