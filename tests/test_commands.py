@@ -128,7 +128,7 @@ def test_readme_smoke_run_plans_on_the_cpu_with_its_estimate(clone_with_weather)
     plan = snakemake_in(clone_with_weather, "--cores", "2", "--config", "limit_windows=4", "-n")
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "Estimate for all 40 windows (5 horizon(s), 21 variables" in plan.stderr
-    assert "in 8 job(s): about 46 min" in plan.stderr            # as the README says
+    assert "in 8 job(s): about 7 h 29 min" in plan.stderr        # as the README says
     assert "get_model" in plan.stdout and "extract" in plan.stdout
 
 

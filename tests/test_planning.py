@@ -3,7 +3,7 @@
 The expected values are worked out by hand from the figures documented in planning.py and
 config/README.md (`shard_windows`): CPU seconds per window of GPT-2 small, fp32, 21 variables
 8.37 at P = 24, 8.4 at 36, 19.3 at 192; GPU targets 200 windows/s per GPU at P = 24, 60 at
-192; fp16 on the CPU 6x; 300 s of work per job.
+192; fp16 and bf16 on the CPU 62x on the model's part at d = 768 (linear in d below); 300 s of work per job.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 
 from helpers import snakemake, weather_config
 from timekd_embed.planning import (
+    cpu_half_slowdown,
     cpu_hint,
     cpu_seconds,
     extraction_threads,
@@ -34,7 +35,8 @@ GPT2 = (12, 768)
     ("cpu", 24, "fp32", 1, 35),        # 300 / 8.37 = 35.8
     ("cpu", 30, "fp32", 1, 35),        # 300 / (8.37 + 0.03 / 2) = 35.8
     ("cpu", 192, "fp32", 1, 15),       # 300 / 19.3 = 15.5
-    ("cpu", 24, "fp16", 1, 6),         # 300 / (8.37 * (0.05 + 0.95 * 6)) = 6.23: fp16 slows the model's part
+    ("cpu", 24, "fp16", 1, 1),         # 300 / (8.37 * (0.05 + 0.95 * 62)) = 0.61: fp16 slows the model's part
+    ("cpu", 24, "bf16", 1, 1),         # the same for bf16 on that CPU
     ("cuda", 24, "fp16", 2, 120_000),  # 300 * 200 * 2
     ("cuda", 192, "fp16", 1, 18_000),  # 300 * 60
 ])
@@ -93,9 +95,9 @@ def test_cpu_note_estimates_the_whole_job():
     assert "runs on the CPU" in text and "100 windows" in text and "about 14 min" in text  # 100 * 8.37 s + 16 s
     assert "docs/benchmarks.md" in text and "make preflight" in text and "fp16" not in text
     slow = cpu_hint({24: 100, 192: 50}, 21, "gpt2", GPT2, "fp16", jobs=100)
-    # (100 * 8.37 + 50 * 19.3) * (0.05 + 0.95 * 6) + 100 jobs * 16 s = 11,962 s
-    assert "in 100 job(s): about 3 h 19 min" in slow
-    assert "fp16 on a CPU is slow" in slow
+    # (100 * 8.37 + 50 * 19.3) * (0.05 + 0.95 * 62) + 100 jobs * 16 s = 107,827 s
+    assert "in 100 job(s): about 29 h 57 min" in slow
+    assert "fp16 on a CPU without half-precision matmul instructions is slow (about 62x fp32" in slow
 
 
 def test_the_estimate_counts_each_jobs_start_up_and_the_work_that_does_not_shrink_with_the_model():
@@ -103,9 +105,25 @@ def test_the_estimate_counts_each_jobs_start_up_and_the_work_that_does_not_shrin
     # said "about 2 s" for extraction jobs that took 65 s: no start-up, and all of a window's work scaled
     # with n_layer * d^2 (1/864 of GPT-2 small's).
     demo = cpu_seconds({24: 354, 48: 306}, 3, 5, (2, 64), "bf16", seq_len=48)
-    per_window_24 = 8.37 * 5 / 21 * (2 * 48 + 24) / (2 * 96 + 24) * (0.05 + 0.95 * (2 * 64 ** 2) / (12 * 768 ** 2))
+    # bf16 at d = 64: 62 / 12 times fp32 on the model's part
+    per_window_24 = 8.37 * 5 / 21 * (2 * 48 + 24) / (2 * 96 + 24) * (0.05 + 0.95 * (2 * 64 ** 2) / (12 * 768 ** 2)
+                                                                      * 62 / 12)
     assert seconds_per_window("cpu", 24, 5, (2, 64), "bf16", seq_len=48) == pytest.approx(per_window_24)
-    assert 85 < demo < 95                       # 3 x 16 s of start-up and about 41 s of windows
+    assert 88 < demo < 98                       # 3 x 16 s of start-up and about 45 s of windows
+
+
+def test_half_precision_on_the_cpu_slows_the_model_part_by_its_width():
+    # One weather window at P = 24 with a GPT-2-small-shaped model took 60x its fp32 time in fp16 on a CPU without
+    # half-precision matmul instructions (the estimate said 6x: 64 s for a job that took 2,019 s), and bf16's
+    # matmuls there are as slow as fp16's (the estimate took bf16 as fast as fp32).
+    fp32 = seconds_per_window("cpu", 24, 21, GPT2, "fp32")
+    for precision in ("fp16", "bf16"):
+        assert seconds_per_window("cpu", 24, 21, GPT2, precision) == pytest.approx(8.37 * (0.05 + 0.95 * 62))
+        assert 55 < seconds_per_window("cpu", 24, 21, GPT2, precision) / fp32 < 65
+    assert cpu_half_slowdown(768) == cpu_half_slowdown(1600) == 62
+    assert cpu_half_slowdown(64) == pytest.approx(62 / 12) and cpu_half_slowdown(8) == 1.0
+    # on a GPU the precision's speed is in the GPU targets (fp16)
+    assert seconds_per_window("cuda", 24, 21, GPT2, "fp16") == seconds_per_window("cuda", 24, 21, GPT2, "fp32")
 
 
 def test_a_cpu_estimate_beyond_a_day_is_one_sentence_with_the_ways_forward():
@@ -176,6 +194,6 @@ def test_auto_without_a_gpu_says_once_where_the_run_goes_and_how_long(tmp_path, 
     result = dry_run(tmp_path, {"pred_lens": [24], "splits": ["train"], "limit_windows": 100}, "--cores", "2")
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).count("No GPU is visible and device is auto") == 1
-    # 100 windows * 8.37 s * (0.05 + 0.95 * 6) (fp16, the default precision) + 17 jobs of 6 windows * 16 s = 5,085 s
-    assert "in 17 job(s): about 85 min" in result.stderr and "fp16 on a CPU is slow" in result.stderr
+    # 100 windows * 8.37 s * (0.05 + 0.95 * 62) (fp16, the default precision) + 100 jobs of 1 window * 16 s
+    assert "in 100 job(s): about 14 h 09 min" in result.stderr and "fp16 on a CPU without half-" in result.stderr
     assert "make preflight" in result.stderr

@@ -25,9 +25,15 @@ CPU_RATE_SOURCE = ("make bench on a 2-core AMD EPYC, GPT-2-small shape, fp32, 21
 # GPU windows per second and GPU, GPT-2 small in fp16, weather: the project's targets (docs/benchmarks.md,
 # "Targets"); not yet measured on a GPU. Linear in P between them.
 GPU_WINDOWS_PER_S = {24: 200.0, 192: 60.0}
-# fp16 matmuls on that CPU: 12.8 GFLOP/s against 75.9 in fp32 (2048 x 768 @ 768 x 3072, best of 3):
-# about 6x slower; bf16 ran at 134.
-CPU_FP16_SLOWDOWN = 6.0
+# fp16 and bf16 on a CPU without half-precision matmul instructions (AVX2 only, as this project's 2-core
+# AMD EPYC: no AVX-512 FP16 or BF16, no AMX), at GPT-2 small's width (d = 768): one weather window at
+# P = 24 took 993 CPU-seconds in fp16 against 16.5 in fp32 (the same job, 2026-12-03; config/README.md,
+# "Sizing"), 60x, so 62x on the model's part. torch 2.13's matmuls run there at about 1 GFLOP per
+# CPU-second in fp16 and in bf16 at every width, while fp32 gets faster with the width (49.5 at 2048 x 768
+# @ 768 x 768, 3.0-9.2 at d = 64): the factor is taken linear in d up to 768 (the demo's d = 64: 1/12 of
+# it; its matmuls measured 1-3x) and constant beyond. A CPU with those instructions is much faster in
+# half precision: `make preflight` measures the machine.
+CPU_HALF_SLOWDOWN_768 = 62.0
 REFERENCE_VARIABLES = 21
 REFERENCE_DIMS = (12, 768)
 REFERENCE_SEQ_LEN = 96
@@ -135,7 +141,7 @@ def seconds_per_window(device: str, pred_len: int, n_vars: int, dims: tuple[int,
         dims: (n_layer, n_embd) of the model; the weight matmuls (24 d^2 per token and layer)
             scale with n_layer * n_embd^2, the rest of a window's work (CPU_MODEL_FREE_SHARE of
             it for GPT-2 small on the CPU) does not.
-        precision: fp16 on the CPU is CPU_FP16_SLOWDOWN times slower.
+        precision: fp16 and bf16 on the CPU: the model's part cpu_half_slowdown(d) times slower.
         gpus: GPUs a job holds (data parallel over them).
         seq_len: the input window; the prompts' values (seq_len + P in the GT prompt, seq_len in
             the HD one) are most of their tokens.
@@ -149,8 +155,23 @@ def seconds_per_window(device: str, pred_len: int, n_vars: int, dims: tuple[int,
     if device == "cpu":
         per_window = _interpolate(CPU_S_PER_WINDOW, pred_len) * scale
         return per_window * (CPU_MODEL_FREE_SHARE + (1 - CPU_MODEL_FREE_SHARE) * model
-                             * (CPU_FP16_SLOWDOWN if precision == "fp16" else 1.0))
+                             * (cpu_half_slowdown(dims[1]) if precision in HALF else 1.0))
     return scale * model / (_interpolate(GPU_WINDOWS_PER_S, pred_len) * max(1, gpus))
+
+
+HALF = ("fp16", "bf16")
+
+
+def cpu_half_slowdown(width: int) -> float:
+    """How many times slower than fp32 a model of this width runs its matmuls in fp16 or bf16 on a CPU
+    (CPU_HALF_SLOWDOWN_768, linear in the width below GPT-2 small's; at least 1).
+
+    Args:
+        width: the model's hidden size d.
+    Returns:
+        The factor (float).
+    """
+    return max(1.0, CPU_HALF_SLOWDOWN_768 * min(1.0, width / REFERENCE_DIMS[1]))
 
 
 def shard_size(setting: int | str | None, seconds: float, n_windows: int) -> int | None:
@@ -207,9 +228,10 @@ def cpu_hint(windows: dict[int, int], n_vars: int, model: str, dims: tuple[int, 
             f"variables, {model} with {dims[0]} layers, d = {dims[1]}, {precision}) in {jobs} job(s): about "
             f"{duration(total)}, start-up included, from rates measured by {CPU_RATE_SOURCE}, scaled to this "
             "model and dataset; more cores are faster.")
-    if precision == "fp16":
-        text += (f" fp16 on a CPU is slow (about {CPU_FP16_SLOWDOWN:.0f}x fp32 there, included above): set "
-                 "precision: fp32 (or bf16) for CPU runs.")
+    if precision in HALF and cpu_half_slowdown(dims[1]) >= 2:
+        text += (f" {precision} on a CPU without half-precision matmul instructions is slow (about "
+                 f"{cpu_half_slowdown(dims[1]):.0f}x fp32 for this model's width, included above): set precision: "
+                 "fp32 for CPU runs.")
     return text + " `make preflight` measures this machine for a real estimate."
 
 
