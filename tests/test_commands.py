@@ -130,6 +130,9 @@ def test_readme_smoke_run_plans_on_the_cpu_with_its_estimate(clone_with_weather)
     assert "Estimate for all 40 windows (5 horizon(s), 21 variables" in plan.stderr
     assert "in 8 job(s): about 7 h 29 min" in plan.stderr        # as the README says
     assert "get_model" in plan.stdout and "extract" in plan.stdout
+    # README: "On a CPU add `precision=fp32`": about 8 minutes
+    fp32 = snakemake_in(clone_with_weather, "--cores", "2", "--config", "limit_windows=4", "precision=fp32", "-n")
+    assert fp32.returncode == 0 and "fp32) in 2 job(s): about 8 min," in fp32.stderr, fp32.stderr[-3000:]
 
 
 def test_a_target_after_config_is_refused_in_one_sentence_and_before_it_runs(clone_with_weather):

@@ -56,7 +56,7 @@ SLOW_CPU_SECONDS = 86400.0
 JOB_SECONDS = 300.0
 # `auto` plans at most this many extraction jobs per split (per horizon and split without
 # share_horizons): Snakemake plans thousands of jobs slowly (the default config on a CPU, fp16 at
-# 342 s per window for all five horizons, gave 41,679 one-window jobs and a 4-minute dry run on a
+# more than 300 s per window for all five horizons, gave 41,679 one-window jobs and a 4-minute dry run on a
 # 2-core machine; capped, 200 jobs in 2.6 s), so there the jobs grow longer instead.
 MAX_AUTO_JOBS = 100
 # Known hub ids: (n_layer, n_embd).
