@@ -165,6 +165,16 @@ def test_fetch_without_network_ends_in_the_sentence_that_says_what_to_fetch(clon
                                "- get_model (log: results/weather/logs/get_model.log): model gpt2"))
 
 
+@pytest.mark.skipif(visible_gpus() > 0, reason="this machine has a GPU: make bench would run for 10 minutes")
+def test_make_bench_for_the_gpu_on_a_machine_without_one_is_one_sentence_and_writes_nothing(clone):
+    # README: make bench BENCH_ARGS="--device cuda --precision fp16" (meant for a GPU machine)
+    bench = make(clone, "bench", "BENCH_ARGS=--device cuda --precision fp16")
+    assert bench.returncode != 0 and "Traceback" not in bench.stderr
+    lines = bench.stderr.rstrip().splitlines()
+    assert lines[-2] == "bench: --device cuda but no CUDA device is visible; use --device cpu or auto."
+    assert lines[-1].startswith("make: ***") and left_in_the_tree(clone) == []     # docs/benchmarks.md untouched
+
+
 def test_make_preflight_with_a_config_of_ones_own_passes_offline_and_prints_each_step(tmp_path, weather_csv,
                                                                                    tiny_model_dir):
     # README: `make preflight CONFIG=my.yaml`, on a CSV and a model folder of one's own (nothing to fetch)
@@ -283,9 +293,10 @@ RUN_BY = {
     "make format": C + "test_make_help_lists_every_target_and_make_alone_prints_it",
     "make bench": not_run("it takes about 14 minutes and rewrites docs/benchmarks.md; tests/test_bench.py runs each of "
                           "its workers and its rendering"),
-    'make bench BENCH_ARGS="--device cuda --precision fp16"': not_run("it needs a GPU; tests/test_bench.py"),
-    "python -m benchmarks.run --out docs/benchmarks.md --device cuda --precision fp16": not_run("it needs a GPU; "
-                                                                                                  "tests/test_bench.py"),
+    'make bench BENCH_ARGS="--device cuda --precision fp16"':     # on a machine without a GPU: one sentence
+        C + "test_make_bench_for_the_gpu_on_a_machine_without_one_is_one_sentence_and_writes_nothing",
+    "python -m benchmarks.run --out docs/benchmarks.md --device cuda --precision fp16":   # what make bench runs
+        C + "test_make_bench_for_the_gpu_on_a_machine_without_one_is_one_sentence_and_writes_nothing",
     "make bootstrap": not_run("it installs from the network; every make target these tests run runs it first (the "
                               "linked .venv up to date), and tests/test_offline_install.py installs from a wheelhouse"),
     "make bootstrap WHEELHOUSE=wheelhouse": not_run("a wheelhouse with torch is 190 MB (CPU) to several GB; "
