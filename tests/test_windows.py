@@ -501,7 +501,7 @@ def test_a_flipped_byte_that_parquet_reads_without_error_is_refused(tmp_path, we
                                  f"workflow with --forcerun {path} to write it again (and what was made from it).")
 
 
-# --------------------------------------------------------------------------- time step vs template (issue #12.3)
+# --------------------------------------------------------------------------- time step vs template
 
 
 def test_template_note_names_the_template_its_wording_and_the_measured_step():

@@ -174,7 +174,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     return main_verify(args.folder, args.manifest, config)
 
 
-# --------------------------------------------------------------------------- preflight (issue #14)
+# --------------------------------------------------------------------------- preflight
 
 
 def _preflight_arguments(parser: argparse.ArgumentParser) -> None:
