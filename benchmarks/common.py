@@ -161,13 +161,10 @@ def peak_rss_bytes() -> int:
 
 
 def naive_flops(lengths: np.ndarray, n_layer: int, d: int) -> float:
-    """FLOPs of running every prompt token through every layer, as the published code does.
-
-    Per token and layer: 24*d^2 for the weight matmuls (QKV 6d^2, output projection 2d^2,
-    MLP 16d^2; a multiply-add counts 2) and 4*L*d for the attention of a prompt of L tokens
-    (scores QK^T 2Ld, probabilities times V 2Ld; eager attention computes the full L x L).
-    Layer norms, GELU, softmax, embeddings and the SCA (< 0.01 % here) are left out.
-    """
+    """FLOPs of every prompt token through every layer, as the published code runs them: per token and
+    layer 24*d^2 for the weight matmuls (QKV 6d^2, output 2d^2, MLP 16d^2; a multiply-add is 2) and 4*L*d
+    for eager attention over a prompt of L tokens (QK^T and times V, 2Ld each). Layer norms, GELU,
+    softmax, embeddings and the SCA (< 0.01 % here) are left out."""
     L = lengths.astype(np.float64).ravel()
     return float(n_layer * np.sum(L * (24.0 * d * d + 4.0 * L * d)))
 

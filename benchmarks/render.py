@@ -30,15 +30,8 @@ NOISY_SPREAD = 1.2
 
 
 def render_markdown(report: dict, json_name: str) -> str:
-    """The whole Markdown report of `report` (sections of workers that did not run are left out).
-
-    Args:
-        r: the report dict benchmarks/run.py builds (and writes as JSON), after targets.summarize.
-        json_name: the JSON file's name, linked from the introduction.
-
-    Returns:
-        The Markdown text, without a final newline (as docs/benchmarks.md has it).
-    """
+    """The whole Markdown report of benchmarks/run.py's `report` (after targets.summarize), linking
+    the JSON file `json_name`; sections of workers that did not run are left out; no final newline."""
     sections = [md_intro(report, json_name), md_machine(report), md_horizons(report), md_baseline(report),
                 md_savings(report), md_whole(report), md_prompts(report), md_targets(report)]
     return "\n\n".join(section for section in sections if section)

@@ -98,16 +98,10 @@ def place_model(model: torch.nn.Module, devices: list[str], device_map: dict | N
 
 
 def token_budget(devices: list[str]) -> int:
-    """Tokens per forward pass when the config leaves batch_tokens null.
+    """Tokens per forward pass when batch_tokens is null: 65,536 where every device is a GPU, else 8,192.
 
-    On the CPU, peak memory grows with the budget much faster than on a GPU (measured
-    at P = 192: 5.9 GB at 65,536 tokens, 1.8 GB at 8,192; docs/benchmarks.md), while the
-    time per token stays the same from 2,048 tokens up, so the CPU gets the small budget.
-
-    Args:
-        devices: the job's devices.
-    Returns:
-        65,536 when every device is a GPU, else 8,192 (padded positions per forward).
+    On the CPU peak memory grows with the budget much faster than on a GPU (at P = 192: 5.9 GB at 65,536
+    tokens, 1.8 GB at 8,192; docs/benchmarks.md), while the time per token stays flat from 2,048 tokens up.
     """
     return 65536 if all(device.startswith("cuda") for device in devices) else 8192
 

@@ -258,14 +258,8 @@ def replicas_check(settings, sca_path, teacher, one, devices, horizon, budget) -
 # --------------------------------------------------------------------------- GPU checks
 
 def one_batch(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> TrieBatch:
-    """The first real batch the extraction builds for the sample windows (packing.batches output).
-
-    Args:
-        teacher: not read (the batch depends on the prompts alone); horizon: its prompts and sample.
-        fidelity, batch_tokens: as the extraction.
-    Returns:
-        The packing.TrieBatch, on the CPU, not pinned.
-    """
+    """The first batch (packing.TrieBatch, on the CPU, not pinned) the extraction builds for the sample
+    windows; `teacher` is not read: the batch depends on the prompts alone."""
     return model_inputs({horizon.prompts.pred_len: horizon.prompts}, horizon.sample, fidelity, batch_tokens).batches[0]
 
 

@@ -53,26 +53,15 @@ def _h5py():
 
 
 def staging_dir(out_dir: Path) -> Path:
-    """The staging folder of `out_dir`.
-
-    Args:
-        out_dir: the export's final folder.
-    Returns:
-        .<name>.partial beside it.
-    """
-
+    """The staging folder of `out_dir`: `.<name>.partial` beside it."""
     return out_dir.parent / f".{out_dir.name}.partial"
 
 
 def source_stamp(path: Path) -> dict:
-    """Identifies one embeddings file by content: its sha256, checked against its record.
+    """{"file", "sha256"} of one embeddings file, its sha256 checked against its record.
 
-    Args:
-        path: the embeddings file.
-    Returns:
-        {"file", "sha256"}.
     Raises:
-        InputError: as store.check_record (the file is damaged, or has no record).
+        InputError: the file is damaged, or has no record (check_record).
     """
     return {"file": path.name, "sha256": check_record(path)}
 

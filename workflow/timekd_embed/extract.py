@@ -47,21 +47,9 @@ log = logging.getLogger(__name__)
 
 def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
                   batch_tokens: int, progress: tqdm | None = None) -> tuple[np.ndarray, dict]:
-    """Embeddings of the given windows at one horizon (`embed_horizons` with one pred_len).
-
-    Args:
-        teacher: load_teacher's result.
-        prompts: the split's prompts at one horizon.
-        windows: (W,) window indices, each < prompts.n_windows.
-        fidelity: "reference" or "corrected".
-        batch_tokens: token budget (packing.batches: heads and stems together, each leaf tensor).
-        progress: a tqdm bar advanced by one per window.
-    Returns:
-        (W, N, d) float32 embeddings; counts {"tokens": every token of every prompt (what the
-        published store_emb.py computes), "computed": the positions that ran through the model}.
-    Raises:
-        InputError: a hidden state became inf or NaN (precision overflow).
-    """
+    """embed_horizons at one horizon: the (W, N, d) float32 embeddings of `windows` and the counts
+    {"tokens": every token of every prompt (what store_emb.py computes), "computed": the positions that ran
+    through the model}; InputError as embed_horizons (a hidden state became inf or NaN)."""
     out, counts = embed_horizons(teacher, {prompts.pred_len: prompts}, windows, fidelity, batch_tokens, progress)
     return out[prompts.pred_len], {"tokens": counts["tokens"], "computed": counts["computed"]}
 

@@ -138,30 +138,16 @@ class Sha256Cache:
 
 
 def tracked_model_files(source: ModelSource) -> list[Path]:
-    """The files of the model that decide an embedding (inputs of sca and extraction).
-
-    Args:
-        source: model_files.model_source's result.
-    Returns:
-        For a hub id, the files get_model writes (they may not exist yet); for a local
-        folder, those model_files.model_files finds there (a missing one is the loader's
-        error to report).
-    """
+    """The model's files that decide an embedding (inputs of sca and extraction): for a hub id those
+    get_model writes (maybe not there yet), for a local folder those model_files.model_files finds there."""
     if source.hub:
         return [source.folder / name for name in DOWNLOAD_FILES]
     return model_files(source.folder)
 
 
 def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
-    """What identifies the model's content, for the rules' params.
-
-    Args:
-        source: model_source's result; cache: the sha256 cache of this run.
-    Returns:
-        A hub id: {"repo": id, "revision": commit} (a commit fixes every file's bytes).
-        A local folder: {"files": {file name: sha256}} of model_files (no path: moving
-        the folder changes nothing; the input file names are tracked by Snakemake itself).
-    """
+    """What identifies the model's content, for the rules' params: a hub id's {"repo", "revision"} (a
+    commit fixes every file's bytes), a folder's {"files": {name: sha256}} (no path: moving it changes nothing)."""
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
     return {"files": {path.name: cache.sha256(path) for path in tracked_model_files(source)}}

@@ -27,25 +27,13 @@ _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
 
 
 def embeddings_path(results_dir: str | os.PathLike, name: str, pred_len: int, split: str) -> Path:
-    """Where the workflow puts the embeddings of one horizon and split.
-
-    Args:
-        results_dir: the results folder ("results" under the working directory as a rule).
-        name: config key dataset.name; pred_len: the horizon P; split: "train", "val" or "test".
-    Returns:
-        <results_dir>/<name>/embeddings/<P>/<split>.safetensors.
-    """
+    """`<results_dir>/<name>/embeddings/<P>/<split>.safetensors`: where the workflow puts the
+    embeddings of one horizon and split (results_dir: "results" under the working directory as a rule)."""
     return Path(results_dir) / name / "embeddings" / str(int(pred_len)) / f"{split}.safetensors"
 
 
 def windows_path(results_dir: str | os.PathLike, name: str, split: str) -> Path:
-    """Where the workflow puts the windows of one split.
-
-    Args:
-        results_dir, name, split: as embeddings_path.
-    Returns:
-        <results_dir>/<name>/windows/<split>.parquet.
-    """
+    """`<results_dir>/<name>/windows/<split>.parquet`: where the workflow puts a split's windows."""
     return Path(results_dir) / name / "windows" / f"{split}.parquet"
 
 

@@ -35,14 +35,8 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def is_folder(name_or_path: str) -> bool:
-    """Whether config key model.name_or_path names a local folder rather than a hub id: a path that
-    exists, is absolute, or starts with "." (so "./gpt2" is always a folder, "gpt2" a folder only if there).
-
-    Args:
-        name_or_path: config key model.name_or_path.
-    Returns:
-        True for a folder.
-    """
+    """Whether model.name_or_path names a local folder rather than a hub id: a path that exists, is
+    absolute, or starts with "." (so "./gpt2" is always a folder, "gpt2" one only if it is there)."""
     return Path(name_or_path).exists() or Path(name_or_path).is_absolute() or name_or_path.startswith(".")
 
 

@@ -33,13 +33,7 @@ ROUNDING_ULPS = 16  # "float rounding": within 16 units of the precision's round
 
 
 def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Cosine similarity per (window, variable).
-
-    Args:
-        first, second: (S, N, d) embeddings, any float dtype.
-    Returns:
-        (S, N) float64 cosines.
-    """
+    """(S, N) float64 cosine similarity per (window, variable) of two (S, N, d) embeddings."""
     first, second = first.astype(np.float64), second.astype(np.float64)
     return (first * second).sum(-1) / (np.linalg.norm(first, axis=-1) * np.linalg.norm(second, axis=-1))
 

@@ -61,14 +61,8 @@ class SubtractiveCrossAttention(nn.Module):
         self.layers = nn.ModuleList([_Layer(n_vars, 4 * d_model)])
 
     def forward(self, gt: torch.Tensor, hd: torch.Tensor) -> torch.Tensor:
-        """The embeddings of a batch of windows.
-
-        Args:
-            gt: (B, d, N) float32 last-token states of the GT prompts (the query).
-            hd: (B, d, N) float32 last-token states of the HD prompts (key and value).
-        Returns:
-            (B, d, N) float32.
-        """
+        """The (B, d, N) embeddings of a batch of windows from the (B, d, N) float32 last-token states of
+        the GT prompts (the query) and of the HD prompts (key and value)."""
         return self.layers[0](gt, hd, hd)
 
 

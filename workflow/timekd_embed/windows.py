@@ -50,13 +50,7 @@ class SplitWindows:
     meta: dict
 
     def n_windows(self, pred_len: int) -> int:
-        """Windows of this split at one horizon (window_count; limit_windows not applied).
-
-        Args:
-            pred_len: the horizon P, in rows.
-        Returns:
-            The number of windows (0 when the split is too short).
-        """
+        """Windows of this split at one horizon (window_count; limit_windows not applied)."""
         return window_count(len(self.rows), self.meta["seq_len"], pred_len)
 
     def stamps(self) -> np.ndarray:
@@ -135,14 +129,8 @@ def _check_borders_fit(
 
 
 def window_count(n_split_rows: int, seq_len: int, pred_len: int) -> int:
-    """Windows of seq_len input and pred_len future rows in one split.
-
-    Args:
-        n_split_rows: the split's rows; seq_len, pred_len: in rows.
-    Returns:
-        n_split_rows - seq_len - pred_len + 1, or 0 when the split is too short.
-    """
-
+    """Windows of seq_len input and pred_len future rows in a split of n_split_rows rows (0 when
+    it is too short)."""
     return max(0, n_split_rows - seq_len - pred_len + 1)
 
 
