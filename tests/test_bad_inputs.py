@@ -34,8 +34,8 @@ from timekd_embed.checkpoint import load_config
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.prompts import SplitPrompts
+from timekd_embed.records import is_record
 from timekd_embed.sca import save_sca
-from timekd_embed.store import is_record
 from timekd_embed.table import load_csv
 from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import SPLITS, read_windows, write_windows

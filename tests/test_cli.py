@@ -23,7 +23,8 @@ from helpers import PACKAGE_ENV, snakemake, timekd_embed, timekd_embed_in_proces
 from timekd_embed.cli import parser
 from timekd_embed.config import validate_config
 from timekd_embed.manifest import MANIFEST, build, weights_file_here, write
-from timekd_embed.store import sha256_file, write_tensors
+from timekd_embed.records import sha256_file
+from timekd_embed.store import write_tensors
 
 WINDOW = ["--pred-len", "24", "--split", "train", "--window", "0"]
 

@@ -119,7 +119,7 @@ def test_get_model_downloads_a_hub_model_once_at_its_commit(tmp_path, weather_cs
     assert record["repo"] == "someone/tiny-gpt2" and record["revision"] == COMMIT
     for name, source in files.items():
         assert record["files"][name] == sha256(source) == sha256(folder / name)
-    from timekd_embed.store import read_metadata
+    from timekd_embed.records import read_metadata
     meta = read_metadata(work / target)
     assert meta["revision"] == COMMIT and meta["weights_sha256"] == sha256(files["model.safetensors"])
 

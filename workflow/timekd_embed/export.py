@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .loader import map_tensor
-from .store import atomic_path, check_record, fsync, publish_dir, read_metadata, write_json
+from .records import check_record, read_metadata
+from .store import atomic_path, fsync, publish_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_
         {"files", "written", "resumed" (kept from an interrupted run), "shape" [N, d], "wall_s"}.
     Raises:
         InputError: the file is not an extraction result (shape, dtype, window starts), or as map_tensor
-            and store.check_record (a file damaged since it was written is never exported).
+            and records.check_record (a file damaged since it was written is never exported).
     """
     h5py = _h5py()
     embeddings, out_dir = Path(embeddings), Path(out_dir)

@@ -36,9 +36,10 @@ from .jobs import progress_bar
 from .lm import DTYPES, NonFiniteState, decoder_blocks, last_token_states
 from .packing import PREFIX_SHARE, TrieBatch, model_inputs, prefix_tokens
 from .prompts import PromptTokenizer, SplitPrompts
+from .records import read_metadata, sha256_file
 from .settings import Runtime, Settings
 from .split_job import prepare_split
-from .store import read_metadata, sha256_file, write_json, write_tensors
+from .store import write_json, write_tensors
 from .teacher import Replica, Teacher, load_teacher
 from .windows import read_windows
 

@@ -102,7 +102,7 @@ class Sha256Cache:
         Raises:
             FileNotFoundError: the file does not exist.
         """
-        from .store import sha256_file
+        from .records import sha256_file
 
         path = Path(path).resolve()
         stat = path.stat()

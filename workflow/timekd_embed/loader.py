@@ -4,7 +4,7 @@ Dataset pairing each z-scored window (x, y) with its teacher embedding.
 safetensors' own `safe_open(...).get_tensor` returns a copy, which for a 40k-window split is
 gigabytes of RAM per process; numpy.memmap at the tensor's byte range lets the page cache
 hold it once for every DataLoader worker. load_embeddings and TeacherDataset check the file
-against the sha256 its writer recorded (store.check_record) once, in the process that opens
+against the sha256 its writer recorded (records.check_record) once, in the process that opens
 it: a read of the whole file (about 2-3 s for a 2.4 GB split), never per DataLoader worker.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import InputError
-from .store import check_record, read_header, read_metadata
+from .records import check_record, read_header, read_metadata
 from .windows import read_windows
 
 # safetensors dtype names -> numpy (little-endian by the format's definition).
@@ -83,7 +83,7 @@ def load_embeddings(results_dir: str | os.PathLike, name: str, pred_len: int, sp
     Returns:
         The (n_windows, N, d) float32 memmap.
     Raises:
-        InputError: as map_tensor, and the file's bytes differ from its record (store.check_record).
+        InputError: as map_tensor, and the file's bytes differ from its record (records.check_record).
     """
     path = embeddings_path(results_dir, name, pred_len, split)
     embeddings = map_tensor(path, "embeddings")

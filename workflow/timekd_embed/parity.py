@@ -21,10 +21,10 @@ from .devices import resolve_devices, token_budget
 from .errors import InputError
 from .extract import embed_windows, out_of_memory_hint
 from .prompts import SplitPrompts
+from .records import read_tensors
 from .sampling import sample_windows
 from .settings import Runtime, Settings, TeacherSpec
 from .split_job import prepare_split
-from .store import read_tensors
 from .teacher import Teacher, device_map_used, load_teacher
 from .windows import read_windows
 

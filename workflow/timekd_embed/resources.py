@@ -87,7 +87,7 @@ def fetch_dataset(name: str, csv: str | os.PathLike) -> str:
             set and the hub cache lacks the file), or the hub's file has another sha256
             than the pinned one; each says what to download and where to put it.
     """
-    from .store import sha256_file
+    from .records import sha256_file
 
     if name not in KNOWN_DATASETS:
         raise InputError(f"{csv} not found and dataset {name!r} has no known download; put the {name} CSV there "
@@ -127,7 +127,8 @@ def fetch_model(source: ModelSource) -> dict:
         InputError: a file cannot be downloaded (offline without it in the hub cache, an
             unknown id or commit, a repository without model.safetensors).
     """
-    from .store import sha256_file, write_json
+    from .records import sha256_file
+    from .store import write_json
 
     files = {}
     for filename in DOWNLOAD_FILES:

@@ -111,12 +111,13 @@ def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expect
             no final file is written.
 
     Raises:
-        InputError: a shard or its stats damaged since they were written (store.check_record), shards
+        InputError: a shard or its stats damaged since they were written (records.check_record), shards
             made with other settings, not covering 0..n-1, or not `expected` windows.
     """
     import torch  # here, not at the top: the Snakefile imports this module to plan, and torch is slow to load
 
-    from .store import forget_record, read_json, read_tensors, write_json, write_tensors
+    from .records import forget_record, read_json, read_tensors
+    from .store import write_json, write_tensors
 
     parts = [read_tensors(path) for path in shards]
     shard_stats = [read_json(path) for path in stats]

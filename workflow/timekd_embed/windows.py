@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 
 from .config import LAYOUTS, resolve_layout
 from .errors import InputError
-from .store import atomic_paths, check_record
+from .records import check_record
+from .store import atomic_paths
 from .table import Table, stamps
 
 SPLITS = ("train", "val", "test")
@@ -284,7 +285,7 @@ def read_windows(path: str | os.PathLike) -> SplitWindows:
     Raises:
         InputError: the file is missing, not Parquet, not ours (another format version), its
             columns differ from its metadata's variables, or its bytes are not those recorded when
-            it was written (store.check_record: Parquet reads a changed value without complaint).
+            it was written (records.check_record: Parquet reads a changed value without complaint).
     """
     path = str(path)
     arrow = _read_parquet(path)
