@@ -1,6 +1,7 @@
-"""The code's own documentation: every module opens by saying what it owns, public functions
-document what their signature does not (the errors users see above all), no tracker numbers,
-no lambda is assigned to a name, and every import of the project's own names finds them."""
+"""The code's own documentation: every module opens by saying what it owns and holds one concern
+(450 lines at most), public functions document what their signature does not (the errors users
+see above all) and short ones briefly, no tracker numbers, no lambda is assigned to a name, and
+every import of the project's own names finds them."""
 
 import ast
 import importlib
@@ -33,6 +34,13 @@ def test_every_module_says_what_it_owns():
     missing = [str(path.relative_to(ROOT)) for path in EVERY_MODULE
                if not ast.get_docstring(ast.parse(path.read_text()))]
     assert missing == []
+
+
+def test_no_package_module_is_over_450_lines():
+    """A module that grows past this holds more than one concern: split it by concern."""
+    long = {str(path.relative_to(ROOT)): lines for path in sorted((ROOT / "workflow" / "timekd_embed").rglob("*.py"))
+            if (lines := len(path.read_text().splitlines())) > 450}
+    assert long == {}
 
 
 def _raises_input_error(function: ast.FunctionDef) -> bool:
