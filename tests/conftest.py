@@ -199,8 +199,10 @@ SHARED_RUNS = dict.fromkeys(["tests/test_export.py", "tests/test_faults.py", "te
 # xdist's order (most tests first), the demo once queued behind the shared runs' 150 worker-
 # seconds on one worker while the other idled. Measured worker-seconds here: the shared runs'
 # modules about 150, test_offline_install about 130 (pip's work), test_demo about 50,
-# test_leases about 60 (snakemake runs side by side); no other module above 25.
-LONGEST_FIRST = ["tests/runs.py", "tests/test_offline_install.py", "tests/test_leases.py", "tests/test_demo.py"]
+# test_leases about 60 (snakemake runs side by side); test_fp32_per_horizon (the second .test
+# case) 82 CPU-seconds, measured on a loaded machine; no other module above 25.
+LONGEST_FIRST = ["tests/runs.py", "tests/test_offline_install.py", "tests/test_leases.py", "tests/test_demo.py",
+                 "tests/test_fp32_per_horizon.py"]
 
 
 @pytest.hookimpl(optionalhook=True)
