@@ -21,7 +21,7 @@ from timekd_embed.config import validate_config
 from timekd_embed.diagnostics import Horizon, device_usable, fill_windows, key_padding, prefetch_pinning
 from timekd_embed.errors import InputError
 from timekd_embed.packing import batches, packed_window
-from timekd_embed.preflight import NO_CUDA, require_passed, run_preflight, write_report
+from timekd_embed.preflight import NO_CUDA, main, require_passed, run_preflight, write_report
 from timekd_embed.report import preflight_markdown
 
 P = 24
@@ -144,6 +144,25 @@ def test_weights_other_than_the_named_ones_are_caught(tiny_model_dir, tmp_path):
     save_file(partial, tmp_path / "partial.safetensors", metadata={"format": "pt"})
     problem = checkpoint_matches(model, [tmp_path / "partial.safetensors"], "tiny")
     assert "parameter h.1.attn.c_proj.weight is not in" in problem
+
+
+def test_more_windows_asked_than_exist_reports_the_windows_timed(weather_csv, tiny_model_dir, tmp_path, capsys):
+    """`--windows 100000` where limit_windows leaves 4 windows: it said "PASSED ... 100000 windows per
+    horizon" while 4 were timed. The report names the windows timed, in the JSON and the Markdown, and
+    says that fewer than asked exist."""
+    report = main(config_for(weather_csv, tiny_model_dir, limit_windows=4), n_windows=100000, out=tmp_path)
+    printed = capsys.readouterr().out
+    written = json.loads((tmp_path / "preflight.json").read_text())
+    assert (written["windows_asked"], written["windows_per_horizon"]) == (100000, 4)
+    assert [job["windows_timed"] for job in written["jobs"]] == [4] and report["passed"]
+    assert printed == (tmp_path / "preflight.md").read_text()
+    assert "100000 sample windows per horizon were asked, but split train has 4" in printed
+    headline = printed.splitlines()[2]
+    assert "100000" not in headline and "4 sample windows per horizon" in headline, headline
+    table = printed.split("## Speed and memory")[1].splitlines()
+    header = [cell.strip() for cell in next(line for line in table if line.startswith("| P |")).split("|")]
+    row = [cell.strip() for cell in next(line for line in table if line.startswith("| 24 |")).split("|")]
+    assert row[header.index("windows timed")] == "4"
 
 
 def test_a_device_that_cannot_run_is_named(weather_csv, tiny_model_dir):

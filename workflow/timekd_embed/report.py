@@ -245,12 +245,14 @@ def preflight_markdown(report: dict) -> str:
         lines += ["", "## Speed and memory", "", (f"Context: {report['context']} tokens. "
                   f"ETA of the whole job: **{duration(report['eta_s'])}** (windows per split / measured rate"
                   f"{', every horizon of a window in one job' if config['share_horizons'] else ''})."), "",
-                  "| P | windows/s | peak memory | longest prompt | windows (job) | ETA | batch_tokens that fits |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| P | windows timed | windows/s | peak memory | longest prompt | windows (job) | ETA | "
+                  "batch_tokens that fits |", "|---|---|---|---|---|---|---|---|"]
         for figures in report["jobs"]:
             peaks = ", ".join(f"{device} {gib(peak)}" for device, peak in figures["peak_memory_bytes"].items())
             fits = figures["fitting_batch_tokens"] or f"{figures['batch_tokens']} (configured)"
-            lines.append(f"| {', '.join(map(str, figures['pred_lens']))} | {figures['windows_per_s']:.2f} | {peaks} | "
+            # windows timed: the sample plus those that fill one batch (diagnostics.fill_windows)
+            lines.append(f"| {', '.join(map(str, figures['pred_lens']))} | {figures['windows_timed']} | "
+                         f"{figures['windows_per_s']:.2f} | {peaks} | "
                          f"{figures['longest_prompt']} | {sum(figures['planned_windows'].values())} | "
                          f"{duration(figures['eta_s'])} | {fits} |")
     if report.get("parity"):
