@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import signal
 from pathlib import Path
@@ -101,17 +100,6 @@ def small_split(tmp_path_factory, weather_csv) -> tuple[Path, Path]:
     write_windows(load_csv(folder / "weather.csv"), "custom", 96, [24], out)
     save_sca(folder / "sca.safetensors", n_vars=21, d_model=64, seed=2024)
     return Path(out["train"]), folder / "sca.safetensors"
-
-
-@pytest.fixture
-def job_logging():
-    """job() configures the root logger for a job process; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in set(root.handlers) - set(handlers):
-        handler.close()
-    root.handlers[:], root.level = handlers, level
 
 
 def test_out_of_memory_names_the_budget_to_lower(small_split, tiny_model_dir, tmp_path, monkeypatch, capsys,
