@@ -27,8 +27,22 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# record_path and sha256_file are used here; the others live in records.py and manifest.py imports them from here.
-from .records import check_record, is_record, read_metadata, record_path, recorded_file, rerun_advice, sha256_file  # noqa: F401
+# record_path and sha256_file are used here. The rest moved to records.py and can still be imported
+# from here, for code written before the move (manifest.py); new code imports them from records.
+from .records import (  # noqa: F401
+    RECORD_SUFFIX,
+    check_record,
+    forget_record,
+    is_record,
+    read_header,
+    read_json,
+    read_metadata,
+    read_tensors,
+    record_path,
+    recorded_file,
+    rerun_advice,
+    sha256_file,
+)
 
 # The errors a full disk or an exhausted quota give; the native writers' own exceptions carry
 # only the operating system's text ("No space left on device (os error 28)" from safetensors).
