@@ -137,7 +137,12 @@ def test_a_sharded_checkpoint_loads_all_its_shards(tmp_path, train_split, sca_pa
         teacher = load_teacher(weather_settings(folder).teacher, sca_path, ["cpu"])
         prompts = {24: SplitPrompts(teacher.tokenizer, raw[:2000], stamps[:2000], "weather", 24)}
         results.append(embed_horizons(teacher, prompts, [0], "reference", batch_tokens=8192)[0][24])
-    assert np.array_equal(*results)
+    # The same weights; tensors at other offsets of other files may take other vectorized paths.
+    assert np.abs(results[0] - results[1]).max() < 1e-5
+    missing = sorted(sharded.glob("model-*-of-*.safetensors"))[1]
+    missing.unlink()
+    with pytest.raises(InputError, match=missing.name):
+        load_teacher(weather_settings(sharded).teacher, sca_path, ["cpu"])
 
 
 def test_a_sliding_window_shorter_than_the_prompts_is_refused_before_model_work(tmp_path, train_split):
