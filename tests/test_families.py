@@ -22,9 +22,9 @@ from timekd_embed.errors import InputError
 from timekd_embed.extract import embed_horizons
 from timekd_embed.families import context_length
 from timekd_embed.prompts import SplitPrompts
+from timekd_embed.records import read_tensors
 from timekd_embed.sca import load_sca, save_sca
 from timekd_embed.split_job import check_context
-from timekd_embed.store import read_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import write_windows
@@ -43,7 +43,7 @@ def sca_path(tmp_path_factory) -> Path:
 
 
 def model_dir(request, family: str) -> Path:
-    return request.getfixturevalue(f"{family}_model_dir")
+    return request.getfixturevalue("family_model_dir")(family)
 
 
 def oracle_model(folder: Path):
@@ -122,8 +122,9 @@ def test_embeddings_padded_beyond_the_tokenizer_load_and_a_tokenizer_beyond_them
         load_teacher(weather_settings(short).teacher, sca_path, ["cpu"])
 
 
-def test_a_sharded_checkpoint_loads_all_its_shards(tmp_path, train_split, sca_path, llama_model_dir):
+def test_a_sharded_checkpoint_loads_all_its_shards(tmp_path, train_split, sca_path, family_model_dir):
     """save_pretrained's shards and index, as large checkpoints come: the same teacher as one file."""
+    llama_model_dir = family_model_dir("llama")
     sharded = tmp_path / "sharded"
     transformers.AutoModelForCausalLM.from_pretrained(str(llama_model_dir)).save_pretrained(
         sharded, max_shard_size="100KB")
