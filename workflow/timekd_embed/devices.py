@@ -1,15 +1,14 @@
-"""Which devices a job holds, and how the language model is placed on them (accelerate)."""
+"""Which devices a job holds, and putting the language model on them (accelerate); where it goes is
+placement.py's plan."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
-from accelerate import dispatch_model, infer_auto_device_map
-from accelerate.utils import get_balanced_memory
+from accelerate import dispatch_model
 
 from .errors import InputError
-from .families import family_of
 from .lm import layout_of
 
 log = logging.getLogger(__name__)
@@ -40,59 +39,19 @@ def resolve_devices(device: str, gpus_per_job: int) -> list[str]:
     return [f"cuda:{i}" for i in range(min(visible, gpus_per_job))]
 
 
-def choose_placement(placement: str, model: torch.nn.Module, devices: list[str]) -> str:
-    """`auto`: one replica per device when the model fits one device with room for
-    activations (half its memory), else the layers split over the devices.
-
-    Args:
-        placement: config key placement: "auto", "data_parallel" or "model_parallel".
-        model: the loaded language model (its weights' bytes count).
-        devices: the job's devices.
-    Returns:
-        "single" (one device), "data_parallel" or "model_parallel".
-    """
-    if len(devices) == 1:
-        return "single"
-    if placement != "auto":
-        return placement
-    model_bytes = sum(weight.numel() * weight.element_size() for weight in model.parameters())
-    smallest = min((torch.cuda.mem_get_info(torch.device(gpu))[1] for gpu in devices if gpu.startswith("cuda")),
-                   default=float("inf"))
-    return "data_parallel" if model_bytes <= smallest / 2 else "model_parallel"
-
-
-def plan_device_map(model: torch.nn.Module, devices: list[str]) -> dict[str, str | int]:
-    """Balanced layer-wise map of `model` over CUDA `devices`, blocks kept whole.
-
-    Args:
-        model: the loaded language model.
-        devices: CUDA devices ("cuda:<i>").
-    Returns:
-        accelerate's device map: module name -> GPU index.
-    """
-    gpu_ids = [torch.device(device).index for device in devices]
-    block = [family_of(model.config).block_class]  # never split inside a decoder block
-    max_memory = get_balanced_memory(model, max_memory={gpu: torch.cuda.mem_get_info(gpu)[0] for gpu in gpu_ids},
-                                     no_split_module_classes=block, dtype=model.dtype)
-    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=block, dtype=model.dtype)
-
-
 def place_model(model: torch.nn.Module, devices: list[str], device_map: dict | None = None) -> torch.nn.Module:
-    """One device: move the model there. Several: dispatch over them with accelerate hooks.
-
-    `device_map` may be given explicitly (tests split the layers over two CPU entries
-    this way, with hooks forced, to exercise the dispatched path without GPUs).
+    """One device: move the model there. A device map: dispatch over its devices with accelerate hooks
+    (forced, so that a map of two CPU entries runs the dispatched path in tests without GPUs).
 
     Args:
         model: the loaded language model.
         devices: the devices to place it on.
-        device_map: module name -> device; None: plan_device_map's (several devices).
+        device_map: module name -> device (placement.Plan.device_map); None: one device.
     Returns:
         The placed model (the same object, moved or dispatched).
     """
-    if device_map is None and len(devices) == 1:
+    if device_map is None:
         return model.to(devices[0])
-    device_map = device_map or plan_device_map(model, devices)
     log.info("device map: %s", device_map)
     return dispatch_model(model, device_map=device_map, force_hooks=True)
 
