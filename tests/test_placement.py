@@ -13,9 +13,10 @@ import pytest
 
 from helpers import weather_settings
 from timekd_embed.checkpoint import load_config, load_tokenizer
+from timekd_embed.devices import device_memory
 from timekd_embed.errors import InputError
 from timekd_embed.extract import embed_windows
-from timekd_embed.placement import device_memory, meta_model, module_bytes, per_token_bytes, plan_placement
+from timekd_embed.placement import meta_model, module_bytes, per_token_bytes, plan_placement
 from timekd_embed.prompts import SplitPrompts
 from timekd_embed.sca import save_sca
 from timekd_embed.teacher import load_teacher

@@ -1,56 +1,47 @@
 """Fit before you load: where the teacher goes on the devices a job holds, planned from config.json
-alone, before any weight is read.
+alone. The family's base model is built on the meta device (shapes only, nothing allocated or read)
+and each top-level module counted in the precision. Per GPU, in bytes (B batch_tokens, K the
+longest prompt, b bytes per element; d width, I MLP width, H heads, Hkv key/value heads, hd head
+width, from config.json):
 
-The family's base model is built on the meta device (shapes only: nothing is allocated or read),
-and each top-level module is counted in the configured precision: the token embeddings (and
-GPT-2's positions), every decoder block, the final norm (the base model has no LM head). Each GPU
-then needs, in bytes (B = batch_tokens, K = the job's longest prompt, b = bytes per element of the
-precision; d width, I MLP width, H heads, Hkv key/value heads, hd head width, from config.json):
+  weights      the modules it holds (embeddings, blocks, final norm; the base model has no LM head)
+  kept prefix  B/3 x 2 Hkv hd b: keys and values of a batch's heads and stems (packing.PREFIX_SHARE:
+               a sixth of B), kept for their children while a block runs every level, plus one child
+               level's copy of its ancestors' (lm.block_forward)
+  activations  B x (2 x 2 d b: the residual stream into and out of a block for up to 2 B positions
+               (a batch's tails hold 4.6-5.3 times its prefixes on weather: about B; doubled for margin)
+               + 2 K b: every level's mask (R, 1, T, K), kept through the forward
+               + the larger of one level's attention, (2 d + (H + 2 Hkv) hd) b + 2 H K 4 + 7/6 x 2 H hd 4
+               (normed states, q, k, v; the math kernel's fp32 scores and probabilities and keys and
+               values repeated to every head: SDPA falls back to it with a float mask and grouped keys)
+               and its MLP, (2 d + 4 I) b (Phi-3's fused gate and up 2 I, activation and product I each))
+  reserve      1 GiB: CUDA context, cuBLAS workspaces, the SCA's weights, allocator fragmentation
 
-    weights       the modules it holds
-    kept prefix   B/3 x 2 Hkv hd b: the keys and values of a batch's heads and stems (packing.py gives
-                  them a sixth of the budget, PREFIX_SHARE), kept for their children while a block runs
-                  every level, plus one child level's copy of its ancestors' keys (lm.block_forward)
-    activations   B x (2 x 2 d b            the residual stream entering and leaving a block, for
-                                             at most 2 B positions (a batch's tails hold 4.6-5.3 times
-                                             its prefixes on weather: about B; twice that for margin)
-                     + 2 K b                 every level's additive mask (R, 1, T, K), kept through the forward
-                     + max(attention, MLP)), one level (at most B positions) at a time:
-                  attention = (2 d + (H + 2 Hkv) hd) b + 2 H K 4 + 7/6 x 2 H hd 4: the normed states,
-                  q, k, v, then the math kernel's fp32 scores and probabilities and its keys and values
-                  repeated to every head (SDPA falls back to it with a float mask and grouped keys;
-                  the fused kernels need less); MLP = (2 d + 4 I) b (Phi-3's fused gate and up: 2 I,
-                  the activation and the product: I each)
-    reserve       1 GiB: the CUDA context, cuBLAS workspaces, the SCA and the allocator's fragmentation
+For GPT-2 small in fp32 at P = 192 (K = 892) that is 130 kB per budget token, against a measured
+71.5 kB on the CPU (docs/benchmarks.md: peak RSS 5.9 GB at 65,536 tokens, 1.8 GB at 8,192). Not
+counted: the SCA's (W, d, d) fp32 scores per chunk of W windows (extract.py: W = 8 B / 6 over a
+window's prefix tokens, so larger for datasets of few variables).
 
-For GPT-2 small in fp32 at P = 192 (K = 892) this gives 127 kB per budget token; the measured
-slope on the CPU is 71.5 kB (docs/benchmarks.md: peak RSS 5.9 GB at 65,536 tokens, 1.8 GB at
-8,192), so the estimate errs on the safe side. The SCA's own attention over d per window of a
-chunk is not counted (it is small next to the language model's for the sizes planned here).
-
-One replica per GPU when a whole copy fits every GPU; else the decoder blocks split over the
-GPUs (an accelerate device map: blocks whole, the embeddings on the first GPU, the final norm on
-the last, each GPU filled to the same share of its room); else one sentence naming the model's
-size, the GPUs' memory and the options. CPU devices are not planned (host memory is not asked).
+One copy per GPU when a whole copy fits every GPU; else the blocks split over the GPUs (an
+accelerate device map: blocks whole, embeddings on the first GPU, final norm on the last, each GPU
+filled to the same share of its room); else one sentence: the model's size, the GPUs' memory and
+what would fit. The CPU is not planned (host memory is not asked).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import re
 from dataclasses import asdict, dataclass
 
 import torch
 from transformers import PretrainedConfig
 
-from .devices import token_budget
+from .devices import device_memory, token_budget
 from .errors import InputError
 from .families import family_of
 from .lm import DTYPES, LAYOUTS
 from .units import gib
 
-MEMORY_ENV = "TIMEKD_GPU_MEMORY"
 RESERVE = 2**30          # per GPU (module opening)
 DEFAULT_PROMPT = 2048    # K when the job's prompts are not known; weather's longest prompt at P = 192
 #                          is 892 tokens with GPT-2's tokenizer, 1,194 with Llama 3's, 1,784 with Qwen2's
@@ -58,8 +49,6 @@ MIN_BATCH_TOKENS = 1024  # the schema's minimum of batch_tokens
 # With batch_tokens null, one copy per GPU is preferred down to this budget, before a split at a larger one:
 # copies run as many batches at once as there are GPUs, a split one at a time.
 COPIES_FLOOR = 8192
-_UNITS = {"gib": 2**30, "gb": 10**9, "mib": 2**20, "mb": 10**6, "tib": 2**40, "tb": 10**12}
-_ENTRY = re.compile(r"(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*(gib|gb|mib|mb|tib|tb)", re.IGNORECASE)
 
 
 def meta_model(config: PretrainedConfig, layers: int | None = None) -> torch.nn.Module:
@@ -101,65 +90,6 @@ def per_token_bytes(config: PretrainedConfig, precision: str, prompt_tokens: int
     attention = (2 * d + (H + 2 * kv_heads) * hd) * b + 2 * H * K * 4 + 7 / 6 * 2 * H * hd * 4
     mlp = (2 * d + 4 * inner) * b
     return kept, 2 * 2 * d * b + 2 * K * b + max(attention, mlp)
-
-
-def _sizes(text: str) -> list[int]:
-    sizes = []
-    for entry in text.split(","):
-        match = _ENTRY.fullmatch(entry.strip())
-        if match is None:
-            raise InputError(f"{MEMORY_ENV} = {text!r} is no memory size; give one size for every GPU (24GiB), "
-                             "one per GPU of the node (24GiB,80GiB) or a count and a size (2x24GiB).")
-        count, number, unit = match.groups()
-        sizes += [int(float(number) * _UNITS[unit.lower()])] * int(count or 1)
-    return sizes
-
-
-def _node_gpu(device: str) -> int:
-    """The node's id of a job's GPU (CUDA_VISIBLE_DEVICES, as a lease or a scheduler sets it)."""
-    index = torch.device(device).index or 0
-    visible = [gpu.strip() for gpu in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip()]
-    if not visible:
-        return index
-    if not visible[index].isdigit():
-        raise InputError(f"CUDA_VISIBLE_DEVICES names GPUs by UUID ({visible[index]}), so {MEMORY_ENV}'s list "
-                         "cannot be matched to them; give it one size for every GPU (24GiB).")
-    return int(visible[index])
-
-
-def device_memory(devices: list[str]) -> list[int | None]:
-    """Bytes the plan may use on each device: for a GPU, $TIMEKD_GPU_MEMORY when set, else its free
-    memory (torch.cuda.mem_get_info: other jobs may share the node); None for the CPU.
-
-    $TIMEKD_GPU_MEMORY is one size for every GPU ("24GiB"), one per GPU of the node in id order
-    ("24GiB,80GiB"), or a count and a size ("2x24GiB"); with $TIMEKD_NODE_GPUS (the node's GPU
-    count, leases.py) a list must have that many entries, so the two describe one node.
-
-    Raises:
-        InputError: a value that is no size, or a list that does not cover the job's GPUs.
-    """
-    text = os.environ.get(MEMORY_ENV, "").strip()
-    sizes = _sizes(text) if text else None
-    per_gpu = sizes is not None and (len(sizes) > 1 or "x" in text.lower())
-    node = os.environ.get("TIMEKD_NODE_GPUS")
-    if per_gpu and node is not None and node.isdigit() and len(sizes) != int(node):
-        raise InputError(f"{MEMORY_ENV} = {text!r} gives {len(sizes)} GPU(s) but TIMEKD_NODE_GPUS = {node}; "
-                         "give one size per GPU of the node, or one size for every GPU.")
-    memory = []
-    for device in devices:
-        if not device.startswith("cuda"):
-            memory.append(None)
-        elif sizes is None:
-            memory.append(int(torch.cuda.mem_get_info(torch.device(device))[0]))
-        elif per_gpu:
-            gpu = _node_gpu(device)
-            if gpu >= len(sizes):
-                raise InputError(f"{MEMORY_ENV} = {text!r} gives {len(sizes)} GPU(s), but this job uses GPU {gpu} "
-                                 "of the node; give one size per GPU of the node, or one size for every GPU.")
-            memory.append(sizes[gpu])
-        else:
-            memory.append(sizes[0])
-    return memory
 
 
 @dataclass(frozen=True)
