@@ -196,7 +196,7 @@ def plan_placement(config: PretrainedConfig, precision: str, layers: int | None,
         wanted, [("copies", 0)])
     chosen = next(((kind, B, counts) for kind, floor in tries for B in budgets
                    if (B >= floor or batch_tokens) and (counts := fit(kind, B)) is not None), None)
-    kind, budget, counts = chosen or ("copies", budgets[0], None)
+    kind, budget, counts = chosen or ("copies", budgets[-1], None)      # refused: even at the smallest budget
     kept, act = int(budget * kept_rate), int(budget * act_rate)
     plans, j = [], 0
     for k, device in enumerate(devices):
@@ -211,7 +211,7 @@ def plan_placement(config: PretrainedConfig, precision: str, layers: int | None,
                f"reserve = {gib(total + kept + act + RESERVE)}")
     common = dict(precision=precision, weights=total, batch_tokens=budget, prompt_tokens=K, devices=plans)
     if chosen is None:
-        sentence = _refusal(name, figures, wanted, precision, memory, blocks, total, budgets[-1], fit)
+        sentence = _refusal(name, figures, wanted, precision, memory, blocks, total, budget, fit)
         return Plan("refused", sentence, device_map=None, **common)
     if kind == "copies":
         reason = ("not planned: CPU memory is not asked" if all(unplanned) else
