@@ -123,7 +123,11 @@ class Plan:
     device_map: dict | None
 
     def require(self) -> Plan:
-        """This plan; raises InputError with its sentence when it refuses."""
+        """This plan, when it places the model.
+
+        Raises:
+            InputError: the plan refuses (its reason is the sentence).
+        """
         if self.placement == "refused":
             raise InputError(self.reason)
         return self
