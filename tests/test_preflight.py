@@ -106,7 +106,9 @@ def test_two_devices_run_the_replica_and_layer_split_checks(weather_csv, tiny_mo
     # first outweigh both blocks, which go to the second with the final norm.
     plan = report["plan"]
     assert plan["placement"] == "model_parallel" and [device["blocks"] for device in plan["devices"]] == [[], [0, 1]]
-    assert "## Placement" in preflight_markdown(report)
+    text = preflight_markdown(report)
+    assert "## Placement" in text and "**model_parallel**: the blocks split over 2 devices" in text
+    assert "| none |" in text and "| 0-1 |" in text       # blocks per device
     assert checks["model_parallel"]["parity_vs_one_device"]["bit_equal"]      # same ops, same device type
     replicas = checks["replica_scaling"]
     assert replicas["devices"] == ["cpu", "cpu"] and replicas["windows_per_s_1"] > 0 and replicas["windows_per_s_2"] > 0

@@ -108,7 +108,7 @@ def precision_parity(config, settings, sca_path, devices, placement, device_map,
     log.info("preflight: the same sample windows in fp32")
     try:
         fp32 = load_teacher(dataclasses.replace(settings.teacher, precision="fp32"), sca_path, devices, placement,
-                            device_map, batch_tokens, max(horizon.longest for horizon in horizons))
+                            device_map, batch_tokens, max(horizon.longest_prompt for horizon in horizons))
     except InputError as error:   # the plan's sentence: the fp32 copy does not fit these devices
         failures.append(f"the parity check's fp32 reference does not fit: {error}")
         return {"fp32": f"not run: {error}"}
@@ -259,7 +259,7 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
     save_sca(sca_path, horizons[0].prompts.n_vars, model_config.hidden_size, config["seed"])
 
     # The plan from config.json, recorded even when it refuses (load_teacher then raises its sentence).
-    longest = max(horizon.longest for horizon in horizons)
+    longest = max(horizon.longest_prompt for horizon in horizons)
     report["plan"] = plan_placement(model_config, settings.precision, settings.layers, devices,
                                     "model_parallel" if device_map else runtime.placement, runtime.batch_tokens,
                                     longest, name=f"model {name}").as_dict()

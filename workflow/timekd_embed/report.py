@@ -221,9 +221,9 @@ def _held(machine_info: dict) -> str:
     return held["source"] + (f", ids {held['ids']}" if held.get("ids") else "")
 
 
-def _blocks(held: list[int], every: int) -> str:
-    if len(held) == every:
-        return f"all {every}"
+def _blocks(held: list[int], split: bool) -> str:
+    if not split:
+        return f"all {len(held)}"
     return f"{held[0]}-{held[-1]}" if held else "none"
 
 
@@ -231,7 +231,6 @@ def _plan_lines(report: dict) -> list[str]:
     """The placement plan (placement.Plan.as_dict): per device what it holds and needs, beside the
     peak the measured jobs reached there."""
     plan = report["plan"]
-    every = max(len(device["blocks"]) for device in plan["devices"])
     peaks = {}
     for job in report.get("jobs", []):
         for device, peak in job["peak_memory_bytes"].items():
@@ -245,7 +244,8 @@ def _plan_lines(report: dict) -> list[str]:
         measured = peaks.get(device["device"], peaks.get("cpu_rss") if device["device"] == "cpu" else None)
         lines.append(f"| {device['device']} | {gib(device['memory'])} | {gib(device['weights'])} | "
                      f"{gib(device['kept_prefix'])} | {gib(device['activations'])} | {gib(device['reserve'])} | "
-                     f"{gib(device['total'])} | {_blocks(device['blocks'], every)} | {gib(measured)} |")
+                     f"{gib(device['total'])} | {_blocks(device['blocks'], plan['placement'] == 'model_parallel')} | "
+                     f"{gib(measured)} |")
     return lines
 
 
