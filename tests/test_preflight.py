@@ -62,11 +62,17 @@ def test_one_cpu_device_measures_and_lists_the_gpu_checks_as_not_run(weather_csv
         assert report["gpu_checks"][name] == NO_CUDA
     assert report["machine"]["devices"][0]["device"] == "cpu"
     assert report["notes"] == ["fp16 on the CPU is emulated and slow: use precision fp32 there."]
+    # The placement plan from config.json: the tiny model's 2 blocks on the one device, the CPU's budget.
+    plan = report["plan"]
+    assert plan["placement"] == "single" and plan["batch_tokens"] == 8192 and plan["device_map"] is None
+    assert plan["devices"][0]["blocks"] == [0, 1] and plan["devices"][0]["weights"] > 0
 
     json_path, md_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["passed"] is True
     text = md_path.read_text()
     assert "**PASSED**" in text and "key_padding: not run: no CUDA device" in text and "| 24 |" in text
+    assert "## Placement" in text and "**single**: not planned: CPU memory is not asked" in text
+    assert "| cpu | - |" in text and "| all 2 |" in text
     require_passed(report, md_path)       # nothing to raise
 
 
@@ -96,6 +102,13 @@ def test_two_devices_run_the_replica_and_layer_split_checks(weather_csv, tiny_mo
     assert report["passed"], report["failures"]
     checks = report["gpu_checks"]
     assert checks["model_parallel"]["device_map"] == SPLIT_MAP
+    # The plan of the split over the two entries: balanced by bytes, the embeddings (50,257 x 64) on the
+    # first outweigh both blocks, which go to the second with the final norm.
+    plan = report["plan"]
+    assert plan["placement"] == "model_parallel" and [device["blocks"] for device in plan["devices"]] == [[], [0, 1]]
+    text = preflight_markdown(report)
+    assert "## Placement" in text and "**model_parallel**: the blocks split over 2 devices" in text
+    assert "| none |" in text and "| 0-1 |" in text       # blocks per device
     assert checks["model_parallel"]["parity_vs_one_device"]["bit_equal"]      # same ops, same device type
     replicas = checks["replica_scaling"]
     assert replicas["devices"] == ["cpu", "cpu"] and replicas["windows_per_s_1"] > 0 and replicas["windows_per_s_2"] > 0

@@ -249,7 +249,7 @@ def replicas_check(settings, sca_path, teacher, one, devices, horizon, budget) -
     """
     single, _ = embed_windows(one, horizon.prompts, horizon.sample, settings.fidelity, budget)
     replicated = teacher if teacher.placement == "data_parallel" and len(teacher.devices) == 2 else load_teacher(
-        settings.teacher, sca_path, devices[:2], "data_parallel")
+        settings.teacher, sca_path, devices[:2], "data_parallel", batch_tokens=budget)
     result = replica_scaling(one, replicated, horizon, settings.fidelity, budget)
     parallel, _ = embed_windows(replicated, horizon.prompts, horizon.sample, settings.fidelity, budget)
     return result | {"parity_vs_one_device": within_rounding(parallel, single, settings.precision)}

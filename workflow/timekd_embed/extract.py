@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import load_config, load_tokenizer, weights
-from .devices import input_device, peak_memory, resolve_devices, token_budget
+from .devices import input_device, peak_memory, resolve_devices
 from .errors import InputError
 from .families import context_length
 from .jobs import progress_bar
@@ -239,8 +239,9 @@ def extract_horizons(settings: Settings, runtime: Runtime, split: str, pred_lens
     ranges = {P: (start, min(stop, stops[P])) for P in pred_lens}
 
     devices = resolve_devices(runtime.device, runtime.gpus_per_job)
-    teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement)
-    batch_tokens = runtime.batch_tokens or token_budget(teacher.devices)
+    teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement, batch_tokens=runtime.batch_tokens,
+                           prompt_tokens=max(job.longest.values()))
+    batch_tokens = teacher.batch_tokens
     pairs = sum(range_stop - range_start for range_start, range_stop in ranges.values())
     log.info("split %s, pred_len %s: windows %d-%d x %d variables, %d (window, horizon) pairs, longest prompt %d, "
              "on %s in %s; the progress bar's ETA is the time estimate", split, ", ".join(map(str, pred_lens)),
