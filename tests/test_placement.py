@@ -231,9 +231,10 @@ def test_gpu_memory_statements(gpus, monkeypatch):
         device_memory(TWO_GPUS)
 
 
-def test_the_plans_layer_split_runs_through_two_cpu_devices_equal_to_one(qwen2_model_dir, train_split, tmp_path):
+def test_the_plans_layer_split_runs_through_two_cpu_devices_equal_to_one(family_model_dir, train_split, tmp_path):
     """placement model_parallel on two CPU entries: the plan's own device map (embeddings and rotary
     frequencies first, norm last), dispatched by accelerate, gives one device's embeddings."""
+    qwen2_model_dir = family_model_dir("qwen2")
     _, raw, stamp = train_split
     prompts = SplitPrompts(load_tokenizer(str(qwen2_model_dir)), raw[:200], stamp[:200], "weather", 24)
     save_sca(tmp_path / "sca.safetensors", n_vars=21, d_model=64, seed=2024)
