@@ -161,9 +161,20 @@ def family_inputs(args, model_dir: Path):
     return settings, split, windows, job.prompts
 
 
+def allocated_bytes(call) -> int:
+    """Bytes torch allocates while `call` runs, frees not subtracted (so at least the call's peak above
+    its inputs), from the profiler's memory records. The RSS cannot show allocations that reuse memory
+    the allocator already holds, as it does after a run."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call()
+    return sum(max(0, event.self_cpu_memory_usage) for event in prof.events() if event.name != "[memory]")
+
+
 def attention_probe(teacher, prompts, windows: np.ndarray, batch_tokens: int) -> dict:
     """The first block's attention of the widest trie level of the first batch, as the workflow runs
-    it: the heads of its keys, and the memory the call takes against its keys and values expanded."""
+    it: the heads of its keys, and what torch allocates for the call, against the same call with the
+    keys and values expanded to every query head first (as eager attention's repeat_kv does)."""
     import torch.nn.functional as F
 
     from timekd_embed.lm import first_block_attention
@@ -171,14 +182,15 @@ def attention_probe(teacher, prompts, windows: np.ndarray, batch_tokens: int) ->
     model = teacher.model
     batch = model_inputs(prompts, windows[:1], FIDELITY, batch_tokens).batches[0]
     q, k, v, mask = first_block_attention(model, batch, torch.device("cpu"))
+    group = q.shape[1] // k.shape[1]
     with torch.inference_mode():
-        base = reset_peak()
-        F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
-        call = peak_rss() - base
-    expanded = 2 * k.shape[0] * q.shape[1] * k.shape[2] * k.shape[3] * k.element_size()
+        ours = allocated_bytes(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=group > 1))
+        expanded = allocated_bytes(lambda: F.scaled_dot_product_attention(
+            q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), attn_mask=mask))
     return {"query_heads": int(q.shape[1]), "key_heads": int(k.shape[1]), "rows": int(q.shape[0]),
-            "queries": int(q.shape[2]), "keys": int(k.shape[2]), "call_peak_bytes": call,
-            "keys_values_bytes": 2 * k.numel() * k.element_size(), "keys_values_expanded_bytes": expanded,
+            "queries": int(q.shape[2]), "keys": int(k.shape[2]), "call_allocated_bytes": ours,
+            "expanded_call_allocated_bytes": expanded, "keys_values_bytes": 2 * k.numel() * k.element_size(),
+            "keys_values_expanded_bytes": 2 * group * k.numel() * k.element_size(),
             "kv_heads_config": int(getattr(model.config, "num_key_value_heads", None) or q.shape[1])}
 
 

@@ -301,7 +301,9 @@ def md_families(report: dict) -> str | None:
         "shared prefixes, the last layer on the kept rows only, one forward per batch of "
         f"{fmt(section['batch_tokens'])} tokens), and the plain reference, `tests/plain_teacher.py` imported as is "
         "(each prompt its own forward through the family's transformers class, eager attention, the 4D additive "
-        "mask; GPT-2's blocks written out by hand). Model positions are counted at the token embedding (the "
+        "mask; GPT-2's blocks written out by hand, one head at a time, slower than GPT2Model's own forward: GPT-2's "
+        "time ratio here overstates the saving, section \"Against the published way\" times GPT2Model itself). "
+        "Model positions are counted at the token embedding (the "
         "workflow's padding included). Each way runs once after a short warm-up; the plain reference's time "
         "includes tokenizing its prompts (milliseconds), the workflow's excludes building the split's prompts "
         "(once per split). Peak memory: the process's peak RSS during the run, its high-water mark reset after "
@@ -339,7 +341,18 @@ def md_family(family: dict) -> list[str]:
             f"{fmt(family['full_depth_weight_bytes'] / GB)} GB.", "",
             table(["P", "model positions / window: workflow / plain", "positions ratio", "s / window: workflow / plain",
                    "time ratio", "peak RSS above loaded (GB): workflow / plain", "peak RSS (GB): workflow / plain",
-                   "max diff / largest value"], rows), "", md_gqa(horizons[-1]["workflow"])]
+                   "max diff / largest value"], rows), "", md_gqa(horizons[-1]["workflow"]), "", md_rates(family)]
+
+
+def md_rates(family: dict) -> str:
+    """The matmul rate right after each run: how much of the machine other work left it."""
+    runs = [(f"{way} P={horizon['pred_len']}", horizon[way]) for horizon in family["horizons"]
+            for way in ("workflow", "plain")]
+    if "all_horizons" in family:
+        runs.append(("workflow, one trie", family["all_horizons"]["workflow"]))
+    rates = ", ".join(f"{name} {fmt(run['matmul_flops_per_s_after'] / 1e9)}" for name, run in runs)
+    return (f"A 2048x2048 fp32 matmul right after each run ran at (GFLOP/s) {rates}: other work on the machine "
+            "changes these, and the times with them; the model positions are exact.")
 
 
 def md_family_row(entry: dict, plains: list[dict]) -> list[str]:
@@ -364,14 +377,18 @@ def md_gqa(workflow: dict) -> str:
     if probe["kv_heads_config"] == probe["query_heads"]:
         return (f"No grouped-query attention ({probe['query_heads']} kv heads = heads): keys reached attention with "
                 f"{seen} heads in all {workflow['attention_calls']} calls.")
+    measured = (f" One first-block attention call of the widest trie level ({probe['rows']} rows x "
+                f"{fmt(probe['queries'])} queries x {fmt(probe['keys'])} keys) made torch allocate "
+                f"{fmt(probe['call_allocated_bytes'] / 1e6)} MB (profiler memory records), the same call on keys and "
+                f"values expanded first {fmt(probe['expanded_call_allocated_bytes'] / 1e6)} MB."
+                if "call_allocated_bytes" in probe else "")
     return (f"Grouped-query attention: in all {workflow['attention_calls']} attention calls of the run the keys had "
             f"{seen} head(s), the config's {probe['kv_heads_config']} kv heads of {probe['query_heads']} query heads: "
-            "keys and values are kept and concatenated for the trie's children at their own heads. One first-block "
-            f"attention call of the widest trie level ({probe['rows']} rows x {fmt(probe['queries'])} queries x "
-            f"{fmt(probe['keys'])} keys) raised the peak RSS by {fmt(probe['call_peak_bytes'] / 1e6)} MB, while "
-            f"its keys and values take {fmt(probe['keys_values_bytes'] / 1e6)} MB and would take "
-            f"{fmt(probe['keys_values_expanded_bytes'] / 1e6)} MB expanded to every query head (what the plain "
-            "reference's eager attention does per prompt, `repeat_kv`): the workflow never expands them.")
+            "keys and values are kept, concatenated for the trie's children and handed to attention (SDPA with "
+            "`enable_gqa`) at their own heads, never expanded; the plain reference's eager attention expands them "
+            f"per prompt (`repeat_kv`). In the widest trie level of the first batch they take "
+            f"{fmt(probe['keys_values_bytes'] / 1e6)} MB; expanded to every query head they would take "
+            f"{fmt(probe['keys_values_expanded_bytes'] / 1e6)} MB.{measured}")
 
 
 def md_prompts(report: dict) -> str:

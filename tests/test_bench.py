@@ -151,7 +151,12 @@ def test_the_family_section_runs_fewer_positions_than_the_plain_reference(tmp_pa
     assert horizon["max_abs_diff"] < 1e-4                        # the same function, float rounding apart
     # Every key tensor handed to attention is at the 2 kv heads, not expanded to the 4 query heads.
     assert workflow["key_heads_seen"] == [2] and workflow["attention_calls"] > 0
-    assert workflow["attention_probe"]["key_heads"] == 2 and workflow["attention_probe"]["query_heads"] == 4
+    probe = workflow["attention_probe"]
+    assert probe["key_heads"] == 2 and probe["query_heads"] == 4
+    # torch's allocations for the workflow's attention call, against the same call on expanded keys and values
+    assert probe["call_allocated_bytes"] < probe["expanded_call_allocated_bytes"]
+    assert probe["keys_values_expanded_bytes"] == 2 * probe["keys_values_bytes"]        # 4 query heads, 2 kv heads
+    assert probe["expanded_call_allocated_bytes"] >= probe["keys_values_expanded_bytes"]
     for run in (workflow, plain):
         assert run["s_per_window"] > 0 and run["peak_rss_bytes"] >= run["loaded_rss_bytes"] > 0
     markdown = out.read_text()
