@@ -16,8 +16,8 @@ transient copies nor another measurement's peak hide the run's own. tracemalloc 
 torch's allocations at all.
 
 The workflow's grouped-query keys and values stay at their kv heads: the worker records the heads
-of every key tensor handed to attention, and the memory one attention call of the widest trie
-level takes against what its keys and values would take expanded to every query head.
+of every key tensor handed to attention, and what torch allocates for one attention call of the
+widest trie level against the same call on keys and values expanded to every query head.
 """
 
 from __future__ import annotations
