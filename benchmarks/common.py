@@ -8,6 +8,7 @@ the Markdown use. The package's own helpers do the real work (`timekd_embed.samp
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import resource
@@ -15,6 +16,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -94,6 +96,15 @@ def make_model_dir(path: Path, tokenizer_dir: Path, seed: int = SEED, **shape) -
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(tokenizer_dir / name, path / name)
     return path
+
+
+def plain_teacher() -> ModuleType:
+    """tests/plain_teacher.py, the project's independent oracle, loaded from its file (tests/ is no
+    package, and the oracle imports nothing of the package: both stay so)."""
+    spec = importlib.util.spec_from_file_location("plain_teacher", ROOT / "tests" / "plain_teacher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def train_split(csv: Path):
@@ -215,7 +226,7 @@ def count_model_tokens(model: torch.nn.Module):
         counts["batches"] += 1
         counts["largest_batch_tokens"] = max(counts["largest_batch_tokens"], int(args[0].numel()))
 
-    handle = model.wte.register_forward_pre_hook(hook)
+    handle = model.get_input_embeddings().register_forward_pre_hook(hook)
     try:
         yield counts
     finally:
