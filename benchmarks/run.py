@@ -70,7 +70,7 @@ from benchmarks.common import (
 from benchmarks.families import SHAPES, family_section
 from benchmarks.render import fmt, render_markdown
 from benchmarks.targets import summarize
-from benchmarks.workers import worker_main
+from benchmarks.workers import WHOLE_ROUNDS, worker_main
 from timekd_embed import __version__
 from timekd_embed.errors import InputError
 from timekd_embed.store import write_text
@@ -148,6 +148,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pred-len", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    # The horizon worker's matmul rate right after it (make gpu-check leaves it out on the CPU, where an
+    # emulated fp16 matmul of that size takes minutes).
+    parser.add_argument("--roofline", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
+    # The whole-job worker's rounds of each way (make gpu-check runs one on the CPU).
+    parser.add_argument("--whole-rounds", type=int, default=WHOLE_ROUNDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.device = resolve_device(args.device)
     args.precision = args.precision or ("fp16" if args.device == "cuda" else "fp32")

@@ -79,6 +79,15 @@ def compare(production: np.ndarray, reference: np.ndarray) -> dict:
     return stats, cos
 
 
+def rounding_tolerance(precision: str, largest: float) -> float:
+    """The largest difference that is float rounding at `precision` for values up to `largest` in
+    magnitude: ROUNDING_ULPS machine epsilons of the precision times max(1, largest)."""
+    import torch
+    eps = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16).eps,
+           "bf16": torch.finfo(torch.bfloat16).eps}[precision]
+    return ROUNDING_ULPS * eps * max(1.0, largest)
+
+
 def within_rounding(got: np.ndarray, expected: np.ndarray, precision: str) -> dict:
     """Largest difference of two runs that should agree, and whether it is float rounding at `precision`:
     within ROUNDING_ULPS machine epsilons of the precision times max(1, |expected|).
@@ -86,11 +95,8 @@ def within_rounding(got: np.ndarray, expected: np.ndarray, precision: str) -> di
     Returns:
         {"max_abs_difference", "bit_equal", "tolerance", "within_rounding"}.
     """
-    import torch
-    eps = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16).eps,
-           "bf16": torch.finfo(torch.bfloat16).eps}[precision]
     diff = float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
-    tolerance = ROUNDING_ULPS * eps * float(max(1.0, np.abs(expected).max()))
+    tolerance = rounding_tolerance(precision, float(np.abs(expected).max()))
     return {"max_abs_difference": diff, "bit_equal": bool(np.array_equal(got, expected)), "tolerance": tolerance,
             "within_rounding": diff <= tolerance}
 

@@ -190,6 +190,18 @@ def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget
     return checks
 
 
+def check_outcome(value) -> str:
+    """One GPU check's result (a value of gpu_checks') in a word: "ok", "failed" or "not run".
+
+    A sentence is "failed: ..." or "not run: ..."; a result is "failed" when any comparison in it
+    is more than float rounding. Details a check only reports (a backend that refused the batch,
+    padding_helps) do not fail it.
+    """
+    if isinstance(value, str):
+        return "failed" if value.startswith("failed") else "not run"
+    return "failed" if any(not result["within_rounding"] for _, result in _rounding_results(value)) else "ok"
+
+
 def _rounding_results(value, where: str = "") -> list[tuple[str, dict]]:
     """Every within_rounding result nested in a check's result, with where it sits."""
     if not isinstance(value, dict):

@@ -207,13 +207,14 @@ def write_report(summary: str | Path, items: dict[tuple[int, str], str | Path], 
 
 # --------------------------------------------------------------------------- the preflight report
 
-def _check_line(value) -> str:
+def check_line(value) -> str:
+    """One GPU check's result (a value of preflight's gpu_checks) as one line of text."""
     if isinstance(value, str):
         return value
     if "within_rounding" in value:
         return (f"max |diff| {value['max_abs_difference']:.3g} (bit-equal: {value['bit_equal']}; "
                 f"rounding tolerance {value['tolerance']:.3g}): {'ok' if value['within_rounding'] else 'FAILED'}")
-    return ", ".join(f"{key} {_check_line(item) if isinstance(item, dict) else item}" for key, item in value.items())
+    return ", ".join(f"{key} {check_line(item) if isinstance(item, dict) else item}" for key, item in value.items())
 
 
 def _held(machine_info: dict) -> str:
@@ -293,5 +294,5 @@ def preflight_markdown(report: dict) -> str:
                          f"{stats['max_abs_error']:.3g}; nearest-neighbour agreement {stats['nn_agreement']}")
     if report.get("gpu_checks"):
         lines += ["", "## GPU checks", ""]
-        lines += [f"- {name}: {_check_line(value)}" for name, value in report["gpu_checks"].items()]
+        lines += [f"- {name}: {check_line(value)}" for name, value in report["gpu_checks"].items()]
     return "\n".join(lines) + "\n"
