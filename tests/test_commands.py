@@ -91,7 +91,7 @@ def test_make_help_lists_every_target_and_make_alone_prints_it(clone):
     shown = make(clone)
     assert shown.returncode == 0, shown.stderr
     assert help_targets(shown.stdout) == ["demo", "preflight", "run", "test", "test-data", "lint", "format", "bench",
-                                          "bootstrap", "wheelhouse"]
+                                          "gpu-check", "bootstrap", "wheelhouse"]
     declared = re.search(r"^\.PHONY: (.*)$", (clone / "Makefile").read_text(), flags=re.M).group(1).split()
     assert set(help_targets(shown.stdout)) <= set(declared)
     for target in help_targets(shown.stdout):      # each parses as make reads it
