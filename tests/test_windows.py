@@ -430,7 +430,7 @@ def test_failure_during_parquet_write_leaves_nothing(tmp_path, monkeypatch):
             raise OSError("No space left on device")
         real_write(arrow, where, **kwargs)
 
-    monkeypatch.setattr(windows.pq, "write_table", write_then_crash)
+    monkeypatch.setattr(pq, "write_table", write_then_crash)   # the module write_windows imports
     with pytest.raises(OSError, match="No space"):
         write_windows(table, "custom", 8, [1], out)
     assert not any(Path(p).exists() for p in out.values())

@@ -14,17 +14,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .config import LAYOUTS, resolve_layout
 from .errors import InputError
 from .records import check_record
 from .store import atomic_paths
 from .table import Table, stamps
+
+if TYPE_CHECKING:     # imported where Parquet is written or read: the GPU check runs where it is not installed
+    import pyarrow as pa
 
 SPLITS = ("train", "val", "test")
 
@@ -251,6 +253,8 @@ def _fit_scaler(train: np.ndarray, variables: list[str]) -> tuple[np.ndarray, np
 def _arrow_table(
     table: Table, start: int, end: int, mean: np.ndarray, std: np.ndarray, meta: dict
 ) -> pa.Table:
+    import pyarrow as pa
+
     raw = table.values[start:end]  # (R_s, N)
     zscore = (raw - mean) / std  # (R_s, N)
     columns: dict[str, pa.Array] = {
@@ -267,6 +271,8 @@ def _arrow_table(
 
 def _write_all_atomically(tables: dict[str, pa.Table], out: dict[str, str]) -> None:
     """All splits or none: store.atomic_paths renames them together, or removes them all."""
+    import pyarrow.parquet as pq
+
     with atomic_paths(*(out[split] for split in tables)) as temps:
         for arrow, tmp in zip(tables.values(), temps):
             pq.write_table(arrow, tmp)
@@ -319,6 +325,9 @@ def read_windows(path: str | os.PathLike) -> SplitWindows:
 
 
 def _read_parquet(path: str) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if not os.path.isfile(path):
         raise InputError(f"{path} does not exist; run the windows step first.")
     try:
