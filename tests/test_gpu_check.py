@@ -189,3 +189,55 @@ def test_a_python_without_the_packages_says_which_in_one_sentence(tmp_path):
         f"gpu-check: this Python ({sys.executable}) lacks accelerate, pandas; install them from a wheelhouse (make "
         "wheelhouse on a machine with network; README \"On a GPU node without internet\") or with make bootstrap."]
     assert not (tmp_path / "out").exists()
+
+
+def gpu_results(cpu: dict, rates: dict[int, float], peak_192: int, eta_s: float) -> dict:
+    """Both workers' results as a run on one H200 would give them: the CPU run's, with the device, the
+    sizes and the figures the targets read set by hand (no GPU has run the check yet)."""
+    h200 = {"device": "cuda:0", "name": "NVIDIA H200", "memory_bytes": 140 * 2**30, "compute_capability": "9.0",
+            "fp16": True, "bf16": True}
+    machine = cpu["machine"] | {"devices": [h200], "driver": "570.86.15", "cuda": "12.8"}
+    results = {}
+    for precision, figures in cpu["figures"].items():
+        first = figures["horizons"][0]
+        horizons = [first | {"pred_len": P, "windows_per_s": rate, "gpu_peak_allocated_bytes":
+                             {"cuda:0": peak_192 if P == 192 else 2**30}} for P, rate in rates.items()]
+        results[precision] = {"precision": precision, "device": "cuda", "sizes": SIZES["cuda"], "machine": machine,
+                              "versions": {key: cpu["machine"][key] for key in ("python", "transformers",
+                                                                               "timekd_embed")},
+                              "horizons": horizons, "whole_job": figures["whole_job"], "min_cosine": 0.999,
+                              "preflight": figures["preflight"] | {"eta_s": eta_s}, "sections_s": []}
+    return results
+
+
+def test_on_a_gpu_each_target_is_met_or_not_by_its_figure(checked):
+    from benchmarks.gpu_check_report import assemble, render
+    _, _, cpu, _ = checked
+    rates = {24: 250.0, 36: 200.0, 48: 150.0, 96: 100.0, 192: 50.0}
+    held = {"source": "lease (file locks)", "ids": "0"}
+    report = assemble(gpu_results(cpu, rates, 6 * 2**30, 2 * 3600.0), cpu["data"], held, 300.0)
+    statuses = {row["target"]: (row["measured"], row["status"])
+                for row in report["targets"] if row["precision"] == "bf16"}
+    assert statuses == {TARGETS[0]: (250.0, "met"), TARGETS[1]: (50.0, "not met"), TARGETS[2]: (6.0, "met"),
+                        TARGETS[3]: (2.0, "not met")}
+    assert report["summary"]["targets_met"] == 4 and report["summary"]["targets_not_met"] == 4
+    assert report["docs_file"] == "docs/gpu-check-nvidia-h200.md"
+    assert report["headline"][0] == "# GPU check: NVIDIA H200"
+    assert "driver 570.86.15, CUDA 12.8" in report["headline"][4] and "GPUs held: lease (file locks), ids 0" in \
+        report["headline"][4]
+    assert report["headline"][-1] == "- Keep this report as docs/gpu-check-nvidia-h200.md (README \"GPU check\")."
+    markdown = render(report)
+    assert f"| {TARGETS[1]} | 50 windows/s: not met | 50 windows/s: not met |" in markdown
+    assert f"| {TARGETS[2]} | 6 GiB: met | 6 GiB: met |" in markdown
+    assert re.search(r"^\| 192 \| fp16 \| 1 \| 50 \| .* \| 6\.00 GiB \| \d+ \|$", markdown, flags=re.M)
+    # the same figures read from the synthetic CSV measure no target; a worker that died fails the check
+    synthetic = assemble(gpu_results(cpu, rates, 6 * 2**30, 600.0), choose_data([]), held, 300.0)
+    assert {row["status"] for row in synthetic["targets"]} == {"not measured (synthetic data: no weather.csv found)"}
+    died = gpu_results(cpu, rates, 6 * 2**30, 600.0) | {"bf16": {"precision": "bf16", "failed": "its worker exited "
+                                                                 "with status 1"}}
+    failed = assemble(died, cpu["data"], held, 300.0)
+    assert not failed["passed"] and [row for row in failed["checks"] if row["precision"] == "bf16"] == [
+        {"precision": "bf16", "check": "worker", "outcome": "failed", "detail": "its worker exited with status 1"}]
+    assert {row["status"] for row in failed["targets"] if row["precision"] == "bf16"} == {
+        "not measured (its worker failed)"}
+    assert "The bf16 worker did not finish: its worker exited with status 1." in render(failed)
