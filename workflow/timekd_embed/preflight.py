@@ -192,11 +192,8 @@ def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget
 
 def check_outcome(value) -> str:
     """One GPU check's result (a value of gpu_checks') in a word: "ok", "failed" or "not run".
-
-    A sentence is "failed: ..." or "not run: ..."; a result is "failed" when any comparison in it
-    is more than float rounding. Details a check only reports (a backend that refused the batch,
-    padding_helps) do not fail it.
-    """
+    A result fails when a comparison in it is more than float rounding; what a check only reports
+    (a backend that refused the batch, padding_helps) does not fail it."""
     if isinstance(value, str):
         return "failed" if value.startswith("failed") else "not run"
     return "failed" if any(not result["within_rounding"] for _, result in _rounding_results(value)) else "ok"
