@@ -267,13 +267,16 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.gpu_check_report import assemble, render
     data = choose_data()
     progress(f"gpu-check: data {data['kind']} ({data['csv']}); report into {args.out}")
+    json_path, md_path = args.out / "gpu-check.json", args.out / "gpu-check.md"
     with held_gpus() as held, tempfile.TemporaryDirectory(prefix="timekd-gpu-check-") as tmp:
         write_json(Path(tmp) / "data.json", data)
-        results = {precision: spawn_worker(precision, Path(tmp) / "data.json", Path(tmp)) for precision in PRECISIONS}
-    report = assemble(results, data, held, elapsed())
-    json_path, md_path = args.out / "gpu-check.json", args.out / "gpu-check.md"
-    write_json(json_path, report)
-    write_text(md_path, render(report))
+        results = {precision: {"precision": precision, "failed": "not run: the check stopped before it"}
+                   for precision in PRECISIONS}
+        for precision in PRECISIONS:     # the report after each: a check stopped midway leaves what it found
+            results[precision] = spawn_worker(precision, Path(tmp) / "data.json", Path(tmp))
+            report = assemble(results, data, held, elapsed())
+            write_json(json_path, report)
+            write_text(md_path, render(report))
     for line in report["headline"]:
         print(line)
     print(f"Report: {md_path} and {json_path}")
