@@ -191,9 +191,11 @@ def run_worker(args: argparse.Namespace) -> dict:
                  d_model=sizes["model"]["n_embd"], seed=SEED)
     options = {"--windows": sizes["windows"], "--whole-windows": sizes["whole_windows"],
                "--whole-rounds": sizes["whole_rounds"]}
-    bench = bench_options(["--csv", data["csv"], "--tokenizer", str(model_dir), "--device", device,
-                           "--precision", args.precision, "--pred-lens", *map(str, sizes["pred_lens"]),
-                           "--workdir", str(args.workdir), "--roofline" if device == "cuda" else "--no-roofline"]
+    # The options the benchmark gives its own workers (--worker: no other section's inputs are looked for).
+    bench = bench_options(["--worker", "horizon", "--csv", data["csv"], "--tokenizer", str(model_dir),
+                           "--device", device, "--precision", args.precision,
+                           "--pred-lens", *map(str, sizes["pred_lens"]), "--workdir", str(args.workdir),
+                           "--roofline" if device == "cuda" else "--no-roofline"]
                           + [word for option, value in options.items() if value for word in (option, str(value))])
     result["bench_settings"] = {key: value for key, value in vars(bench).items()
                                 if key in ("windows", "whole_windows", "batch_tokens", "pred_lens")}
