@@ -144,7 +144,8 @@ class Sha256Cache:
 
 def weights_sha256(files: list[Path], sha256_of=None) -> str:
     """The weights' identity as every embeddings file records it: one file's sha256, or for shards the
-    sha256 of their "<sha256>  <name>" lines (sha256sum's format), in order.
+    sha256 of their "<sha256>  <name>" lines sorted by name, which is what `sha256sum model-*.safetensors
+    | sha256sum` prints in the model folder.
 
     Args:
         files: model_files.weight_files' result; sha256_of: a file's sha256 (default: hash it).
@@ -156,7 +157,7 @@ def weights_sha256(files: list[Path], sha256_of=None) -> str:
     sha256_of = sha256_of or sha256_file
     if len(files) == 1:
         return sha256_of(files[0])
-    listing = "".join(f"{sha256_of(path)}  {path.name}\n" for path in files)
+    listing = "".join(f"{sha256_of(path)}  {path.name}\n" for path in sorted(files, key=lambda path: path.name))
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
