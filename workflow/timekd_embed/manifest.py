@@ -176,6 +176,8 @@ def folder_files(folder: Path) -> set[str]:
 
 
 def in_record_folder(relative: str) -> bool:
+    """Whether a path (relative to the results folder) is a run record by where it lies: logs/, benchmarks/,
+    or preflight's report."""
     return relative.split("/", 1)[0] in RECORD_FOLDERS or relative in PREFLIGHT_FILES
 
 
