@@ -264,7 +264,7 @@ def test_a_damaged_blob_in_the_hub_cache_is_one_sentence_naming_it(tmp_path, tin
     assert not (work / "resources" / "models" / "someone" / "tiny-gpt2" / "model.safetensors").exists()
 
 
-def test_a_sharded_checkpoint_is_fetched_checked_recorded_and_tracked(tmp_path, weather_csv):
+def test_a_sharded_checkpoint_is_fetched_checked_recorded_and_tracked(tmp_path):
     """Every file of the commit that makes the model: the index and each shard it lists, config.json and the
     tokenizer files (get_model fetched model.safetensors, config.json, vocab.json and merges.txt only)."""
     import torch
@@ -288,9 +288,8 @@ def test_a_sharded_checkpoint_is_fetched_checked_recorded_and_tracked(tmp_path, 
     fill_cache(cache, "models--someone--sharded-gpt2", files)
     work = tmp_path / "work"
     model = {"name_or_path": "someone/sharded-gpt2", "revision": COMMIT}
-    config = {"dataset": {"name": "weather", "csv": str(weather_csv)}, "model": model} | TINY_RUN
+    config = hub_model_config(work) | {"model": model}
     target = "results/weather/embeddings/24/train.safetensors"
-    work.mkdir()
     result = offline_snakemake(work, cache, config, target)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = work / "resources" / "models" / "someone" / "sharded-gpt2"

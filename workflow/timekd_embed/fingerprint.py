@@ -184,6 +184,7 @@ class Inputs:
         csv_sha256: the CSV's sha256, None when it is not there.
         model_files: {file name: sha256} of tracked_model_files ({} when none is there).
         weights_sha256: the weights' identity (weights_sha256), None when they are not there.
+        weights: the weights files (model_files.weight_files), () when they are not there.
         notes: one sentence per input that is not there, so could not be compared.
         damaged: one sentence per file of a hub download that is missing or no longer has the
             sha256 get_model checked against the hub.
@@ -192,29 +193,32 @@ class Inputs:
     csv_sha256: str | None
     model_files: dict[str, str]
     weights_sha256: str | None
+    weights: tuple[Path, ...] = ()
     notes: tuple[str, ...] = ()
     damaged: tuple[str, ...] = ()
 
 
-def current_inputs(csv: str | os.PathLike, source: ModelSource, cache: Sha256Cache, workdir: Path = Path()) -> Inputs:
+def current_inputs(csv: str | os.PathLike | None, source: ModelSource, cache: Sha256Cache,
+                   workdir: Path = Path()) -> Inputs:
     """The one answer to "did the inputs change": what the CSV and the model hold now, by content.
 
     The rules' params are made from it (common.smk: a changed sha256 reruns what follows) and
     `timekd-embed verify` compares it with what each embeddings file recorded.
 
     Args:
-        csv: config key dataset.csv; source: the model (model_files.model_source, with the same workdir);
+        csv: config key dataset.csv (None: not known, not compared);
+        source: the model (model_files.model_source, with the same workdir);
         cache: the sha256 cache (Sha256Cache(None) hashes every file);
         workdir: the folder a relative CSV path is taken from (the workflow's working directory).
     Returns:
         Inputs.
     """
     notes, damaged = [], []
-    csv_path = Path(workdir) / csv
-    csv_sha256 = cache.sha256(csv_path) if csv_path.is_file() else None
-    if csv_sha256 is None:
+    csv_path = None if csv is None else Path(workdir) / csv
+    csv_sha256 = cache.sha256(csv_path) if csv_path is not None and csv_path.is_file() else None
+    if csv_path is not None and csv_sha256 is None:
         notes.append(f"{csv_path} (dataset.csv) is not on this machine, so the input was not rechecked.")
-    files = {path.name: cache.sha256(path) for path in tracked_model_files(source)}
+    files = {path.name: cache.sha256(path) for path in tracked_model_files(source) if path.is_file()}
     if source.hub:
         for name, recorded in (downloaded_files(source.folder) or {}).items():
             if files.get(name, recorded) != recorded or not (source.folder / name).is_file():
@@ -223,13 +227,14 @@ def current_inputs(csv: str | os.PathLike, source: ModelSource, cache: Sha256Cac
                                f"{source.folder / RECORD}); move it away (or delete it) and run `snakemake --cores 1 "
                                "fetch --forcerun get_model` to fetch it again.")
     try:
-        weights = weights_sha256(weight_files(source.folder), cache.sha256) if source.folder.is_dir() else None
+        weights = tuple(weight_files(source.folder)) if source.folder.is_dir() else ()
     except InputError:
-        weights = None
-    if weights is None:
+        weights = ()
+    if not weights:
         notes.append(f"the weights of model {source.name} (model.name_or_path) are not in {source.folder} on this "
                      "machine, so they were not rechecked.")
-    return Inputs(csv_sha256, files, weights, tuple(notes), tuple(damaged))
+    identity = weights_sha256(list(weights), cache.sha256) if weights else None
+    return Inputs(csv_sha256, files, identity, weights, tuple(notes), tuple(damaged))
 
 
 def model_fingerprint(source: ModelSource, inputs: Inputs) -> dict:

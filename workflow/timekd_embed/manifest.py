@@ -162,7 +162,8 @@ def build(folder: str | Path, outputs: dict[str, list[str]], config: dict,
     recorded = recorded_config(config)
     return {"format_version": FORMAT_VERSION, "config_hash": config_hash(recorded), "config": recorded,
             "versions": versions(),
-            "inputs": {"csv": str(config["dataset"]["csv"]), "model": str(config["model"]["name_or_path"])},
+            "inputs": {"csv": str(config["dataset"]["csv"]),
+                       "model": str(config["model"]["name_or_path"]) if "model" in config else None},
             "artifacts": sorted(artifacts, key=lambda entry: entry["path"]),
             "run_records": sorted(records, key=lambda entry: entry["path"])}
 

@@ -152,8 +152,10 @@ def _place(source: ModelSource, name: str, blob: Path) -> str:
                          f"sha256 {digest} (the hub's own hash); it is not that commit's file, and is never replaced: "
                          "move it away (or delete it) and rerun to fetch the commit's file, or point "
                          "model.name_or_path at a folder of your own.")
-    if not record_path(target).is_file():  # kept as it is; its record lets an offline rerun trust it
-        write_text(record_path(target), f"{digest}  {target.name}\n", record=False)
+    line = f"{digest}  {target.name}\n"
+    record = record_path(target)
+    if not record.is_file() or record.read_text(encoding="ascii", errors="replace") != line:
+        write_text(record, line, record=False)  # the file is kept as it is; its record lets an offline rerun trust it
     return digest
 
 

@@ -20,7 +20,7 @@ from .config import config_hash
 from .errors import InputError
 from .fingerprint import Sha256Cache, current_inputs
 from .manifest import MANIFEST, RECORD_FOLDERS, folder_files, in_record_folder, is_temporary, load
-from .model_files import model_source
+from .model_files import ModelSource, model_name, model_source
 from .store import check_record, is_record, read_metadata, record_path, recorded_file, rerun_advice, sha256_file
 
 
@@ -233,20 +233,25 @@ def _stale_embeddings(folder: Path, manifest: dict, entries: list[dict], config:
         workdir = results.parent if results.name == "results" else Path.cwd()
         recorded = manifest.get("config", {}).get("model", {})
         location = manifest.get("inputs", {}).get("model") or recorded.get("name_or_path")
-        csv, model = manifest.get("inputs", {}).get("csv"), {"name_or_path": location,
-                                                               "revision": recorded.get("revision")}
+        csv = manifest.get("inputs", {}).get("csv")
+        if not location:
+            return Verdict(notes=["the manifest names no model, so the embeddings' weights were not rechecked."])
+        # Where the jobs loaded the model: always a folder (resources/models/<id>/ for a hub id).
+        name = model_name(location)
+        source = ModelSource(name if name != "local folder" else location, workdir / location,
+                             name != "local folder", recorded.get("revision"))
     else:
-        csv, model, workdir = config["dataset"]["csv"], config["model"], Path.cwd()
-    if not model["name_or_path"]:
-        return Verdict(notes=["the manifest names no model, so the embeddings' weights were not rechecked."])
-    now = current_inputs(csv or "", model_source(model, workdir), Sha256Cache(None), workdir)
+        csv, workdir = config["dataset"]["csv"], Path.cwd()
+        source = model_source(config["model"], workdir)
+    now = current_inputs(csv, source, Sha256Cache(None), workdir)
     verdict = Verdict(problems=list(now.damaged), notes=list(now.notes))
+    weights = now.weights[0] if len(now.weights) == 1 else f"the shards in {source.folder}"
     for entry in entries:
         if not entry["path"].endswith(".safetensors"):
             continue
         path = folder / entry["path"]
         meta = read_metadata(path)  # the header alone, without torch
-        for key, found, what, where in (("weights_sha256", now.weights_sha256, "weights", model["name_or_path"]),
+        for key, found, what, where in (("weights_sha256", now.weights_sha256, "weights", weights),
                                          ("input_sha256", now.csv_sha256, "input", workdir / (csv or ""))):
             if key in meta and found is not None and meta[key] != found:
                 verdict.problems.append(
