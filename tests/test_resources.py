@@ -210,9 +210,10 @@ HUB_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 
 
 def hub_model_config(work: Path) -> dict:
-    """A hub model on a 3,000-row copy of weather.csv in `work` (never the shared file: these runs force)."""
+    """A hub model on a 3,000-row copy of weather.csv in `work` (never the shared file: these runs force), under
+    a dataset name without a download, so that only get_model fetches."""
     weather_rows(work / "data.csv", 3000)
-    return {"dataset": {"name": "weather", "csv": "data.csv"},
+    return {"dataset": {"name": "mine", "csv": "data.csv"},
             "model": {"name_or_path": "someone/tiny-gpt2", "revision": COMMIT}} | TINY_RUN
 
 
@@ -256,7 +257,7 @@ def test_a_damaged_blob_in_the_hub_cache_is_one_sentence_naming_it(tmp_path, tin
     work = tmp_path / "work"
     result = offline_snakemake(work, cache, hub_model_config(work), "fetch")
     assert result.returncode != 0
-    log = (work / "results" / "weather" / "logs" / "get_model.log").read_text()
+    log = (work / "results" / "mine" / "logs" / "get_model.log").read_text()
     sentences = [line for line in log.splitlines() if "ERROR" in line]
     assert len(sentences) == 1 and "Traceback" not in log, log
     assert f"{blob.resolve()} in the Hugging Face cache is damaged" in sentences[0]
@@ -289,7 +290,7 @@ def test_a_sharded_checkpoint_is_fetched_checked_recorded_and_tracked(tmp_path):
     work = tmp_path / "work"
     model = {"name_or_path": "someone/sharded-gpt2", "revision": COMMIT}
     config = hub_model_config(work) | {"model": model}
-    target = "results/weather/embeddings/24/train.safetensors"
+    target = "results/mine/embeddings/24/train.safetensors"
     result = offline_snakemake(work, cache, config, target)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = work / "resources" / "models" / "someone" / "sharded-gpt2"
