@@ -74,21 +74,22 @@ def content_hash(path: str | Path, etag: str) -> str:
     return digest.hexdigest()
 
 
-def listing(repo: str, revision: str | None, repo_type: str | None = None) -> dict[str, str]:
+def listing(repo: str, revision: str | None, repo_type: str | None = None, online: bool = True) -> dict[str, str]:
     """Every file of the repository at `revision` with the hub's hash of it.
 
     From the hub when it can be reached (its file metadata: the LFS sha256, else the git blob
     id), else from the hub cache's snapshot of that commit (each file's blob name).
 
     Args:
-        repo: the repository id; revision: a commit (None: main); repo_type: None (a model) or "dataset".
+        repo: the repository id; revision: a commit (None: main); repo_type: None (a model) or "dataset";
+        online: whether the hub can be asked (hub_reachable() is None).
     Returns:
         {file name: hash}; {} when neither the hub nor the cache knows the commit.
     """
     from huggingface_hub import HfApi, constants
     from huggingface_hub.file_download import repo_folder_name
 
-    if hub_reachable() is None:
+    if online:
         info = HfApi().repo_info(repo, revision=revision, repo_type=repo_type, files_metadata=True)
         return {sibling.rfilename: sibling.lfs.sha256 if sibling.lfs else sibling.blob_id
                 for sibling in info.siblings or []}

@@ -179,8 +179,9 @@ def fetch_model(source: ModelSource) -> dict:
     """
     advice = ("allow network access for this first run, or put the files of that commit (config.json, the "
               "safetensors weights, the tokenizer files) into a folder and set model.name_or_path to it")
+    why = hub_reachable()
     try:
-        hub = listing(source.name, source.revision)
+        hub = listing(source.name, source.revision, online=why is None)
     except Exception as exc:  # an unknown id or commit, HTTP errors
         raise InputError(f"model {source.name} (config key model.name_or_path) at commit {source.revision} could "
                          f"not be listed on the hub ({first_line(exc)}); {advice}.") from None
@@ -189,7 +190,7 @@ def fetch_model(source: ModelSource) -> dict:
         if before:
             return {"repo": source.name, "revision": source.revision, "files": before}
         raise InputError(f"model {source.name} (config key model.name_or_path) at commit {source.revision} is not in "
-                         f"the Hugging Face cache and the hub cannot be asked ({hub_reachable()}); {advice}.")
+                         f"the Hugging Face cache and the hub cannot be asked ({why}); {advice}.")
     files = {}
     for name in _checkpoint_names(source, hub):
         try:
