@@ -120,7 +120,8 @@ format: bootstrap
 
 # Speed and memory on this machine, written to docs/benchmarks.md and .json (see that file);
 # benchmarks/run.py runs from the repository root, with the package installed by bootstrap.
-# On a GPU: make bench BENCH_ARGS="--device cuda --precision fp16"
+# On a GPU: make bench BENCH_ARGS="--device cuda --precision fp16". One section into an earlier run's report:
+# BENCH_ARGS="--only families" (the teacher families; --family-layers, --family-windows bound its CPU time).
 BENCH_ARGS ?=
 bench: bootstrap
 	$(BIN)/python -m benchmarks.run --out docs/benchmarks.md $(BENCH_ARGS)

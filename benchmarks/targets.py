@@ -68,6 +68,7 @@ def targets(report: dict) -> list[dict]:
         value = result["windows_per_s"] if why is None else None
         row(f"GPU, P={P}: at least {want:.0f} windows/s", value, why is None and value >= want, "windows/s", why)
     whole_targets(report, row)
+    family_targets(report, row)
     result = horizon(report, 192)
     why = "no GPU" if on_cpu else "P=192 not run" if result is None else None
     value = max(result["gpu_peak_allocated_bytes"].values()) / GIB if why is None else None
@@ -94,3 +95,15 @@ def whole_targets(report: dict, row) -> None:
         f"{whole['batch_tokens'] if whole else '-'})", whole and whole["trie_peak_rss_bytes"] / GB,
         bool(whole) and whole["trie_peak_rss_bytes"] <= CPU_RSS_BYTES, "GB", why)
 
+
+def family_targets(report: dict, row) -> None:
+    """The families issue's target: each family's exact savings against the plain reference."""
+    section = report.get("families")
+    for family in (section or {}).get("families", [{"label": "every family", "horizons": []}]):
+        horizons = family["horizons"]
+        why = None if horizons else "family section not run"
+        ratio = min((horizon["positions_ratio"] for horizon in horizons), default=None)
+        diff = max((horizon["max_abs_diff"] for horizon in horizons), default=None)
+        row(f"{family['label']}: fewer model positions than the plain reference at every horizon, embeddings "
+            "equal within 1e-4 (fp32)", ratio, why is None and ratio > 1 and diff <= 1e-4, "x (smallest ratio)", why,
+            None if why else f"largest difference {diff:.1e}")

@@ -36,6 +36,7 @@ from benchmarks.common import (
     warm_up,
     workflow_batch_tokens,
 )
+from benchmarks.families import run_family
 from timekd_embed.store import write_text
 
 # Other work on a shared machine only ever slows a run down: each horizon is timed this many
@@ -387,13 +388,14 @@ def run_whole(args) -> dict:
 
 
 WORKERS = {"horizon": run_horizon, "baseline": run_baseline, "savings": run_savings, "whole": run_whole,
-           "share": run_share}
+           "share": run_share, "family": run_family}
 
 
 def worker_main(args) -> None:
-    """Run the worker args.worker and write its figures to <workdir>/<worker>_P<pred_len>.json."""
+    """Run the worker args.worker and write its figures to <workdir>/<worker>_P<pred_len>.json
+    (the family worker: <workdir>/<args.out_name>)."""
     quiet_libraries()
     result = WORKERS[args.worker](args)
-    path = args.workdir / f"{args.worker}_P{args.pred_len}.json"
+    path = args.workdir / (args.out_name or f"{args.worker}_P{args.pred_len}.json")
     write_text(path, json.dumps(result, indent=2) + "\n")
 

@@ -24,7 +24,8 @@ from timekd_embed.config import validate_config
 from timekd_embed.fingerprint import Sha256Cache, current_inputs
 from timekd_embed.manifest import MANIFEST, build, write
 from timekd_embed.model_files import model_source
-from timekd_embed.store import sha256_file, write_tensors
+from timekd_embed.records import sha256_file
+from timekd_embed.store import write_tensors
 
 WINDOW = ["--pred-len", "24", "--split", "train", "--window", "0"]
 

@@ -25,8 +25,8 @@ from helpers import BIN, not_ignored
 from test_demo import TOKENIZER_SHA256
 from test_resources import fill_cache
 from timekd_embed.planning import visible_gpus
+from timekd_embed.records import sha256_file
 from timekd_embed.resources import KNOWN_DATASETS
-from timekd_embed.store import sha256_file
 
 NO_NETWORK = {"HF_ENDPOINT": "https://hub.invalid", "HF_HUB_OFFLINE": "0"}
 

@@ -102,7 +102,7 @@ def test_verify_passes_on_a_fresh_run(work):
 
 def test_two_identical_fp32_runs_have_byte_identical_artifacts_and_verify_against_each_other(work, second_work,
                                                                                           tmp_path):
-    """Issue #13.4: verify against the other run's MANIFEST.json failed on the stats and the report's timings."""
+    """verify against the other run's MANIFEST.json used to fail on the stats and the report's timings."""
     first, second = work / "results" / NAME, second_work / "results" / NAME
     for relative in EXPECTED:  # embeddings, Parquet, SCA and shapes (fp32: no parity, no PNG): the same bytes
         assert sha256(first / relative) == sha256(second / relative), relative
@@ -206,7 +206,7 @@ def test_verify_reports_an_edited_manifest_and_a_missing_one(work, tmp_path):
 
 
 def test_verify_names_embeddings_made_from_weights_or_an_input_that_changed_since(second_work, tmp_path):
-    """Issue #12.2: other weights written over the model folder's model.safetensors went unnoticed."""
+    """Other weights written over the model folder's model.safetensors went unnoticed."""
     work = tmp_path / "work"
     shutil.copytree(second_work, work, symlinks=True)
     results = work / "results" / NAME

@@ -132,7 +132,7 @@ def test_get_model_downloads_a_hub_model_once_at_its_commit(tmp_path, weather_cs
     assert record["repo"] == "someone/tiny-gpt2" and record["revision"] == COMMIT
     for name, source in files.items():
         assert record["files"][name] == sha256(source) == sha256(folder / name)
-    from timekd_embed.store import read_metadata
+    from timekd_embed.records import read_metadata
     meta = read_metadata(work / target)
     assert meta["revision"] == COMMIT and meta["weights_sha256"] == sha256(files["model.safetensors"])
 
@@ -273,7 +273,7 @@ def test_a_sharded_checkpoint_is_fetched_checked_recorded_and_tracked(tmp_path):
 
     from timekd_embed.fingerprint import tracked_model_files
     from timekd_embed.model_files import model_source
-    from timekd_embed.store import read_metadata
+    from timekd_embed.records import read_metadata
 
     source = tmp_path / "sharded"
     torch.manual_seed(0)

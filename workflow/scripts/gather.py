@@ -7,9 +7,9 @@ Params: settings (seq_len and limit_windows count the windows), tracked (a rerun
 """
 
 from timekd_embed.jobs import job
+from timekd_embed.records import check_record
 from timekd_embed.settings import Settings, model_location
 from timekd_embed.shards import gather, parquet_rows, planned_windows
-from timekd_embed.store import check_record
 
 with job(snakemake.log[0]):
     settings = Settings.from_params(snakemake.params.settings, model_location(snakemake.config))

@@ -12,7 +12,7 @@ import logging
 from timekd_embed.cadence import check_cadence, template_note
 from timekd_embed.errors import InputError
 from timekd_embed.jobs import job
-from timekd_embed.store import read_json, sha256_file
+from timekd_embed.records import read_json, sha256_file
 from timekd_embed.table import load_csv
 from timekd_embed.windows import SPLITS, write_windows
 

@@ -20,7 +20,7 @@ from .errors import InputError
 from .families import Family, family_of
 from .lm import decoder_blocks, layout_of
 from .model_files import CONFIG, WEIGHTS, WEIGHTS_INDEX, existing_folder, index_shards, tokenizer_files, weight_files
-from .store import read_header
+from .records import read_header
 
 FOLDER_FILES = f"{CONFIG}, {WEIGHTS} (or its shards), the tokenizer files"
 SHOWN = 3  # names quoted per kind of difference
@@ -97,7 +97,7 @@ def expected_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
 
 
 def file_shapes(paths: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in safetensors files, from their headers alone (store.read_header).
+    """Name -> shape of every tensor in safetensors files, from their headers alone (records.read_header).
 
     Raises:
         InputError: a file is missing, or its header is damaged or describes another size.

@@ -183,7 +183,7 @@ def _run_clean(args: argparse.Namespace) -> int:
     return main_clean(args.folder)
 
 
-# --------------------------------------------------------------------------- preflight (issue #14)
+# --------------------------------------------------------------------------- preflight
 
 
 def _preflight_arguments(parser: argparse.ArgumentParser) -> None:

@@ -365,12 +365,8 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
 
 
 def load_config_file(path: str | Path) -> dict:
-    """One config file on its own (no config/config.yaml beneath it), validated.
+    """One config file on its own (no config/config.yaml beneath it), validated, defaults filled in.
 
-    Args:
-        path: the YAML file.
-    Returns:
-        The validated config, defaults filled in.
     Raises:
         InputError: as read_config_file and validate_config.
     """
@@ -378,13 +374,8 @@ def load_config_file(path: str | Path) -> dict:
 
 
 def config_hash(config: dict, keys: list[str] | None = None) -> str:
-    """A short, stable hash of (a part of) the config, for metadata and manifests.
-
-    Args:
-        config: a JSON-able config; keys: the top-level keys to hash (None or empty: all).
-    Returns:
-        The first 16 hex digits of the sha256 of its sorted JSON.
-    """
+    """The first 16 hex digits of the sha256 of the config's sorted JSON, of `keys` only when given
+    (for metadata and manifests)."""
     part = {key: config[key] for key in keys} if keys else config
 
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import load_config, load_tokenizer, weights
-from .devices import input_device, peak_memory, resolve_devices, token_budget
+from .devices import input_device, peak_memory, resolve_devices
 from .errors import InputError
 from .families import context_length
 from .fingerprint import weights_sha256
@@ -38,9 +38,10 @@ from .lm import DTYPES, NonFiniteState, decoder_blocks, last_token_states
 from .model_files import model_name
 from .packing import PREFIX_SHARE, TrieBatch, model_inputs, prefix_tokens
 from .prompts import PromptTokenizer, SplitPrompts
+from .records import read_metadata, sha256_file
 from .settings import Runtime, Settings
 from .split_job import prepare_split
-from .store import read_metadata, sha256_file, write_json, write_tensors
+from .store import write_json, write_tensors
 from .teacher import Replica, Teacher, load_teacher
 from .windows import read_windows
 
@@ -49,21 +50,9 @@ log = logging.getLogger(__name__)
 
 def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
                   batch_tokens: int, progress: tqdm | None = None) -> tuple[np.ndarray, dict]:
-    """Embeddings of the given windows at one horizon (`embed_horizons` with one pred_len).
-
-    Args:
-        teacher: load_teacher's result.
-        prompts: the split's prompts at one horizon.
-        windows: (W,) window indices, each < prompts.n_windows.
-        fidelity: "reference" or "corrected".
-        batch_tokens: token budget (packing.batches: heads and stems together, each leaf tensor).
-        progress: a tqdm bar advanced by one per window.
-    Returns:
-        (W, N, d) float32 embeddings; counts {"tokens": every token of every prompt (what the
-        published store_emb.py computes), "computed": the positions that ran through the model}.
-    Raises:
-        InputError: a hidden state became inf or NaN (precision overflow).
-    """
+    """embed_horizons at one horizon: the (W, N, d) float32 embeddings of `windows` and the counts
+    {"tokens": every token of every prompt (what store_emb.py computes), "computed": the positions that ran
+    through the model}; InputError as embed_horizons (a hidden state became inf or NaN)."""
     out, counts = embed_horizons(teacher, {prompts.pred_len: prompts}, windows, fidelity, batch_tokens, progress)
     return out[prompts.pred_len], {"tokens": counts["tokens"], "computed": counts["computed"]}
 
@@ -252,8 +241,9 @@ def extract_horizons(settings: Settings, runtime: Runtime, split: str, pred_lens
     ranges = {P: (start, min(stop, stops[P])) for P in pred_lens}
 
     devices = resolve_devices(runtime.device, runtime.gpus_per_job)
-    teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement)
-    batch_tokens = runtime.batch_tokens or token_budget(teacher.devices)
+    teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement, batch_tokens=runtime.batch_tokens,
+                           prompt_tokens=max(job.longest.values()))
+    batch_tokens = teacher.batch_tokens
     pairs = sum(range_stop - range_start for range_start, range_stop in ranges.values())
     log.info("split %s, pred_len %s: windows %d-%d x %d variables, %d (window, horizon) pairs, longest prompt %d, "
              "on %s in %s; the progress bar's ETA is the time estimate", split, ", ".join(map(str, pred_lens)),

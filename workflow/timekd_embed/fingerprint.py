@@ -107,7 +107,7 @@ class Sha256Cache:
         Raises:
             FileNotFoundError: the file does not exist.
         """
-        from .store import sha256_file
+        from .records import sha256_file
 
         path = Path(path).resolve()
         stat = path.stat()
@@ -152,7 +152,7 @@ def weights_sha256(files: list[Path], sha256_of=None) -> str:
     Returns:
         The hex digest.
     """
-    from .store import sha256_file
+    from .records import sha256_file
 
     sha256_of = sha256_of or sha256_file
     if len(files) == 1:

@@ -61,7 +61,7 @@ def content_hash(path: str | Path, etag: str) -> str:
     Raises:
         ValueError: an etag of neither kind.
     """
-    from .store import sha256_file
+    from .records import sha256_file
 
     if _SHA256.match(etag):
         return sha256_file(path)

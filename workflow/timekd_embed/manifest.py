@@ -33,7 +33,8 @@ from .config import config_hash
 from .errors import InputError
 from .jobs import ERROR_MARK
 from .model_files import model_name
-from .store import check_record, is_record, recorded_file, sha256_file, write_json
+from .records import check_record, is_record, recorded_file, sha256_file
+from .store import write_json
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 2

@@ -70,7 +70,7 @@ def fetch_dataset(name: str, csv: str | os.PathLike) -> dict:
             set and the hub cache lacks the file), the cached file is damaged (hub.verified_file),
             or the hub's file has another sha256 than the pinned one; each says what to do.
     """
-    from .store import sha256_file
+    from .records import sha256_file
 
     csv = Path(csv)
     if csv.exists():
@@ -128,7 +128,7 @@ def _checkpoint_names(source: ModelSource, hub: dict[str, str]) -> list[str]:
 def _verified_before(folder: Path) -> dict[str, str]:
     """{name: sha256} of the model files get_model checked and wrote before (each still matching the
     sha256 record beside it), when neither the hub nor its cache can answer; {} if there are none."""
-    from .store import check_record
+    from .records import check_record
 
     try:
         return {path.name: check_record(path) for path in model_files(folder)}
@@ -139,7 +139,8 @@ def _verified_before(folder: Path) -> dict[str, str]:
 def _place(source: ModelSource, name: str, blob: Path) -> str:
     """The checked `blob` at source.folder / name: copied when absent; a file there is kept when it has the
     same bytes, and is never replaced when it has others (it is not that commit's file)."""
-    from .store import record_path, sha256_file, write_text
+    from .records import record_path, sha256_file
+    from .store import write_text
 
     digest = sha256_file(blob)
     target = source.folder / name

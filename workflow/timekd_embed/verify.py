@@ -21,7 +21,7 @@ from .errors import InputError
 from .fingerprint import Sha256Cache, current_inputs
 from .manifest import MANIFEST, RECORD_FOLDERS, folder_files, in_record_folder, is_temporary, load
 from .model_files import ModelSource, model_name, model_source
-from .store import check_record, is_record, read_metadata, record_path, recorded_file, rerun_advice, sha256_file
+from .records import check_record, is_record, read_metadata, record_path, recorded_file, rerun_advice, sha256_file
 
 
 @dataclass

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 
 from .config import LAYOUTS, resolve_layout
 from .errors import InputError
-from .store import atomic_paths, check_record
+from .records import check_record
+from .store import atomic_paths
 from .table import Table, stamps
 
 SPLITS = ("train", "val", "test")
@@ -50,13 +51,7 @@ class SplitWindows:
     meta: dict
 
     def n_windows(self, pred_len: int) -> int:
-        """Windows of this split at one horizon (window_count; limit_windows not applied).
-
-        Args:
-            pred_len: the horizon P, in rows.
-        Returns:
-            The number of windows (0 when the split is too short).
-        """
+        """Windows of this split at one horizon (window_count; limit_windows not applied)."""
         return window_count(len(self.rows), self.meta["seq_len"], pred_len)
 
     def stamps(self) -> np.ndarray:
@@ -135,14 +130,8 @@ def _check_borders_fit(
 
 
 def window_count(n_split_rows: int, seq_len: int, pred_len: int) -> int:
-    """Windows of seq_len input and pred_len future rows in one split.
-
-    Args:
-        n_split_rows: the split's rows; seq_len, pred_len: in rows.
-    Returns:
-        n_split_rows - seq_len - pred_len + 1, or 0 when the split is too short.
-    """
-
+    """Windows of seq_len input and pred_len future rows in a split of n_split_rows rows (0 when
+    it is too short)."""
     return max(0, n_split_rows - seq_len - pred_len + 1)
 
 
@@ -296,7 +285,7 @@ def read_windows(path: str | os.PathLike) -> SplitWindows:
     Raises:
         InputError: the file is missing, not Parquet, not ours (another format version), its
             columns differ from its metadata's variables, or its bytes are not those recorded when
-            it was written (store.check_record: Parquet reads a changed value without complaint).
+            it was written (records.check_record: Parquet reads a changed value without complaint).
     """
     path = str(path)
     arrow = _read_parquet(path)
