@@ -44,7 +44,7 @@ def errors(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def test_inspect_with_the_hub_unreachable_fails_in_one_sentence(tmp_path, weather_csv):
-    """Issue #13.5: it printed "gt_ids": [] for every variable and exited 0."""
+    """It used to print "gt_ids": [] for every variable and exit 0."""
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": "gpt2"}})
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
@@ -77,7 +77,7 @@ def test_inspect_refuses_a_model_folder_the_extraction_refuses(tmp_path, weather
 
 def test_inspect_reads_an_override_only_config_on_top_of_config_yaml_as_snakemake_does(tmp_path, weather_csv,
                                                                                         tiny_model_dir):
-    """Issue #13.5: `missing 'dataset'` for a config file that snakemake accepts."""
+    """It used to say `missing 'dataset'` for a config file that snakemake accepts."""
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     base["dataset"]["csv"] = str(weather_csv)
     base["model"]["name_or_path"] = str(tiny_model_dir)
@@ -104,7 +104,7 @@ def test_inspect_reads_an_override_only_config_on_top_of_config_yaml_as_snakemak
 
 
 def test_inspect_prints_each_token_list_on_one_line_and_one_variable_on_request(tmp_path, weather_csv, tiny_model_dir):
-    """Issue #13.5: one window was 23,453 lines of JSON."""
+    """One window used to be 23,453 lines of JSON."""
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": str(tiny_model_dir)}})
     every = timekd_embed_in_process("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)

@@ -162,15 +162,9 @@ def weights_sha256(files: list[Path], sha256_of=None) -> str:
 
 
 def tracked_model_files(source: ModelSource) -> list[Path]:
-    """Every file of the model that decides an embedding: config, every weights shard and the index,
-    the tokenizer files.
-
-    Args:
-        source: model_files.model_source's result.
-    Returns:
-        For a hub id, the files get_model's RECORD lists (none before the download); for a local
-        folder, those model_files.model_files finds there (a missing one is the loader's error).
-    """
+    """Every file of the model that decides an embedding (config, index and every weights shard, tokenizer
+    files): for a hub id those get_model's RECORD lists (none before the download), for a local folder
+    those model_files.model_files finds there (a missing one is the loader's error)."""
     if source.hub:
         return [source.folder / name for name in downloaded_files(source.folder) or {}]
     return model_files(source.folder)
@@ -238,28 +232,17 @@ def current_inputs(csv: str | os.PathLike | None, source: ModelSource, cache: Sh
 
 
 def model_fingerprint(source: ModelSource, inputs: Inputs) -> dict:
-    """What identifies the model's content, for the rules' params.
-
-    Args:
-        source: model_source's result; inputs: current_inputs' result.
-    Returns:
-        A hub id: {"repo": id, "revision": commit} (a commit fixes every file's bytes, which
-        get_model checks against the hub's hashes). A local folder: {"files": {file name:
-        sha256}} of its tracked files: no path, so moving the folder changes nothing.
-    """
+    """What identifies the model's content, for the rules' params: a hub id's {"repo", "revision"} (a commit
+    fixes every file's bytes, which get_model checks against the hub's hashes), a folder's {"files": {name:
+    sha256}} from current_inputs (no path: moving the folder changes nothing)."""
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
     return {"files": inputs.model_files}
 
 
 def model_config_fingerprint(source: ModelSource, inputs: Inputs) -> dict:
-    """What the SCA stage reads from the model (its width, from config.json).
-
-    Args:
-        source: model_source's result; inputs: current_inputs' result.
-    Returns:
-        A hub id: {"repo", "revision"}; a local folder: {"config.json": its sha256, or None when absent}.
-    """
+    """What the SCA stage reads from the model (its width, from config.json): a hub id's {"repo",
+    "revision"}, a folder's {"config.json": its sha256, or None when absent}."""
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
     return {CONFIG: inputs.model_files.get(CONFIG)}

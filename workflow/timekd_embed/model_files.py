@@ -35,14 +35,8 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def is_folder(name_or_path: str, workdir: Path = Path()) -> bool:
-    """Whether config key model.name_or_path names a local folder rather than a hub id: a path that
-    exists, is absolute, or starts with "." (so "./gpt2" is always a folder, "gpt2" a folder only if there).
-
-    Args:
-        name_or_path: config key model.name_or_path; workdir: the folder a relative path is taken from.
-    Returns:
-        True for a folder.
-    """
+    """Whether model.name_or_path names a local folder rather than a hub id: a path that exists (relative
+    to `workdir`), is absolute, or starts with "." (so "./gpt2" is always a folder, "gpt2" one only if there)."""
     path = Path(name_or_path)
     return (workdir / path).exists() or path.is_absolute() or name_or_path.startswith(".")
 

@@ -76,15 +76,9 @@ class Settings:
 
 
 def model_location(config: dict) -> str:
-    """Where the jobs load the model from: config key model.name_or_path as the Snakefile leaves it (a hub
-    id's resources/models/<id>/ folder, model_files.local_model). Read from the config, never a param:
-    a location is no rerun trigger.
-
-    Args:
-        config: the config a job sees (snakemake.config).
-    Returns:
-        The model's folder (or hub id outside the workflow).
-    """
+    """Where the jobs load the model from: model.name_or_path of the config a job sees, as the Snakefile
+    leaves it (a hub id's resources/models/<id>/, model_files.local_model). Read from the config, never
+    a param: a location is no rerun trigger."""
     return config["model"]["name_or_path"]
 
 
