@@ -32,8 +32,10 @@ from .checkpoint import load_config, load_tokenizer, weights
 from .devices import input_device, peak_memory, resolve_devices
 from .errors import InputError
 from .families import context_length
+from .fingerprint import weights_sha256
 from .jobs import progress_bar
 from .lm import DTYPES, NonFiniteState, decoder_blocks, last_token_states
+from .model_files import model_name
 from .packing import PREFIX_SHARE, TrieBatch, model_inputs, prefix_tokens
 from .prompts import PromptTokenizer, SplitPrompts
 from .records import read_metadata, sha256_file
@@ -274,16 +276,6 @@ def extract_horizons(settings: Settings, runtime: Runtime, split: str, pred_lens
     return every
 
 
-def weights_sha256(files: list[Path]) -> str:
-    """The weights' identity: one file's sha256, or for shards the sha256 of their "<sha256>  <name>"
-    lines (sha256sum's format), in order."""
-    if len(files) == 1:
-        return sha256_file(files[0])
-    import hashlib
-    listing = "".join(f"{sha256_file(path)}  {path.name}\n" for path in files)
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
 def provenance(settings: Settings, runtime: Runtime, split: str, pred_lens: list[int], windows_meta: dict,
                sca_path: str | Path, teacher: Teacher, batch_tokens: int) -> dict[int, dict]:
     """The metadata of a job's embeddings files, one per horizon: their inputs' hashes, settings and
@@ -306,7 +298,8 @@ def provenance(settings: Settings, runtime: Runtime, split: str, pred_lens: list
     shared = {
         "input_sha256": windows_meta["input_sha256"], "seq_len": windows_meta["seq_len"],
         "split": split, "dataset": settings.name,
-        "model": settings.model, "revision": revision or "",
+        # What the model is (a hub id, or a local folder), not where: the folder is under "runtime".
+        "model": model_name(settings.model), "revision": revision or "",
         "weights_sha256": weights_sha256(weights(settings.model, settings.revision)),
         # The teacher's identity: its family, and what tokenizer.encode puts around every prompt.
         "architecture": teacher.model.config.model_type,
@@ -321,6 +314,6 @@ def provenance(settings: Settings, runtime: Runtime, split: str, pred_lens: list
         "transformers": transformers.__version__,
         # speed only: for information, never compared (settings.py)
         "runtime": {"device": runtime.device, "gpus_per_job": runtime.gpus_per_job, "batch_tokens": batch_tokens,
-                    "placement": teacher.placement, "devices": teacher.devices},
+                    "placement": teacher.placement, "devices": teacher.devices, "model_folder": settings.model},
     }
     return {P: shared | {"pred_len": P, "settings": settings.recorded(P, split)} for P in pred_lens}
