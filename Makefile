@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE_ARGS ?= --cores 8 --resources gpu=2
 
-.PHONY: help run test test-data lint format bench bootstrap wheelhouse preflight demo demo-run
+.PHONY: help run test test-data lint format bench gpu-check bootstrap wheelhouse preflight demo demo-run
 
 # The first target: plain `make` lists the others (tests/test_commands.py runs each as listed here).
 help:
@@ -16,6 +16,7 @@ help:
 	@echo "make lint        ruff, snakemake --lint, snakefmt --check"
 	@echo "make format      snakefmt on the Snakemake files"
 	@echo "make bench       speed and memory on this machine into docs/benchmarks.md (BENCH_ARGS=...)"
+	@echo "make gpu-check   every GPU check and figure on this machine, offline, into results/gpu-check/ (README)"
 	@echo "make bootstrap   .venv with the pinned packages (every target does it first; WHEELHOUSE=, SITE_TORCH=1)"
 	@echo "make wheelhouse  every pin as wheels, for a machine without internet (README)"
 
@@ -122,7 +123,15 @@ format: bootstrap
 
 # Speed and memory on this machine, written to docs/benchmarks.md and .json (see that file);
 # benchmarks/run.py runs from the repository root, with the package installed by bootstrap.
-# On a GPU: make bench BENCH_ARGS="--device cuda --precision fp16"
+# On a GPU: make bench BENCH_ARGS="--device cuda --precision fp16". One section into an earlier run's report:
+# BENCH_ARGS="--only families" (the teacher families; --family-layers, --family-windows bound its CPU time).
 BENCH_ARGS ?=
 bench: bootstrap
 	$(BIN)/python -m benchmarks.run --out docs/benchmarks.md $(BENCH_ARGS)
+
+# Every GPU path on this machine in one command (README "GPU check"), offline: preflight's GPU checks
+# and the benchmark's GPU sections, fp16 and bf16, on a GPT-2-small with random weights; one report,
+# $(GPU_CHECK_DIR)/gpu-check.md and .json. Without CUDA: small sizes, the GPU checks "not run".
+GPU_CHECK_DIR ?= results/gpu-check
+gpu-check: bootstrap
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu_check --out $(GPU_CHECK_DIR)

@@ -8,9 +8,7 @@ attention probabilities, the calibrated mask written element by element in a Pyt
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -19,23 +17,15 @@ from benchmarks.common import (
     BASELINE_P,
     FIDELITY,
     ROOFLINE_SIZE_NEARBY,
-    ROOT,
     first_window_prompts,
     load_bench_teacher,
     matmul_roofline,
     peak_rss_bytes,
+    plain_teacher,
     progress,
     synchronize,
     warm_up,
 )
-
-
-def plain_teacher() -> ModuleType:
-    """tests/plain_teacher.py, the project's independent oracle, loaded from its file (tests/ is no package)."""
-    spec = importlib.util.spec_from_file_location("plain_teacher", ROOT / "tests" / "plain_teacher.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def published_window(model, tokenizer, sca, prompts, window: int, device: str) -> tuple[np.ndarray, dict]:

@@ -8,6 +8,7 @@ the Markdown use. The package's own helpers do the real work (`timekd_embed.samp
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import resource
@@ -15,6 +16,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -96,6 +98,15 @@ def make_model_dir(path: Path, tokenizer_dir: Path, seed: int = SEED, **shape) -
     return path
 
 
+def plain_teacher() -> ModuleType:
+    """tests/plain_teacher.py, the project's independent oracle, loaded from its file (tests/ is no
+    package, and the oracle imports nothing of the package: both stay so)."""
+    spec = importlib.util.spec_from_file_location("plain_teacher", ROOT / "tests" / "plain_teacher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def train_split(csv: Path):
     """The train split (timekd_embed.windows.SplitWindows), in memory."""
     from timekd_embed.table import load_csv
@@ -161,13 +172,10 @@ def peak_rss_bytes() -> int:
 
 
 def naive_flops(lengths: np.ndarray, n_layer: int, d: int) -> float:
-    """FLOPs of running every prompt token through every layer, as the published code does.
-
-    Per token and layer: 24*d^2 for the weight matmuls (QKV 6d^2, output projection 2d^2,
-    MLP 16d^2; a multiply-add counts 2) and 4*L*d for the attention of a prompt of L tokens
-    (scores QK^T 2Ld, probabilities times V 2Ld; eager attention computes the full L x L).
-    Layer norms, GELU, softmax, embeddings and the SCA (< 0.01 % here) are left out.
-    """
+    """FLOPs of every prompt token through every layer, as the published code runs them: per token and
+    layer 24*d^2 for the weight matmuls (QKV 6d^2, output 2d^2, MLP 16d^2; a multiply-add is 2) and 4*L*d
+    for eager attention over a prompt of L tokens (QK^T and times V, 2Ld each). Layer norms, GELU,
+    softmax, embeddings and the SCA (< 0.01 % here) are left out."""
     L = lengths.astype(np.float64).ravel()
     return float(n_layer * np.sum(L * (24.0 * d * d + 4.0 * L * d)))
 
@@ -218,7 +226,7 @@ def count_model_tokens(model: torch.nn.Module):
         counts["batches"] += 1
         counts["largest_batch_tokens"] = max(counts["largest_batch_tokens"], int(args[0].numel()))
 
-    handle = model.wte.register_forward_pre_hook(hook)
+    handle = model.get_input_embeddings().register_forward_pre_hook(hook)
     try:
         yield counts
     finally:

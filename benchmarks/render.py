@@ -30,17 +30,10 @@ NOISY_SPREAD = 1.2
 
 
 def render_markdown(report: dict, json_name: str) -> str:
-    """The whole Markdown report of `report` (sections of workers that did not run are left out).
-
-    Args:
-        r: the report dict benchmarks/run.py builds (and writes as JSON), after targets.summarize.
-        json_name: the JSON file's name, linked from the introduction.
-
-    Returns:
-        The Markdown text, without a final newline (as docs/benchmarks.md has it).
-    """
+    """The whole Markdown report of benchmarks/run.py's `report` (after targets.summarize), linking
+    the JSON file `json_name`; sections of workers that did not run are left out; no final newline."""
     sections = [md_intro(report, json_name), md_machine(report), md_horizons(report), md_baseline(report),
-                md_savings(report), md_whole(report), md_prompts(report), md_targets(report)]
+                md_savings(report), md_whole(report), md_families(report), md_prompts(report), md_targets(report)]
     return "\n\n".join(section for section in sections if section)
 
 
@@ -278,6 +271,117 @@ def md_prefix_shares(whole: dict) -> list[str]:
 def difference(value: float) -> str:
     """A largest absolute difference: '0 (the same bits)', or 3 significant digits."""
     return "0 (the same bits)" if value == 0 else f"{value:.2e}"
+
+
+def md_families(report: dict) -> str | None:
+    """Per teacher family, the workflow against the plain reference; None when that section did not run."""
+    section = report.get("families")
+    if not section:
+        return None
+    layers, windows = section["layers"], section["families"][0]["horizons"][0]["workflow"]["windows"]
+    size = "at its public width" if section["size"] == "public" else "tiny (width 64)"
+    capped = (f"; **the CPU run keeps the first {layers} layer{'s' if layers > 1 else ''}** of each model (full "
+              "width; `--family-layers`), so its time ratio gives the last layer, where the workflow runs queries "
+              "and MLP on the kept rows only, a larger share than at full depth") if layers else "; every layer"
+    lines = [
+        "## Teacher families: the workflow against the plain reference",
+        "",
+        f"Each family's model is random-weight, {size} (the shape of the checkpoint's published config.json, linked "
+        "below), with the family's real tokenizer, and reads window(s) "
+        f"{', '.join(map(str, windows))} of the weather.csv {section['split']} split, fidelity "
+        f"`{section['fidelity']}`, fp32, on the CPU{capped}. "
+        "Two ways, each in a fresh process, side by side in this run: the workflow (`embed_horizons`: the trie of "
+        "shared prefixes, the last layer on the kept rows only, one forward per batch of "
+        f"{fmt(section['batch_tokens'])} tokens), and the plain reference, `tests/plain_teacher.py` imported as is "
+        "(each prompt its own forward through the family's transformers class, eager attention, the 4D additive "
+        "mask; GPT-2's blocks written out by hand, one head at a time, slower than GPT2Model's own forward: GPT-2's "
+        "time ratio here overstates the saving, section \"Against the published way\" times GPT2Model itself). "
+        "Model positions are counted at the token embedding (the "
+        "workflow's padding included). Each way runs once after a short warm-up; the plain reference's time "
+        "includes tokenizing its prompts (milliseconds), the workflow's excludes building the split's prompts "
+        "(once per split). Peak memory: the process's peak RSS during the run, its high-water mark reset after "
+        "loading (`/proc/self/clear_refs`, which resets `ru_maxrss` too), so loading's transient copies do not "
+        "hide it; above loaded: that peak minus the RSS before the run. tracemalloc would miss torch's "
+        "allocations; on a GPU `torch.cuda.max_memory_allocated` would be the measure, but the oracle runs on "
+        "the CPU in fp32, so this section does too. The largest difference is between the two ways' embeddings "
+        "(after the SCA).",
+    ]
+    for family in section["families"]:
+        lines += ["", *md_family(family)]
+    lines += ["", f"The family section took {fmt(section['wall_s'])} s (wall)."]
+    return "\n".join(lines)
+
+
+def md_family(family: dict) -> list[str]:
+    """One family's shape, its table and its grouped-query attention check."""
+    config, horizons = family["config"], family["horizons"]
+    width = config.get("hidden_size") or config["n_embd"]
+    heads = config.get("num_attention_heads") or config["n_head"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    shape = (f"width {fmt(width)}, {family['public_layers']} layers ({family['layers']} run here), {heads} heads, "
+             f"{kv_heads} kv heads, vocabulary {fmt(config['vocab_size'])}"
+             + (f", MLP {fmt(config['intermediate_size'])}" if "intermediate_size" in config else "")
+             + (f", rope_theta {config['rope_theta']:g}" if "rope_theta" in config else "")
+             + (f", rope scaling {config['rope_scaling']['rope_type']}" if config.get("rope_scaling") else "")
+             + (", tied embeddings" if config.get("tie_word_embeddings") else ""))
+    rows = [[str(horizon["pred_len"]), *md_family_row(horizon, [horizon["plain"]])] for horizon in horizons]
+    together = family.get("all_horizons")
+    if together:
+        rows.append([" + ".join(str(horizon["pred_len"]) for horizon in horizons) + " (one trie)",
+                     *md_family_row(together, [horizon["plain"] for horizon in horizons])])
+    return [f"### {family['label']} shape ({family['family']})", "",
+            f"{shape}; [config.json]({family['source']}); fp32 weights at full depth "
+            f"{fmt(family['full_depth_weight_bytes'] / GB)} GB.", "",
+            table(["P", "model positions / window: workflow / plain", "positions ratio", "s / window: workflow / plain",
+                   "time ratio", "peak RSS above loaded (GB): workflow / plain", "peak RSS (GB): workflow / plain",
+                   "max diff / largest value"], rows), "", md_gqa(horizons[-1]["workflow"]), "", md_rates(family)]
+
+
+def md_rates(family: dict) -> str:
+    """The matmul rate right after each run: how much of the machine other work left it."""
+    runs = [(f"{way} P={horizon['pred_len']}", horizon[way]) for horizon in family["horizons"]
+            for way in ("workflow", "plain")]
+    if "all_horizons" in family:
+        runs.append(("workflow, one trie", family["all_horizons"]["workflow"]))
+    rates = ", ".join(f"{name} {fmt(run['matmul_flops_per_s_after'] / 1e9)}" for name, run in runs)
+    return (f"A 2048x2048 fp32 matmul right after each run ran at (GFLOP/s) {rates}: other work on the machine "
+            "changes these, and the times with them; the model positions are exact.")
+
+
+def md_family_row(entry: dict, plains: list[dict]) -> list[str]:
+    """The cells of one row: entry["workflow"] against the plain runs (summed over horizons); entry
+    holds the ratios and the largest difference."""
+    ours = entry["workflow"]
+    plain_positions = sum(plain["model_positions_per_window"] for plain in plains)
+    plain_seconds = sum(plain["s_per_window"] for plain in plains)
+    above = ", ".join(fmt((run["peak_rss_bytes"] - run["loaded_rss_bytes"]) / GB) for run in plains)
+    peaks = ", ".join(fmt(run["peak_rss_bytes"] / GB) for run in plains)
+    largest = f" / {fmt(entry['largest_value'])}" if "largest_value" in entry else ""
+    return [f"{fmt(ours['model_positions_per_window'])} / {fmt(plain_positions)}", f"{fmt(entry['positions_ratio'])}x",
+            f"{fmt(ours['s_per_window'])} / {fmt(plain_seconds)}", f"{fmt(entry['speedup'])}x",
+            f"{fmt((ours['peak_rss_bytes'] - ours['loaded_rss_bytes']) / GB)} / {above}",
+            f"{fmt(ours['peak_rss_bytes'] / GB)} / {peaks}", f"{entry['max_abs_diff']:.1e}{largest}"]
+
+
+def md_gqa(workflow: dict) -> str:
+    """The grouped-query attention check of one workflow run."""
+    probe = workflow["attention_probe"]
+    seen = ", ".join(map(str, workflow["key_heads_seen"]))
+    if probe["kv_heads_config"] == probe["query_heads"]:
+        return (f"No grouped-query attention ({probe['query_heads']} kv heads = heads): keys reached attention with "
+                f"{seen} heads in all {workflow['attention_calls']} calls.")
+    measured = (f" One first-block attention call of the widest trie level ({probe['rows']} rows x "
+                f"{fmt(probe['queries'])} queries x {fmt(probe['keys'])} keys) made torch allocate "
+                f"{fmt(probe['call_allocated_bytes'] / 1e6)} MB (profiler memory records), the same call on keys and "
+                f"values expanded first {fmt(probe['expanded_call_allocated_bytes'] / 1e6)} MB."
+                if "call_allocated_bytes" in probe else "")
+    return (f"Grouped-query attention: in all {workflow['attention_calls']} attention calls of the run the keys had "
+            f"{seen} head(s), the config's {probe['kv_heads_config']} kv heads of {probe['query_heads']} query heads: "
+            "keys and values are kept, concatenated for the trie's children and handed to attention (SDPA with "
+            "`enable_gqa`) at their own heads, never expanded; the plain reference's eager attention expands them "
+            f"per prompt (`repeat_kv`). In the widest trie level of the first batch they take "
+            f"{fmt(probe['keys_values_bytes'] / 1e6)} MB; expanded to every query head they would take "
+            f"{fmt(probe['keys_values_expanded_bytes'] / 1e6)} MB.{measured}")
 
 
 def md_prompts(report: dict) -> str:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run --out docs/benchmarks.md               # `make bench`
     python -m benchmarks.run --out docs/benchmarks.md --device cuda --precision fp16
+    python -m benchmarks.run --out docs/benchmarks.md --only families   # one section into the last report
 
 A GPT-2-small-shaped model with random weights (the speed and memory of a transformer do
 not depend on its weight values) reads real weather windows of the train split. Measured:
@@ -19,7 +20,11 @@ not depend on its weight values) reads real weather windows of the train split. 
    the horizons) and through the shared trie of all horizons, interleaved in one process;
 6. prompt building and tokenization on their own: `SplitPrompts.window_ids` against
    building the text and calling the GPT-2 tokenizer per prompt (the published route);
-7. the issue's targets, met or not met, with the measured number.
+7. per teacher family (benchmarks/families.py): a Qwen2.5-0.5B- and a Llama-3.2-1B-shaped random
+   model with their real tokenizers, and GPT-2 small, the workflow against the plain reference
+   (tests/plain_teacher.py) on the same windows at P = 24 and 192: model positions, s/window and
+   peak memory, each way in a fresh process;
+8. the issue's targets, met or not met, with the measured number.
 Writes the Markdown report given by --out and a JSON file with all figures beside it.
 Every figure in both comes from this run; rerunning rewrites them.
 
@@ -62,15 +67,17 @@ from benchmarks.common import (
     train_split,
     workflow_batch_tokens,
 )
+from benchmarks.families import SHAPES, family_section
 from benchmarks.render import fmt, render_markdown
 from benchmarks.targets import summarize
-from benchmarks.workers import worker_main
+from benchmarks.workers import WHOLE_ROUNDS, worker_main
 from timekd_embed import __version__
 from timekd_embed.errors import InputError
 from timekd_embed.store import write_text
 
 CSV_CANDIDATES = ("../shared/data/weather/weather.csv", "resources/weather.csv")
 TOKENIZER_CANDIDATES = ("../shared/data/gpt2-tokenizer",)
+TOKENIZERS_CANDIDATES = ("../shared/data/tokenizers",)
 # Windows per horizon: one window costs a GPT-2-small CPU 0.5-2 minutes per horizon on 2 cores,
 # so the CPU default keeps `make bench` near 10 minutes; a GPU needs hundreds so that its batches
 # are full and the rate is not launch-bound.
@@ -78,6 +85,10 @@ DEFAULT_WINDOWS = {"cpu": 1, "cuda": 256}
 WHOLE_WINDOWS = {"cpu": 2, "cuda": 64}
 # The shares of the token budget a batch's heads and stems are measured at (packing.PREFIX_SHARE is 1/6).
 PREFIX_SHARES = (1.0, 1 / 2, 1 / 4, 1 / 6)   # the whole-job section runs every horizon twice over, per window
+# The family section on 2 CPU cores: the plain reference at P = 192 runs about 35,000 (Llama 3) to
+# 60,000 (Qwen2) prompt tokens per window through every layer, so the CPU run keeps the first two
+# layers of each model (full width); about 15 minutes for the three families with one window.
+FAMILY_LAYERS, FAMILY_WINDOWS = 2, 1
 
 
 # ----------------------------------------------------------------------------- options
@@ -114,15 +125,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="token budget of the CPU memory probe (default: the workflow's batch_tokens)")
     parser.add_argument("--whole-windows", type=int, default=None,
                         help="windows of the whole-job section (default: 2 on the CPU, 64 on a GPU)")
-    parser.add_argument("--only", choices=["whole"], default=None,
+    parser.add_argument("--only", choices=["whole", "families"], default=None,
                         help="run only this section and write it into the existing --out report (and its JSON)")
+    parser.add_argument("--families", nargs="+", choices=list(SHAPES), default=list(SHAPES),
+                        help="teacher families of the family section (default: all)")
+    parser.add_argument("--family-windows", type=int, default=FAMILY_WINDOWS,
+                        help=f"windows of the family section, the same at every horizon (default {FAMILY_WINDOWS})")
+    parser.add_argument("--family-layers", type=int, default=FAMILY_LAYERS,
+                        help=f"first layers of each family's model (default {FAMILY_LAYERS}; 0: every layer)")
+    parser.add_argument("--family-pred-lens", type=int, nargs="+", default=[24, 192])
+    parser.add_argument("--family-size", choices=["public", "tiny"], default="public",
+                        help="the published widths, or width 64 (for tests)")
+    parser.add_argument("--tokenizers", type=Path, default=None,
+                        help=f"folder with the qwen2/ and llama3/ tokenizers (default: {TOKENIZERS_CANDIDATES[0]})")
     # Internal: the parent runs each measurement in a fresh process through these.
-    parser.add_argument("--worker", choices=["horizon", "baseline", "savings", "whole", "share"],
+    parser.add_argument("--worker", choices=["horizon", "baseline", "savings", "whole", "share", "family"],
                         help=argparse.SUPPRESS)
+    parser.add_argument("--family", choices=list(SHAPES), help=argparse.SUPPRESS)
+    parser.add_argument("--way", choices=["workflow", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--out-name", help=argparse.SUPPRESS)
     parser.add_argument("--prefix-share", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--pred-len", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    # The horizon worker's matmul rate right after it (make gpu-check leaves it out on the CPU, where an
+    # emulated fp16 matmul of that size takes minutes).
+    parser.add_argument("--roofline", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
+    # The whole-job worker's rounds of each way (make gpu-check runs one on the CPU).
+    parser.add_argument("--whole-rounds", type=int, default=WHOLE_ROUNDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.device = resolve_device(args.device)
     args.precision = args.precision or ("fp16" if args.device == "cuda" else "fp32")
@@ -136,8 +166,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.probe_batch_tokens = workflow_batch_tokens(args.device)
     args.csv = args.csv or first_existing(CSV_CANDIDATES, "weather.csv", "--csv")
     args.tokenizer = args.tokenizer or first_existing(TOKENIZER_CANDIDATES, "the GPT-2 tokenizer folder", "--tokenizer")
-    if min(args.windows, args.batch_tokens, args.probe_batch_tokens) < 1:
-        parser.error("--windows, --batch-tokens and --probe-batch-tokens must be at least 1")
+    if args.tokenizers is None and not args.worker and (args.only == "families" or args.only is None):
+        args.tokenizers = first_existing(TOKENIZERS_CANDIDATES, "the qwen2/llama3 tokenizer folders", "--tokenizers")
+    if min(args.windows, args.batch_tokens, args.probe_batch_tokens, args.family_windows) < 1:
+        parser.error("--windows, --batch-tokens, --probe-batch-tokens and --family-windows must be at least 1")
+    if args.family_layers < 0:
+        parser.error("--family-layers must be 0 (every layer) or more")
     return args
 
 
@@ -241,7 +275,7 @@ def measure(args) -> dict:
         progress("writing GPT-2-small (and a 1-layer copy for the memory probe) with random weights")
         make_model_dir(workdir / "model", args.tokenizer)
         make_model_dir(workdir / "model-1layer", args.tokenizer, n_layer=1)
-        n_vars = len(train_split(args.csv)[0])
+        n_vars = len(train_split(args.csv).variables)
         save_sca(workdir / "sca.safetensors", n_vars=n_vars, d_model=GPT2_SMALL["n_embd"], seed=SEED)
         report["roofline"] = matmul_roofline(args.device, args.precision)
         report["horizons"] = []
@@ -254,26 +288,30 @@ def measure(args) -> dict:
         progress(f"exact savings one at a time at P={BASELINE_P}")
         report["savings"] = spawn(args, "savings", workdir, BASELINE_P)
         report["whole_job"] = whole_job(args, workdir)
+        report["families"] = family_section(args, workdir)
     report["total_wall_s"] = elapsed()
     report["machine"]["load_average_at_end"] = os.getloadavg()
     summarize(report)
     return report
 
 
-def measure_whole_only(args, json_path: Path) -> dict:
-    """The whole-job section alone, merged into the report of an earlier full run (its JSON)."""
+def measure_only(args, json_path: Path) -> dict:
+    """The section args.only alone, merged into the report of an earlier full run (its JSON)."""
     from timekd_embed.sca import save_sca
     if not json_path.exists():             # the targets and the Markdown need the full run's figures
-        sys.exit(f"bench: --only whole adds its section to an earlier full run's {json_path}, which does not "
+        sys.exit(f"bench: --only {args.only} adds its section to an earlier full run's {json_path}, which does not "
                  f"exist; run without --only first (make bench).")
     report = json.loads(json_path.read_text())
     with tempfile.TemporaryDirectory(prefix="timekd-bench-") as tmp:
         workdir = Path(tmp)
-        make_model_dir(workdir / "model", args.tokenizer)
-        save_sca(workdir / "sca.safetensors", n_vars=len(train_split(args.csv)[0]), d_model=GPT2_SMALL["n_embd"],
-                 seed=SEED)
-        report["whole_job"] = whole_job(args, workdir)
-    report["whole_job"]["machine"] = machine(args.device) | {"load_average_at_end": os.getloadavg()}
+        if args.only == "families":
+            report["families"] = family_section(args, workdir)
+        else:
+            make_model_dir(workdir / "model", args.tokenizer)
+            save_sca(workdir / "sca.safetensors", n_vars=len(train_split(args.csv).variables),
+                     d_model=GPT2_SMALL["n_embd"], seed=SEED)
+            report["whole_job"] = whole_job(args, workdir)
+            report["whole_job"]["machine"] = machine(args.device) | {"load_average_at_end": os.getloadavg()}
     summarize(report)
     return report
 
@@ -285,15 +323,15 @@ def main(argv: list[str] | None = None) -> None:
         worker_main(args)
         return
     json_path = args.out.with_suffix(".json")
-    if args.only == "whole":
-        report = measure_whole_only(args, json_path)
+    if args.only:
+        report = measure_only(args, json_path)
     else:
         report = measure(args)
     write_text(json_path, json.dumps(report, indent=2) + "\n")
     write_text(args.out, render_markdown(report, json_path.name))
     for target in report["targets"]:
         progress(f"target: {target['target']}: {fmt(target['measured'])} {target['unit']} -> {target['status']}")
-    progress(f"wrote {args.out} and {json_path} in {report['total_wall_s']:.0f} s")
+    progress(f"wrote {args.out} and {json_path} in {elapsed():.0f} s")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from benchmarks.common import (
     warm_up,
     workflow_batch_tokens,
 )
+from benchmarks.families import run_family
 from timekd_embed.store import write_text
 
 # Other work on a shared machine only ever slows a run down: each horizon is timed this many
@@ -131,7 +132,8 @@ def run_horizon(args) -> dict:
         memory["gpu_peak_allocated_bytes"] = {gpu: torch.cuda.max_memory_allocated(gpu) for gpu in teacher.devices}
     if args.memory_probe:
         memory["probe"] = memory_probe(args, prompts, longest, memory["cpu_peak_rss_bytes"])
-    nearby = matmul_roofline(args.device, args.precision, (ROOFLINE_SIZE_NEARBY,))["flops_per_s"]
+    nearby = matmul_roofline(args.device, args.precision, (ROOFLINE_SIZE_NEARBY,))["flops_per_s"] \
+        if args.roofline else None
 
     flops = naive_flops(np.concatenate([gt_len, hd_len]), GPT2_SMALL["n_layer"], GPT2_SMALL["n_embd"])
     issued = issued_matmul_flops(counts["model_tokens"], GPT2_SMALL["n_layer"], GPT2_SMALL["n_embd"])
@@ -328,7 +330,7 @@ def run_whole(args) -> dict:
     teacher.replicas[0].sca = recorder
     runs = {"per_horizon": [], "trie": []}
     out, states = {}, {}
-    for round_ in range(WHOLE_ROUNDS):
+    for round_ in range(args.whole_rounds):
         for way in ("trie", "per_horizon"):          # the trie first: the RSS after it is its own peak
             progress(f"whole job, round {round_ + 1}: {way}")
             with count_model_tokens(teacher.model) as counts:
@@ -364,7 +366,7 @@ def run_whole(args) -> dict:
     states_diff = max(float(np.abs(states["trie"][P] - states["per_horizon"][P]).max()) for P in args.pred_lens)
     result = {"windows": [int(window) for window in windows], "pred_lens": args.pred_lens,
               "precision": args.precision,
-              "batch_tokens": budget, "rounds": WHOLE_ROUNDS, "max_abs_diff": diff,
+              "batch_tokens": budget, "rounds": args.whole_rounds, "max_abs_diff": diff,
               "largest_value": max(float(np.abs(out["trie"][P]).max()) for P in args.pred_lens),
               "max_abs_diff_states": states_diff,
               "largest_state": max(float(np.abs(states["trie"][P]).max()) for P in args.pred_lens),
@@ -387,13 +389,14 @@ def run_whole(args) -> dict:
 
 
 WORKERS = {"horizon": run_horizon, "baseline": run_baseline, "savings": run_savings, "whole": run_whole,
-           "share": run_share}
+           "share": run_share, "family": run_family}
 
 
 def worker_main(args) -> None:
-    """Run the worker args.worker and write its figures to <workdir>/<worker>_P<pred_len>.json."""
+    """Run the worker args.worker and write its figures to <workdir>/<worker>_P<pred_len>.json
+    (the family worker: <workdir>/<args.out_name>)."""
     quiet_libraries()
     result = WORKERS[args.worker](args)
-    path = args.workdir / f"{args.worker}_P{args.pred_len}.json"
+    path = args.workdir / (args.out_name or f"{args.worker}_P{args.pred_len}.json")
     write_text(path, json.dumps(result, indent=2) + "\n")
 

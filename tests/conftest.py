@@ -3,6 +3,8 @@ the real tokenizers."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -147,23 +149,26 @@ def make_family_model_dir(path: Path, family: str, n_layer=2, hidden=64, heads=4
 
 
 @pytest.fixture(scope="session")
-def qwen2_model_dir(tmp_path_factory) -> Path:
-    return make_family_model_dir(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+def family_model_dir(tmp_path_factory):
+    """family ("qwen2", "llama", "mistral", "phi3") -> its tiny model folder, built on first use."""
+    @functools.cache
+    def build(family: str) -> Path:
+        return make_family_model_dir(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+    return build
 
 
-@pytest.fixture(scope="session")
-def llama_model_dir(tmp_path_factory) -> Path:
-    return make_family_model_dir(tmp_path_factory.mktemp("tiny-llama"), "llama")
+# ------------------------------------------------------------------ a job's process state
 
 
-@pytest.fixture(scope="session")
-def mistral_model_dir(tmp_path_factory) -> Path:
-    return make_family_model_dir(tmp_path_factory.mktemp("tiny-mistral"), "mistral")
-
-
-@pytest.fixture(scope="session")
-def phi3_model_dir(tmp_path_factory) -> Path:
-    return make_family_model_dir(tmp_path_factory.mktemp("tiny-phi3"), "phi3")
+@pytest.fixture
+def job_logging():
+    """job() configures the root logger for a job process; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in set(root.handlers) - set(handlers):
+        handler.close()
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture(scope="session")
@@ -199,8 +204,10 @@ SHARED_RUNS = dict.fromkeys(["tests/test_export.py", "tests/test_faults.py", "te
 # xdist's order (most tests first), the demo once queued behind the shared runs' 150 worker-
 # seconds on one worker while the other idled. Measured worker-seconds here: the shared runs'
 # modules about 150, test_offline_install about 130 (pip's work), test_demo about 50,
-# test_leases about 60 (snakemake runs side by side); no other module above 25.
-LONGEST_FIRST = ["tests/runs.py", "tests/test_offline_install.py", "tests/test_leases.py", "tests/test_demo.py"]
+# test_leases about 60 (snakemake runs side by side); test_fp32_per_horizon (the second .test
+# case) 82 CPU-seconds, measured on a loaded machine; no other module above 25.
+LONGEST_FIRST = ["tests/runs.py", "tests/test_offline_install.py", "tests/test_leases.py", "tests/test_demo.py",
+                 "tests/test_fp32_per_horizon.py"]
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -97,7 +97,7 @@ def resumed_run(factory, model_dir: Path, weather_csv: Path) -> dict:
     """
     if "resumed" in _MADE:
         return _MADE["resumed"]
-    from timekd_embed.store import read_tensors
+    from timekd_embed.records import read_tensors
 
     work = new_work(factory.mktemp("resumed"), model_dir, weather_csv)
     seen = {"work": work}

@@ -34,8 +34,8 @@ from timekd_embed.checkpoint import load_config
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.prompts import SplitPrompts
+from timekd_embed.records import is_record
 from timekd_embed.sca import save_sca
-from timekd_embed.store import is_record
 from timekd_embed.table import load_csv
 from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import SPLITS, read_windows, write_windows
@@ -155,13 +155,13 @@ def _e2e_cases(root: Path, lines: list[str], model_dir: Path) -> dict[str, tuple
     cases["non_numeric"] = small_config(write(root / "non_numeric" / "bad.csv", set_cell(lines, 6, 2, "abc")),
                                         model_dir)
     cases["no_model"] = small_config(write(root / "no_model" / "weather.csv", lines), root / "models" / "gpt2")
-    # Issue #12.1: a wrapper module's save (keys "gpt2.h.0...") used to run as a random GPT-2, rc 0.
+    # A wrapper module's save (keys "gpt2.h.0...") used to run as a random GPT-2, rc 0.
     wrapped = root / "models" / "wrapped"
     shutil.copytree(model_dir, wrapped)
     save_file({f"gpt2.{k}": v for k, v in load_file(model_dir / "model.safetensors").items()},
               wrapped / "model.safetensors", metadata={"format": "pt"})
     cases["prefixed_weights"] = small_config(write(root / "prefixed_weights" / "weather.csv", lines), wrapped)
-    # Issue #12.3: dataset.name ETTh1 on the 15-minute ETTm1.csv used to give hourly borders, rc 0.
+    # dataset.name ETTh1 on the 15-minute ETTm1.csv used to give hourly borders, rc 0.
     with open(need(SHARED_DATA / "ETT-small" / "ETTm1.csv"), encoding="utf-8") as f:
         ettm1 = [next(f).rstrip("\n") for _ in range(20 * 30 * 24 + 1 + 100)]  # enough rows for ett_hour
     cases["etth1_on_ettm1"] = small_config(write(root / "etth1_on_ettm1" / "ETTm1.csv", ettm1), model_dir)
@@ -300,7 +300,7 @@ def test_crlf_duplicates_gaps_and_sentinels_are_accepted(tmp_path, weather_csv, 
     assert "ERROR" not in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- time step and dates (issue #12, 3 and 4)
+# --------------------------------------------------------------------------- time step and dates
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,20 @@
 runs, and the figures that are exact (model positions, prompt lengths, the differences between paths
 that compute the same function) are checked. The whole-job worker runs in a fresh interpreter, as
 benchmarks/run.py spawns every worker (what the parent passes it is checked); the others run the same
-`worker_main` in this process, sparing an interpreter's imports each."""
+`worker_main` in this process, sparing an interpreter's imports each. The family section runs as `make bench
+BENCH_ARGS="--only families"` runs it, at a tiny width."""
 
 import contextlib
 import json
 import logging
+import shutil
 
 import pytest
 from transformers.utils import logging as hf_logging
 
 from benchmarks.run import main, parse_args, spawn
 from benchmarks.workers import SAVINGS_ROUNDS, TIMED_REPEATS, WHOLE_ROUNDS, worker_main
-from conftest import TOKENIZER_DIR, make_model_dir
+from conftest import ROOT, TOKENIZER_DIR, TOKENIZERS, make_model_dir, need
 from timekd_embed import packing
 from timekd_embed.packing import PREFIX_SHARE
 from timekd_embed.sca import save_sca
@@ -123,3 +125,40 @@ def test_only_whole_without_an_earlier_report_says_so(tmp_path, weather_csv):
         main(["--only", "whole", "--out", str(out), "--csv", str(weather_csv), "--tokenizer", str(TOKENIZER_DIR),
               "--device", "cpu"])
     assert not out.exists()
+
+
+def test_the_family_section_runs_fewer_positions_than_the_plain_reference(tmp_path, weather_csv):
+    # The family section alone (--only families), merged into an earlier full run's report, at tiny width:
+    # a Qwen2-shaped model (4 heads, 2 kv heads, 1 layer) with the real qwen2 tokenizer, one window at P = 24.
+    need(TOKENIZERS / "qwen2")
+    out = tmp_path / "benchmarks.md"
+    shutil.copy(ROOT / "docs" / "benchmarks.json", out.with_suffix(".json"))
+    main(["--only", "families", "--out", str(out), "--csv", str(weather_csv), "--tokenizer", str(TOKENIZER_DIR),
+          "--tokenizers", str(TOKENIZERS), "--device", "cpu", "--families", "qwen2", "--family-size", "tiny",
+          "--family-layers", "1", "--family-pred-lens", "24", "--family-windows", "1"])
+    section = json.loads(out.with_suffix(".json").read_text())["families"]
+    assert (section["layers"], section["pred_lens"], section["size"]) == (1, [24], "tiny")
+    (family,) = section["families"]
+    assert family["family"] == "qwen2" and family["layers"] == 1 and family["public_layers"] == 24
+    assert family["config"]["vocab_size"] == 151936 and family["config"]["num_key_value_heads"] == 2
+    (horizon,) = family["horizons"]
+    workflow, plain = horizon["workflow"], horizon["plain"]
+    assert workflow["windows"] == plain["windows"] == [0] and workflow["way"] == "workflow" and plain["way"] == "plain"
+    # The plain reference runs every prompt token; the trie runs each shared prefix once, padding included.
+    assert plain["model_positions_per_window"] == workflow["prompt_tokens"]
+    assert workflow["model_positions_per_window"] < plain["model_positions_per_window"]
+    assert horizon["positions_ratio"] == plain["model_positions_per_window"] / workflow["model_positions_per_window"]
+    assert horizon["max_abs_diff"] < 1e-4                        # the same function, float rounding apart
+    # Every key tensor handed to attention is at the 2 kv heads, not expanded to the 4 query heads.
+    assert workflow["key_heads_seen"] == [2] and workflow["attention_calls"] > 0
+    probe = workflow["attention_probe"]
+    assert probe["key_heads"] == 2 and probe["query_heads"] == 4
+    # torch's allocations for the workflow's attention call, against the same call on expanded keys and values
+    assert probe["call_allocated_bytes"] < probe["expanded_call_allocated_bytes"]
+    assert probe["keys_values_expanded_bytes"] == 2 * probe["keys_values_bytes"]        # 4 query heads, 2 kv heads
+    assert probe["expanded_call_allocated_bytes"] >= probe["keys_values_expanded_bytes"]
+    for run in (workflow, plain):
+        assert run["s_per_window"] > 0 and run["peak_rss_bytes"] >= run["loaded_rss_bytes"] > 0
+    markdown = out.read_text()
+    assert "### Qwen2.5-0.5B shape (qwen2)" in markdown and "the first 1 layer**" in markdown
+    assert "Qwen2.5-0.5B: fewer model positions than the plain reference" in markdown

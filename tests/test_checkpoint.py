@@ -1,4 +1,5 @@
-"""Loading the teacher: the language model is exactly the tensors of the named file (issue #12, item 1).
+"""Loading the teacher: the language model is exactly the tensors of the named file, or one sentence
+says why not.
 
 Each damaged folder is a real GPT-2 folder (config.json, the real tokenizer files) whose
 model.safetensors was rewritten the way users' files go wrong. The tiny model has 2 blocks

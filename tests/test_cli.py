@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from huggingface_hub import constants
 
 from conftest import ROOT
 from helpers import PACKAGE_ENV, snakemake, timekd_embed, timekd_embed_in_process, weather_rows
 from timekd_embed.cli import parser
 from timekd_embed.config import validate_config
-from timekd_embed.manifest import MANIFEST, build, weights_file_here, write
-from timekd_embed.store import sha256_file, write_tensors
+from timekd_embed.fingerprint import Sha256Cache, current_inputs
+from timekd_embed.manifest import MANIFEST, build, write
+from timekd_embed.model_files import model_source
+from timekd_embed.records import sha256_file
+from timekd_embed.store import write_tensors
 
 WINDOW = ["--pred-len", "24", "--split", "train", "--window", "0"]
 
@@ -42,7 +44,7 @@ def errors(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def test_inspect_with_the_hub_unreachable_fails_in_one_sentence(tmp_path, weather_csv):
-    """Issue #13.5: it printed "gt_ids": [] for every variable and exited 0."""
+    """It used to print "gt_ids": [] for every variable and exit 0."""
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": "gpt2"}})
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
@@ -75,7 +77,7 @@ def test_inspect_refuses_a_model_folder_the_extraction_refuses(tmp_path, weather
 
 def test_inspect_reads_an_override_only_config_on_top_of_config_yaml_as_snakemake_does(tmp_path, weather_csv,
                                                                                         tiny_model_dir):
-    """Issue #13.5: `missing 'dataset'` for a config file that snakemake accepts."""
+    """It used to say `missing 'dataset'` for a config file that snakemake accepts."""
     base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     base["dataset"]["csv"] = str(weather_csv)
     base["model"]["name_or_path"] = str(tiny_model_dir)
@@ -102,7 +104,7 @@ def test_inspect_reads_an_override_only_config_on_top_of_config_yaml_as_snakemak
 
 
 def test_inspect_prints_each_token_list_on_one_line_and_one_variable_on_request(tmp_path, weather_csv, tiny_model_dir):
-    """Issue #13.5: one window was 23,453 lines of JSON."""
+    """One window used to be 23,453 lines of JSON."""
     config = write_config(tmp_path / "config.yaml", {"dataset": {"name": "weather", "csv": str(weather_csv)},
                                                      "model": {"name_or_path": str(tiny_model_dir)}})
     every = timekd_embed_in_process("inspect", "--configfile", str(config), *WINDOW, cwd=tmp_path)
@@ -188,23 +190,28 @@ def test_help_version_and_verify_never_import_torch(results_folder):
     assert probe("verify", str(results_folder)) == {"code": 1, "heavy": []}
 
 
-def test_verify_finds_a_hub_model_in_the_hub_cache_without_the_network(tmp_path, tiny_model_dir, monkeypatch):
-    """A hub id's weights are the cache's copy at the configured revision; absent there: a note, no download."""
+def test_verify_rechecks_a_hub_model_where_the_jobs_load_it(tmp_path, tiny_model_dir):
+    """One resolver: verify looked for a hub id's weights in the hub cache, while every job loads the files
+    get_model put in resources/models/<id>/; there a changed file of the download is one sentence."""
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--tiny-gpt2"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)   # the hub cache's layout: refs/<branch> -> snapshots/<commit>
-    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    found, why = weights_file_here("someone/tiny-gpt2", None, tmp_path)
-    assert (found, why) == (repo / "snapshots" / commit / "model.safetensors", "")
-    assert weights_file_here("someone/tiny-gpt2", commit, tmp_path)[0] == found
-    missing, why = weights_file_here("someone/other-gpt2", None, tmp_path)
-    assert missing is None
-    assert why == (f"model someone/other-gpt2 (revision main) is neither a folder in {tmp_path} nor in the model hub "
-                   "cache here, so the embeddings' weights were not rechecked.")
+    folder = tmp_path / "resources" / "models" / "someone" / "tiny-gpt2"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "download.json").write_text(json.dumps({"repo": "someone/tiny-gpt2", "revision": commit, "files": {
+        path.name: sha256_file(path) for path in tiny_model_dir.iterdir()}}))
+    hub = model_source({"name_or_path": "someone/tiny-gpt2", "revision": commit}, tmp_path)
+    now = current_inputs("weather.csv", hub, Sha256Cache(None), tmp_path)
+    assert now.weights_sha256 == sha256_file(tiny_model_dir / "model.safetensors") and now.damaged == ()
+    (folder / "vocab.json").write_text("{}")
+    damaged = current_inputs("weather.csv", hub, Sha256Cache(None), tmp_path).damaged
+    assert damaged == (f"{folder / 'vocab.json'} is changed: it is not the file get_model checked against the hub "
+                       f"(sha256 {sha256_file(tiny_model_dir / 'vocab.json')}, listed in {folder / 'download.json'}); "
+                       "move it away (or delete it) and run `snakemake --cores 1 fetch --forcerun get_model` to fetch "
+                       "it again.",)
+    other = model_source({"name_or_path": "someone/other-gpt2", "revision": commit}, tmp_path)
+    missing = current_inputs("weather.csv", other, Sha256Cache(None), tmp_path)
+    assert missing.weights_sha256 is None and missing.notes[-1] == (
+        f"the weights of model someone/other-gpt2 (model.name_or_path) are not in {other.folder} on this machine, "
+        "so they were not rechecked.")
 
 
 # --------------------------------------------------------------------------- --config, as Snakemake reads it

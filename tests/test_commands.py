@@ -23,8 +23,8 @@ from helpers import BIN, fresh_clone, left_in_the_tree, users_environment
 from test_demo import TOKENIZER_SHA256
 from test_resources import fill_cache
 from timekd_embed.planning import visible_gpus
+from timekd_embed.records import sha256_file
 from timekd_embed.resources import KNOWN_DATASETS
-from timekd_embed.store import sha256_file
 
 NO_NETWORK = {"HF_ENDPOINT": "https://hub.invalid", "HF_HUB_OFFLINE": "0"}
 
@@ -67,7 +67,7 @@ def test_make_help_lists_every_target_and_make_alone_prints_it(clone):
     shown = make(clone)
     assert shown.returncode == 0, shown.stderr
     assert help_targets(shown.stdout) == ["demo", "preflight", "run", "test", "test-data", "lint", "format", "bench",
-                                          "bootstrap", "wheelhouse"]
+                                          "gpu-check", "bootstrap", "wheelhouse"]
     declared = re.search(r"^\.PHONY: (.*)$", (clone / "Makefile").read_text(), flags=re.M).group(1).split()
     assert set(help_targets(shown.stdout)) <= set(declared)
     for target in help_targets(shown.stdout):      # each parses as make reads it

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import ROOT, SHARED_DATA, need
 from helpers import job_counts, snakemake
 from timekd_embed.cadence import check_cadence
 from timekd_embed.config import load_config_file, validate_config
+from timekd_embed.model_files import model_source
 from timekd_embed.prompts import TEMPLATES, SplitPrompts, template_key
 from timekd_embed.table import load_csv
 from timekd_embed.windows import read_windows, write_windows
@@ -193,6 +195,24 @@ def test_every_example_config_is_valid_and_picks_its_layout_and_template(name, l
     assert f" {every}." in TEMPLATES[template_key(name, data["template"])][0]
 
 
-def test_the_examples_are_exactly_the_documented_datasets():
-    assert sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(["ETTh1", "ETTh2", "ETTm1", "ETTm2", "Exchange",
-                                                                      "ECL", "Traffic"])
+DATASET_EXAMPLES = ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "Exchange", "ECL", "Traffic"]
+# Teachers other than GPT-2, one per family (docs/teacher.md section 8), and their hub ids.
+TEACHER_EXAMPLES = {"Qwen2.5-7B": "Qwen/Qwen2.5-7B", "Llama-3.1-8B": "meta-llama/Llama-3.1-8B",
+                    "Phi-3-mini-4k": "microsoft/Phi-3-mini-4k-instruct", "Mistral-7B": "mistralai/Mistral-7B-v0.1"}
+
+
+def test_the_examples_are_exactly_the_documented_datasets_and_teachers():
+    assert sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(DATASET_EXAMPLES + list(TEACHER_EXAMPLES))
+
+
+@pytest.mark.parametrize("name", TEACHER_EXAMPLES)
+def test_every_teacher_example_pins_a_commit_of_its_hub_model_in_bf16(name):
+    """bf16, not fp16 (docs/teacher.md: these families' activations outgrow fp16), and a commit, so
+    that get_model downloads the same files for every run."""
+    config = validate_config(example(name))
+    hub_id = TEACHER_EXAMPLES[name]
+    source = model_source(config["model"])
+    assert source.hub and source.name == hub_id and re.fullmatch(r"[0-9a-f]{40}", source.revision)
+    assert source.folder == Path("resources") / "models" / hub_id
+    assert config["precision"] == "bf16" and config["dataset"]["name"] == "weather"
+

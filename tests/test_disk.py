@@ -58,17 +58,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-@pytest.fixture
-def job_logging():
-    """job() configures the root logger for a job process; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in set(root.handlers) - set(handlers):
-        handler.close()
-    root.handlers[:], root.level = handlers, level
-
-
 def fill(disk: Path) -> None:
     """Take every free byte of `disk`."""
     with open(disk / "filler", "wb", buffering=0) as f:

@@ -1,16 +1,23 @@
-"""The code's own documentation: every module opens by saying what it owns, public functions
-document what their signature does not (the errors users see above all), no tracker numbers,
-no lambda is assigned to a name, and every import of the project's own names finds them."""
+"""The code's own documentation: every module opens by saying what it owns and holds one concern
+(450 lines at most), public functions document what their signature does not (the errors users
+see above all) and short ones briefly, no tracker numbers, no lambda is assigned to a name, and
+every import of the project's own names finds them."""
 
 import ast
 import importlib
 import importlib.util
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = sorted((ROOT / "workflow" / "timekd_embed").glob("*.py"))
 SCRIPTS = sorted((ROOT / "workflow" / "scripts").glob("*.py"))
 EVERY_MODULE = PACKAGE + SCRIPTS + sorted((ROOT / "benchmarks").glob("*.py"))
+EVERY_PYTHON_FILE = EVERY_MODULE + sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "tools").glob("*.py"))
+# Where the project's code and prose live; data (the demo's CSV) is left out.
+CODE_AND_DOCS = ["workflow", "tests", "benchmarks", "tools", "docs", "config", "profiles", "envs", ".test", ".ci",
+                 "README.md", "Makefile", "Snakefile", "pyproject.toml", ".snakemake-workflow-catalog.yml"]
+TEXT_SUFFIXES = {".py", ".smk", ".md", ".rst", ".yaml", ".yml", ".toml", ".json", ".txt", ".html", ".sh", ""}
 
 
 def public_functions(tree: ast.Module):
@@ -27,6 +34,13 @@ def test_every_module_says_what_it_owns():
     missing = [str(path.relative_to(ROOT)) for path in EVERY_MODULE
                if not ast.get_docstring(ast.parse(path.read_text()))]
     assert missing == []
+
+
+def test_no_package_module_is_over_450_lines():
+    """A module that grows past this holds more than one concern: split it by concern."""
+    long = {str(path.relative_to(ROOT)): lines for path in sorted((ROOT / "workflow" / "timekd_embed").rglob("*.py"))
+            if (lines := len(path.read_text().splitlines())) > 450}
+    assert long == {}
 
 
 def _raises_input_error(function: ast.FunctionDef) -> bool:
@@ -51,6 +65,57 @@ def test_public_functions_have_a_docstring_that_names_the_errors_users_see():
             if not doc or (_raises_input_error(function) and "Raises:" not in doc):
                 missing.append(f"{path.name}:{function.lineno} {function.name}")
     assert missing == []
+
+
+def _code_lines(function: ast.FunctionDef, lines: list[str]) -> int:
+    """Lines of a function below its docstring that hold code (not blank, not only a comment)."""
+    body = function.body[1:] if ast.get_docstring(function) else function.body
+    if not body:
+        return 0
+    return sum(1 for line in lines[body[0].lineno - 1:function.end_lineno]
+               if line.strip() and not line.strip().startswith("#"))
+
+
+def test_a_function_of_three_code_lines_has_a_docstring_of_five_lines_at_most():
+    """Args/Returns sections over a one-line body repeat its signature: a short function says in a
+    line or two what the signature does not."""
+    long = []
+    for path in EVERY_PYTHON_FILE:
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node):
+                doc = node.body[0]
+                if _code_lines(node, lines) <= 3 and doc.end_lineno - doc.lineno + 1 > 5:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert long == []
+
+
+def code_and_docs():
+    """Every text file of CODE_AND_DOCS (caches left out)."""
+    for name in CODE_AND_DOCS:
+        top = ROOT / name
+        for path in [top] if top.is_file() else sorted(top.rglob("*")):
+            if path.is_file() and path.suffix in TEXT_SUFFIXES and "__pycache__" not in path.parts:
+                yield path
+
+
+def bare_issue_numbers(text: str) -> list[str]:
+    """Tracker references that name no repository (a number after a number sign or the word issue): a
+    reader of the code has no tracker to look them up in. An upstream one names its repository, as
+    snakemake/snakemake#281 does."""
+    words = [match[0] for match in re.finditer(r"\bissues?\s*#?\s*\d", text, flags=re.IGNORECASE)]
+    signs = [match[0] for match in re.finditer(r"([\w./-]*)#\d+", text)
+             if not re.fullmatch(r"[\w.-]+/[\w.-]+", match[1])]
+    return words + signs
+
+
+def test_code_and_docs_name_no_bare_issue_number():
+    planted = "see " + "issue" + " " + "#" + "14, and " + "#" + "12.3; not pytorch/pytorch" + "#" + "161749"
+    assert bare_issue_numbers(planted) == ["issue" + " #" + "1", "#" + "14", "#" + "12"]
+    found = {str(path.relative_to(ROOT)): numbers for path in code_and_docs()
+             if (numbers := bare_issue_numbers(path.read_text(errors="replace")))}
+    assert found == {}
 
 
 def test_no_lambda_is_assigned_to_a_name():

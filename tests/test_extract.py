@@ -14,10 +14,10 @@ from plain_teacher import plain_teacher
 from timekd_embed.errors import InputError
 from timekd_embed.extract import embed_horizons, embed_windows, extract_horizons
 from timekd_embed.prompts import SplitPrompts
+from timekd_embed.records import read_tensors
 from timekd_embed.sca import load_sca, save_sca
 from timekd_embed.settings import Runtime
 from timekd_embed.split_job import check_context, prepare_split
-from timekd_embed.store import read_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.teacher import load_teacher
 from timekd_embed.windows import read_windows, write_windows

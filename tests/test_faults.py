@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import signal
 from pathlib import Path
@@ -18,7 +17,7 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
 from helpers import extract_one, weather_settings
 from runs import EMBEDDINGS, NAME, resumed_run, uninterrupted_run
-from timekd_embed import store
+from timekd_embed import records, store
 from timekd_embed.jobs import job
 from timekd_embed.sca import save_sca
 from timekd_embed.table import load_csv
@@ -41,7 +40,7 @@ def test_the_same_tensors_and_metadata_give_the_same_bytes(tmp_path):
         store.write_tensors(tmp_path / f"{k}.safetensors", tensors, metadata)
     first = (tmp_path / "0.safetensors").read_bytes()
     assert all((tmp_path / f"{k}.safetensors").read_bytes() == first for k in range(1, 4))
-    back, meta = store.read_tensors(tmp_path / "0.safetensors")
+    back, meta = records.read_tensors(tmp_path / "0.safetensors")
     assert meta == metadata and all(torch.equal(back[k], tensors[k]) for k in tensors)
 
 
@@ -68,7 +67,7 @@ def test_a_full_disk_while_writing_tensors_leaves_nothing_and_the_rerun_writes_t
 
     monkeypatch.undo()                                 # space freed: the rerun writes the file
     store.write_tensors(out, tensors, metadata)
-    assert torch.equal(store.read_tensors(out)[0]["embeddings"], tensors["embeddings"])
+    assert torch.equal(records.read_tensors(out)[0]["embeddings"], tensors["embeddings"])
 
 
 def test_a_full_disk_while_writing_json_leaves_nothing(tmp_path, monkeypatch):
@@ -101,17 +100,6 @@ def small_split(tmp_path_factory, weather_csv) -> tuple[Path, Path]:
     write_windows(load_csv(folder / "weather.csv"), "custom", 96, [24], out)
     save_sca(folder / "sca.safetensors", n_vars=21, d_model=64, seed=2024)
     return Path(out["train"]), folder / "sca.safetensors"
-
-
-@pytest.fixture
-def job_logging():
-    """job() configures the root logger for a job process; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in set(root.handlers) - set(handlers):
-        handler.close()
-    root.handlers[:], root.level = handlers, level
 
 
 def test_out_of_memory_names_the_budget_to_lower(small_split, tiny_model_dir, tmp_path, monkeypatch, capsys,

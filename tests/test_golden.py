@@ -17,8 +17,8 @@ import pytest
 from conftest import WEATHER_CSV, make_model_dir
 from helpers import extract_one, weather_settings
 from timekd_embed import __version__
+from timekd_embed.records import read_tensors
 from timekd_embed.sca import save_sca
-from timekd_embed.store import read_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.windows import write_windows
 

@@ -87,4 +87,4 @@ def test_model_layers_is_an_output_affecting_setting():
     assert Settings.from_config(six).as_params()["model"]["layers"] == 6
     settings = Settings.from_config(six)
     assert settings.layers == 6 and settings.recorded(24, "train")["layers"] == 6
-    assert "layers" not in RUNTIME_KEYS and Settings.from_params(settings.as_params()) == settings
+    assert "layers" not in RUNTIME_KEYS and Settings.from_params(settings.as_params(), settings.model) == settings

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from timekd_embed import TeacherDataset, load_embeddings
 from timekd_embed.errors import InputError
-from timekd_embed.store import read_metadata, write_tensors
+from timekd_embed.records import read_metadata
+from timekd_embed.store import write_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.windows import write_windows
 

@@ -22,7 +22,8 @@ from helpers import snakemake, timekd_embed
 from runs import MODEL, NAME, OFFLINE, resumed_run, uninterrupted_run
 from timekd_embed.config import config_hash
 from timekd_embed.errors import InputError
-from timekd_embed.manifest import MANIFEST, build, verify
+from timekd_embed.manifest import MANIFEST, build
+from timekd_embed.verify import verify
 
 # Every artifact of rule all, relative to results/<name>, with the rule that makes it: the
 # same bytes for the same inputs, config and versions.
@@ -80,12 +81,13 @@ def test_an_offline_run_with_a_local_model_lists_artifacts_and_run_records_apart
     # The documented hash: sha256 of the config as sorted JSON, its first 16 hex digits.
     assert manifest["config_hash"] == hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     # Only the keys that decide the artifacts: not the runtime ones (device, gpus_per_job, placement,
-    # batch_tokens, export_root), not where the CSV lies.
+    # batch_tokens, export_root), not where the CSV or the model folder lies.
     assert set(config) == {"dataset", "seq_len", "pred_lens", "splits", "model", "precision", "fidelity", "seed",
                            "limit_windows", "shard_windows", "share_horizons", "parity"}
     assert "csv" not in config["dataset"] and config["limit_windows"] == 3 and config["precision"] == "fp32"
-    assert manifest["inputs"] == {"csv": "resources/weather.csv"}
-    assert config["model"]["name_or_path"] == MODEL and config["pred_lens"] == [24, 48]
+    assert manifest["inputs"] == {"csv": "resources/weather.csv", "model": MODEL}
+    assert config["model"] == {"name": "local folder", "revision": None, "layers": None}
+    assert config["pred_lens"] == [24, 48]
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["timekd-embed"] and manifest["versions"]["python"]
 
@@ -100,7 +102,7 @@ def test_verify_passes_on_a_fresh_run(work):
 
 def test_two_identical_fp32_runs_have_byte_identical_artifacts_and_verify_against_each_other(work, second_work,
                                                                                           tmp_path):
-    """Issue #13.4: verify against the other run's MANIFEST.json failed on the stats and the report's timings."""
+    """verify against the other run's MANIFEST.json used to fail on the stats and the report's timings."""
     first, second = work / "results" / NAME, second_work / "results" / NAME
     for relative in EXPECTED:  # embeddings, Parquet, SCA and shapes (fp32: no parity, no PNG): the same bytes
         assert sha256(first / relative) == sha256(second / relative), relative
@@ -204,7 +206,7 @@ def test_verify_reports_an_edited_manifest_and_a_missing_one(work, tmp_path):
 
 
 def test_verify_names_embeddings_made_from_weights_or_an_input_that_changed_since(second_work, tmp_path):
-    """Issue #12.2: other weights written over the model folder's model.safetensors went unnoticed."""
+    """Other weights written over the model folder's model.safetensors went unnoticed."""
     work = tmp_path / "work"
     shutil.copytree(second_work, work, symlinks=True)
     results = work / "results" / NAME
@@ -379,3 +381,38 @@ def test_a_failed_attempts_log_is_no_run_record_and_a_later_success_lists_it(tmp
         more.write("2026-01-01 00:00:00,000 INFO timekd_embed: wrote resources/weather.csv (sha256 34ee)\n")
     assert [entry["path"] for entry in build(folder, {}, config)["run_records"]] == ["logs/get_data.log",
                                                                                     "logs/windows.log"]
+
+
+def test_verify_rechecks_every_shard_of_a_sharded_model(tmp_path):
+    """One resolver for the model's files: verify compared the embeddings' weights_sha256 with model.safetensors
+    alone, so a changed shard of a sharded model went unnoticed (a note said the weights were not there)."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    from timekd_embed.config import validate_config
+    from timekd_embed.manifest import write
+    from timekd_embed.store import write_tensors
+
+    model = tmp_path / "sharded"
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=50257)).save_pretrained(model, max_shard_size="5MB")
+    shards = sorted(model.glob("model-*.safetensors"))
+    assert len(shards) == 2
+    # The shards' identity (README): `sha256sum model-*.safetensors | sha256sum` in the model folder.
+    listing = "".join(f"{sha256(path)}  {path.name}\n" for path in shards)
+    (tmp_path / "weather.csv").write_text("date,OT\n")
+    results = tmp_path / "results" / "weather"
+    embeddings = results / "embeddings" / "24" / "train.safetensors"
+    write_tensors(embeddings, {"embeddings": torch.zeros(1, 1, 64), "window_start": torch.arange(1)},
+                  {"input_sha256": sha256(tmp_path / "weather.csv"),
+                   "weights_sha256": hashlib.sha256(listing.encode()).hexdigest()})
+    config = validate_config({"dataset": {"name": "weather", "csv": "weather.csv"},
+                              "model": {"name_or_path": "sharded"}})
+    write(results / MANIFEST, build(results, {"gather": [str(embeddings)]}, config))
+    assert verify(results).problems == []
+
+    data = bytearray(shards[1].read_bytes())
+    data[-1] ^= 1                                         # one bit of the second shard's last tensor
+    shards[1].write_bytes(bytes(data))
+    problems = verify(results).problems
+    assert len(problems) == 1 and f"{embeddings}: made from weights with sha256" in problems[0], problems

@@ -596,10 +596,9 @@ def load_family(folder):
 
 
 @pytest.fixture(scope="module")
-def family_models(qwen2_model_dir, llama_model_dir, mistral_model_dir, phi3_model_dir):
+def family_models(family_model_dir):
     """family -> (folder, *ForCausalLM model, its tokenizer loaded from the folder)."""
-    folders = {"qwen2": qwen2_model_dir, "llama": llama_model_dir, "mistral": mistral_model_dir,
-               "phi3": phi3_model_dir}
+    folders = {family: family_model_dir(family) for family in ROTARY_FAMILIES}
     return {family: (folder, load_family(folder), transformers.AutoTokenizer.from_pretrained(str(folder)))
             for family, folder in folders.items()}
 
@@ -663,8 +662,8 @@ def test_the_calibration_changes_the_state_and_only_below_the_diagonal(family_mo
     torch.testing.assert_close(decoder_only, calibrated, atol=0, rtol=0)
 
 
-def test_rotary_oracle_refuses_prompts_beyond_the_window_or_the_context(mistral_model_dir):
-    model = load_family(mistral_model_dir)
+def test_rotary_oracle_refuses_prompts_beyond_the_window_or_the_context(family_model_dir):
+    model = load_family(family_model_dir("mistral"))
     model.config.sliding_window = 8  # a given 4D mask would silently drop the sliding window
     with pytest.raises(ValueError, match="sliding window 8"):
         plain_last_hidden(model, list(range(9)), torch.zeros(9, 9))

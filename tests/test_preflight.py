@@ -21,7 +21,7 @@ from timekd_embed.config import validate_config
 from timekd_embed.diagnostics import Horizon, device_usable, fill_windows, key_padding, prefetch_pinning
 from timekd_embed.errors import InputError
 from timekd_embed.packing import batches, packed_window
-from timekd_embed.preflight import NO_CUDA, require_passed, run_preflight, write_report
+from timekd_embed.preflight import NO_CUDA, main, require_passed, run_preflight, write_report
 from timekd_embed.report import preflight_markdown
 
 P = 24
@@ -62,11 +62,17 @@ def test_one_cpu_device_measures_and_lists_the_gpu_checks_as_not_run(weather_csv
         assert report["gpu_checks"][name] == NO_CUDA
     assert report["machine"]["devices"][0]["device"] == "cpu"
     assert report["notes"] == ["fp16 on the CPU is emulated and slow: use precision fp32 there."]
+    # The placement plan from config.json: the tiny model's 2 blocks on the one device, the CPU's budget.
+    plan = report["plan"]
+    assert plan["placement"] == "single" and plan["batch_tokens"] == 8192 and plan["device_map"] is None
+    assert plan["devices"][0]["blocks"] == [0, 1] and plan["devices"][0]["weights"] > 0
 
     json_path, md_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["passed"] is True
     text = md_path.read_text()
     assert "**PASSED**" in text and "key_padding: not run: no CUDA device" in text and "| 24 |" in text
+    assert "## Placement" in text and "**single**: not planned: CPU memory is not asked" in text
+    assert "| cpu | - |" in text and "| all 2 |" in text
     require_passed(report, md_path)       # nothing to raise
 
 
@@ -96,6 +102,13 @@ def test_two_devices_run_the_replica_and_layer_split_checks(weather_csv, tiny_mo
     assert report["passed"], report["failures"]
     checks = report["gpu_checks"]
     assert checks["model_parallel"]["device_map"] == SPLIT_MAP
+    # The plan of the split over the two entries: balanced by bytes, the embeddings (50,257 x 64) on the
+    # first outweigh both blocks, which go to the second with the final norm.
+    plan = report["plan"]
+    assert plan["placement"] == "model_parallel" and [device["blocks"] for device in plan["devices"]] == [[], [0, 1]]
+    text = preflight_markdown(report)
+    assert "## Placement" in text and "**model_parallel**: the blocks split over 2 devices" in text
+    assert "| none |" in text and "| 0-1 |" in text       # blocks per device
     assert checks["model_parallel"]["parity_vs_one_device"]["bit_equal"]      # same ops, same device type
     replicas = checks["replica_scaling"]
     assert replicas["devices"] == ["cpu", "cpu"] and replicas["windows_per_s_1"] > 0 and replicas["windows_per_s_2"] > 0
@@ -144,6 +157,25 @@ def test_weights_other_than_the_named_ones_are_caught(tiny_model_dir, tmp_path):
     save_file(partial, tmp_path / "partial.safetensors", metadata={"format": "pt"})
     problem = checkpoint_matches(model, [tmp_path / "partial.safetensors"], "tiny")
     assert "parameter h.1.attn.c_proj.weight is not in" in problem
+
+
+def test_more_windows_asked_than_exist_reports_the_windows_timed(weather_csv, tiny_model_dir, tmp_path, capsys):
+    """`--windows 100000` where limit_windows leaves 4 windows: it said "PASSED ... 100000 windows per
+    horizon" while 4 were timed. The report names the windows timed, in the JSON and the Markdown, and
+    says that fewer than asked exist."""
+    report = main(config_for(weather_csv, tiny_model_dir, limit_windows=4), n_windows=100000, out=tmp_path)
+    printed = capsys.readouterr().out
+    written = json.loads((tmp_path / "preflight.json").read_text())
+    assert (written["windows_asked"], written["windows_per_horizon"]) == (100000, 4)
+    assert [job["windows_timed"] for job in written["jobs"]] == [4] and report["passed"]
+    assert printed == (tmp_path / "preflight.md").read_text()
+    assert "100000 sample windows per horizon were asked, but split train has 4" in printed
+    headline = printed.splitlines()[2]
+    assert "100000" not in headline and "4 sample windows per horizon" in headline, headline
+    table = printed.split("## Speed and memory")[1].splitlines()
+    header = [cell.strip() for cell in next(line for line in table if line.startswith("| P |")).split("|")]
+    row = [cell.strip() for cell in next(line for line in table if line.startswith("| 24 |")).split("|")]
+    assert row[header.index("windows timed")] == "4"
 
 
 def test_a_device_that_cannot_run_is_named(weather_csv, tiny_model_dir):

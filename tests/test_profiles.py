@@ -79,7 +79,7 @@ def slurm_submission(resources: dict) -> tuple[str, str]:
 
 @pytest.mark.parametrize("rule, target", [("extract", None), ("parity", None), ("preflight", "preflight")])
 def test_every_gpu_job_is_one_slurm_task_holding_all_its_gpus(tmp_path, weather_csv, rule, target):
-    """Issue #17.2: with --ntasks-per-gpu=1 a gpu=2 job runs twice, each copy with one GPU, both
+    """With --ntasks-per-gpu=1 a gpu=2 job runs twice, each copy with one GPU, both
     writing the same file. The plugin reads `tasks` as tasks per GPU for GPU jobs, so a `tasks: 1`
     from a user's or a site's default resources is simulated here; the job must stay one task."""
     resources = extract_resources(dry_run(tmp_path, "slurm", targets=(target,) if target else ()), rule)

@@ -243,16 +243,123 @@ def test_the_plan_follows_the_csv_not_older_windows_files(tmp_path, weather_csv)
     assert planned_windows(split_rows(csv, windows, 96, "custom")["val"], 96, 24, None) == 137
 
 
-def test_current_fingerprints_name_what_the_config_points_at_now(tmp_path, tiny_model_dir):
-    from timekd_embed.fingerprint import current_fingerprints
+def test_current_inputs_name_what_the_config_points_at_now(tmp_path, tiny_model_dir):
+    """The one answer to "did the inputs change", for the rules' params and for verify alike."""
+    from timekd_embed.fingerprint import Sha256Cache, current_inputs
+    from timekd_embed.model_files import model_source
 
     csv = weather_rows(tmp_path / "weather.csv", 200)
-    config = {"dataset": {"csv": str(csv)}, "model": {"name_or_path": str(tiny_model_dir), "revision": None}}
-    found = current_fingerprints(config, tmp_path / "cache.json")
-    assert found["input_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
-    assert found["weights_sha256"] == hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
-    assert found["revision"] is None and found["package"].startswith("timekd-embed ")
-    hub = current_fingerprints({"dataset": {"csv": str(tmp_path / "absent.csv")},
-                                "model": {"name_or_path": "gpt2", "revision": None}}, None)
-    assert hub["input_sha256"] is None and hub["weights_sha256"] is None   # nothing there yet to compare
-    assert hub["revision"] == "607a30d783dfa663caf39e06633721c8d4cfcd7e"
+    source = model_source({"name_or_path": str(tiny_model_dir), "revision": None})
+    found = current_inputs(csv, source, Sha256Cache(tmp_path / "cache.json"))
+    assert found.csv_sha256 == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert found.weights_sha256 == hashlib.sha256((tiny_model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert found.model_files == {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+                                 for path in tiny_model_dir.iterdir()}
+    assert found.notes == () and found.damaged == ()
+    hub = current_inputs(tmp_path / "absent.csv", model_source({"name_or_path": "gpt2", "revision": None}, tmp_path),
+                         Sha256Cache(None), tmp_path)
+    assert hub.csv_sha256 is None and hub.weights_sha256 is None and hub.model_files == {}  # nothing there yet
+    assert len(hub.notes) == 2 and hub.damaged == ()
+
+
+def dry_run_says_nothing_to_do(project: Path) -> bool:
+    result = snakemake(project, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_moving_the_csv_and_the_model_folder_plans_nothing(finished):
+    """The issue's case: `mv data.csv inputs/weather.csv` with dataset.csv updated reran every job ("Set of
+    input files has changed"), and so did moving the model folder: hours of work for a `mv`."""
+    base, project, model = finished
+    config_file = project / "config.yaml"
+    original = config_file.read_text()
+    config = yaml.safe_load(original)
+    csv, moved_csv = project / "resources" / "weather.csv", project / "inputs" / "weather.csv"
+    moved_model = base / "elsewhere" / "gpt2"
+    moved_csv.parent.mkdir(exist_ok=True)
+    moved_model.parent.mkdir(exist_ok=True)
+    csv.rename(moved_csv)
+    model.rename(moved_model)
+    config_file.write_text(yaml.safe_dump(config | {"dataset": config["dataset"] | {"csv": "inputs/weather.csv"},
+                                                    "model": config["model"] | {"name_or_path": str(moved_model)}}))
+    try:
+        assert dry_run_says_nothing_to_do(project)       # not even the manifest
+        # What the moved files hold still decides: one digit of the CSV, then the model's weights.
+        data = moved_csv.read_bytes()
+        lines = data.split(b"\r\n")
+        lines[5] = b",".join([lines[5].split(b",")[0], b"999.99", *lines[5].split(b",")[2:]])  # p (mbar), row 5
+        moved_csv.write_bytes(b"\r\n".join(lines))
+        assert planned(project) == EVERY_JOB
+        moved_csv.write_bytes(data)
+        weights = moved_model / "model.safetensors"
+        original_weights = weights.read_bytes()
+        shutil.copyfile(make_model_dir(base / "other-weights", seed=1) / "model.safetensors", weights)
+        assert planned(project) == {"extract": 4, "gather": 2, "validate": 1}
+        weights.write_bytes(original_weights)
+    finally:
+        moved_csv.rename(csv)
+        moved_model.rename(model)
+        config_file.write_text(original)
+    assert planned(project) == {}
+
+
+def test_dropping_a_horizon_reruns_no_extraction_and_verify_says_what_is_left_over(finished):
+    """The issue's case: pred_lens [24, 48] -> [24] re-extracted 24 into byte-identical files, and the 48 files
+    then made verify fail for ever ("not in the manifest; remove it or rerun": rerunning never helped)."""
+    base, project, _ = finished
+    copy = fresh_copy(base / "dropped")
+    receive(project, copy, "results", "resources")
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    (copy / "config.yaml").write_text(yaml.safe_dump(config | {"pred_lens": [24]}))
+    results = copy / "results" / "weather"
+    kept = results / "embeddings" / "24" / "train.safetensors"
+    before = (kept.read_bytes(), kept.stat().st_mtime_ns)
+    assert planned(copy) == {"validate": 1}              # the report's pages list the horizons
+    run = snakemake(copy)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (kept.read_bytes(), kept.stat().st_mtime_ns) == before  # not rerun at all
+
+    verified = timekd_embed("verify", "results/weather", cwd=copy)
+    assert verified.returncode == 0, verified.stderr
+    notes = [line for line in verified.stderr.splitlines() if "left over" in line]
+    assert len(notes) == 1 and "embeddings/48/train.safetensors" in notes[0] and "3 file(s)" in notes[0]
+    assert "`timekd-embed clean results/weather` removes them" in notes[0]
+    (results / "notes.txt").write_text("mine")           # the user's own file: never removed
+    cleaned = timekd_embed("clean", "results/weather", cwd=copy)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not (results / "embeddings" / "48").exists()
+    assert not (results / "validation" / "report" / "48_train.html").exists()
+    assert (results / "notes.txt").read_text() == "mine" and (kept.read_bytes(), kept.stat().st_mtime_ns) == before
+    (results / "notes.txt").unlink()
+    again = timekd_embed("verify", "results/weather", cwd=copy)
+    assert again.returncode == 0 and "left over" not in again.stderr, again.stderr
+
+    # Adding it back runs its own jobs only.
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    assert planned(copy) == {"extract": 2, "gather": 1, "validate": 1}
+
+
+def test_with_shared_jobs_dropping_a_horizon_reruns_nothing_and_adding_one_runs_only_its_own(tmp_path,
+                                                                                           tiny_model_dir):
+    """share_horizons (the default) computes every horizon of a window range in one job: the job's horizons
+    were a param, so dropping one reran every range's job and rewrote the others' files; a new horizon in a
+    finished run gets jobs of its own instead of the shared ones, which would compute the others again."""
+    project = fresh_copy(tmp_path / "project")
+    weather_rows(project / "resources" / "weather.csv", 1500, columns=[0, 21])  # date, OT: one variable
+    config = {"dataset": {"name": "weather", "csv": "resources/weather.csv"}, "pred_lens": [24, 48],
+              "splits": ["val"], "model": {"name_or_path": str(tiny_model_dir)}, "precision": "fp32",
+              "limit_windows": 2, "shard_windows": 2}
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    first = snakemake(project)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = project / "results" / "weather" / "embeddings" / "24" / "val.safetensors"
+    before = (kept.read_bytes(), kept.stat().st_mtime_ns)
+
+    (project / "config.yaml").write_text(yaml.safe_dump(config | {"pred_lens": [24]}))
+    assert planned(project) == {"validate": 1}
+    (project / "config.yaml").write_text(yaml.safe_dump(config | {"pred_lens": [24, 48, 96]}))
+    plan = snakemake(project, "-n")
+    assert planned_jobs(plan) == {"extract": 1, "gather": 1, "validate": 1}
+    assert "wildcards: pred_len=96, split=val, start=0, stop=2" in plan.stdout
+    assert (kept.read_bytes(), kept.stat().st_mtime_ns) == before

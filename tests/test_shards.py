@@ -7,8 +7,9 @@ import torch
 
 from helpers import extract_one
 from timekd_embed.errors import InputError
+from timekd_embed.records import read_tensors
 from timekd_embed.shards import csv_rows, gather, planned_windows, ranges, split_rows
-from timekd_embed.store import read_tensors, write_json, write_tensors
+from timekd_embed.store import write_json, write_tensors
 
 
 def test_ranges_cover_every_window_once():

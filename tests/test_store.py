@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from timekd_embed import store
+from timekd_embed import records, store
 from timekd_embed.errors import InputError
 from timekd_embed.sca import load_sca, save_sca
 
@@ -46,7 +46,7 @@ def test_a_byte_flipped_in_a_finished_sca_file_is_refused_by_its_readers(tmp_pat
     sentence = (f"{sca}: damaged: its sha256 is {sha256(bytes(damaged))}, not the {sha256(written)} recorded when it "
                 f"was written; rerun the workflow with --forcerun {sca} to write it again (and what was made from "
                 "it).")
-    for reader in (store.read_tensors, load_sca, store.check_record):   # load_sca: what every extraction job calls
+    for reader in (records.read_tensors, load_sca, records.check_record):   # load_sca: what every extraction job calls
         with pytest.raises(InputError) as caught:
             reader(sca)
         assert str(caught.value) == sentence
@@ -55,22 +55,22 @@ def test_a_byte_flipped_in_a_finished_sca_file_is_refused_by_its_readers(tmp_pat
 def test_a_file_without_its_record_or_with_another_files_record_is_refused(tmp_path):
     path = tmp_path / "stats.json"
     store.write_json(path, {"windows": 3})
-    assert store.read_json(path) == {"windows": 3}
+    assert records.read_json(path) == {"windows": 3}
     record = tmp_path / ".stats.json.sha256"
     record.write_text(record.read_text().replace("stats.json", "other.json"))
     with pytest.raises(InputError, match=re.escape(f"{record}: not the sha256 record of stats.json, so its bytes "
                                                    f"cannot be checked; rerun the workflow with --forcerun {path} to "
                                                    "write it again (and what was made from it).")):
-        store.read_json(path)
+        records.read_json(path)
     record.unlink()
     with pytest.raises(InputError, match=r"stats.json: its sha256 record .stats.json.sha256 is missing beside it"):
-        store.read_json(path)
+        records.read_json(path)
 
 
 KILLED_AFTER_ONE_RENAME = """
 import os, sys
 sys.path.insert(0, sys.argv[2])
-from timekd_embed import store
+from timekd_embed import records, store
 real = os.replace
 def replace_then_die(source, target):
     real(source, target)
@@ -86,7 +86,7 @@ def test_a_kill_between_the_renames_leaves_no_new_file_without_its_record(tmp_pa
     assert killed.returncode == 9
     assert not path.exists() and (tmp_path / ".shapes.json.sha256").is_file()   # the record went first
     with pytest.raises(InputError, match="shapes.json: file not found; run the workflow to create it."):
-        store.read_json(path)
+        records.read_json(path)
     store.write_json(path, {"windows": 3})                  # the rerun writes both
-    assert store.read_json(path) == {"windows": 3}
+    assert records.read_json(path) == {"windows": 3}
     assert json.loads(path.read_text()) == {"windows": 3}

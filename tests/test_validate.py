@@ -16,10 +16,11 @@ from runs import uninterrupted_run
 from timekd_embed.config import validate_config
 from timekd_embed.errors import InputError
 from timekd_embed.parity import compare, parity_report, require_parity, sample_windows
+from timekd_embed.records import read_tensors
 from timekd_embed.report import NOT_APPLICABLE, answer, histogram, item_html, summary_html
 from timekd_embed.sca import load_sca, save_sca
 from timekd_embed.settings import Runtime, Settings
-from timekd_embed.store import read_tensors, write_tensors
+from timekd_embed.store import write_tensors
 from timekd_embed.table import load_csv
 from timekd_embed.validate import check_all
 from timekd_embed.windows import read_windows, write_windows

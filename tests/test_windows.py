@@ -24,7 +24,7 @@ from timekd_embed import windows
 from timekd_embed.cadence import template_note
 from timekd_embed.config import resolve_layout
 from timekd_embed.errors import InputError
-from timekd_embed.store import sha256_file
+from timekd_embed.records import sha256_file
 from timekd_embed.table import load_csv, stamps
 from timekd_embed.windows import SPLITS, read_windows, split_borders, window_count, write_windows
 
@@ -283,7 +283,7 @@ def test_small_file_round_trip(tmp_path):
     assert val.n_windows(4) == 1
     # train rows 0..27: the OT column holds i (header order date,OT,a,b), so its mean is 13.5.
     assert val.meta["scaler"]["mean"][2] == pytest.approx(13.5)
-    # Each file with its sha256 record (store.record_path), nothing else.
+    # Each file with its sha256 record (records.record_path), nothing else.
     assert sorted(os.listdir(tmp_path / "out")) == [".test.parquet.sha256", ".train.parquet.sha256",
                                                     ".val.parquet.sha256", "test.parquet", "train.parquet",
                                                     "val.parquet"]
@@ -430,7 +430,7 @@ def test_failure_during_parquet_write_leaves_nothing(tmp_path, monkeypatch):
             raise OSError("No space left on device")
         real_write(arrow, where, **kwargs)
 
-    monkeypatch.setattr(windows.pq, "write_table", write_then_crash)
+    monkeypatch.setattr(pq, "write_table", write_then_crash)   # the module write_windows imports
     with pytest.raises(OSError, match="No space"):
         write_windows(table, "custom", 8, [1], out)
     assert not any(Path(p).exists() for p in out.values())
@@ -501,7 +501,7 @@ def test_a_flipped_byte_that_parquet_reads_without_error_is_refused(tmp_path, we
                                  f"workflow with --forcerun {path} to write it again (and what was made from it).")
 
 
-# --------------------------------------------------------------------------- time step vs template (issue #12.3)
+# --------------------------------------------------------------------------- time step vs template
 
 
 def test_template_note_names_the_template_its_wording_and_the_measured_step():

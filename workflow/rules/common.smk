@@ -1,4 +1,5 @@
 # Config validation, paths and helpers shared by every stage.
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from timekd_embed.jobs import failure_summary
 from timekd_embed.fingerprint import (
     Sha256Cache,
     csv_fingerprint,
+    current_inputs,
     model_config_fingerprint,
     model_fingerprint,
     package_version,
@@ -102,13 +104,7 @@ wildcard_constraints:
 
 WINDOWS_FILES = [WINDOWS.format(split=s) for s in SPLITS]
 HAVE_WINDOWS = all(Path(p).is_file() for p in WINDOWS_FILES)
-# A known dataset's CSV, when absent, is downloaded by get_data (resources.smk; a rule
-# also when the file is there, so that it can be named as a target); results copied
-# without their CSV keep using their windows files instead.
 KNOWN = KNOWN_DATASETS.get(NAME)
-GET_DATA = KNOWN is not None and (
-    Path(config["dataset"]["csv"]).is_file() or not HAVE_WINDOWS
-)
 
 
 def input_csv():
@@ -125,11 +121,29 @@ def all_embeddings():
     return expand(EMBEDDINGS, pred_len=config["pred_lens"], split=config["splits"])
 
 
+def after(path, changed):
+    """`path` as an input that reruns this job when the job making it runs only if `changed`.
+
+    Snakemake reruns every job after one that runs, unless the input is `ancient`; and it never
+    looks at the params of a job whose ancient input comes from a job that runs. So an input
+    from a rule that fetches or records (get_model) is ancient while what it provides is the same,
+    and plain when it changed.
+    """
+    return path if changed else ancient(path)
+
+
 CSV = input_csv()
+# The user's CSV is an input, never an output: no command may delete or replace it. Only a
+# known dataset's CSV that is missing (and not stood in for by the windows files of copied
+# results) is fetched, by get_data, whose output is its record (resources.smk); the windows job
+# then reads the CSV it put there.
+DATA_RECORD = f"resources/downloads/{NAME}.json"
+GET_DATA = KNOWN is not None and not Path(CSV).is_file() and not HAVE_WINDOWS
+WINDOWS_INPUT = {"download": DATA_RECORD} if GET_DATA else {"csv": ancient(CSV)}
 
 # What decides an output, by content (fingerprint.py): the rules carry these as params,
-# so a changed file reruns exactly its downstream and a touched one (same bytes) nothing.
-# The CSV and model files are `ancient` inputs: their timestamps never rerun anything.
+# so a changed file reruns exactly its downstream and a touched or moved one (same bytes)
+# nothing. The CSV and model files are `ancient` inputs and no param holds a path.
 _sha256 = Sha256Cache()
 # The demo's model is built by rule demo_model (demo.smk) from its shape and seed, which
 # then identify it; its files are that rule's outputs (demo.smk sets MODEL_INPUTS).
@@ -140,30 +154,45 @@ try:
         if IS_DEMO
         else model_source(config["model"])
     )
+    # The one answer to "what do the inputs hold now", also verify's (timekd-embed verify).
+    INPUTS_NOW = current_inputs(CSV, MODEL, _sha256)
+    if INPUTS_NOW.damaged:
+        raise InputError(INPUTS_NOW.damaged[0])
     INPUT_SHA256 = csv_fingerprint(
-        CSV, WINDOWS_FILES, KNOWN["sha256"] if KNOWN else None, _sha256
+        INPUTS_NOW, WINDOWS_FILES, KNOWN["sha256"] if KNOWN else None
     )
     MODEL_TRACKED = (
         {"demo_model": DEMO_SHAPE, "seed": DEMO_SEED}
         if IS_DEMO
-        else model_fingerprint(MODEL, _sha256)
+        else model_fingerprint(MODEL, INPUTS_NOW)
     )
     MODEL_CONFIG_TRACKED = (
-        MODEL_TRACKED if IS_DEMO else model_config_fingerprint(MODEL, _sha256)
+        MODEL_TRACKED if IS_DEMO else model_config_fingerprint(MODEL, INPUTS_NOW)
     )
 except InputError as error:
     fail(error)
 _sha256.save()
 PACKAGE = package_version()
-MODEL_INPUTS = [] if IS_DEMO else [ancient(str(p)) for p in tracked_model_files(MODEL)]
 if MODEL.hub:
-    # get_model's record as a plain input: when get_model reruns (another commit), the jobs
-    # after it rerun too; Snakemake never reruns a job for an upstream job whose outputs
-    # it reads only as `ancient` inputs, whatever its params say.
-    MODEL_INPUTS.append(f"{MODEL.folder}/{RECORD}")
+    # get_model's record, the jobs' only input of the model: its files are never an output
+    # (resources.smk). Plain when get_model fetches another commit, so that what follows reruns.
+    _RECORD = f"{MODEL.folder}/{RECORD}"
+    try:
+        _fetched = json.loads(Path(_RECORD).read_text())
+    except (OSError, ValueError):
+        _fetched = {}
+    MODEL_INPUTS = [
+        after(
+            _RECORD,
+            _fetched.get("repo") != MODEL.name
+            or _fetched.get("revision") != MODEL.revision,
+        )
+    ]
     # Every job loads the files get_model put in resources/models/<id>/ ("./": a folder,
     # never looked up on the hub), and records the commit they come from.
     config["model"] = local_model(config["model"])
+else:
+    MODEL_INPUTS = [ancient(str(p)) for p in tracked_model_files(MODEL)]
 
 # Every config key that changes an embedding (settings.py); the extraction rules take them
 # as params, so that changing one reruns the extraction. Keys that change only the speed
@@ -256,12 +285,12 @@ def plan_on_the_cpu():
             for P in config["pred_lens"]
             if not Path(EMBEDDINGS.format(pred_len=P, split=split)).is_file()
         ]
-        if config["share_horizons"] and missing:
+        if SHARE_HORIZONS and missing:
             missing = config["pred_lens"]  # the shared jobs compute every horizon
             jobs += len(job_ranges(split))
         for P in missing:
             windows[P] = windows.get(P, 0) + horizon_windows(split, P)
-            if not config["share_horizons"]:
+            if not SHARE_HORIZONS:
                 jobs += len(ranges(horizon_windows(split, P), shard_windows(split, P)))
     if not windows:
         return
@@ -332,8 +361,19 @@ def job_shard_windows(n_windows):
 
 # With share_horizons (default) one job per (split, range) computes every pred_len and writes one
 # shard per pred_len (their common prompt prefixes run once, packing.py; ranges from job_ranges,
-# common.smk); else one job per (pred_len, split, range).
-if config["share_horizons"]:
+# common.smk); else one job per (pred_len, split, range). When some horizons are finished and
+# others are not (a horizon added to a finished run), every horizon gets jobs of its own: a shared
+# job would compute the finished horizons again for nothing (a window gets the same bits either
+# way; config/README.md). Snakemake does not rerun a finished horizon because its ranges or jobs
+# are cut otherwise (the profile leaves out the "set of input files" trigger).
+_FINISHED = [
+    all(
+        Path(EMBEDDINGS.format(pred_len=P, split=s)).is_file() for s in config["splits"]
+    )
+    for P in config["pred_lens"]
+]
+SHARE_HORIZONS = config["share_horizons"] and (all(_FINISHED) or not any(_FINISHED))
+if SHARE_HORIZONS:
     EXTRACT_JOB = "{split}_{start}-{stop}"
 
     def per_job(pattern):
@@ -353,7 +393,7 @@ else:
 
 
 def shard_ranges(wildcards):
-    if config["share_horizons"]:
+    if SHARE_HORIZONS:
         return job_ranges(wildcards.split)
     return ranges(
         horizon_windows(wildcards.split, wildcards.pred_len),

@@ -22,8 +22,8 @@ rule sca:
         ENV
     params:
         seed=config["seed"],
-        model=config["model"],
-        # The SCA's shape comes from the model's config.json (its width).
+        # The SCA's shape comes from the model's config.json (its width); the script reads where
+        # the model is from the config (settings.model_location): a location is no param.
         model_config=MODEL_CONFIG_TRACKED,
         package=PACKAGE,
     script:
@@ -50,7 +50,10 @@ rule extract:
     params:
         settings=EMBEDDING_SETTINGS,
         tracked=EMBEDDING_TRACKED,
-        pred_lens=job_pred_lens,
+        # The horizons whose shards the job writes: they follow from its outputs, so (as a
+        # function of `output`) they are no rerun trigger of their own; dropping a horizon
+        # from pred_lens must not rerun the jobs of the others.
+        pred_lens=lambda wildcards, output: job_pred_lens(wildcards),
     script:
         "../scripts/extract.py"
 

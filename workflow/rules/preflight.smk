@@ -6,7 +6,7 @@
 
 rule preflight:
     input:
-        csv=CSV,
+        **WINDOWS_INPUT,
         model=MODEL_INPUTS,
     output:
         json=f"{RESULTS}/preflight.json",

@@ -1,24 +1,28 @@
-# Stage 0: what the first run fetches from the network, once. Both are localrules, so
-# cluster nodes without internet never download. get_data: a known dataset's CSV (the
-# official THUML copy on the Hugging Face hub, checked against its pinned sha256).
-# get_model: a hub model's safetensors, config and tokenizer files at a pinned commit,
-# into resources/models/<id>/. A local model folder is used in place.
+# Stage 0: what the first run fetches from the network, once: a known dataset's CSV and a hub
+# model at a pinned commit, each file checked against the hub's own hash (timekd_embed/resources.py,
+# hub.py). Both are localrules, so cluster nodes without internet never download.
+# What they put in place is never their output, only their record is: a CSV or model file
+# that is there, put by the user or by an earlier download, is an input, so no Snakemake command
+# that forces, reruns or cleans outputs (--forceall, -R, --delete-all-output, --touch) deletes or
+# replaces it; and get_data runs only for a CSV that is missing (common.smk).
 
 
-if GET_DATA:
+if KNOWN:
 
     localrules:
         get_data,
 
     rule get_data:
         output:
-            CSV,
+            DATA_RECORD,
         log:
             f"{LOGS}/get_data.log",
         conda:
             ENV
         params:
             name=NAME,
+            # Where the CSV goes: a missing CSV elsewhere is fetched there.
+            csv=CSV,
         script:
             "../scripts/get_data.py"
 
@@ -30,8 +34,7 @@ if MODEL.hub:
 
     rule get_model:
         output:
-            [str(p) for p in tracked_model_files(MODEL)],
-            record=f"{MODEL.folder}/{RECORD}",
+            f"{MODEL.folder}/{RECORD}",
         log:
             f"{LOGS}/get_model.log",
         conda:
@@ -50,5 +53,5 @@ localrules:
 # `snakemake --cores 1 fetch`: the CSV and the model, and nothing else (make preflight runs it).
 rule fetch:
     input:
-        CSV,
-        MODEL_INPUTS,
+        **WINDOWS_INPUT,
+        model=MODEL_INPUTS,

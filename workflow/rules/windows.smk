@@ -6,7 +6,9 @@
 
 rule windows:
     input:
-        ancient(CSV),  # tracked by content (params.input_sha256), not by its timestamp
+        # The CSV (ancient: tracked by content, params.input_sha256, not by its timestamp), or
+        # get_data's record when it fetches a missing one (common.smk).
+        **WINDOWS_INPUT,
     output:
         expand(WINDOWS, split=SPLITS),
     log:

@@ -7,12 +7,12 @@ Params: settings (seq_len and limit_windows count the windows), tracked (a rerun
 """
 
 from timekd_embed.jobs import job
-from timekd_embed.settings import Settings
+from timekd_embed.records import check_record
+from timekd_embed.settings import Settings, model_location
 from timekd_embed.shards import gather, parquet_rows, planned_windows
-from timekd_embed.store import check_record
 
 with job(snakemake.log[0]):
-    settings = Settings.from_params(snakemake.params.settings)
+    settings = Settings.from_params(snakemake.params.settings, model_location(snakemake.config))
     check_record(snakemake.input.windows)  # its row count decides the windows the file must hold
     # The windows this file must hold, counted from the windows file it was made from.
     expected = planned_windows(parquet_rows(snakemake.input.windows), settings.seq_len,

@@ -8,8 +8,9 @@ Raises InputError (timekd_embed.validate.check_all) on the first file with a wro
 """
 
 from timekd_embed.jobs import job
+from timekd_embed.records import read_json
 from timekd_embed.report import write_report
-from timekd_embed.store import read_json, write_json
+from timekd_embed.store import write_json
 from timekd_embed.validate import check_all
 
 with job(snakemake.log[0]):

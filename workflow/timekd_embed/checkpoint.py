@@ -19,8 +19,8 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
 from .errors import InputError
 from .families import Family, family_of
 from .lm import decoder_blocks, layout_of
-from .model_files import CONFIG, WEIGHTS, existing_folder, tokenizer_files, weight_files
-from .store import read_header
+from .model_files import CONFIG, WEIGHTS, WEIGHTS_INDEX, existing_folder, index_shards, tokenizer_files, weight_files
+from .records import read_header
 
 FOLDER_FILES = f"{CONFIG}, {WEIGHTS} (or its shards), the tokenizer files"
 SHOWN = 3  # names quoted per kind of difference
@@ -73,7 +73,7 @@ def load_config(name_or_path: str, revision: str | None = None) -> PretrainedCon
 
 def weights(name_or_path: str, revision: str | None = None) -> list[Path]:
     """The safetensors file(s) the weights come from: a local folder's (model_files.weight_files), or
-    the hub cache's copy.
+    the hub cache's copy of model.safetensors or of every shard its index lists (model_files.index_shards).
 
     Raises:
         InputError: no safetensors weights (pickle weights are never loaded: unpickling can run code).
@@ -83,7 +83,10 @@ def weights(name_or_path: str, revision: str | None = None) -> list[Path]:
         return weight_files(local)
     from transformers.utils import cached_file
     with _loading(name_or_path, revision):
-        return [Path(cached_file(name_or_path, WEIGHTS, revision=revision))]
+        index = cached_file(name_or_path, WEIGHTS_INDEX, revision=revision,
+                            _raise_exceptions_for_missing_entries=False)
+        names = index_shards(Path(index)) if index else [WEIGHTS]
+        return [Path(cached_file(name_or_path, name, revision=revision)) for name in names]
 
 
 def expected_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
@@ -94,7 +97,7 @@ def expected_shapes(config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
 
 
 def file_shapes(paths: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in safetensors files, from their headers alone (store.read_header).
+    """Name -> shape of every tensor in safetensors files, from their headers alone (records.read_header).
 
     Raises:
         InputError: a file is missing, or its header is damaged or describes another size.

@@ -169,12 +169,21 @@ def _verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .manifest import main_verify
+    from .verify import main_verify
     config = load_run_config(args.configfile, command_line=args.config) if args.configfile or args.config else None
     return main_verify(args.folder, args.manifest, config)
 
 
-# --------------------------------------------------------------------------- preflight (issue #14)
+def _clean_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="a results folder, such as results/weather, after the workflow finished")
+
+
+def _run_clean(args: argparse.Namespace) -> int:
+    from .verify import main_clean
+    return main_clean(args.folder)
+
+
+# --------------------------------------------------------------------------- preflight
 
 
 def _preflight_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,6 +218,9 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("verify", "recompute the sha256 of every file listed in a results folder's MANIFEST.json (or "
                          "another run's) and check the embeddings' recorded weights and input; exit 1 naming each "
                          "problem", _verify_arguments, _run_verify),
+    Subcommand("clean", "remove from a results folder what the workflow wrote there that its MANIFEST.json no "
+                        "longer lists (a dropped horizon's files, records of files that are gone, interrupted "
+                        "writes); a file the workflow did not write is never removed", _clean_arguments, _run_clean),
     Subcommand("preflight", "before a long run: speed, memory, ETA and fp32 parity on a few windows per horizon, "
                             "with the configured model, precision, placement and GPUs, and the GPU checks; writes "
                             "results/<name>/preflight.{json,md}; exit 1 naming a failed check",

@@ -14,11 +14,14 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jsonschema
 import yaml
 
 from .errors import InputError
+
+if TYPE_CHECKING:       # imported where a config is validated: the GPU check runs where it is not installed
+    import jsonschema
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 LAYOUTS = ("custom", "ett_hour", "ett_minute")
@@ -247,6 +250,8 @@ def validate_config(config: dict, source: str = "config", origins: list | None =
         if label == COMMAND_LINE:
             _coerce(values, (), config, schema)
     _fill_defaults(config, schema)
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config),
                     key=lambda error: (len(error.absolute_path), str(error.absolute_path)))
@@ -261,6 +266,24 @@ def validate_config(config: dict, source: str = "config", origins: list | None =
         raise InputError(f"{_origin(path, origins, source)}: config key {_format_path(path)} = {value!r} must be "
                          f"an integer; write {int(value)}, without the decimal point (see config/README.md).")
     _check_date_format(config, _origin(("dataset", "date_format"), origins, source))
+    config["dataset"]["layout"] = resolve_layout(config["dataset"]["layout"], config["dataset"]["name"])
+    return config
+
+
+def with_defaults(config: dict) -> dict:
+    """A config the code builds itself, completed as validate_config completes it, without the schema check.
+
+    For `make gpu-check`, which must run where jsonschema is not installed (a GPU node with the
+    site's packages): the schema's defaults filled in and dataset.layout made concrete. A config a
+    user wrote goes through validate_config.
+
+    Args:
+        config: a config whose keys and values the schema accepts.
+    Returns:
+        A completed copy.
+    """
+    config = copy.deepcopy(dict(config))
+    _fill_defaults(config, load_schema())
     config["dataset"]["layout"] = resolve_layout(config["dataset"]["layout"], config["dataset"]["name"])
     return config
 
@@ -365,12 +388,8 @@ def load_run_config(configfiles: list[str] | None = None, default: str = DEFAULT
 
 
 def load_config_file(path: str | Path) -> dict:
-    """One config file on its own (no config/config.yaml beneath it), validated.
+    """One config file on its own (no config/config.yaml beneath it), validated, defaults filled in.
 
-    Args:
-        path: the YAML file.
-    Returns:
-        The validated config, defaults filled in.
     Raises:
         InputError: as read_config_file and validate_config.
     """
@@ -378,13 +397,8 @@ def load_config_file(path: str | Path) -> dict:
 
 
 def config_hash(config: dict, keys: list[str] | None = None) -> str:
-    """A short, stable hash of (a part of) the config, for metadata and manifests.
-
-    Args:
-        config: a JSON-able config; keys: the top-level keys to hash (None or empty: all).
-    Returns:
-        The first 16 hex digits of the sha256 of its sorted JSON.
-    """
+    """The first 16 hex digits of the sha256 of the config's sorted JSON, of `keys` only when given
+    (for metadata and manifests)."""
     part = {key: config[key] for key in keys} if keys else config
 
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]

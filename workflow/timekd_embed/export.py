@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .loader import map_tensor
-from .store import atomic_path, check_record, fsync, publish_dir, read_metadata, write_json
+from .records import check_record, read_metadata
+from .store import atomic_path, fsync, publish_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +54,15 @@ def _h5py():
 
 
 def staging_dir(out_dir: Path) -> Path:
-    """The staging folder of `out_dir`.
-
-    Args:
-        out_dir: the export's final folder.
-    Returns:
-        .<name>.partial beside it.
-    """
-
+    """The staging folder of `out_dir`: `.<name>.partial` beside it."""
     return out_dir.parent / f".{out_dir.name}.partial"
 
 
 def source_stamp(path: Path) -> dict:
-    """Identifies one embeddings file by content: its sha256, checked against its record.
+    """{"file", "sha256"} of one embeddings file, its sha256 checked against its record.
 
-    Args:
-        path: the embeddings file.
-    Returns:
-        {"file", "sha256"}.
     Raises:
-        InputError: as store.check_record (the file is damaged, or has no record).
+        InputError: the file is damaged, or has no record (check_record).
     """
     return {"file": path.name, "sha256": check_record(path)}
 
@@ -127,7 +117,7 @@ def export_split(embeddings: str | os.PathLike, out_dir: str | os.PathLike, log_
         {"files", "written", "resumed" (kept from an interrupted run), "shape" [N, d], "wall_s"}.
     Raises:
         InputError: the file is not an extraction result (shape, dtype, window starts), or as map_tensor
-            and store.check_record (a file damaged since it was written is never exported).
+            and records.check_record (a file damaged since it was written is never exported).
     """
     h5py = _h5py()
     embeddings, out_dir = Path(embeddings), Path(out_dir)

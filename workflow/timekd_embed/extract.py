@@ -29,16 +29,19 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import load_config, load_tokenizer, weights
-from .devices import input_device, peak_memory, resolve_devices, token_budget
+from .devices import input_device, peak_memory, resolve_devices
 from .errors import InputError
 from .families import context_length
+from .fingerprint import weights_sha256
 from .jobs import progress_bar
 from .lm import DTYPES, NonFiniteState, decoder_blocks, last_token_states
+from .model_files import model_name
 from .packing import PREFIX_SHARE, TrieBatch, model_inputs, prefix_tokens
 from .prompts import PromptTokenizer, SplitPrompts
+from .records import read_metadata, sha256_file
 from .settings import Runtime, Settings
 from .split_job import prepare_split
-from .store import read_metadata, sha256_file, write_json, write_tensors
+from .store import write_json, write_tensors
 from .teacher import Replica, Teacher, load_teacher
 from .windows import read_windows
 
@@ -47,21 +50,9 @@ log = logging.getLogger(__name__)
 
 def embed_windows(teacher: Teacher, prompts: SplitPrompts, windows: np.ndarray, fidelity: str,
                   batch_tokens: int, progress: tqdm | None = None) -> tuple[np.ndarray, dict]:
-    """Embeddings of the given windows at one horizon (`embed_horizons` with one pred_len).
-
-    Args:
-        teacher: load_teacher's result.
-        prompts: the split's prompts at one horizon.
-        windows: (W,) window indices, each < prompts.n_windows.
-        fidelity: "reference" or "corrected".
-        batch_tokens: token budget (packing.batches: heads and stems together, each leaf tensor).
-        progress: a tqdm bar advanced by one per window.
-    Returns:
-        (W, N, d) float32 embeddings; counts {"tokens": every token of every prompt (what the
-        published store_emb.py computes), "computed": the positions that ran through the model}.
-    Raises:
-        InputError: a hidden state became inf or NaN (precision overflow).
-    """
+    """embed_horizons at one horizon: the (W, N, d) float32 embeddings of `windows` and the counts
+    {"tokens": every token of every prompt (what store_emb.py computes), "computed": the positions that ran
+    through the model}; InputError as embed_horizons (a hidden state became inf or NaN)."""
     out, counts = embed_horizons(teacher, {prompts.pred_len: prompts}, windows, fidelity, batch_tokens, progress)
     return out[prompts.pred_len], {"tokens": counts["tokens"], "computed": counts["computed"]}
 
@@ -261,8 +252,9 @@ def extract_horizons(settings: Settings, runtime: Runtime, split: str, pred_lens
     ranges = {P: (start, min(stop, stops[P])) for P in pred_lens}
 
     devices = resolve_devices(runtime.device, runtime.gpus_per_job)
-    teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement)
-    batch_tokens = runtime.batch_tokens or token_budget(teacher.devices)
+    teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement, batch_tokens=runtime.batch_tokens,
+                           prompt_tokens=max(job.longest.values()))
+    batch_tokens = teacher.batch_tokens
     pairs = sum(range_stop - range_start for range_start, range_stop in ranges.values())
     log.info("split %s, pred_len %s: windows %d-%d x %d variables, %d (window, horizon) pairs, longest prompt %d, "
              "on %s in %s; the progress bar's ETA is the time estimate", split, ", ".join(map(str, pred_lens)),
@@ -295,16 +287,6 @@ def extract_horizons(settings: Settings, runtime: Runtime, split: str, pred_lens
     return every
 
 
-def weights_sha256(files: list[Path]) -> str:
-    """The weights' identity: one file's sha256, or for shards the sha256 of their "<sha256>  <name>"
-    lines (sha256sum's format), in order."""
-    if len(files) == 1:
-        return sha256_file(files[0])
-    import hashlib
-    listing = "".join(f"{sha256_file(path)}  {path.name}\n" for path in files)
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
 def provenance(settings: Settings, runtime: Runtime, split: str, pred_lens: list[int], windows_meta: dict,
                sca_path: str | Path, teacher: Teacher, batch_tokens: int) -> dict[int, dict]:
     """The metadata of a job's embeddings files, one per horizon: their inputs' hashes, settings and
@@ -327,7 +309,8 @@ def provenance(settings: Settings, runtime: Runtime, split: str, pred_lens: list
     shared = {
         "input_sha256": windows_meta["input_sha256"], "seq_len": windows_meta["seq_len"],
         "split": split, "dataset": settings.name,
-        "model": settings.model, "revision": revision or "",
+        # What the model is (a hub id, or a local folder), not where: the folder is under "runtime".
+        "model": model_name(settings.model), "revision": revision or "",
         "weights_sha256": weights_sha256(weights(settings.model, settings.revision)),
         # The teacher's identity: its family, and what tokenizer.encode puts around every prompt.
         "architecture": teacher.model.config.model_type,
@@ -342,6 +325,6 @@ def provenance(settings: Settings, runtime: Runtime, split: str, pred_lens: list
         "transformers": transformers.__version__,
         # speed only: for information, never compared (settings.py)
         "runtime": {"device": runtime.device, "gpus_per_job": runtime.gpus_per_job, "batch_tokens": batch_tokens,
-                    "placement": teacher.placement, "devices": teacher.devices},
+                    "placement": teacher.placement, "devices": teacher.devices, "model_folder": settings.model},
     }
     return {P: shared | {"pred_len": P, "settings": settings.recorded(P, split)} for P in pred_lens}

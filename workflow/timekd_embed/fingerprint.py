@@ -4,8 +4,10 @@ What decides an embedding: the CSV's bytes, the model's weights, config and toke
 files (a local folder's bytes, or a hub repository at a pinned commit), the package
 version that computed it, and the output-affecting config keys (settings.py). The rules
 carry these as params, so Snakemake reruns exactly the jobs whose fingerprint changed,
-whatever the files' timestamps say (the workflow profile turns Snakemake's script-mtime
-"code" trigger off, and the CSV and model files are `ancient` inputs).
+whatever the files' timestamps or locations say (the workflow profile turns Snakemake's
+script-mtime "code" trigger and its "set of input files" trigger off, the CSV and model
+files are `ancient` inputs, and no param holds a path). `current_inputs` is the one answer to
+"what do the inputs hold now", for these params and for `timekd-embed verify`.
 
 sha256 of a large file costs seconds (a 500 MB model: about 1-2 s of disk and CPU), so
 every digest is cached in `.snakemake/timekd-embed/sha256.json`, keyed on the file's
@@ -17,16 +19,18 @@ and a same-size replacement that keeps the timestamp is hashed again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
 from .errors import InputError
-from .model_files import CONFIG, DOWNLOAD_FILES, WEIGHTS, ModelSource, model_files, model_source
+from .model_files import CONFIG, RECORD, ModelSource, downloaded_files, model_files, weight_files
 
 CACHE_PATH = Path(".snakemake") / "timekd-embed" / "sha256.json"
 
@@ -54,17 +58,18 @@ class Sha256Cache:
     entry hashed later than that is trusted.
 
     Args:
-        path: the cache file, relative to the working directory (Snakemake's --directory).
+        path: the cache file, relative to the working directory (Snakemake's --directory); None: no
+            file, every file is hashed (`timekd-embed verify` rechecks everything).
     """
 
     RACY_NS = 2_000_000_000  # the coarsest timestamp resolution in common use (FAT: 2 s)
     _FIELDS = ("size", "mtime_ns", "ctime_ns", "inode", "hashed_ns")
     _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-    def __init__(self, path: str | os.PathLike = CACHE_PATH):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | None = CACHE_PATH):
+        self.path = None if path is None else Path(path)
         self._changed = False
-        self.entries = self._load()
+        self.entries = {} if path is None else self._load()
 
     def _load(self) -> dict:
         """The entries of the cache file; {} (and one log line) when it is absent or not ours.
@@ -102,7 +107,7 @@ class Sha256Cache:
         Raises:
             FileNotFoundError: the file does not exist.
         """
-        from .store import sha256_file
+        from .records import sha256_file
 
         path = Path(path).resolve()
         stat = path.stat()
@@ -125,7 +130,7 @@ class Sha256Cache:
         A cache that cannot be written (a full disk, a read-only folder) is one log line, never an error:
         the files are hashed again next time.
         """
-        if self._changed:
+        if self._changed and self.path is not None:
             from .store import write_json
 
             try:
@@ -137,48 +142,110 @@ class Sha256Cache:
             self._changed = False
 
 
-def tracked_model_files(source: ModelSource) -> list[Path]:
-    """The files of the model that decide an embedding (inputs of sca and extraction).
+def weights_sha256(files: list[Path], sha256_of=None) -> str:
+    """The weights' identity as every embeddings file records it: one file's sha256, or for shards the
+    sha256 of their "<sha256>  <name>" lines sorted by name, which is what `sha256sum model-*.safetensors
+    | sha256sum` prints in the model folder.
 
     Args:
-        source: model_files.model_source's result.
+        files: model_files.weight_files' result; sha256_of: a file's sha256 (default: hash it).
     Returns:
-        For a hub id, the files get_model writes (they may not exist yet); for a local
-        folder, those model_files.model_files finds there (a missing one is the loader's
-        error to report).
+        The hex digest.
     """
+    from .records import sha256_file
+
+    sha256_of = sha256_of or sha256_file
+    if len(files) == 1:
+        return sha256_of(files[0])
+    listing = "".join(f"{sha256_of(path)}  {path.name}\n" for path in sorted(files, key=lambda path: path.name))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def tracked_model_files(source: ModelSource) -> list[Path]:
+    """Every file of the model that decides an embedding (config, index and every weights shard, tokenizer
+    files): for a hub id those get_model's RECORD lists (none before the download), for a local folder
+    those model_files.model_files finds there (a missing one is the loader's error)."""
     if source.hub:
-        return [source.folder / name for name in DOWNLOAD_FILES]
+        return [source.folder / name for name in downloaded_files(source.folder) or {}]
     return model_files(source.folder)
 
 
-def model_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
-    """What identifies the model's content, for the rules' params.
+@dataclass(frozen=True)
+class Inputs:
+    """What the config's CSV and model hold now (current_inputs).
+
+    Attributes:
+        csv_sha256: the CSV's sha256, None when it is not there.
+        model_files: {file name: sha256} of tracked_model_files ({} when none is there).
+        weights_sha256: the weights' identity (weights_sha256), None when they are not there.
+        weights: the weights files (model_files.weight_files), () when they are not there.
+        notes: one sentence per input that is not there, so could not be compared.
+        damaged: one sentence per file of a hub download that is missing or no longer has the
+            sha256 get_model checked against the hub.
+    """
+
+    csv_sha256: str | None
+    model_files: dict[str, str]
+    weights_sha256: str | None
+    weights: tuple[Path, ...] = ()
+    notes: tuple[str, ...] = ()
+    damaged: tuple[str, ...] = ()
+
+
+def current_inputs(csv: str | os.PathLike | None, source: ModelSource, cache: Sha256Cache,
+                   workdir: Path = Path()) -> Inputs:
+    """The one answer to "did the inputs change": what the CSV and the model hold now, by content.
+
+    The rules' params are made from it (common.smk: a changed sha256 reruns what follows) and
+    `timekd-embed verify` compares it with what each embeddings file recorded.
 
     Args:
-        source: model_source's result; cache: the sha256 cache of this run.
+        csv: config key dataset.csv (None: not known, not compared);
+        source: the model (model_files.model_source, with the same workdir);
+        cache: the sha256 cache (Sha256Cache(None) hashes every file);
+        workdir: the folder a relative CSV path is taken from (the workflow's working directory).
     Returns:
-        A hub id: {"repo": id, "revision": commit} (a commit fixes every file's bytes).
-        A local folder: {"files": {file name: sha256}} of model_files (no path: moving
-        the folder changes nothing; the input file names are tracked by Snakemake itself).
+        Inputs.
     """
+    notes, damaged = [], []
+    csv_path = None if csv is None else Path(workdir) / csv
+    csv_sha256 = cache.sha256(csv_path) if csv_path is not None and csv_path.is_file() else None
+    if csv_path is not None and csv_sha256 is None:
+        notes.append(f"{csv_path} (dataset.csv) is not on this machine, so the input was not rechecked.")
+    files = {path.name: cache.sha256(path) for path in tracked_model_files(source) if path.is_file()}
+    if source.hub:
+        for name, recorded in (downloaded_files(source.folder) or {}).items():
+            if files.get(name, recorded) != recorded or not (source.folder / name).is_file():
+                damaged.append(f"{source.folder / name} is {'not there' if name not in files else 'changed'}: it is "
+                               f"not the file get_model checked against the hub (sha256 {recorded}, listed in "
+                               f"{source.folder / RECORD}); move it away (or delete it) and run `snakemake --cores 1 "
+                               "fetch --forcerun get_model` to fetch it again.")
+    try:
+        weights = tuple(weight_files(source.folder)) if source.folder.is_dir() else ()
+    except InputError:
+        weights = ()
+    if not weights:
+        notes.append(f"the weights of model {source.name} (model.name_or_path) are not in {source.folder} on this "
+                     "machine, so they were not rechecked.")
+    identity = weights_sha256(list(weights), cache.sha256) if weights else None
+    return Inputs(csv_sha256, files, identity, weights, tuple(notes), tuple(damaged))
+
+
+def model_fingerprint(source: ModelSource, inputs: Inputs) -> dict:
+    """What identifies the model's content, for the rules' params: a hub id's {"repo", "revision"} (a commit
+    fixes every file's bytes, which get_model checks against the hub's hashes), a folder's {"files": {name:
+    sha256}} from current_inputs (no path: moving the folder changes nothing)."""
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
-    return {"files": {path.name: cache.sha256(path) for path in tracked_model_files(source)}}
+    return {"files": inputs.model_files}
 
 
-def model_config_fingerprint(source: ModelSource, cache: Sha256Cache) -> dict:
-    """What the SCA stage reads from the model (its width, from config.json).
-
-    Args:
-        source: model_source's result; cache: the sha256 cache of this run.
-    Returns:
-        A hub id: {"repo", "revision"}; a local folder: {"config.json": its sha256, or None when absent}.
-    """
+def model_config_fingerprint(source: ModelSource, inputs: Inputs) -> dict:
+    """What the SCA stage reads from the model (its width, from config.json): a hub id's {"repo",
+    "revision"}, a folder's {"config.json": its sha256, or None when absent}."""
     if source.hub:
         return {"repo": source.name, "revision": source.revision}
-    config = source.folder / CONFIG
-    return {CONFIG: cache.sha256(config) if config.is_file() else None}
+    return {CONFIG: inputs.model_files.get(CONFIG)}
 
 
 def recorded_windows_metadata(path: str | os.PathLike) -> dict:
@@ -189,7 +256,6 @@ def recorded_windows_metadata(path: str | os.PathLike) -> dict:
     Returns:
         The metadata dict write_windows stored.
     Raises:
-
         InputError: the file is not a readable windows file.
     """
     import pyarrow.parquet as pq
@@ -205,55 +271,20 @@ def recorded_windows_metadata(path: str | os.PathLike) -> dict:
         raise InputError(f"{path} is not a readable windows file; delete it and rerun the workflow.") from None
 
 
-def csv_fingerprint(csv: str | os.PathLike, windows_paths: list[str], pinned: str | None,
-                    cache: Sha256Cache) -> str | None:
+def csv_fingerprint(inputs: Inputs, windows_paths: list[str], pinned: str | None) -> str | None:
     """sha256 of the CSV the windows are (to be) made from.
 
     Args:
-        csv: config key dataset.csv.
+        inputs: current_inputs' result (the CSV's sha256 when it is there).
         windows_paths: the windows Parquet files; when the CSV is absent (results copied without
             it) their recorded input_sha256 stands in for it.
         pinned: the sha256 get_data verifies for a known dataset, used when neither exists.
-        cache: the sha256 cache.
 
     Returns:
         The hex sha256, or None when nothing says what the CSV holds.
     """
-    if Path(csv).is_file():
-        return cache.sha256(csv)
+    if inputs.csv_sha256 is not None:
+        return inputs.csv_sha256
     if windows_paths and all(Path(path).is_file() for path in windows_paths):
         return recorded_windows_metadata(windows_paths[0])["input_sha256"]
     return pinned
-
-
-def current_fingerprints(config: dict, cache_path: str | os.PathLike | None = CACHE_PATH) -> dict:
-    """What the config points at now, to compare with what an embeddings file recorded.
-
-    For `timekd-embed verify`: an embeddings file whose metadata input_sha256 or
-    weights_sha256 differs from these was made from other data or weights than the config
-    names today. Run from the directory the workflow runs in (paths in the config are
-    relative to it).
-
-    Args:
-        config: the validated config (config.validate_config).
-        cache_path: the sha256 cache to use and update (None: hash without a cache).
-
-    Returns:
-        {"input_sha256": str | None, "weights_sha256": str | None, "model": str,
-        "revision": str | None, "package": str}; a None sha256 means the file is not
-        there (a CSV not copied, a hub model not downloaded yet): nothing to compare.
-    """
-    cache = Sha256Cache(cache_path) if cache_path is not None else Sha256Cache(os.devnull)
-    csv = Path(config["dataset"]["csv"])
-    source = model_source(config["model"])
-    weights = source.folder / WEIGHTS
-    found = {
-        "input_sha256": cache.sha256(csv) if csv.is_file() else None,
-        "weights_sha256": cache.sha256(weights) if weights.is_file() else None,
-        "model": source.name,
-        "revision": source.revision,
-        "package": package_version(),
-    }
-    if cache_path is not None:
-        cache.save()
-    return found

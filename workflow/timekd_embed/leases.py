@@ -1,4 +1,4 @@
-"""Which GPUs a local job owns when Snakemake does not say (snakemake issue #281).
+"""Which GPUs a local job owns when Snakemake does not say (snakemake/snakemake#281).
 
 Each job takes `count` GPU ids with non-blocking exclusive file locks (flock) in one
 node-local folder and exports CUDA_VISIBLE_DEVICES before CUDA starts; the lease lasts

@@ -4,7 +4,7 @@ Dataset pairing each z-scored window (x, y) with its teacher embedding.
 safetensors' own `safe_open(...).get_tensor` returns a copy, which for a 40k-window split is
 gigabytes of RAM per process; numpy.memmap at the tensor's byte range lets the page cache
 hold it once for every DataLoader worker. load_embeddings and TeacherDataset check the file
-against the sha256 its writer recorded (store.check_record) once, in the process that opens
+against the sha256 its writer recorded (records.check_record) once, in the process that opens
 it: a read of the whole file (about 2-3 s for a 2.4 GB split), never per DataLoader worker.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import InputError
-from .store import check_record, read_header, read_metadata
+from .records import check_record, read_header, read_metadata
 from .windows import read_windows
 
 # safetensors dtype names -> numpy (little-endian by the format's definition).
@@ -27,25 +27,13 @@ _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
 
 
 def embeddings_path(results_dir: str | os.PathLike, name: str, pred_len: int, split: str) -> Path:
-    """Where the workflow puts the embeddings of one horizon and split.
-
-    Args:
-        results_dir: the results folder ("results" under the working directory as a rule).
-        name: config key dataset.name; pred_len: the horizon P; split: "train", "val" or "test".
-    Returns:
-        <results_dir>/<name>/embeddings/<P>/<split>.safetensors.
-    """
+    """`<results_dir>/<name>/embeddings/<P>/<split>.safetensors`: where the workflow puts the
+    embeddings of one horizon and split (results_dir: "results" under the working directory as a rule)."""
     return Path(results_dir) / name / "embeddings" / str(int(pred_len)) / f"{split}.safetensors"
 
 
 def windows_path(results_dir: str | os.PathLike, name: str, split: str) -> Path:
-    """Where the workflow puts the windows of one split.
-
-    Args:
-        results_dir, name, split: as embeddings_path.
-    Returns:
-        <results_dir>/<name>/windows/<split>.parquet.
-    """
+    """`<results_dir>/<name>/windows/<split>.parquet`: where the workflow puts a split's windows."""
     return Path(results_dir) / name / "windows" / f"{split}.parquet"
 
 
@@ -95,7 +83,7 @@ def load_embeddings(results_dir: str | os.PathLike, name: str, pred_len: int, sp
     Returns:
         The (n_windows, N, d) float32 memmap.
     Raises:
-        InputError: as map_tensor, and the file's bytes differ from its record (store.check_record).
+        InputError: as map_tensor, and the file's bytes differ from its record (records.check_record).
     """
     path = embeddings_path(results_dir, name, pred_len, split)
     embeddings = map_tensor(path, "embeddings")

@@ -197,13 +197,7 @@ class TrieBatch:
     kept: np.ndarray
 
     def to(self, device) -> TrieBatch:
-        """The same batch with every tensor on `device` (a no-op where it is there already).
-
-        Args:
-            device: a torch device.
-        Returns:
-            The moved TrieBatch.
-        """
+        """The same batch with every tensor on `device` (a no-op where it is there already)."""
         return replace(self, levels=[level.to(device) for level in self.levels])
 
     def pin_memory(self) -> TrieBatch:

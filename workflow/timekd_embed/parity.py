@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .devices import resolve_devices, token_budget
+from .devices import resolve_devices
 from .errors import InputError
 from .extract import embed_windows, out_of_memory_hint
 from .prompts import SplitPrompts
+from .records import read_tensors
 from .sampling import sample_windows
 from .settings import Runtime, Settings, TeacherSpec
 from .split_job import prepare_split
-from .store import read_tensors
 from .teacher import Teacher, device_map_used, load_teacher
 from .windows import read_windows
 
@@ -33,13 +33,7 @@ ROUNDING_ULPS = 16  # "float rounding": within 16 units of the precision's round
 
 
 def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Cosine similarity per (window, variable).
-
-    Args:
-        first, second: (S, N, d) embeddings, any float dtype.
-    Returns:
-        (S, N) float64 cosines.
-    """
+    """(S, N) float64 cosine similarity per (window, variable) of two (S, N, d) embeddings."""
     first, second = first.astype(np.float64), second.astype(np.float64)
     return (first * second).sum(-1) / (np.linalg.norm(first, axis=-1) * np.linalg.norm(second, axis=-1))
 
@@ -85,6 +79,15 @@ def compare(production: np.ndarray, reference: np.ndarray) -> dict:
     return stats, cos
 
 
+def rounding_tolerance(precision: str, largest: float) -> float:
+    """The largest difference that is float rounding at `precision` for values up to `largest` in
+    magnitude: ROUNDING_ULPS machine epsilons of the precision times max(1, largest)."""
+    import torch
+    eps = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16).eps,
+           "bf16": torch.finfo(torch.bfloat16).eps}[precision]
+    return ROUNDING_ULPS * eps * max(1.0, largest)
+
+
 def within_rounding(got: np.ndarray, expected: np.ndarray, precision: str) -> dict:
     """Largest difference of two runs that should agree, and whether it is float rounding at `precision`:
     within ROUNDING_ULPS machine epsilons of the precision times max(1, |expected|).
@@ -92,11 +95,8 @@ def within_rounding(got: np.ndarray, expected: np.ndarray, precision: str) -> di
     Returns:
         {"max_abs_difference", "bit_equal", "tolerance", "within_rounding"}.
     """
-    import torch
-    eps = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16).eps,
-           "bf16": torch.finfo(torch.bfloat16).eps}[precision]
     diff = float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
-    tolerance = ROUNDING_ULPS * eps * float(max(1.0, np.abs(expected).max()))
+    tolerance = rounding_tolerance(precision, float(np.abs(expected).max()))
     return {"max_abs_difference": diff, "bit_equal": bool(np.array_equal(got, expected)), "tolerance": tolerance,
             "within_rounding": diff <= tolerance}
 
@@ -152,8 +152,9 @@ def parity_report(settings: Settings, runtime: Runtime, pred_len: int, embedding
         return report, np.empty(0)
 
     devices = resolve_devices(runtime.device, runtime.gpus_per_job)
-    fp32 = load_teacher(dataclasses.replace(settings.teacher, precision="fp32"), sca_path, devices, runtime.placement)
-    batch_tokens = runtime.batch_tokens or token_budget(fp32.devices)
+    fp32 = load_teacher(dataclasses.replace(settings.teacher, precision="fp32"), sca_path, devices, runtime.placement,
+                        batch_tokens=runtime.batch_tokens)
+    batch_tokens = fp32.batch_tokens
     report["devices"] = fp32.devices
     prompts = {split: prepare_split(fp32.tokenizer, windows_by_split[split], settings, [pred_len], math.inf,
                                     up_to=int(idx.max(initial=-1)) + 1).prompts[pred_len]
@@ -205,10 +206,14 @@ def layer_split_check(spec: TeacherSpec, sca_path: str | Path, devices: list[str
         device_map: an explicit layer split (tests: two CPU entries); None: planned.
     Returns:
         {"devices", "device_map" (the map the split model runs with), "parity_vs_one_device"
-        (within_rounding at the teacher's precision)}.
+        (within_rounding at the teacher's precision, or "not run: ..." when the model does not fit
+        one device)}.
     """
-    one = one or load_teacher(spec, sca_path, devices[:1])
-    split = split or load_teacher(spec, sca_path, devices, "model_parallel", device_map)
+    try:
+        one = one or load_teacher(spec, sca_path, devices[:1], batch_tokens=batch_tokens)
+    except InputError as error:     # the plan's sentence: the model does not fit one device
+        return {"devices": list(devices), "device_map": None, "parity_vs_one_device": f"not run: {error}"}
+    split = split or load_teacher(spec, sca_path, devices, "model_parallel", device_map, batch_tokens=batch_tokens)
     single = np.concatenate([embed_windows(one, p, w, fidelity, batch_tokens)[0] for p, w in zip(prompts, windows)])
     whole = np.concatenate([embed_windows(split, p, w, fidelity, batch_tokens)[0] for p, w in zip(prompts, windows)])
     used = device_map_used(split)

@@ -86,16 +86,8 @@ def visible_gpus(environ: dict | None = None, proc: Path = Path("/proc/driver/nv
 
 
 def job_device(device: str, gpus: int, local: bool = True) -> str:
-    """`cpu` or `cuda`: where an extraction job will run.
-
-    Args:
-        device: the config key (auto, cuda, cpu).
-        gpus: GPUs visible here (`visible_gpus`).
-        local: False when jobs run elsewhere (a cluster): `auto` then means their GPUs.
-
-    Returns:
-        "cpu" or "cuda" ("auto" resolved).
-    """
+    """Where an extraction job runs, "cpu" or "cuda": `auto` is a GPU when this machine has `gpus`,
+    or when the jobs run elsewhere (`local` False: a cluster's GPUs)."""
     if device == "auto":
         return "cuda" if gpus or not local else "cpu"
     return device
@@ -175,17 +167,9 @@ def cpu_half_slowdown(width: int) -> float:
 
 
 def shard_size(setting: int | str | None, seconds: float, n_windows: int) -> int | None:
-    """Windows per extraction job (config key shard_windows).
-
-    Args:
-        setting: the configured number, None (one job for the whole split) or "auto".
-        seconds: estimated seconds per window of one job (seconds_per_window).
-        n_windows: the windows the jobs share out.
-
-    Returns:
-        The configured value; for "auto" the windows of JOB_SECONDS of work (at least 1), but
-        no fewer than n_windows / MAX_AUTO_JOBS.
-    """
+    """Windows per extraction job (config key shard_windows): a number or None (one job per split) as
+    configured; "auto": the windows of JOB_SECONDS of work at `seconds` per window (at least 1), but no
+    fewer than n_windows / MAX_AUTO_JOBS."""
     if setting != "auto":
         return setting
     return max(1, int(JOB_SECONDS / seconds), math.ceil(n_windows / MAX_AUTO_JOBS))
@@ -193,15 +177,8 @@ def shard_size(setting: int | str | None, seconds: float, n_windows: int) -> int
 
 def cpu_seconds(windows: dict[int, int], jobs: int, n_vars: int, dims: tuple[int, int], precision: str,
                 seq_len: int = REFERENCE_SEQ_LEN) -> float:
-    """Estimated wall seconds of extraction jobs on the CPU, one after another (each takes every core).
-
-    Args:
-        windows: windows to embed per horizon P (all its jobs together).
-        jobs: how many extraction jobs share them out (each pays CPU_JOB_STARTUP_S first).
-        n_vars, dims, precision, seq_len: as seconds_per_window.
-    Returns:
-        Seconds (float).
-    """
+    """Estimated wall seconds of extraction jobs on the CPU, one after another (each takes every core):
+    `jobs` start-ups (CPU_JOB_STARTUP_S) plus `windows` per horizon P at seconds_per_window each."""
     work = sum(count * seconds_per_window("cpu", P, n_vars, dims, precision, seq_len=seq_len)
                for P, count in windows.items())
     return jobs * CPU_JOB_STARTUP_S + work
@@ -251,15 +228,6 @@ def too_slow(seconds: float) -> str | None:
 
 
 def extraction_threads(device: str, gpus_per_job: int, cores: int) -> int:
-    """Threads an extraction job keeps busy: on the CPU every core it gets (torch's intra-op
-    threads); on GPUs one thread driving each replica plus one preparing its batches.
-
-    Args:
-        device: the job's device kind, "cpu" or "cuda" (job_device).
-        gpus_per_job: config key gpus_per_job.
-        cores: the cores Snakemake gives the run.
-    Returns:
-        The rule's threads (at least 1).
-    """
-
+    """Threads an extraction job keeps busy (the rule's threads): on the CPU every core it gets
+    (torch's intra-op threads); on GPUs one thread driving each replica plus one preparing its batches."""
     return max(1, cores) if device == "cpu" else 2 * gpus_per_job

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .checkpoint import check_model, checkpoint_matches, weights
-from .devices import resolve_devices, token_budget
+from .devices import resolve_devices
 from .diagnostics import (
     Horizon,
     attention_backends,
@@ -42,6 +42,7 @@ from .extract import embed_horizons
 from .families import context_length
 from .lm import NonFiniteState
 from .parity import compare, layer_split_check
+from .placement import plan_placement
 from .report import preflight_markdown
 from .sampling import sample_windows
 from .sca import save_sca
@@ -91,7 +92,8 @@ def load_horizons(config: dict, tokenizer, context: int, n_windows: int) -> list
 
 def precision_parity(config, settings, sca_path, devices, placement, device_map, batch_tokens, horizons, embeddings,
                      failures) -> dict:
-    """The configured precision against fp32 on the same sample windows and devices (parity.compare).
+    """The configured precision against fp32 on the same sample windows and devices (parity.compare),
+    for the configured model: the workflow's parity stage recomputes its sample the same way.
 
     Args:
         config: the validated config (parity.min_cosine); settings: the job's settings.
@@ -104,9 +106,13 @@ def precision_parity(config, settings, sca_path, devices, placement, device_map,
     if settings.precision == "fp32":
         return {"fp32": "trivially exact: the configured precision is fp32"}
     log.info("preflight: the same sample windows in fp32")
-    fp32 = load_teacher(dataclasses.replace(settings.teacher, precision="fp32"), sca_path, devices, placement,
-                        device_map)
-    budget = batch_tokens or token_budget(fp32.devices)
+    try:
+        fp32 = load_teacher(dataclasses.replace(settings.teacher, precision="fp32"), sca_path, devices, placement,
+                            device_map, batch_tokens, max(horizon.longest_prompt for horizon in horizons))
+    except InputError as error:   # the plan's sentence: the fp32 copy does not fit these devices
+        failures.append(f"the parity check's fp32 reference does not fit: {error}")
+        return {"fp32": f"not run: {error}"}
+    budget = fp32.batch_tokens
     result = {}
     # One fp32 job over every measured horizon: the sample windows are the same at all of them.
     measured = [horizon for horizon in horizons if horizon.pred_len in embeddings]
@@ -140,14 +146,18 @@ def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget
     """
     cuda = any(device.startswith("cuda") for device in devices)
     log.info("preflight: GPU checks on %s", ", ".join(devices))
-    one = teacher if teacher.placement == "single" else load_teacher(settings.teacher, sca_path, devices[:1])
+    try:
+        one, alone = teacher if teacher.placement == "single" else load_teacher(
+            settings.teacher, sca_path, devices[:1], batch_tokens=budget), None
+    except InputError as error:   # too large for one device: the first block's checks run on the split model
+        one, alone = teacher, f"not run: {error}"
     batch = one_batch(one, horizon, settings.fidelity, budget)
     runs = {
         "attention_backends": partial(attention_backends, one.model, batch, devices[0], settings.precision),
         "key_padding": partial(key_padding, one.model, batch, devices[0]) if cuda else None,
         "prefetch_pinning": partial(prefetch_pinning, horizon, settings.fidelity, budget) if cuda else None,
     }
-    several = None if len(devices) >= 2 else (
+    several = alone if len(devices) >= 2 else (
         NO_CUDA if not cuda else f"not run: the job holds one device ({devices[0]})")
     if several is None:
         runs["replica_scaling"] = partial(replicas_check, settings, sca_path, teacher, one, devices, horizon, budget)
@@ -178,6 +188,15 @@ def gpu_checks(settings, sca_path, teacher, devices, device_map, horizon, budget
             failures.append(f"{name.replace('_', ' ')} ({where}) differs by {worst['max_abs_difference']:.3g}, more "
                             f"than float rounding ({worst['tolerance']:.3g}); report it with this preflight output.")
     return checks
+
+
+def check_outcome(value) -> str:
+    """One GPU check's result (a value of gpu_checks') in a word: "ok", "failed" or "not run".
+    A result fails when a comparison in it is more than float rounding; what a check only reports
+    (a backend that refused the batch, padding_helps) does not fail it."""
+    if isinstance(value, str):
+        return "failed" if value.startswith("failed") else "not run"
+    return "failed" if any(not result["within_rounding"] for _, result in _rounding_results(value)) else "ok"
 
 
 def _rounding_results(value, where: str = "") -> list[tuple[str, dict]]:
@@ -248,9 +267,15 @@ def _run_checks(config, n_windows, devices, device_map, tmp: Path, report: dict,
     settings, runtime = Settings.from_config(config), Runtime.from_config(config)
     save_sca(sca_path, horizons[0].prompts.n_vars, model_config.hidden_size, config["seed"])
 
-    log.info("preflight: loading the teacher on %s", ", ".join(devices))
-    teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement, device_map)
-    budget = runtime.batch_tokens or token_budget(teacher.devices)
+    # The plan from config.json, recorded even when it refuses (load_teacher then raises its sentence).
+    longest = max(horizon.longest_prompt for horizon in horizons)
+    report["plan"] = plan_placement(model_config, settings.precision, settings.layers, devices,
+                                    "model_parallel" if device_map else runtime.placement, runtime.batch_tokens,
+                                    longest, name=f"model {name}").as_dict()
+    log.info("preflight: loading the teacher on %s (%s)", ", ".join(devices), report["plan"]["reason"])
+    teacher = load_teacher(settings.teacher, sca_path, devices, runtime.placement, device_map, runtime.batch_tokens,
+                           longest)
+    budget = teacher.batch_tokens
     report["placement"] = teacher.placement
     if (problem := checkpoint_matches(teacher.model, weights(name, revision), name)) is not None:
         failures.append(problem)

@@ -85,28 +85,15 @@ def template_key(dataset_name: str, template: str | None = None) -> str:
 
 
 def stamp_text(stamp, dataset_name: str) -> str:
-    """`DD/MM/YYYY HH:MM` from a (year, month, day, weekday, hour, minute) row, as store_emb.py
-    writes it (minutes 00 for the HOURLY_STAMP_NAMES).
-
-    Args:
-        stamp: 6 ints (a row of table.stamps).
-        dataset_name: config key dataset.name.
-    Returns:
-        The stamp text.
-    """
+    """`DD/MM/YYYY HH:MM` from a row of table.stamps, as store_emb.py writes it (minutes 00 for the
+    HOURLY_STAMP_NAMES)."""
     year, month, day, _, hour, minute = (int(field) for field in stamp)
     minutes = "00" if dataset_name in HOURLY_STAMP_NAMES else f"{minute:02d}"
     return f"{day:02d}/{month:02d}/{year:04d} {hour:02d}:{minutes}"
 
 
 def value_text(value: float) -> str:
-    """A value as the prompts write it: truncated toward zero, as the published code does.
-
-    Args:
-        value: a raw value.
-    Returns:
-        Its integer part as text: -2.7 -> "-2".
-    """
+    """A value as the prompts write it: truncated toward zero, as the published code does (-2.7 -> "-2")."""
     return str(int(value))
 
 
@@ -373,14 +360,7 @@ class SplitPrompts:
                 for variable in range(self.n_vars)]
 
     def types(self, ids: np.ndarray) -> np.ndarray:
-        """Token types of one prompt (time_series_flags).
-
-        Args:
-            ids: (L,) int token ids.
-        Returns:
-            (L,) bool, True for time series.
-        """
-
+        """(L,) bool token types of one prompt's (L,) ids, True for time series (time_series_flags)."""
         return time_series_flags(ids, self.prompt_tokenizer.open_ids, self.prompt_tokenizer.close_ids)
 
     def _check_against_tokenizer(self) -> None:

@@ -207,18 +207,47 @@ def write_report(summary: str | Path, items: dict[tuple[int, str], str | Path], 
 
 # --------------------------------------------------------------------------- the preflight report
 
-def _check_line(value) -> str:
+def check_line(value) -> str:
+    """One GPU check's result (a value of preflight's gpu_checks) as one line of text."""
     if isinstance(value, str):
         return value
     if "within_rounding" in value:
         return (f"max |diff| {value['max_abs_difference']:.3g} (bit-equal: {value['bit_equal']}; "
                 f"rounding tolerance {value['tolerance']:.3g}): {'ok' if value['within_rounding'] else 'FAILED'}")
-    return ", ".join(f"{key} {_check_line(item) if isinstance(item, dict) else item}" for key, item in value.items())
+    return ", ".join(f"{key} {check_line(item) if isinstance(item, dict) else item}" for key, item in value.items())
 
 
 def _held(machine_info: dict) -> str:
     held = machine_info.get("held_gpus") or {"source": "the devices given"}
     return held["source"] + (f", ids {held['ids']}" if held.get("ids") else "")
+
+
+def _blocks(held: list[int], split: bool) -> str:
+    if not split:
+        return f"all {len(held)}"
+    return f"{held[0]}-{held[-1]}" if held else "none"
+
+
+def _plan_lines(report: dict) -> list[str]:
+    """The placement plan (placement.Plan.as_dict): per device what it holds and needs, beside the
+    peak the measured jobs reached there."""
+    plan = report["plan"]
+    peaks = {}
+    for job in report.get("jobs", []):
+        for device, peak in job["peak_memory_bytes"].items():
+            peaks[device] = max(peaks.get(device, 0), peak)
+    lines = ["", "## Placement", "", (f"**{plan['placement']}**: {plan['reason']}. Planned from config.json before "
+             f"any weight was read, at batch_tokens {plan['batch_tokens']}; the figures are estimates (README, "
+             "\"How placement is chosen\"), the last column what the sample jobs measured."), "",
+             "| device | memory | weights | kept prefix states | activations | reserve | planned | blocks | "
+             "measured peak |", "|---|---|---|---|---|---|---|---|---|"]
+    for device in plan["devices"]:
+        measured = peaks.get(device["device"], peaks.get("cpu_rss") if device["device"] == "cpu" else None)
+        lines.append(f"| {device['device']} | {gib(device['memory'])} | {gib(device['weights'])} | "
+                     f"{gib(device['kept_prefix'])} | {gib(device['activations'])} | {gib(device['reserve'])} | "
+                     f"{gib(device['total'])} | {_blocks(device['blocks'], plan['placement'] == 'model_parallel')} | "
+                     f"{gib(measured)} |")
+    return lines
 
 
 def preflight_markdown(report: dict) -> str:
@@ -241,16 +270,20 @@ def preflight_markdown(report: dict) -> str:
     lines += [f"| {device['device']} | {device['name']} | {gib(device['memory_bytes'])} | "
               f"{device['compute_capability'] or '-'} | {device['fp16']} | {device['bf16']} |"
               for device in system["devices"]]
+    if report.get("plan"):
+        lines += _plan_lines(report)
     if report.get("jobs"):
         lines += ["", "## Speed and memory", "", (f"Context: {report['context']} tokens. "
                   f"ETA of the whole job: **{duration(report['eta_s'])}** (windows per split / measured rate"
                   f"{', every horizon of a window in one job' if config['share_horizons'] else ''})."), "",
-                  "| P | windows/s | peak memory | longest prompt | windows (job) | ETA | batch_tokens that fits |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| P | windows timed | windows/s | peak memory | longest prompt | windows (job) | ETA | "
+                  "batch_tokens that fits |", "|---|---|---|---|---|---|---|---|"]
         for figures in report["jobs"]:
             peaks = ", ".join(f"{device} {gib(peak)}" for device, peak in figures["peak_memory_bytes"].items())
             fits = figures["fitting_batch_tokens"] or f"{figures['batch_tokens']} (configured)"
-            lines.append(f"| {', '.join(map(str, figures['pred_lens']))} | {figures['windows_per_s']:.2f} | {peaks} | "
+            # windows timed: the sample plus those that fill one batch (diagnostics.fill_windows)
+            lines.append(f"| {', '.join(map(str, figures['pred_lens']))} | {figures['windows_timed']} | "
+                         f"{figures['windows_per_s']:.2f} | {peaks} | "
                          f"{figures['longest_prompt']} | {sum(figures['planned_windows'].values())} | "
                          f"{duration(figures['eta_s'])} | {fits} |")
     if report.get("parity"):
@@ -261,5 +294,5 @@ def preflight_markdown(report: dict) -> str:
                          f"{stats['max_abs_error']:.3g}; nearest-neighbour agreement {stats['nn_agreement']}")
     if report.get("gpu_checks"):
         lines += ["", "## GPU checks", ""]
-        lines += [f"- {name}: {_check_line(value)}" for name, value in report["gpu_checks"].items()]
+        lines += [f"- {name}: {check_line(value)}" for name, value in report["gpu_checks"].items()]
     return "\n".join(lines) + "\n"

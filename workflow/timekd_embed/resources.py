@@ -1,8 +1,11 @@
 """The inputs a run needs from the network, fetched once: a known dataset's CSV and a hub model.
 
-Both come from the Hugging Face hub through huggingface_hub (its cache, then a copy
-written atomically through store.py), so `HF_HUB_OFFLINE=1` with a filled cache works
-without any network, and cluster nodes never download (the rules are localrules).
+Both come from the Hugging Face hub through its cache (hub.py: every file checked against
+the hub's own hash), then a copy written atomically through store.py, so `HF_HUB_OFFLINE=1`
+with a filled cache works without any network, and cluster nodes never download (the rules
+are localrules). Neither ever writes over a file that is there: a CSV or model file the user
+put in place is an input, never an output, so no Snakemake command that forces, reruns or
+cleans outputs can delete or replace it (rules/resources.smk).
 """
 
 from __future__ import annotations
@@ -12,7 +15,18 @@ import shutil
 from pathlib import Path
 
 from .errors import InputError
-from .model_files import DOWNLOAD_FILES, RECORD, ModelSource
+from .hub import first_line, hub_reachable, listing, verified_file
+from .model_files import (
+    CONFIG,
+    PICKLE_PATTERNS,
+    TOKENIZER_FILES,
+    WEIGHTS,
+    WEIGHTS_INDEX,
+    ModelSource,
+    index_shards,
+    model_files,
+    usable_tokenizer,
+)
 
 # The official copy of the Time-Series-Library datasets (THUML) on the Hugging Face hub.
 DATA_REPO = "thuml/Time-Series-Library"
@@ -28,77 +42,51 @@ KNOWN_DATASETS = {
 }
 
 
-# Seconds to wait for a TCP connection to the hub before calling it unreachable. Without this
-# check huggingface_hub retries a failed request five times with backoff (about 25 s offline).
-HUB_CONNECT_TIMEOUT = 5.0
-
-
-def _hub_download(repo_id: str, filename: str, revision: str | None, repo_type: str | None) -> Path:
-    """One file through the hub cache; huggingface_hub honours HF_HUB_OFFLINE and HF_HUB_CACHE.
-
-    The cache answers first, without the network (the caller checks the pinned sha256, so a cached
-    copy is as good as a fresh one); only a file missing there is downloaded, and only once the hub
-    answers a TCP connection within HUB_CONNECT_TIMEOUT seconds.
-    """
-    import socket
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type, local_files_only=True))
-    except LocalEntryNotFoundError:
-        if constants.is_offline_mode():
-            raise
-    endpoint = urlsplit(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=HUB_CONNECT_TIMEOUT).close()
-    except OSError as exc:
-        raise ConnectionError(f"the hub {endpoint.hostname}:{port} cannot be reached: {exc}") from None
-    return Path(hf_hub_download(repo_id, filename, revision=revision, repo_type=repo_type))
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
+def _copy_new(source: Path, target: Path) -> None:
+    """Copy a checked file to `target` (atomically, with its sha256 record), never over a file there."""
     from .store import atomic_path
 
+    if target.exists():  # written meanwhile by someone else: theirs, never replaced
+        raise InputError(f"{target} appeared while it was being downloaded; it is left as it is: rerun.")
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def fetch_dataset(name: str, csv: str | os.PathLike) -> dict:
+    """Put dataset `name` from DATA_REPO at `csv`, checked against its pinned sha256, unless a file is there.
 
-
-def fetch_dataset(name: str, csv: str | os.PathLike) -> str:
-    """Download dataset `name` from DATA_REPO, check its pinned sha256, write it to `csv`.
+    A file at `csv` is never written over, replaced or deleted: it is the user's (or an earlier
+    download), and the windows job checks it.
 
     Args:
         name: config key dataset.name, one of KNOWN_DATASETS.
         csv: config key dataset.csv, where the file goes (written atomically).
 
     Returns:
-        The sha256 of the written file (hex).
+        The record: {"dataset", "csv", "sha256", "downloaded_from"} (None when the file was there).
 
     Raises:
         InputError: the name is not known, the hub cannot be reached (or HF_HUB_OFFLINE is
-            set and the hub cache lacks the file), or the hub's file has another sha256
-            than the pinned one; each says what to download and where to put it.
+            set and the hub cache lacks the file), the cached file is damaged (hub.verified_file),
+            or the hub's file has another sha256 than the pinned one; each says what to do.
     """
-    from .store import sha256_file
+    from .records import sha256_file
 
+    csv = Path(csv)
+    if csv.exists():
+        return {"dataset": name, "csv": str(csv), "sha256": sha256_file(csv), "downloaded_from": None}
     if name not in KNOWN_DATASETS:
         raise InputError(f"{csv} not found and dataset {name!r} has no known download; put the {name} CSV there "
                          "or set dataset.csv in the config.")
     filename, pinned = KNOWN_DATASETS[name]["file"], KNOWN_DATASETS[name]["sha256"]
     where = f"https://huggingface.co/datasets/{DATA_REPO}/blob/main/{filename}"
     try:
-        downloaded = _hub_download(DATA_REPO, filename, None, "dataset")
+        downloaded = verified_file(DATA_REPO, filename, None, "dataset")
+    except InputError:
+        raise
     except Exception as exc:  # offline, DNS, HTTP, a cache without the file: all mean the same to the user
         raise InputError(f"{csv} not found and {filename} could not be downloaded from the Hugging Face dataset "
-                         f"{DATA_REPO} ({_first_line(exc)}); download {where} (sha256 {pinned}) and put it at "
+                         f"{DATA_REPO} ({first_line(exc)}); download {where} (sha256 {pinned}) and put it at "
                          f"{csv}.") from None
     actual = sha256_file(downloaded)
     if actual != pinned:
@@ -106,40 +94,112 @@ def fetch_dataset(name: str, csv: str | os.PathLike) -> str:
                          f"pinned {pinned}; the published copy changed, so nothing was written: put the file "
                          f"with sha256 {pinned} at {csv}, or set dataset.sha256 to the new hash and dataset.csv "
                          "to a file you checked.")
-    _copy_atomically(downloaded, Path(csv))
-    return actual
+    _copy_new(downloaded, csv)
+    return {"dataset": name, "csv": str(csv), "sha256": actual, "downloaded_from": where}
+
+
+def _checkpoint_names(source: ModelSource, hub: dict[str, str]) -> list[str]:
+    """The files of the commit that make the model: config.json, the safetensors weights (the index and
+    every shard it lists, or model.safetensors) and the tokenizer files the repository has."""
+    names = [CONFIG]
+    if WEIGHTS_INDEX in hub:
+        index = verified_file(source.name, WEIGHTS_INDEX, source.revision, None, hub[WEIGHTS_INDEX])
+        names += [WEIGHTS_INDEX, *index_shards(index)]
+    elif WEIGHTS in hub:
+        names.append(WEIGHTS)
+    else:
+        pickled = sorted(name for name in hub if any(Path(name).match(pattern) for pattern in PICKLE_PATTERNS))
+        raise InputError(f"model {source.name} (config key model.name_or_path) at commit {source.revision} has no "
+                         f"{WEIGHTS} nor {WEIGHTS_INDEX}" + (f", only pickle weights ({', '.join(pickled)}), which "
+                                                              "are never loaded because unpickling can run code"
+                                                              if pickled else "")
+                         + "; choose a commit (or a model) with safetensors weights.")
+    tokenizer = [name for name in TOKENIZER_FILES if name in hub]
+    if not usable_tokenizer(tokenizer):
+        raise InputError(f"model {source.name} at commit {source.revision} has no tokenizer (tokenizer.json, "
+                         "vocab.json with merges.txt, or tokenizer.model); choose a model that ships its tokenizer.")
+    missing = [name for name in names if name not in hub]
+    if missing:
+        raise InputError(f"model {source.name} at commit {source.revision}: {WEIGHTS_INDEX} lists "
+                         f"{', '.join(missing[:3])}, which the repository does not hold; choose another commit.")
+    return names + tokenizer
+
+
+def _verified_before(folder: Path) -> dict[str, str]:
+    """{name: sha256} of the model files get_model checked and wrote before (each still matching the
+    sha256 record beside it), when neither the hub nor its cache can answer; {} if there are none."""
+    from .records import check_record
+
+    try:
+        return {path.name: check_record(path) for path in model_files(folder)}
+    except InputError:
+        return {}
+
+
+def _place(source: ModelSource, name: str, blob: Path) -> str:
+    """The checked `blob` at source.folder / name: copied when absent; a file there is kept when it has the
+    same bytes, and is never replaced when it has others (it is not that commit's file)."""
+    from .records import record_path, sha256_file
+    from .store import write_text
+
+    digest = sha256_file(blob)
+    target = source.folder / name
+    if not target.exists():
+        _copy_new(blob, target)
+        return digest
+    found = sha256_file(target)
+    if found != digest:
+        raise InputError(f"{target} has sha256 {found}, but {name} of {source.name} at commit {source.revision} has "
+                         f"sha256 {digest} (the hub's own hash); it is not that commit's file, and is never replaced: "
+                         "move it away (or delete it) and rerun to fetch the commit's file, or point "
+                         "model.name_or_path at a folder of your own.")
+    line = f"{digest}  {target.name}\n"
+    record = record_path(target)
+    if not record.is_file() or record.read_text(encoding="ascii", errors="replace") != line:
+        write_text(record, line, record=False)  # the file is kept as it is; its record lets an offline rerun trust it
+    return digest
 
 
 def fetch_model(source: ModelSource) -> dict:
-    """Download a hub model's DOWNLOAD_FILES at its pinned commit into source.folder.
+    """Put a hub model's files at its pinned commit into source.folder, each checked against the hub's hash.
 
-    Only safetensors weights, config.json and the tokenizer files are fetched: no pickle
-    weights, no code. Every file is written atomically; the record (RECORD: repo,
-    commit, each file's sha256) last.
+    The files are those of the commit that make the model (_checkpoint_names): no pickle
+    weights, no code. A file already in the folder is kept when it has the commit's bytes and
+    never replaced when it does not. Offline, with the commit not in the hub cache, the files
+    this function checked and wrote before (with their sha256 records) stand in.
 
     Args:
         source: model_files.model_source of a hub id (source.hub is True).
 
     Returns:
-        The record written to source.folder / RECORD.
+        The record (RECORD, written by the caller): {"repo", "revision", "files": {name: sha256}}.
 
     Raises:
-        InputError: a file cannot be downloaded (offline without it in the hub cache, an
-            unknown id or commit, a repository without model.safetensors).
+        InputError: a file cannot be fetched (offline without it in the hub cache, an unknown
+            id or commit), is damaged in the cache, or a different file is in its place.
     """
-    from .store import sha256_file, write_json
-
+    advice = ("allow network access for this first run, or put the files of that commit (config.json, the "
+              "safetensors weights, the tokenizer files) into a folder and set model.name_or_path to it")
+    why = hub_reachable()
+    try:
+        hub = listing(source.name, source.revision, online=why is None)
+    except Exception as exc:  # an unknown id or commit, HTTP errors
+        raise InputError(f"model {source.name} (config key model.name_or_path) at commit {source.revision} could "
+                         f"not be listed on the hub ({first_line(exc)}); {advice}.") from None
+    if not hub:
+        before = _verified_before(source.folder)
+        if before:
+            return {"repo": source.name, "revision": source.revision, "files": before}
+        raise InputError(f"model {source.name} (config key model.name_or_path) at commit {source.revision} is not in "
+                         f"the Hugging Face cache and the hub cannot be asked ({why}); {advice}.")
     files = {}
-    for filename in DOWNLOAD_FILES:
+    for name in _checkpoint_names(source, hub):
         try:
-            downloaded = _hub_download(source.name, filename, source.revision, None)
-        except Exception as exc:  # offline, unknown id/commit, missing file
+            blob = verified_file(source.name, name, source.revision, None, hub[name])
+        except InputError:
+            raise
+        except Exception as exc:  # offline, a file missing from the cache
             raise InputError(f"model {source.name} (config key model.name_or_path) at commit {source.revision}: "
-                             f"{filename} could not be downloaded ({_first_line(exc)}); allow network access for "
-                             f"this first run, or put {', '.join(DOWNLOAD_FILES)} of that commit into a folder and "
-                             "set model.name_or_path to it.") from None
-        _copy_atomically(downloaded, source.folder / filename)
-        files[filename] = sha256_file(source.folder / filename)
-    record = {"repo": source.name, "revision": source.revision, "files": files}
-    write_json(source.folder / RECORD, record)
-    return record
+                             f"{name} could not be downloaded ({first_line(exc)}); {advice}.") from None
+        files[name] = _place(source, name, blob)
+    return {"repo": source.name, "revision": source.revision, "files": files}

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .store import read_tensors, write_tensors
+from .records import read_tensors
+from .store import write_tensors
 
 
 class _Attention(nn.Module):
@@ -61,14 +62,8 @@ class SubtractiveCrossAttention(nn.Module):
         self.layers = nn.ModuleList([_Layer(n_vars, 4 * d_model)])
 
     def forward(self, gt: torch.Tensor, hd: torch.Tensor) -> torch.Tensor:
-        """The embeddings of a batch of windows.
-
-        Args:
-            gt: (B, d, N) float32 last-token states of the GT prompts (the query).
-            hd: (B, d, N) float32 last-token states of the HD prompts (key and value).
-        Returns:
-            (B, d, N) float32.
-        """
+        """The (B, d, N) embeddings of a batch of windows from the (B, d, N) float32 last-token states of
+        the GT prompts (the query) and of the HD prompts (key and value)."""
         return self.layers[0](gt, hd, hd)
 
 
@@ -100,7 +95,7 @@ def load_sca(path: str | Path) -> SubtractiveCrossAttention:
     """The SCA of save_sca's file, its shape read from the weights: eval mode, no gradients, float32 on the CPU.
 
     Raises:
-        InputError: the file is missing or damaged (store.read_tensors).
+        InputError: the file is missing or damaged (records.read_tensors).
     """
     tensors, _ = read_tensors(path)
     n_vars = tensors["layers.0.norm_attn.weight"].shape[0]

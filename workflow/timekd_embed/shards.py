@@ -81,42 +81,21 @@ def parquet_rows(path: str | Path) -> int:
 
 
 def ranges(n_windows: int, shard_windows: int | None) -> list[tuple[int, int]]:
-    """[start, stop) ranges of at most `shard_windows` windows covering 0..n_windows-1.
-
-    Args:
-        n_windows: the windows of one (horizon, split).
-        shard_windows: windows per range (planning.shard_size); None: one range.
-    Returns:
-        The ranges in window order; none for 0 windows.
-    """
+    """[start, stop) ranges of at most `shard_windows` windows (None: one range) covering
+    0..n_windows-1, in window order; none for 0 windows."""
     size = shard_windows or max(n_windows, 1)
     return [(start, min(start + size, n_windows)) for start in range(0, n_windows, size)]
 
 
 def planned_windows(rows: int, seq_len: int, pred_len: int, limit_windows: int | None) -> int:
-    """Windows of one (horizon, split): the one place that counts them for planning and gathering.
-
-    Args:
-        rows: rows of the split (split_rows).
-        seq_len: input window length, in rows.
-        pred_len: the horizon P, in rows.
-        limit_windows: config key limit_windows (the first windows only), or None.
-
-    Returns:
-        The number of windows, 0 when the split is shorter than seq_len + pred_len.
-    """
+    """Windows of one (horizon, split), at most limit_windows: the one place that counts them for
+    planning and gathering (0 when the split is shorter than seq_len + pred_len)."""
     count = window_count(rows, seq_len, pred_len)
     return count if limit_windows is None else min(count, limit_windows)
 
 
 def no_windows(split: str, rows: int, seq_len: int, pred_len: int) -> InputError:
-    """The one sentence for a split too short for a window at a horizon (to raise).
-
-    Args:
-        split: the split's name; rows: its rows; seq_len, pred_len: the window's input and future rows.
-    Returns:
-        The InputError.
-    """
+    """The one sentence, as an InputError to raise, for a split too short for a window at a horizon."""
     return InputError(f"pred_len {pred_len}: split {split} has {rows} rows, fewer than seq_len + pred_len = "
                       f"{seq_len + pred_len}; remove {pred_len} from pred_lens or use a longer file.")
 
@@ -132,12 +111,13 @@ def gather(shards: list[str], stats: list[str], out: str, stats_out: str, expect
             no final file is written.
 
     Raises:
-        InputError: a shard or its stats damaged since they were written (store.check_record), shards
+        InputError: a shard or its stats damaged since they were written (records.check_record), shards
             made with other settings, not covering 0..n-1, or not `expected` windows.
     """
     import torch  # here, not at the top: the Snakefile imports this module to plan, and torch is slow to load
 
-    from .store import forget_record, read_json, read_tensors, write_json, write_tensors
+    from .records import forget_record, read_json, read_tensors
+    from .store import write_json, write_tensors
 
     parts = [read_tensors(path) for path in shards]
     shard_stats = [read_json(path) for path in stats]

@@ -49,13 +49,8 @@ class Table:
 
 
 def stamps(dates: pd.DatetimeIndex | pd.Series) -> np.ndarray:
-    """The calendar fields the prompts are written from, one row per date.
-
-    Args:
-        dates: (R,) time stamps (a DatetimeIndex or a datetime Series).
-    Returns:
-        int64 (R, 6): year, month, day, weekday (Monday = 0), hour, minute.
-    """
+    """The calendar fields the prompts are written from, int64 (R, 6), one row per date: year, month,
+    day, weekday (Monday = 0), hour, minute."""
     index = pd.DatetimeIndex(dates)
     fields = (index.year, index.month, index.day, index.day_of_week, index.hour, index.minute)
     return np.stack([np.asarray(field, dtype=np.int64) for field in fields], axis=1).reshape(len(index), 6)

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .records import check_record, read_metadata, read_tensors
 from .shards import planned_windows
-from .store import check_record, read_metadata, read_tensors
 from .windows import read_windows
 
 # Metadata that must be the same in every file of one results folder.
@@ -60,7 +60,7 @@ def check_all(files: dict[tuple[int, str], str], windows_paths: dict[str, str], 
     Returns:
         {"files": {"<P>/<split>": check_file's result + path, windows_expected}, "shared_metadata", "passed"}.
     Raises:
-        InputError: the first violation: an input whose bytes differ from its record (store.check_record),
+        InputError: the first violation: an input whose bytes differ from its record (records.check_record),
             a file check_file rejects, or made with other SCA weights, another input, another (P, split),
             or metadata of SHARED_KEYS that differs between files.
     """

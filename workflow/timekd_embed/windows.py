@@ -14,16 +14,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .config import LAYOUTS, resolve_layout
 from .errors import InputError
-from .store import atomic_paths, check_record
+from .records import check_record
+from .store import atomic_paths
 from .table import Table, stamps
+
+if TYPE_CHECKING:     # imported where Parquet is written or read: the GPU check runs where it is not installed
+    import pyarrow as pa
 
 SPLITS = ("train", "val", "test")
 
@@ -50,13 +53,7 @@ class SplitWindows:
     meta: dict
 
     def n_windows(self, pred_len: int) -> int:
-        """Windows of this split at one horizon (window_count; limit_windows not applied).
-
-        Args:
-            pred_len: the horizon P, in rows.
-        Returns:
-            The number of windows (0 when the split is too short).
-        """
+        """Windows of this split at one horizon (window_count; limit_windows not applied)."""
         return window_count(len(self.rows), self.meta["seq_len"], pred_len)
 
     def stamps(self) -> np.ndarray:
@@ -135,14 +132,8 @@ def _check_borders_fit(
 
 
 def window_count(n_split_rows: int, seq_len: int, pred_len: int) -> int:
-    """Windows of seq_len input and pred_len future rows in one split.
-
-    Args:
-        n_split_rows: the split's rows; seq_len, pred_len: in rows.
-    Returns:
-        n_split_rows - seq_len - pred_len + 1, or 0 when the split is too short.
-    """
-
+    """Windows of seq_len input and pred_len future rows in a split of n_split_rows rows (0 when
+    it is too short)."""
     return max(0, n_split_rows - seq_len - pred_len + 1)
 
 
@@ -262,6 +253,8 @@ def _fit_scaler(train: np.ndarray, variables: list[str]) -> tuple[np.ndarray, np
 def _arrow_table(
     table: Table, start: int, end: int, mean: np.ndarray, std: np.ndarray, meta: dict
 ) -> pa.Table:
+    import pyarrow as pa
+
     raw = table.values[start:end]  # (R_s, N)
     zscore = (raw - mean) / std  # (R_s, N)
     columns: dict[str, pa.Array] = {
@@ -278,6 +271,8 @@ def _arrow_table(
 
 def _write_all_atomically(tables: dict[str, pa.Table], out: dict[str, str]) -> None:
     """All splits or none: store.atomic_paths renames them together, or removes them all."""
+    import pyarrow.parquet as pq
+
     with atomic_paths(*(out[split] for split in tables)) as temps:
         for arrow, tmp in zip(tables.values(), temps):
             pq.write_table(arrow, tmp)
@@ -296,7 +291,7 @@ def read_windows(path: str | os.PathLike) -> SplitWindows:
     Raises:
         InputError: the file is missing, not Parquet, not ours (another format version), its
             columns differ from its metadata's variables, or its bytes are not those recorded when
-            it was written (store.check_record: Parquet reads a changed value without complaint).
+            it was written (records.check_record: Parquet reads a changed value without complaint).
     """
     path = str(path)
     arrow = _read_parquet(path)
@@ -330,6 +325,9 @@ def read_windows(path: str | os.PathLike) -> SplitWindows:
 
 
 def _read_parquet(path: str) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if not os.path.isfile(path):
         raise InputError(f"{path} does not exist; run the windows step first.")
     try:
