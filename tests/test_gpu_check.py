@@ -19,7 +19,8 @@ from benchmarks.common import SEED as BENCH_SEED
 from benchmarks.gpu_check import SEED, SIZES, SYNTHETIC_CSV, choose_data, csv_part, preflight_config
 from benchmarks.render import fmt
 from conftest import ROOT, SHARED_DATA
-from test_commands import fresh_clone, left_in_the_tree, make
+from helpers import fresh_clone, left_in_the_tree
+from test_commands import make
 from timekd_embed.config import validate_config
 from timekd_embed.demo import DEMO_SHAPE
 from timekd_embed.preflight import NO_CUDA, check_outcome

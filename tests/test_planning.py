@@ -13,7 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from conftest import ROOT
 from helpers import snakemake, weather_config
 from timekd_embed.planning import (
     cpu_half_slowdown,
@@ -69,9 +71,29 @@ def test_cost_scales_with_variables_and_model_size():
         pytest.approx(base * (0.05 + 0.95 * 32 / 9))
 
 
-def test_model_dims_from_a_folder_or_a_hub_id(tiny_model_dir):
+def test_model_dims_from_a_folder_or_a_hub_id(tiny_model_dir, family_model_dir):
     assert model_dims(str(tiny_model_dir)) == (2, 64)
     assert model_dims("gpt2-xl") == (48, 1600) and model_dims("someone/unknown") == GPT2
+    # Every family's config.json (num_hidden_layers, hidden_size), not GPT-2 small's size for all but GPT-2:
+    assert model_dims(str(family_model_dir("qwen2"))) == (2, 64)
+    # a hub id before get_model fetched it: the jobs' folder is not there yet, the id is known
+    assert model_dims("./resources/models/Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B") == (28, 3584)
+    # model.layers: only the first blocks run
+    assert model_dims("gpt2-xl", layers=6) == (6, 1600) and model_dims(str(tiny_model_dir), layers=6) == (2, 64)
+
+
+@pytest.mark.parametrize("example,dims", [("Qwen2.5-7B", "28 layers, d = 3584"),
+                                          ("Llama-3.1-8B", "32 layers, d = 4096"),
+                                          ("Mistral-7B", "32 layers, d = 4096"),
+                                          ("Phi-3-mini-4k", "32 layers, d = 3072")])
+def test_the_plan_of_an_example_teacher_is_sized_by_its_own_width_and_depth(tmp_path, weather_csv, example, dims):
+    # Each example config names a hub id: before get_model the plan took it for GPT-2 small (12 layers, d = 768)
+    config = yaml.safe_load((ROOT / "config" / "examples" / f"{example}.yaml").read_text())
+    config["dataset"]["csv"] = str(weather_csv)
+    result = snakemake(tmp_path, config | {"limit_windows": 4, "pred_lens": [24], "splits": ["train"]}, "-n",
+                       "--cores", "2", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{config['model']['name_or_path'].split('/')[-1]} with {dims}, bf16)" in result.stderr
 
 
 def test_visible_gpus_reads_the_driver_folder_and_cuda_visible_devices(tmp_path):

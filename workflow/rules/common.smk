@@ -245,7 +245,11 @@ N_VARS = count_variables()
 MODEL_DIMS = (
     (DEMO_SHAPE["n_layer"], DEMO_SHAPE["n_embd"])
     if Path(config["model"]["name_or_path"]) == Path(DEMO_MODEL)
-    else model_dims(config["model"]["name_or_path"])
+    else model_dims(
+        config["model"]["name_or_path"],
+        MODEL.name if MODEL.hub else None,
+        config["model"]["layers"],
+    )
 )
 EXTRACT_THREADS = extraction_threads(
     JOB_DEVICE, config["gpus_per_job"], os.cpu_count() or 1

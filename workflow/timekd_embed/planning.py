@@ -59,9 +59,13 @@ JOB_SECONDS = 300.0
 # more than 300 s per window for all five horizons, gave 41,679 one-window jobs and a 4-minute dry run on a
 # 2-core machine; capped, 200 jobs in 2.6 s), so there the jobs grow longer instead.
 MAX_AUTO_JOBS = 100
-# Known hub ids: (n_layer, n_embd).
+# Known hub ids: (n_layer, n_embd): GPT-2's, and the teachers of config/examples/ (their files state
+# the width and depth; docs/teacher.md, section 8), for the plan before get_model fetched them.
 HUB_DIMS = {"gpt2": (12, 768), "distilgpt2": (6, 768), "gpt2-medium": (24, 1024), "gpt2-large": (36, 1280),
-            "gpt2-xl": (48, 1600)}
+            "gpt2-xl": (48, 1600), "Qwen/Qwen2.5-7B": (28, 3584), "meta-llama/Llama-3.1-8B": (32, 4096),
+            "mistralai/Mistral-7B-v0.1": (32, 4096), "microsoft/Phi-3-mini-4k-instruct": (32, 3072)}
+# config.json's names of the depth and the width: GPT-2's, and every other family's (families.py).
+DEPTH_WIDTH = (("n_layer", "n_embd"), ("num_hidden_layers", "hidden_size"))
 
 
 def visible_gpus(environ: dict | None = None, proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
@@ -93,22 +97,29 @@ def job_device(device: str, gpus: int, local: bool = True) -> str:
     return device
 
 
-def model_dims(name_or_path: str) -> tuple[int, int]:
-    """(n_layer, n_embd) of a local folder's config.json or a known hub id; GPT-2 small otherwise.
+def model_dims(name_or_path: str, hub_id: str | None = None, layers: int | None = None) -> tuple[int, int]:
+    """(blocks run, width) of a local folder's config.json (any supported family) or a known hub id.
 
     Args:
-        name_or_path: config key model.name_or_path.
+        name_or_path: the folder the jobs read (model.name_or_path, or resources/models/<id>/ for a hub id).
+        hub_id: the hub id, looked up in HUB_DIMS while its folder is not fetched yet.
+        layers: config key model.layers (only the first blocks run), or None.
     Returns:
-        (n_layer, n_embd); GPT-2 small's for an unreadable config (the model check names the problem later).
+        (n_layer, n_embd); GPT-2 small's for an unknown id or an unreadable config (the model check
+        names the problem later).
     """
+    dims = None
     config = Path(name_or_path) / "config.json"
     if config.is_file():
         try:
             raw = json.loads(config.read_text())
-            return int(raw["n_layer"]), int(raw["n_embd"])
-        except (ValueError, KeyError, TypeError):
+            dims = next((int(raw[depth]), int(raw[width])) for depth, width in DEPTH_WIDTH
+                        if depth in raw and width in raw)
+        except (ValueError, KeyError, TypeError, StopIteration):
             pass  # the model check names the problem when the first job runs
-    return HUB_DIMS.get(name_or_path, REFERENCE_DIMS)
+    if dims is None:
+        dims = HUB_DIMS.get(hub_id or name_or_path, REFERENCE_DIMS)
+    return (min(layers, dims[0]) if layers else dims[0]), dims[1]
 
 
 def _interpolate(table: dict[int, float], pred_len: int) -> float:
