@@ -66,6 +66,7 @@ def help_targets(text: str) -> list[str]:
 def test_make_help_lists_every_target_and_make_alone_prints_it(clone):
     shown = make(clone)
     assert shown.returncode == 0, shown.stderr
+    assert make(clone, "help").stdout == shown.stdout
     assert help_targets(shown.stdout) == ["demo", "preflight", "run", "test", "test-data", "lint", "format", "bench",
                                           "gpu-check", "bootstrap", "wheelhouse"]
     declared = re.search(r"^\.PHONY: (.*)$", (clone / "Makefile").read_text(), flags=re.M).group(1).split()
@@ -310,9 +311,11 @@ RUN_BY = {
     "snakemake --cores 8 --resources gpu=2": RUN,
     "make test": TEST,
     "make test TEST_WORKERS=8": TEST,    # run there with TEST_WORKERS=0: 8 workers would crowd a 2-core machine
+    "make test PYTEST_ARGS=tests/test_windows.py": TEST,      # with -k there
     "make lint": TEST,                   # make test runs it first
     "make test-data": TEST,
     "make format": C + "test_make_help_lists_every_target_and_make_alone_prints_it",
+    "make help": C + "test_make_help_lists_every_target_and_make_alone_prints_it",
     "make bench": not_run("it takes about 14 minutes and rewrites docs/benchmarks.md; tests/test_bench.py runs each of "
                           "its workers and its rendering"),
     "python -m benchmarks.run --out docs/benchmarks.md --device cuda --precision fp16":   # what make bench runs
