@@ -166,14 +166,8 @@ HALF = ("fp16", "bf16")
 
 
 def cpu_half_slowdown(width: int) -> float:
-    """How many times slower than fp32 a model of this width runs its matmuls in fp16 or bf16 on a CPU
-    (CPU_HALF_SLOWDOWN_768, linear in the width below GPT-2 small's; at least 1).
-
-    Args:
-        width: the model's hidden size d.
-    Returns:
-        The factor (float).
-    """
+    """How many times slower than fp32 a model of hidden size `width` runs its matmuls in fp16 or bf16
+    on a CPU: CPU_HALF_SLOWDOWN_768, linear in the width below GPT-2 small's, at least 1."""
     return max(1.0, CPU_HALF_SLOWDOWN_768 * min(1.0, width / REFERENCE_DIMS[1]))
 
 
