@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from snakemake.iocontainers import Namedlist
 from transformers import GPT2Config, GPT2Model
 
 from conftest import ROOT, SHARED_DATA, make_model_dir, need
@@ -126,7 +127,8 @@ def run_windows_job(tmp_path: Path, csv: Path, sha256: str | None = None, seq_le
     out = [tmp_path / "results" / "windows" / f"{s}.parquet" for s in SPLITS]
     log = tmp_path / "results" / "logs" / "windows.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    fake = SimpleNamespace(input=[str(csv)], output=[str(p) for p in out], log=[str(log)], threads=1,
+    fake = SimpleNamespace(input=Namedlist(fromdict={"csv": str(csv)}), output=[str(p) for p in out],
+                           log=[str(log)], threads=1,
                            params=SimpleNamespace(layout=layout, name=name, target="OT", seq_len=seq_len,
                                                   sha256=sha256, date_format=date_format, template=template),
                            config={"pred_lens": [24]}, scriptdir=str(SCRIPTS))
