@@ -243,12 +243,22 @@ def test_a_job_hashes_the_weights_and_the_sca_once_whatever_its_horizons(small_w
                                                                           tmp_path, monkeypatch):
     # GPT-2 small's weights are 548 MB: a job over the five horizons once hashed them five times.
     import timekd_embed.extract as extract
+    import timekd_embed.records as records
     hashed = []
-    monkeypatch.setattr(extract, "sha256_file", lambda path: hashed.append(Path(path).name) or "0" * 64)
+
+    real = records.sha256_file
+
+    def count(path):
+        hashed.append(Path(path).name)
+        return real(path)
+    for module in (extract, records):        # the SCA is hashed in extract, the weights through records
+        monkeypatch.setattr(module, "sha256_file", count)
     out = {P: (tmp_path / f"{P}.safetensors", tmp_path / f"{P}.json") for P in (24, 36, 48)}
     extract_horizons(settings(tiny_model_dir, limit_windows=1), CPU, "train", [24, 36, 48], small_windows["train"],
                      sca_path, out)
-    assert sorted(hashed) == ["model.safetensors", "sca.safetensors"]
+    # Whatever the number of horizons: the inputs checked against their records (windows, SCA) and the
+    # weights and the SCA hashed for the metadata, each once.
+    assert sorted(hashed) == ["model.safetensors", "sca.safetensors", "sca.safetensors", "train.parquet"]
     for P in out:
         meta = read_tensors(out[P][0])[1]
         assert meta["pred_len"] == str(P) and json.loads(meta["settings"])["pred_len"] == P
