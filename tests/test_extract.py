@@ -256,9 +256,10 @@ def test_a_job_hashes_the_weights_and_the_sca_once_whatever_its_horizons(small_w
     out = {P: (tmp_path / f"{P}.safetensors", tmp_path / f"{P}.json") for P in (24, 36, 48)}
     extract_horizons(settings(tiny_model_dir, limit_windows=1), CPU, "train", [24, 36, 48], small_windows["train"],
                      sca_path, out)
-    # Whatever the number of horizons: the inputs checked against their records (windows, SCA) and the
-    # weights and the SCA hashed for the metadata, each once.
-    assert sorted(hashed) == ["model.safetensors", "sca.safetensors", "sca.safetensors", "train.parquet"]
+    # Whatever the number of horizons (3 here): the weights hashed once for the metadata, the SCA at most
+    # twice (its record check, unless a check earlier in this process is still valid, and the metadata).
+    assert hashed.count("model.safetensors") == 1 and 1 <= hashed.count("sca.safetensors") <= 2
+    assert max(map(hashed.count, hashed)) <= 2
     for P in out:
         meta = read_tensors(out[P][0])[1]
         assert meta["pred_len"] == str(P) and json.loads(meta["settings"])["pred_len"] == P
